@@ -1,0 +1,401 @@
+// apps/mxpress/main.cpp — the runner: `mxpress send|render|check-config`.
+//
+// Exit status (DESIGN.md): 0 when every recipient has a final outcome (or the
+// command did what was asked); 2 for usage or configuration errors, with a
+// message naming the file and line; 1 when a run could not finish.
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "mxpress/detail/json.hpp"
+#include "mxpress/engine/config.hpp"
+#include "mxpress/engine/journal.hpp"
+#include "mxpress/mail/address.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "mxpress/mail/recipients.hpp"
+
+namespace {
+
+using mxpress::mail::input_error;
+namespace mail = mxpress::mail;
+namespace engine = mxpress::engine;
+
+constexpr int exit_ok = 0;
+constexpr int exit_unfinished = 1;
+constexpr int exit_usage = 2;
+
+struct send_options {
+    std::string recipients;
+    std::string message;
+    std::string from;
+    std::string config;
+    std::string journal;
+    unsigned threads = 0;
+    std::string dns;
+    unsigned mx_port = 25;
+    std::vector<std::string> routes;
+    bool resume = false;
+    bool dry_run = false;
+    std::string progress = "auto";
+    std::string summary_json;
+};
+
+std::string read_file(const std::string& path, const char* what) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw input_error(path, 0, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) {
+        throw input_error(path, 0, fmt::format("cannot read {}: {}", what, std::strerror(errno)));
+    }
+    return ss.str();
+}
+
+// RAII file descriptor for the recipients file.
+struct fd_guard {
+    int fd = -1;
+    ~fd_guard() {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+int open_recipients(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        throw input_error(path, 0, fmt::format("cannot open recipients file: {}", std::strerror(errno)));
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        ::close(fd);
+        throw input_error(path, 0, "recipients file is a directory");
+    }
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return fd;
+}
+
+// "lists/r.csv" -> "lists/r.<suffix>"
+std::string journal_beside(const std::string& recipients, const std::string& suffix) {
+    const std::size_t slash = recipients.rfind('/');
+    const std::size_t dot = recipients.rfind('.');
+    const std::string stem =
+        (dot != std::string::npos && (slash == std::string::npos || dot > slash + 1)) ? recipients.substr(0, dot)
+                                                                                     : recipients;
+    return stem + "." + suffix;
+}
+
+std::uint64_t peak_rss_bytes() {
+    struct rusage ru {};
+    ::getrusage(RUSAGE_SELF, &ru);
+    return static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
+}
+
+std::string human_count(double v) {
+    if (v >= 1e9) {
+        return fmt::format("{:.2f}G", v / 1e9);
+    }
+    if (v >= 1e6) {
+        return fmt::format("{:.2f}M", v / 1e6);
+    }
+    if (v >= 1e3) {
+        return fmt::format("{:.1f}k", v / 1e3);
+    }
+    return fmt::format("{:.0f}", v);
+}
+
+mail::checked_address check_sender(const std::string& from) {
+    mail::checked_address a = mail::check_address(from);
+    if (!a.valid()) {
+        throw std::invalid_argument(fmt::format("--from '{}': {}", from, a.error));
+    }
+    return a;
+}
+
+int run_dry_run(const send_options& o) {
+    const auto sender = check_sender(o.from);
+    engine::config cfg;
+    if (!o.config.empty()) {
+        cfg = engine::load_config(o.config);
+    }
+    fd_guard rfd{open_recipients(o.recipients)};
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), o.recipients);
+    const std::string text = read_file(o.message, "message template");
+    const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
+
+    const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "dry-run.jsonl") : o.journal;
+    engine::journal_state done;
+    if (o.resume) {
+        done = engine::read_journal(journal_path);
+    } else {
+        // A dry run may replace an earlier dry run's journal, never a real one.
+        const engine::journal_state existing = engine::read_journal(journal_path);
+        if (existing.delivery_entries > 0) {
+            throw input_error(journal_path, 0,
+                              fmt::format("journal holds {} delivery outcomes from a real run; a dry run will not "
+                                          "overwrite it (choose another --journal)",
+                                          existing.delivery_entries));
+        }
+    }
+    engine::journal_writer journal = engine::journal_writer::open(journal_path, o.resume);
+
+    mail::renderer_options ropts;
+    ropts.from = sender.address;
+    mail::renderer renderer(tmpl, ropts);
+
+    const bool show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
+    const auto start = std::chrono::steady_clock::now();
+    auto last_progress = start;
+    std::uint64_t rows = 0;
+    std::uint64_t valid = 0;
+    std::uint64_t invalid = 0;
+    std::uint64_t skipped = 0;
+    std::uint64_t rendered_bytes = 0;
+    std::uint64_t smtputf8 = 0;
+    std::vector<std::string> first_invalid;
+    constexpr std::size_t first_invalid_max = 10;
+    std::string message;
+    mail::recipient_row row;
+    auto record_invalid = [&](const mail::recipient_row& r, const std::string& reason) {
+        ++invalid;
+        engine::journal_entry e;
+        e.line = r.line;
+        e.email = r.email;
+        e.status = engine::outcome_status::invalid;
+        e.reply = reason;
+        journal.append(e);
+        if (first_invalid.size() < first_invalid_max) {
+            first_invalid.push_back(fmt::format("{}:{}: {}", o.recipients, r.line, reason));
+        }
+    };
+    while (reader.next(row)) {
+        ++rows;
+        if (o.resume && done.has_final(row.line)) {
+            ++skipped;
+            continue;
+        }
+        if (!row.valid()) {
+            record_invalid(row, row.error);
+            continue;
+        }
+        const mail::checked_address addr = mail::check_address(row.email);
+        if (!addr.valid()) {
+            record_invalid(row, "invalid address: " + addr.error);
+            continue;
+        }
+        const mail::render_result r = renderer.render(*row.fields, message);
+        if (!r.ok()) {
+            record_invalid(row, "cannot render: " + r.error);
+            continue;
+        }
+        ++valid;
+        smtputf8 += (addr.needs_smtputf8 || r.needs_smtputf8) ? 1 : 0;
+        rendered_bytes += message.size();
+        engine::journal_entry e;
+        e.line = row.line;
+        e.email = addr.address;
+        e.status = engine::outcome_status::dry_run;
+        journal.append(e);
+        if (show_progress && (rows & 0x3FFF) == 0) {
+            const auto now = std::chrono::steady_clock::now();
+            if (now - last_progress > std::chrono::milliseconds(500)) {
+                last_progress = now;
+                const double s = std::chrono::duration<double>(now - start).count();
+                std::fprintf(stderr, "\r%s rows, %s valid, %s invalid, %s/h   ", human_count(double(rows)).c_str(),
+                             human_count(double(valid)).c_str(), human_count(double(invalid)).c_str(),
+                             human_count(double(rows) / s * 3600).c_str());
+            }
+        }
+    }
+    journal.sync();
+    const double seconds = std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const double per_hour = double(valid + invalid) / seconds * 3600.0;
+    if (show_progress) {
+        std::fputs("\r\033[K", stderr);
+    }
+    for (const std::string& s : first_invalid) {
+        std::fprintf(stderr, "invalid: %s\n", s.c_str());
+    }
+    if (invalid > first_invalid.size()) {
+        std::fprintf(stderr, "invalid: ... and %llu more (see the journal)\n",
+                     static_cast<unsigned long long>(invalid - first_invalid.size()));
+    }
+    std::string summary = fmt::format(
+        "dry run: {} rows, {} valid, {} invalid{}, {} rendered bytes ({:.0f} B/message), {:.3f} s, {} messages/hour "
+        "rendered, peak RSS {} MB\njournal: {}\n",
+        rows, valid, invalid, o.resume ? fmt::format(", {} already final (skipped)", skipped) : "", rendered_bytes,
+        valid ? double(rendered_bytes) / double(valid) : 0.0, seconds, human_count(per_hour),
+        peak_rss_bytes() / (1024 * 1024), journal_path);
+    std::fputs(summary.c_str(), stdout);
+    if (!o.summary_json.empty()) {
+        std::string j = fmt::format(
+            "{{\"mode\":\"dry-run\",\"rows\":{},\"valid\":{},\"invalid\":{},\"skipped\":{},\"smtputf8\":{},"
+            "\"rendered_bytes\":{},\"seconds\":{:.6f},\"messages_per_hour\":{:.0f},\"peak_rss_bytes\":{},\"journal\":",
+            rows, valid, invalid, skipped, smtputf8, rendered_bytes, seconds, per_hour, peak_rss_bytes());
+        mxpress::detail::append_json_string(j, journal_path);
+        j += "}\n";
+        std::ofstream out(o.summary_json, std::ios::binary | std::ios::trunc);
+        if (!(out << j)) {
+            throw input_error(o.summary_json, 0, "cannot write summary");
+        }
+    }
+    return exit_ok;
+}
+
+int run_send(const send_options& o) {
+    if (o.dry_run) {
+        return run_dry_run(o);
+    }
+    std::fprintf(stderr,
+                 "mxpress send: delivery is not in this build yet (the engine lands next); "
+                 "use --dry-run to check and render every message\n");
+    return exit_usage;
+}
+
+int run_render(const std::string& recipients, const std::string& message_path, std::uint64_t line,
+               const std::string& from) {
+    const auto sender = check_sender(from);
+    fd_guard rfd{open_recipients(recipients)};
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), recipients);
+    const std::string text = read_file(message_path, "message template");
+    const mail::message_template tmpl = mail::message_template::compile(text, message_path, reader.columns());
+    mail::renderer_options ropts;
+    ropts.from = sender.address;
+    mail::renderer renderer(tmpl, ropts);
+    mail::recipient_row row;
+    while (reader.next(row)) {
+        if (row.line < line) {
+            continue;
+        }
+        if (row.line > line) {
+            break;
+        }
+        if (!row.valid()) {
+            std::fprintf(stderr, "%s:%llu: invalid row: %s\n", recipients.c_str(),
+                         static_cast<unsigned long long>(line), row.error.c_str());
+            return exit_unfinished;
+        }
+        const auto addr = mail::check_address(row.email);
+        if (!addr.valid()) {
+            std::fprintf(stderr, "%s:%llu: invalid address: %s\n", recipients.c_str(),
+                         static_cast<unsigned long long>(line), addr.error.c_str());
+            return exit_unfinished;
+        }
+        std::string out;
+        const auto r = renderer.render(*row.fields, out);
+        if (!r.ok()) {
+            std::fprintf(stderr, "%s:%llu: cannot render: %s\n", recipients.c_str(),
+                         static_cast<unsigned long long>(line), r.error.c_str());
+            return exit_unfinished;
+        }
+        std::fwrite(out.data(), 1, out.size(), stdout);
+        return exit_ok;
+    }
+    std::fprintf(stderr, "%s: no recipient row starts at line %llu (line 1 is the header)\n", recipients.c_str(),
+                 static_cast<unsigned long long>(line));
+    return exit_usage;
+}
+
+int run_check_config(const std::string& path) {
+    const engine::config c = engine::load_config(path);
+    std::fprintf(stdout, "%s: ok\n\n%s", path.c_str(), engine::describe(c).c_str());
+    return exit_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"mxpress — fast, correct batch email sender.\n"
+                 "Renders one message per recipients-file row and delivers it over SMTP."};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "mxpress 0.1.0");
+
+    send_options so;
+    auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
+    send->add_option("--recipients", so.recipients, "Recipients CSV (header row; column 'email' required)")
+        ->required();
+    send->add_option("--message", so.message, "Message template (RFC 5322, {{field}} merge fields)")->required();
+    send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
+        ->required();
+    send->add_option("--config", so.config, "TOML configuration (see README; safe defaults built in)");
+    send->add_option("--journal", so.journal,
+                     "Outcome journal, JSON Lines (default: beside the recipients file, "
+                     "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run)");
+    send->add_option("--threads", so.threads, "Delivery shards (default: number of cores)");
+    send->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
+    send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
+    send->add_option("--route", so.routes, "DOMAIN=HOST[:PORT]: skip MX lookup for DOMAIN ('*' = all)");
+    send->add_flag("--resume", so.resume, "Skip recipients whose final outcome is already in the journal");
+    send->add_flag("--dry-run", so.dry_run, "Check and render every message, send nothing");
+    send->add_option("--progress", so.progress, "Live progress on stderr")
+        ->check(CLI::IsMember({"auto", "on", "off"}))
+        ->default_val("auto");
+    send->add_option("--summary-json", so.summary_json, "Write a machine-readable summary here");
+
+    std::string r_recipients;
+    std::string r_message;
+    std::string r_from = "mxpress@localhost.localdomain";
+    std::uint64_t r_line = 0;
+    auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
+    render->add_option("--recipients", r_recipients, "Recipients CSV")->required();
+    render->add_option("--message", r_message, "Message template")->required();
+    render->add_option("--line", r_line, "Line of the recipients file where the row starts (header = line 1)")
+        ->required()
+        ->check(CLI::PositiveNumber);
+    render->add_option("--from", r_from, "Envelope sender (used for From: and Message-ID when missing)")
+        ->capture_default_str();
+
+    std::string c_path;
+    auto* check = app.add_subcommand("check-config", "Validate a configuration file and print the effective settings");
+    check->add_option("FILE", c_path, "TOML configuration file")->required();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        const int rc = app.exit(e);
+        return rc == 0 ? exit_ok : exit_usage;
+    }
+
+    try {
+        if (*send) {
+            for (const std::string& r : so.routes) {
+                const std::size_t eq = r.find('=');
+                if (eq == std::string::npos || eq == 0 || eq + 1 == r.size()) {
+                    throw std::invalid_argument(fmt::format("--route '{}': expected DOMAIN=HOST[:PORT]", r));
+                }
+            }
+            return run_send(so);
+        }
+        if (*render) {
+            return run_render(r_recipients, r_message, r_line, r_from);
+        }
+        if (*check) {
+            return run_check_config(c_path);
+        }
+    } catch (const input_error& e) {
+        std::fprintf(stderr, "mxpress: %s\n", e.describe().c_str());
+        return exit_usage;
+    } catch (const std::invalid_argument& e) {
+        std::fprintf(stderr, "mxpress: %s\n", e.what());
+        return exit_usage;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mxpress: %s\n", e.what());
+        return exit_unfinished;
+    }
+    return exit_usage;
+}

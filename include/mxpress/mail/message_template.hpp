@@ -1,0 +1,795 @@
+// mxpress/mail/message_template.hpp — RFC 5322 message templates with
+// {{field}} merge references, compiled once and rendered per recipient.
+//
+// Promises:
+// - compile() checks the whole template up front: every {{field}} must name
+//   a recipients column (an error names the field and the template line),
+//   the header block must end with a blank line before the body.
+// - A merge value can never start a header line: in headers, CR and LF in a
+//   value become spaces; in bodies, line ends are normalized to CRLF.
+// - Rendered output is what goes on the wire before dot-stuffing: CRLF line
+//   ends, header lines folded (<= 78 octets where possible, never > 998),
+//   non-ASCII header text as RFC 2047 encoded-words (display names in address
+//   headers, unstructured headers such as Subject), bodies declared 7bit,
+//   8bit (when allowed) or quoted-printable so that no line exceeds 998.
+// - Date, Message-ID (with the sender's domain), MIME-Version and From (the
+//   envelope sender) are added when the template lacks them. A Bcc header is
+//   dropped: recipients come from the recipients file only.
+// - A body whose template declares Content-Transfer-Encoding, or a multipart
+//   Content-Type, is the author's: merged as is, and a line over 998 octets
+//   makes the row invalid rather than corrupting the MIME structure.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/detail/utf8.hpp"
+#include "mxpress/mail/address.hpp"
+#include "mxpress/mail/input_error.hpp"
+#include "mxpress/mail/mime.hpp"
+
+namespace mxpress::mail {
+
+// One piece of a header value or body: literal text, or a column reference.
+struct template_segment {
+    std::uint32_t literal_begin = 0;  // offset into message_template::_text
+    std::uint32_t literal_size = 0;
+    std::uint32_t column = no_column;  // no_column for literal segments
+    static constexpr std::uint32_t no_column = 0xFFFFFFFFu;
+    bool is_field() const noexcept { return column != no_column; }
+};
+
+enum class header_kind : std::uint8_t {
+    unstructured,  // Subject and unknown headers: RFC 2047 over the whole text
+    address,       // From, To, Cc, ...: RFC 2047 in display names only
+    structured,    // Date, Message-ID, Content-*, List-*: must stay ASCII
+};
+
+struct render_result {
+    bool eight_bit = false;       // body sent as 8bit: needs BODY=8BITMIME
+    bool needs_smtputf8 = false;  // raw UTF-8 in an address header
+    std::string error;            // non-empty: this recipient's message can't be rendered
+    bool ok() const noexcept { return error.empty(); }
+};
+
+class message_template {
+public:
+    // A mailbox inside an address header, split at compile time on the
+    // literal text, so a merged value cannot add mailboxes.
+    struct mailbox_part {
+        std::vector<template_segment> display;  // phrase before '<' (quotes stripped)
+        std::vector<template_segment> address;  // '<...>' or a bare addr-spec
+        bool angle = false;                     // address includes the angle brackets
+    };
+
+    struct header {
+        std::string name;
+        std::string lower_name;
+        header_kind kind = header_kind::unstructured;
+        std::uint64_t line = 0;
+        std::vector<template_segment> value;  // unfolded value
+        std::vector<mailbox_part> mailboxes;   // address headers, when parsed
+        bool has_fields = false;
+        std::string prerendered;  // the whole folded line, for headers without fields
+    };
+
+    // Compiles `text` against the recipients' columns. Throws input_error.
+    static message_template compile(std::string_view text, std::string file_name,
+                                    const std::vector<std::string>& columns) {
+        message_template t;
+        t._file = std::move(file_name);
+        t.parse(text, columns);
+        return t;
+    }
+
+    const std::vector<header>& headers() const noexcept { return _headers; }
+    const std::string& file_name() const noexcept { return _file; }
+    bool body_is_authors() const noexcept { return _body_is_authors; }
+    bool has_header(std::string_view lower_name) const noexcept {
+        for (const header& h : _headers) {
+            if (h.lower_name == lower_name) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    // Internals shared with renderer.
+    std::string_view literal(const template_segment& s) const noexcept {
+        return std::string_view(_text).substr(s.literal_begin, s.literal_size);
+    }
+    const std::vector<template_segment>& body() const noexcept { return _body; }
+    const std::string& content_type() const noexcept { return _content_type; }
+    bool has_date() const noexcept { return _has_date; }
+    bool has_message_id() const noexcept { return _has_message_id; }
+    bool has_mime_version() const noexcept { return _has_mime_version; }
+    bool has_from() const noexcept { return _has_from; }
+    bool has_content_type() const noexcept { return _has_content_type; }
+
+private:
+    static header_kind classify(std::string_view lower) {
+        static constexpr std::string_view address_headers[] = {
+            "from", "sender", "reply-to", "to", "cc", "bcc",
+            "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"};
+        static constexpr std::string_view structured_headers[] = {
+            "date", "message-id", "in-reply-to", "references", "mime-version", "return-path",
+            "received", "dkim-signature", "resent-date", "resent-message-id"};
+        for (std::string_view h : address_headers) {
+            if (lower == h) {
+                return header_kind::address;
+            }
+        }
+        for (std::string_view h : structured_headers) {
+            if (lower == h) {
+                return header_kind::structured;
+            }
+        }
+        if (lower.starts_with("content-") || lower.starts_with("list-")) {
+            return header_kind::structured;
+        }
+        return header_kind::unstructured;
+    }
+
+    // Splits `raw` (one logical piece of text from line `line`) into
+    // segments, appending the normalized literal text to _text.
+    void segment(std::string_view raw, std::uint64_t line, const std::vector<std::string>& columns,
+                 std::vector<template_segment>& out) {
+        std::size_t i = 0;
+        while (i < raw.size()) {
+            const std::size_t open = raw.find("{{", i);
+            const std::size_t lit_end = open == std::string_view::npos ? raw.size() : open;
+            if (lit_end > i) {
+                add_literal(raw.substr(i, lit_end - i), out);
+            }
+            if (open == std::string_view::npos) {
+                break;
+            }
+            const std::size_t close = raw.find("}}", open + 2);
+            const std::size_t nl = raw.find_first_of("\r\n", open + 2);
+            const std::uint64_t field_line = line + static_cast<std::uint64_t>(
+                std::count(raw.begin(), raw.begin() + static_cast<std::ptrdiff_t>(open), '\n'));
+            if (close == std::string_view::npos || (nl != std::string_view::npos && nl < close)) {
+                throw input_error(_file, field_line, "'{{' without a closing '}}' on the same line");
+            }
+            const std::string_view name = detail::trim_wsp(raw.substr(open + 2, close - open - 2));
+            if (name.empty()) {
+                throw input_error(_file, field_line, "empty merge field '{{}}'");
+            }
+            std::uint32_t column = template_segment::no_column;
+            for (std::size_t c = 0; c < columns.size(); ++c) {
+                if (detail::iequals(columns[c], name)) {
+                    column = static_cast<std::uint32_t>(c);
+                    break;
+                }
+            }
+            if (column == template_segment::no_column) {
+                std::string list;
+                for (const std::string& c : columns) {
+                    list += list.empty() ? "" : ", ";
+                    list += c;
+                }
+                throw input_error(_file, field_line,
+                                  fmt::format("unknown merge field '{{{{{}}}}}': the recipients file has columns {}",
+                                              std::string(name), list));
+            }
+            template_segment s;
+            s.column = column;
+            out.push_back(s);
+            i = close + 2;
+        }
+    }
+
+    void add_literal(std::string_view lit, std::vector<template_segment>& out) {
+        if (!out.empty() && !out.back().is_field() &&
+            out.back().literal_begin + out.back().literal_size == _text.size()) {
+            _text += lit;
+            out.back().literal_size += static_cast<std::uint32_t>(lit.size());
+            return;
+        }
+        template_segment s;
+        s.literal_begin = static_cast<std::uint32_t>(_text.size());
+        s.literal_size = static_cast<std::uint32_t>(lit.size());
+        _text += lit;
+        out.push_back(s);
+    }
+
+    // Splits an address header's segments into mailboxes, on the literal
+    // text only: commas, angle brackets and quotes inside merge values are
+    // data, never syntax.
+    bool split_mailboxes(header& h) {
+        enum { top, in_quote, in_angle, in_comment } state = top;
+        mailbox_part current;
+        bool seen_angle = false;
+        std::vector<template_segment>* target = &current.display;
+        auto flush = [&]() {
+            if (current.display.empty() && current.address.empty()) {
+                return;
+            }
+            if (!seen_angle) {
+                // A bare addr-spec: what we collected as display is the address.
+                current.address = std::move(current.display);
+                current.display.clear();
+            }
+            current.angle = seen_angle;
+            h.mailboxes.push_back(std::move(current));
+            current = mailbox_part{};
+            seen_angle = false;
+            target = &current.display;
+        };
+        auto emit_literal = [&](std::string_view s) {
+            if (s.empty()) {
+                return;
+            }
+            add_literal(s, *target);
+        };
+        for (const template_segment& seg : h.value) {
+            if (seg.is_field()) {
+                target->push_back(seg);
+                continue;
+            }
+            // Copy: add_literal appends to _text, which may reallocate.
+            const std::string lit(literal(seg));
+            std::size_t run = 0;
+            for (std::size_t i = 0; i < lit.size(); ++i) {
+                const char c = lit[i];
+                switch (state) {
+                    case top:
+                        if (c == '"') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            run = i + 1;  // the quotes themselves are dropped
+                            state = in_quote;
+                        } else if (c == '<') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            run = i;
+                            seen_angle = true;
+                            target = &current.address;
+                            state = in_angle;
+                        } else if (c == '(') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            state = in_comment;
+                        } else if (c == ',') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            run = i + 1;
+                            flush();
+                        } else if (c == ':' || c == ';') {
+                            return false;  // group syntax: leave the header as written
+                        }
+                        break;
+                    case in_quote:
+                        if (c == '\\') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            run = i + 1;  // keep the escaped character, drop the backslash
+                            ++i;
+                        } else if (c == '"') {
+                            emit_literal(std::string_view(lit).substr(run, i - run));
+                            run = i + 1;
+                            state = top;
+                        }
+                        break;
+                    case in_angle:
+                        if (c == '>') {
+                            emit_literal(std::string_view(lit).substr(run, i + 1 - run));
+                            run = i + 1;
+                            state = top;
+                            target = &current.address;  // trailing text after '>' is ignored below
+                        }
+                        break;
+                    case in_comment:
+                        if (c == ')') {
+                            run = i + 1;
+                            state = top;
+                        }
+                        break;
+                }
+            }
+            if (state != in_comment) {
+                emit_literal(std::string_view(lit).substr(run));
+            }
+        }
+        if (state != top) {
+            return false;
+        }
+        flush();
+        return true;
+    }
+
+    void parse(std::string_view text, const std::vector<std::string>& columns) {
+        if (text.starts_with("\xEF\xBB\xBF")) {
+            text.remove_prefix(3);
+        }
+        if (text.empty()) {
+            throw input_error(_file, 0, "template is empty");
+        }
+        if (!detail::valid_utf8(text)) {
+            throw input_error(_file, 0, "template is not valid UTF-8");
+        }
+        if (text.find('\0') != std::string_view::npos) {
+            throw input_error(_file, 0, "template contains a NUL byte");
+        }
+        // Split into lines (LF, CRLF or CR).
+        std::size_t pos = 0;
+        std::uint64_t line_no = 0;
+        auto next_line = [&](std::string_view& line) {
+            if (pos >= text.size()) {
+                return false;
+            }
+            std::size_t end = text.find_first_of("\r\n", pos);
+            if (end == std::string_view::npos) {
+                line = text.substr(pos);
+                pos = text.size();
+            } else {
+                line = text.substr(pos, end - pos);
+                pos = end + ((text[end] == '\r' && end + 1 < text.size() && text[end + 1] == '\n') ? 2 : 1);
+            }
+            ++line_no;
+            return true;
+        };
+        std::string_view line;
+        bool in_headers = true;
+        header* current = nullptr;
+        std::string current_value;
+        std::uint64_t current_line = 0;
+        auto finish_header = [&]() {
+            if (current == nullptr) {
+                return;
+            }
+            segment(current_value, current_line, columns, current->value);
+            current = nullptr;
+        };
+        while (in_headers && next_line(line)) {
+            if (line.empty()) {
+                in_headers = false;
+                break;
+            }
+            if (detail::is_wsp(line.front())) {
+                if (current == nullptr) {
+                    throw input_error(_file, line_no,
+                                      "continuation line before the first header (expected 'Name: value')");
+                }
+                current_value += line;  // unfolding: CRLF removed, whitespace kept
+                continue;
+            }
+            const std::size_t colon = line.find(':');
+            bool name_ok = colon != std::string_view::npos && colon > 0;
+            for (std::size_t k = 0; name_ok && k < colon; ++k) {
+                const auto c = static_cast<unsigned char>(line[k]);
+                name_ok = c >= 33 && c <= 126;
+            }
+            if (!name_ok) {
+                throw input_error(_file, line_no,
+                                  "expected a header line 'Name: value' or a blank line ending the headers "
+                                  "(is the blank line between headers and body missing?)");
+            }
+            finish_header();
+            header h;
+            h.name = std::string(line.substr(0, colon));
+            h.lower_name = detail::to_lower_copy(h.name);
+            h.kind = classify(h.lower_name);
+            h.line = line_no;
+            _headers.push_back(std::move(h));
+            current = &_headers.back();
+            current_value = std::string(detail::trim_wsp(line.substr(colon + 1)));
+            current_line = line_no;
+        }
+        finish_header();
+        // Body: the rest, with line ends normalized to CRLF.
+        std::string body;
+        const std::uint64_t body_line = line_no + 1;
+        while (next_line(line)) {
+            body += line;
+            body += "\r\n";
+        }
+        // A template whose last line has no line end still ends in CRLF.
+        segment(body, body_line, columns, _body);
+
+        std::erase_if(_headers, [](const header& h) { return h.lower_name == "bcc"; });
+        for (header& h : _headers) {
+            for (const template_segment& s : h.value) {
+                h.has_fields = h.has_fields || s.is_field();
+            }
+            if (h.lower_name == "date") {
+                _has_date = true;
+            } else if (h.lower_name == "message-id") {
+                _has_message_id = true;
+            } else if (h.lower_name == "mime-version") {
+                _has_mime_version = true;
+            } else if (h.lower_name == "from") {
+                _has_from = true;
+            } else if (h.lower_name == "content-type") {
+                _has_content_type = true;
+                if (h.has_fields) {
+                    throw input_error(_file, h.line, "merge fields are not allowed in Content-Type");
+                }
+                _content_type = std::string(literal_text(h.value));
+                if (detail::to_lower_copy(_content_type).starts_with("multipart/")) {
+                    _body_is_authors = true;
+                }
+            } else if (h.lower_name == "content-transfer-encoding") {
+                _body_is_authors = true;
+            }
+            if (h.kind == header_kind::address && !split_mailboxes(h)) {
+                h.mailboxes.clear();
+            }
+        }
+    }
+
+    std::string literal_text(const std::vector<template_segment>& segs) const {
+        std::string s;
+        for (const template_segment& seg : segs) {
+            s += literal(seg);
+        }
+        return s;
+    }
+
+    std::string _file;
+    std::string _text;  // all literal text, referenced by segments
+    std::vector<header> _headers;
+    std::vector<template_segment> _body;
+    std::string _content_type;
+    bool _body_is_authors = false;
+    bool _has_date = false;
+    bool _has_message_id = false;
+    bool _has_mime_version = false;
+    bool _has_from = false;
+    bool _has_content_type = false;
+};
+
+struct renderer_options {
+    std::string from;              // envelope sender: From when missing, and Message-ID's domain
+    bool eight_bit_allowed = true; // body may go as 8bit (server offers 8BITMIME)
+    // Clock for Date and Message-ID; tests fix it.
+    std::time_t (*clock)() = []() { return std::time(nullptr); };
+    std::uint64_t message_id_seed = 0;  // 0: random
+};
+
+// Renders messages from a compiled template into caller-owned buffers.
+// One renderer per thread; it keeps scratch buffers between calls.
+class renderer {
+public:
+    renderer(const message_template& t, renderer_options options)
+        : _template(&t), _options(std::move(options)) {
+        const std::size_t at = _options.from.rfind('@');
+        _from_domain = at == std::string::npos ? std::string("localhost") : _options.from.substr(at + 1);
+        std::uint64_t seed = _options.message_id_seed;
+        if (seed == 0) {
+            std::random_device rd;
+            seed = (std::uint64_t{rd()} << 32) ^ rd();
+        }
+        _id_random = seed;
+        // Headers without merge fields are rendered once, here.
+        _static.resize(t.headers().size());
+        _static_error.resize(t.headers().size());
+        static const std::vector<std::string_view> no_fields;
+        for (std::size_t i = 0; i < t.headers().size(); ++i) {
+            const auto& h = t.headers()[i];
+            if (!h.has_fields) {
+                render_result r;
+                render_header(h, no_fields, _static[i], r);
+                _static_error[i] = r.error;
+                _static_smtputf8 = _static_smtputf8 || r.needs_smtputf8;
+            }
+        }
+    }
+
+    // Renders the message for one recipient into `out` (cleared first).
+    render_result render(const std::vector<std::string_view>& fields, std::string& out) {
+        render_result r;
+        out.clear();
+        r.needs_smtputf8 = _static_smtputf8;
+        const auto& headers = _template->headers();
+        for (std::size_t i = 0; i < headers.size(); ++i) {
+            const auto& h = headers[i];
+            if (h.lower_name == "content-type" && !_template->body_is_authors()) {
+                continue;  // emitted with the body, which decides the charset
+            }
+            if (!h.has_fields) {
+                if (!_static_error[i].empty()) {
+                    r.error = _static_error[i];
+                    return r;
+                }
+                out += _static[i];
+                continue;
+            }
+            if (!render_header(h, fields, out, r)) {
+                return r;
+            }
+        }
+        const std::time_t now = _options.clock();
+        if (!_template->has_from()) {
+            out += "From: <";
+            out += _options.from;
+            out += ">\r\n";
+        }
+        if (!_template->has_date()) {
+            if (now != _date_time || _date.empty()) {
+                _date_time = now;
+                _date.clear();
+                append_rfc5322_date(_date, now);
+            }
+            out += "Date: ";
+            out += _date;
+            out += "\r\n";
+        }
+        if (!_template->has_message_id()) {
+            out += "Message-ID: <";
+            append_message_id(out, now);
+            out += "@";
+            out += _from_domain;
+            out += ">\r\n";
+        }
+        if (!_template->has_mime_version()) {
+            out += "MIME-Version: 1.0\r\n";
+        }
+        render_body(fields, out, r);
+        return r;
+    }
+
+private:
+    static void append_value(std::string& out, std::string_view v) {
+        // In a header a value's line ends become spaces: no header injection.
+        std::size_t i = 0;
+        while (i < v.size()) {
+            const std::size_t j = v.find_first_of("\r\n", i);
+            if (j == std::string_view::npos) {
+                out.append(v.data() + i, v.size() - i);
+                break;
+            }
+            out.append(v.data() + i, j - i);
+            out += ' ';
+            i = j + 1;
+        }
+    }
+
+    void render_segments(const std::vector<template_segment>& segs, const std::vector<std::string_view>& fields,
+                         std::string& out) const {
+        for (const template_segment& s : segs) {
+            if (s.is_field()) {
+                append_value(out, s.column < fields.size() ? fields[s.column] : std::string_view{});
+            } else {
+                out += _template->literal(s);
+            }
+        }
+    }
+
+    // Encodes an unstructured value: ASCII words kept, the span from the first
+    // to the last word holding non-ASCII becomes encoded-words.
+    static void encode_unstructured(std::string& out, std::string_view v) {
+        if (detail::all_ascii(v)) {
+            out += v;
+            return;
+        }
+        std::size_t first = v.size();
+        std::size_t last = 0;
+        for (std::size_t i = 0; i < v.size(); ++i) {
+            if (!detail::is_ascii(v[i])) {
+                first = std::min(first, i);
+                last = i;
+            }
+        }
+        while (first > 0 && !detail::is_wsp(v[first - 1])) {
+            --first;
+        }
+        while (last + 1 < v.size() && !detail::is_wsp(v[last + 1])) {
+            ++last;
+        }
+        out += v.substr(0, first);
+        append_encoded_words(out, v.substr(first, last + 1 - first));
+        out += v.substr(last + 1);
+    }
+
+    // A display name: encoded-words when non-ASCII, a quoted-string when it
+    // holds RFC 5322 specials, else as is.
+    static void encode_phrase(std::string& out, std::string_view v) {
+        v = detail::trim_wsp(v);
+        if (v.empty()) {
+            return;
+        }
+        if (!detail::all_ascii(v)) {
+            append_encoded_words(out, v);
+            return;
+        }
+        if (v.find_first_of("()<>[]:;@\\,.\"") == std::string_view::npos) {
+            out += v;
+            return;
+        }
+        out += '"';
+        for (char c : v) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+            }
+            out += c;
+        }
+        out += '"';
+    }
+
+    bool render_header(const message_template::header& h, const std::vector<std::string_view>& fields,
+                       std::string& out, render_result& r) {
+        _value.clear();
+        if (h.kind == header_kind::address && !h.mailboxes.empty()) {
+            for (const auto& mb : h.mailboxes) {
+                if (!_value.empty()) {
+                    _value += ", ";
+                }
+                _scratch.clear();
+                render_segments(mb.display, fields, _scratch);
+                const std::size_t phrase_begin = _value.size();
+                encode_phrase(_value, _scratch);
+                _scratch.clear();
+                render_segments(mb.address, fields, _scratch);
+                std::string_view addr = detail::trim_wsp(_scratch);
+                if (_value.size() > phrase_begin && !addr.empty()) {
+                    _value += ' ';
+                }
+                if (!detail::all_ascii(addr)) {
+                    // An internationalized domain goes as A-labels; only a
+                    // non-ASCII local part really needs SMTPUTF8.
+                    const bool angled = addr.size() >= 2 && addr.front() == '<' && addr.back() == '>';
+                    const checked_address a = check_address(angled ? addr.substr(1, addr.size() - 2) : addr);
+                    if (a.valid() && !a.needs_smtputf8) {
+                        _value += angled ? "<" : "";
+                        _value += a.address;
+                        _value += angled ? ">" : "";
+                        continue;
+                    }
+                    r.needs_smtputf8 = true;
+                }
+                _value += addr;
+            }
+        } else {
+            _scratch.clear();
+            render_segments(h.value, fields, _scratch);
+            if (h.kind == header_kind::structured || h.kind == header_kind::address) {
+                if (!detail::all_ascii(_scratch)) {
+                    if (h.kind == header_kind::address) {
+                        r.needs_smtputf8 = true;
+                    } else {
+                        r.error = fmt::format("header {} (template line {}): non-ASCII text is not allowed there",
+                                              h.name, h.line);
+                        return false;
+                    }
+                }
+                _value = _scratch;
+            } else {
+                encode_unstructured(_value, _scratch);
+            }
+        }
+        if (!append_folded_header(out, h.name, _value)) {
+            r.error = fmt::format("header {} (template line {}): a line would exceed 998 octets", h.name, h.line);
+            return false;
+        }
+        return true;
+    }
+
+    void render_body(const std::vector<std::string_view>& fields, std::string& out, render_result& r) {
+        _body.clear();
+        for (const template_segment& s : _template->body()) {
+            if (!s.is_field()) {
+                _body += _template->literal(s);
+                continue;
+            }
+            const std::string_view v = s.column < fields.size() ? fields[s.column] : std::string_view{};
+            if (v.find_first_of("\r\n") == std::string_view::npos) {
+                _body += v;
+                continue;
+            }
+            for (std::size_t i = 0; i < v.size(); ++i) {
+                if (v[i] == '\r') {
+                    _body += "\r\n";
+                    if (i + 1 < v.size() && v[i + 1] == '\n') {
+                        ++i;
+                    }
+                } else if (v[i] == '\n') {
+                    _body += "\r\n";
+                } else {
+                    _body += v[i];
+                }
+            }
+        }
+        const bool ascii = detail::all_ascii(_body);
+        std::size_t longest = 0;
+        {
+            std::size_t start = 0;
+            while (start < _body.size()) {
+                std::size_t end = _body.find("\r\n", start);
+                if (end == std::string::npos) {
+                    end = _body.size();
+                }
+                longest = std::max(longest, end - start);
+                start = end + 2;
+            }
+        }
+        constexpr std::size_t line_max = 998;
+        if (_template->body_is_authors()) {
+            if (longest > line_max) {
+                r.error = "body has a line over 998 octets and its Content-Transfer-Encoding is the template's";
+                return;
+            }
+            r.eight_bit = !ascii;
+            out += "\r\n";
+            out += _body;
+            return;
+        }
+        const std::string& ct = _template->content_type();
+        const bool need_charset = !ascii && detail::to_lower_copy(ct).find("charset=") == std::string::npos;
+        if (ascii && longest <= line_max) {
+            if (_template->has_content_type()) {
+                emit_content_type(out, false);
+            }
+            out += "\r\n";
+            out += _body;
+            return;
+        }
+        const bool as_8bit = !ascii && longest <= line_max && _options.eight_bit_allowed;
+        if (!_template->has_content_type()) {
+            out += ascii ? "Content-Type: text/plain\r\n" : "Content-Type: text/plain; charset=utf-8\r\n";
+        } else {
+            emit_content_type(out, need_charset);
+        }
+        out += as_8bit ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: quoted-printable\r\n";
+        out += "\r\n";
+        r.eight_bit = as_8bit;
+        if (as_8bit) {
+            out += _body;
+        } else {
+            append_quoted_printable(out, _body);
+        }
+    }
+
+    // The template's own Content-Type (held back by render() so a charset can
+    // be added once the body is known).
+    void emit_content_type(std::string& out, bool add_charset) {
+        _value = _template->content_type();
+        if (add_charset) {
+            _value += "; charset=utf-8";
+        }
+        append_folded_header(out, "Content-Type", _value);
+    }
+
+    void append_message_id(std::string& out, std::time_t now) {
+        static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        char buf[64];
+        std::size_t n = 0;
+        auto put36 = [&](std::uint64_t v) {
+            char tmp[16];
+            std::size_t k = 0;
+            do {
+                tmp[k++] = digits[v % 36];
+                v /= 36;
+            } while (v != 0);
+            while (k > 0) {
+                buf[n++] = tmp[--k];
+            }
+        };
+        put36(static_cast<std::uint64_t>(now));
+        buf[n++] = '.';
+        put36(_id_random);
+        buf[n++] = '.';
+        put36(++_id_counter);
+        out.append(buf, n);
+    }
+
+    const message_template* _template;
+    renderer_options _options;
+    std::string _from_domain;
+    std::vector<std::string> _static;
+    std::vector<std::string> _static_error;
+    bool _static_smtputf8 = false;
+    std::string _value;
+    std::string _scratch;
+    std::string _body;
+    std::string _date;
+    std::time_t _date_time = 0;
+    std::uint64_t _id_random = 0;
+    std::uint64_t _id_counter = 0;
+};
+
+}  // namespace mxpress::mail

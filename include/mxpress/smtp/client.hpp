@@ -1,0 +1,637 @@
+// mxpress/smtp/client.hpp — sans-I/O SMTP client session (RFC 5321, 2920,
+// 1870, 6152, 6531, 3207, 2034).
+//
+// Bytes in (receive()), bytes out (output()/consume_output()), events out
+// (next_event()); no sockets, no clocks. The engine moves the bytes and arms
+// a timer for timeout() after every change; tests drive it with transcripts.
+//
+// Session: greeting → EHLO (HELO when EHLO is refused) → ready. From ready:
+// start_transaction(), starttls(), reset(), quit(). A transaction is sent
+// pipelined when the server offers PIPELINING (MAIL, every RCPT and DATA in
+// one write; replies matched in order), else one command per reply. The body
+// goes only after DATA's 354; when every RCPT was refused and the server still
+// says 354, a lone "." ends the empty data (RFC 2920 §3.1). A transaction
+// that ends without a final reply to the data leaves the server with state
+// to clear: the next transaction starts with RSET.
+//
+// Lifetime: the message passed to start_transaction() is borrowed and must
+// stay valid until that transaction's transaction_done event.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <stdexcept>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/smtp/dot_stuff.hpp"
+#include "mxpress/smtp/reply.hpp"
+
+namespace mxpress::smtp {
+
+// RFC 5321 §4.5.3.2 timeouts, as data: the engine arms them.
+struct timeouts {
+    std::chrono::seconds greeting{300};   // §4.5.3.2.1 initial 220
+    std::chrono::seconds ehlo{300};       // not in the RFC; as MAIL
+    std::chrono::seconds mail{300};       // §4.5.3.2.2
+    std::chrono::seconds rcpt{300};       // §4.5.3.2.3
+    std::chrono::seconds data_init{120};  // §4.5.3.2.4 reply to DATA
+    std::chrono::seconds data_block{180}; // §4.5.3.2.5 each send of body data
+    std::chrono::seconds data_term{600};  // §4.5.3.2.6 reply to the final "."
+    std::chrono::seconds other{300};      // RSET, STARTTLS, QUIT, NOOP
+};
+
+struct capabilities {
+    bool esmtp = false;
+    bool pipelining = false;
+    bool starttls = false;
+    bool eight_bit_mime = false;
+    bool smtputf8 = false;
+    bool chunking = false;
+    bool enhanced_status_codes = false;
+    bool size_advertised = false;
+    std::uint64_t size_max = 0;  // 0: no limit given
+    std::vector<std::string> auth_mechanisms;
+};
+
+// Parses the lines of a 250 reply to EHLO (the first line is the greeting).
+inline capabilities parse_capabilities(const reply& r) {
+    capabilities caps;
+    caps.esmtp = true;
+    std::string_view text(r.text);
+    bool first = true;
+    while (!text.empty() || first) {
+        const std::size_t nl = text.find('\n');
+        std::string_view line = text.substr(0, nl);
+        text = nl == std::string_view::npos ? std::string_view{} : text.substr(nl + 1);
+        if (first) {
+            first = false;
+            continue;
+        }
+        line = detail::trim_wsp(line);
+        const std::size_t sp = line.find(' ');
+        const std::string_view key = line.substr(0, sp);
+        const std::string_view params = sp == std::string_view::npos ? std::string_view{} : line.substr(sp + 1);
+        if (detail::iequals(key, "PIPELINING")) {
+            caps.pipelining = true;
+        } else if (detail::iequals(key, "STARTTLS")) {
+            caps.starttls = true;
+        } else if (detail::iequals(key, "8BITMIME")) {
+            caps.eight_bit_mime = true;
+        } else if (detail::iequals(key, "SMTPUTF8")) {
+            caps.smtputf8 = true;
+        } else if (detail::iequals(key, "CHUNKING")) {
+            caps.chunking = true;
+        } else if (detail::iequals(key, "ENHANCEDSTATUSCODES")) {
+            caps.enhanced_status_codes = true;
+        } else if (detail::iequals(key, "SIZE")) {
+            caps.size_advertised = true;
+            std::uint64_t v = 0;
+            bool ok = !params.empty();
+            for (char c : detail::trim_wsp(params)) {
+                if (!detail::is_digit(c) || v > (UINT64_MAX - 9) / 10) {
+                    ok = false;
+                    break;
+                }
+                v = v * 10 + static_cast<std::uint64_t>(c - '0');
+            }
+            caps.size_max = ok ? v : 0;
+        } else if (detail::iequals(key, "AUTH")) {
+            std::string_view p = params;
+            while (!p.empty()) {
+                const std::size_t s = p.find(' ');
+                const std::string_view m = p.substr(0, s);
+                if (!m.empty()) {
+                    caps.auth_mechanisms.emplace_back(m);
+                }
+                p = s == std::string_view::npos ? std::string_view{} : p.substr(s + 1);
+            }
+        }
+        if (text.empty()) {
+            break;
+        }
+    }
+    return caps;
+}
+
+struct envelope {
+    std::string mail_from;             // reverse-path without brackets; empty = null sender
+    std::vector<std::string> rcpt_to;  // forward-paths without brackets
+    bool eight_bit = false;            // body is 8bit: BODY=8BITMIME
+    bool smtputf8 = false;             // addresses or headers need SMTPUTF8
+};
+
+struct transaction_result {
+    reply mail;                     // reply to MAIL FROM
+    std::vector<reply> recipients;  // final outcome for each RCPT, in order
+    bool data_sent = false;         // the body went out and got a final reply to its "."
+};
+
+enum class event_kind {
+    ready,             // session established (after greeting/EHLO, after STARTTLS+EHLO, after RSET)
+    transaction_done,  // outcomes of the last start_transaction()
+    tls_start,         // 220 to STARTTLS: the engine runs the TLS handshake now
+    tls_refused,       // STARTTLS was not accepted; the session is still usable in plaintext
+    closed,            // the session is over (QUIT answered, 421, refusal, or protocol error)
+};
+
+struct event {
+    event_kind kind;
+    reply last_reply;                        // the reply that caused it (synthesized when local)
+    std::optional<transaction_result> result;  // for transaction_done
+    bool protocol_error = false;             // closed because the peer broke the protocol
+};
+
+class client {
+public:
+    enum class state {
+        greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, data, rset, quit, closed
+    };
+
+    explicit client(std::string helo_name, timeouts t = {}) : _helo_name(std::move(helo_name)), _timeouts(t) {}
+
+    // Feeds received bytes; events become available from next_event().
+    void receive(std::string_view bytes) {
+        while (!bytes.empty() && _state != state::closed) {
+            std::size_t used = 0;
+            const auto s = _parser.feed(bytes, used);
+            bytes.remove_prefix(used);
+            if (s == reply_parser::status::need_more) {
+                return;
+            }
+            if (s == reply_parser::status::error) {
+                protocol_failure(_parser.error());
+                return;
+            }
+            on_reply(_parser.take());
+            if (_state == state::tls_handshake && !bytes.empty()) {
+                // Bytes after 220 to STARTTLS were sent in plaintext before TLS:
+                // accepting them would let an attacker inject commands (CVE-2011-0411 class).
+                protocol_failure("data received after the reply to STARTTLS");
+                return;
+            }
+        }
+    }
+
+    // The peer closed the connection (or it failed): pending work fails as transient.
+    void connection_lost(std::string_view why) {
+        if (_state == state::closed) {
+            return;
+        }
+        if (_state == state::quit) {
+            finish_closed(synthesized(221, "", "connection closed after QUIT"), false);
+            return;
+        }
+        finish_closed(synthesized(421, "4.4.2", std::string("connection lost: ") + std::string(why)), false);
+    }
+
+    // A deadline from timeout() passed.
+    void timed_out() {
+        if (_state == state::closed) {
+            return;
+        }
+        finish_closed(synthesized(421, "4.4.2", std::string("timeout waiting for ") + waiting_for()), false);
+    }
+
+    // Output to write to the peer, in order. Call consume_output() with what was written.
+    std::string_view output() const noexcept { return std::string_view(_out).substr(_out_begin); }
+    void consume_output(std::size_t n) {
+        _out_begin += n;
+        if (_out_begin == _out.size()) {
+            _out.clear();
+            _out_begin = 0;
+        }
+    }
+    bool has_output() const noexcept { return _out_begin < _out.size(); }
+
+    std::optional<event> next_event() {
+        if (_events.empty()) {
+            return std::nullopt;
+        }
+        event e = std::move(_events.front());
+        _events.pop_front();
+        return e;
+    }
+
+    // Deadline for the current wait, per RFC 5321 §4.5.3.2; nullopt when idle.
+    std::optional<std::chrono::seconds> timeout() const noexcept {
+        switch (_state) {
+            case state::greeting: return _timeouts.greeting;
+            case state::ehlo:
+            case state::helo: return _timeouts.ehlo;
+            case state::transaction:
+                if (_expected.empty()) {
+                    return std::nullopt;
+                }
+                switch (_expected.front().what) {
+                    case command::mail: return _timeouts.mail;
+                    case command::rcpt: return _timeouts.rcpt;
+                    case command::data: return _timeouts.data_init;
+                    default: return _timeouts.other;
+                }
+            case state::data: return has_output() ? _timeouts.data_block : _timeouts.data_term;
+            case state::starttls:
+            case state::rset:
+            case state::quit: return _timeouts.other;
+            case state::ready:
+            case state::tls_handshake:
+            case state::closed: return std::nullopt;
+        }
+        return std::nullopt;
+    }
+
+    state current_state() const noexcept { return _state; }
+    const capabilities& caps() const noexcept { return _caps; }
+    bool tls_active() const noexcept { return _tls_active; }
+    std::uint64_t transactions_completed() const noexcept { return _transactions; }
+
+    // Starts a mail transaction. Precondition: state ready. A message the
+    // server cannot take (SMTPUTF8 not offered, over its SIZE) fails at once
+    // with a synthesized 5xx, without a byte on the wire.
+    void start_transaction(const envelope& env, std::string_view message) {
+        if (_state != state::ready) {
+            throw std::logic_error("smtp::client::start_transaction outside the ready state");
+        }
+        _result = transaction_result{};
+        _result.recipients.assign(env.rcpt_to.size(), reply{});
+        _message = message;
+        _accepted = 0;
+        if (env.smtputf8 && !_caps.smtputf8) {
+            fail_locally(synthesized(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"));
+            return;
+        }
+        if (_caps.size_max != 0 && message.size() > _caps.size_max) {
+            fail_locally(synthesized(552, "5.3.4", "message size exceeds the server's SIZE limit of " +
+                                                      std::to_string(_caps.size_max)));
+            return;
+        }
+        if (env.rcpt_to.empty()) {
+            fail_locally(synthesized(554, "5.5.1", "no recipients"));
+            return;
+        }
+        _state = state::transaction;
+        _unsent.clear();
+        _expected.clear();
+        if (_needs_rset) {
+            queue(command::rset, "RSET\r\n");
+        }
+        std::string mail = "MAIL FROM:<" + env.mail_from + ">";
+        if (_caps.size_advertised) {
+            mail += " SIZE=" + std::to_string(message.size());
+        }
+        if (env.eight_bit && _caps.eight_bit_mime) {
+            mail += " BODY=8BITMIME";
+        }
+        if (env.smtputf8) {
+            mail += " SMTPUTF8";
+        }
+        mail += "\r\n";
+        queue(command::mail, std::move(mail));
+        for (std::size_t i = 0; i < env.rcpt_to.size(); ++i) {
+            queue(command::rcpt, "RCPT TO:<" + env.rcpt_to[i] + ">\r\n", i);
+        }
+        queue(command::data, "DATA\r\n");
+        send_queued();
+    }
+
+    // Sends STARTTLS. Precondition: state ready and the server offers it.
+    void starttls() {
+        if (_state != state::ready) {
+            throw std::logic_error("smtp::client::starttls outside the ready state");
+        }
+        _state = state::starttls;
+        _out += "STARTTLS\r\n";
+    }
+
+    // The engine finished the TLS handshake: EHLO again (RFC 3207 §4.2).
+    void tls_established() {
+        if (_state != state::tls_handshake) {
+            throw std::logic_error("smtp::client::tls_established without a STARTTLS in progress");
+        }
+        _tls_active = true;
+        _caps = capabilities{};
+        send_ehlo();
+    }
+
+    // Sends RSET to check a reused session; ready follows on success.
+    void reset() {
+        if (_state != state::ready) {
+            throw std::logic_error("smtp::client::reset outside the ready state");
+        }
+        _state = state::rset;
+        _needs_rset = false;
+        _out += "RSET\r\n";
+    }
+
+    void quit() {
+        if (_state == state::closed || _state == state::quit) {
+            return;
+        }
+        _state = state::quit;
+        _out += "QUIT\r\n";
+    }
+
+private:
+    enum class command : std::uint8_t { rset, mail, rcpt, data, body };
+
+    struct pending {
+        command what;
+        std::size_t index = 0;
+        std::string bytes;
+    };
+
+    static reply synthesized(int code, std::string enhanced, std::string text) {
+        reply r;
+        r.code = code;
+        r.enhanced = std::move(enhanced);
+        r.text = std::move(text);
+        return r;
+    }
+
+    const char* waiting_for() const noexcept {
+        switch (_state) {
+            case state::greeting: return "the greeting";
+            case state::ehlo: return "the reply to EHLO";
+            case state::helo: return "the reply to HELO";
+            case state::transaction:
+                if (!_expected.empty()) {
+                    switch (_expected.front().what) {
+                        case command::mail: return "the reply to MAIL FROM";
+                        case command::rcpt: return "the reply to RCPT TO";
+                        case command::data: return "the reply to DATA";
+                        case command::rset: return "the reply to RSET";
+                        case command::body: break;
+                    }
+                }
+                return "a reply";
+            case state::data: return "the reply to the end of data";
+            case state::starttls: return "the reply to STARTTLS";
+            case state::rset: return "the reply to RSET";
+            case state::quit: return "the reply to QUIT";
+            default: return "the server";
+        }
+    }
+
+    void queue(command what, std::string bytes, std::size_t index = 0) {
+        _unsent.push_back(pending{what, index, std::move(bytes)});
+    }
+
+    // Pipelined: everything queued goes at once; else one command per reply.
+    void send_queued() {
+        while (!_unsent.empty()) {
+            pending p = std::move(_unsent.front());
+            _unsent.pop_front();
+            _out += p.bytes;
+            p.bytes.clear();
+            _expected.push_back(std::move(p));
+            if (!_caps.pipelining) {
+                break;
+            }
+        }
+    }
+
+    void send_ehlo() {
+        _state = state::ehlo;
+        _out += "EHLO " + _helo_name + "\r\n";
+    }
+
+    void push(event_kind kind, reply r) {
+        _events.push_back(event{kind, std::move(r), std::nullopt, false});
+    }
+
+    void fail_locally(reply r) {
+        _result.mail = r;
+        for (reply& rr : _result.recipients) {
+            rr = r;
+        }
+        if (_result.recipients.empty()) {
+            _result.recipients.push_back(r);
+        }
+        _events.push_back(event{event_kind::transaction_done, std::move(r), std::move(_result), false});
+        _result = transaction_result{};
+    }
+
+    void protocol_failure(const std::string& why) {
+        finish_closed(synthesized(421, "4.5.0", "protocol error: " + why), true);
+    }
+
+    // Ends the session. A transaction in flight ends with `r` as the outcome
+    // of every recipient that has no final answer yet.
+    void finish_closed(reply r, bool protocol_error) {
+        if (_state == state::transaction || _state == state::data) {
+            complete_pending_recipients(r);
+            _events.push_back(event{event_kind::transaction_done, r, std::move(_result), false});
+            _result = transaction_result{};
+        }
+        _state = state::closed;
+        _unsent.clear();
+        _expected.clear();
+        _out.clear();
+        _out_begin = 0;
+        _events.push_back(event{event_kind::closed, std::move(r), std::nullopt, protocol_error});
+    }
+
+    void complete_pending_recipients(const reply& r) {
+        for (reply& rr : _result.recipients) {
+            if (rr.code == 0 || rr.positive()) {
+                // No answer yet, or accepted but the data never got its final
+                // reply: not delivered as far as we can know.
+                rr = r;
+            }
+        }
+        if (_result.mail.code == 0) {
+            _result.mail = r;
+        }
+    }
+
+    void on_reply(reply r) {
+        if (r.code == 421 && _state != state::quit) {
+            // §3.8: the server is shutting the channel down.
+            finish_closed(std::move(r), false);
+            return;
+        }
+        switch (_state) {
+            case state::greeting:
+                if (r.code == 220) {
+                    send_ehlo();
+                } else {
+                    finish_closed(std::move(r), false);
+                }
+                return;
+            case state::ehlo:
+                if (r.code == 250) {
+                    _caps = parse_capabilities(r);
+                    _state = state::ready;
+                    push(event_kind::ready, std::move(r));
+                } else if (r.code >= 500 && !_tls_active) {
+                    // §4.1.4: an old server; HELO and no extensions.
+                    _state = state::helo;
+                    _out += "HELO " + _helo_name + "\r\n";
+                } else {
+                    finish_closed(std::move(r), false);
+                }
+                return;
+            case state::helo:
+                if (r.code == 250) {
+                    _caps = capabilities{};
+                    _state = state::ready;
+                    push(event_kind::ready, std::move(r));
+                } else {
+                    finish_closed(std::move(r), false);
+                }
+                return;
+            case state::starttls:
+                if (r.code == 220) {
+                    _state = state::tls_handshake;
+                    push(event_kind::tls_start, std::move(r));
+                } else {
+                    _state = state::ready;
+                    push(event_kind::tls_refused, std::move(r));
+                }
+                return;
+            case state::rset:
+                if (r.positive()) {
+                    _state = state::ready;
+                    push(event_kind::ready, std::move(r));
+                } else {
+                    finish_closed(std::move(r), false);
+                }
+                return;
+            case state::quit:
+                finish_closed(std::move(r), false);
+                return;
+            case state::transaction:
+                on_transaction_reply(std::move(r));
+                return;
+            case state::data:
+                on_data_reply(std::move(r));
+                return;
+            case state::ready:
+            case state::tls_handshake:
+            case state::closed:
+                protocol_failure("unexpected reply: " + r.one_line());
+                return;
+        }
+    }
+
+    void on_transaction_reply(reply r) {
+        if (_expected.empty()) {
+            protocol_failure("reply without a command: " + r.one_line());
+            return;
+        }
+        const pending p = std::move(_expected.front());
+        _expected.pop_front();
+        switch (p.what) {
+            case command::rset:
+                if (!r.positive()) {
+                    finish_closed(synthesized(421, "4.4.0", "RSET refused: " + r.one_line()), false);
+                    return;
+                }
+                _needs_rset = false;
+                break;
+            case command::mail:
+                _result.mail = r;
+                if (!r.positive()) {
+                    for (reply& rr : _result.recipients) {
+                        rr = r;
+                    }
+                    if (!_caps.pipelining) {
+                        end_transaction(false, std::move(r));
+                        return;
+                    }
+                }
+                break;
+            case command::rcpt:
+                if (_result.mail.positive()) {
+                    _result.recipients[p.index] = r;
+                }
+                if (r.positive() && _result.mail.positive()) {
+                    ++_accepted;
+                }
+                if (!_caps.pipelining && _unsent.size() == 1 && _accepted == 0) {
+                    // Last RCPT answered, none accepted: no DATA (§3.3).
+                    _unsent.clear();
+                    end_transaction(false, std::move(r));
+                    return;
+                }
+                break;
+            case command::data:
+                if (r.code == 354) {
+                    _state = state::data;
+                    if (_accepted > 0 && _result.mail.positive()) {
+                        append_dot_stuffed(_out, _message);
+                    } else {
+                        // RFC 2920 §3.1: every RCPT failed yet DATA went on; end it empty.
+                        _out += ".\r\n";
+                        _data_discard = true;
+                    }
+                    return;
+                }
+                for (reply& rr : _result.recipients) {
+                    if (rr.positive()) {
+                        rr = r;
+                    }
+                }
+                end_transaction(false, std::move(r));
+                return;
+            case command::body:
+                break;
+        }
+        send_queued();
+    }
+
+    void on_data_reply(reply r) {
+        if (_data_discard) {
+            _data_discard = false;
+            end_transaction(false, std::move(r));
+            return;
+        }
+        for (reply& rr : _result.recipients) {
+            if (rr.positive()) {
+                rr = r;
+            }
+        }
+        _result.data_sent = true;
+        end_transaction(true, std::move(r));
+    }
+
+    void end_transaction(bool completed, reply last) {
+        if (!completed && _result.mail.positive()) {
+            _needs_rset = true;
+        }
+        if (completed) {
+            ++_transactions;
+        }
+        _state = state::ready;
+        _expected.clear();
+        _unsent.clear();
+        _message = {};
+        _events.push_back(event{event_kind::transaction_done, std::move(last), std::move(_result), false});
+        _result = transaction_result{};
+    }
+
+    std::string _helo_name;
+    timeouts _timeouts;
+    state _state = state::greeting;
+    reply_parser _parser;
+    capabilities _caps;
+    std::string _out;
+    std::size_t _out_begin = 0;
+    std::deque<event> _events;
+    std::deque<pending> _unsent;
+    std::deque<pending> _expected;
+    transaction_result _result;
+    std::string_view _message;
+    std::size_t _accepted = 0;
+    std::uint64_t _transactions = 0;
+    bool _needs_rset = false;
+    bool _data_discard = false;
+    bool _tls_active = false;
+};
+
+}  // namespace mxpress::smtp

@@ -1,0 +1,281 @@
+// Tests for mail/message_template.hpp. Decoding is checked by Python's email
+// package (a real, independent MIME implementation), not by our own code.
+#include "mxpress/mail/message_template.hpp"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "test_util.hpp"
+
+namespace {
+
+using mxpress::mail::input_error;
+using mxpress::mail::message_template;
+using mxpress::mail::render_result;
+using mxpress::mail::renderer;
+using mxpress::mail::renderer_options;
+using mxpress::test::temp_dir;
+
+const std::vector<std::string> columns = {"email", "name", "city"};
+
+std::time_t fixed_clock() { return 1'795'000'000; }
+
+renderer_options options(bool eight_bit = true) {
+    renderer_options o;
+    o.from = "bounce@sender.example";
+    o.eight_bit_allowed = eight_bit;
+    o.clock = fixed_clock;
+    o.message_id_seed = 42;
+    return o;
+}
+
+std::string render(const std::string& tmpl, std::vector<std::string_view> fields, render_result* result = nullptr,
+                   bool eight_bit = true) {
+    const auto t = message_template::compile(tmpl, "m.eml", columns);
+    renderer r(t, options(eight_bit));
+    std::string out;
+    const auto res = r.render(fields, out);
+    if (result != nullptr) {
+        *result = res;
+    }
+    return out;
+}
+
+std::string compile_error(const std::string& tmpl) {
+    try {
+        message_template::compile(tmpl, "m.eml", columns);
+    } catch (const input_error& e) {
+        return e.describe();
+    }
+    return "no error";
+}
+
+// Parses a rendered message with Python's email package and prints what a
+// mail reader would show: the decoded headers named in `names`, then the body.
+std::string python_decode(const std::string& message, const std::string& names) {
+    temp_dir dir;
+    const std::string path = dir.write("msg.eml", message);
+    const std::string script = dir.write("decode.py",
+                                         "import sys, email, email.policy\n"
+                                         "m = email.message_from_bytes(open(sys.argv[1],'rb').read(), "
+                                         "policy=email.policy.default)\n"
+                                         "for n in sys.argv[2].split(','):\n"
+                                         "    print(n + '=' + str(m[n]))\n"
+                                         "print('BODY=' + m.get_content().replace('\\r\\n', '\\n'))\n"
+                                         "print('DEFECTS=' + str(sum(len(p.defects) for p in m.walk()) + "
+                                         "sum(len(m[h].defects) for h in m.keys())))\n");
+    int status = 0;
+    std::string out =
+        mxpress::test::run(std::string(mxpress::test::python3()) + " " + script + " " + path + " " + names, status);
+    EXPECT_EQ(status, 0) << out;
+    return out;
+}
+
+TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
+    const std::string out = render("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n",
+                                   {"a@x.org", "Ann", "Oslo"});
+    EXPECT_EQ(out,
+              "Subject: Hi Ann\r\n"
+              "To: <a@x.org>\r\n"
+              "From: <bounce@sender.example>\r\n"
+              "Date: Wed, 18 Nov 2026 11:06:40 +0000\r\n"
+              "Message-ID: <top2v4.16.1@sender.example>\r\n"
+              "MIME-Version: 1.0\r\n"
+              "\r\n"
+              "Hello Ann in Oslo.\r\n");
+}
+
+TEST(MessageTemplate, KeepsTemplateDateMessageIdMimeVersionAndFrom) {
+    const std::string out = render(
+        "From: a@b.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\n\r\nb\r\n",
+        {"a@x.org", "", ""});
+    EXPECT_EQ(out, "From: a@b.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\n\r\nb\r\n");
+}
+
+TEST(MessageTemplate, MessageIdsAreUnique) {
+    const auto t = message_template::compile("Subject: x\n\nb\n", "m.eml", columns);
+    renderer_options o;
+    o.from = "bounce@sender.example";
+    renderer r1(t, o);
+    renderer r2(t, o);
+    std::set<std::string> ids;
+    std::string out;
+    for (int i = 0; i < 5000; ++i) {
+        for (renderer* r : {&r1, &r2}) {
+            r->render({"a@x.org", "", ""}, out);
+            const auto b = out.find("Message-ID: <");
+            const auto e = out.find('>', b);
+            ASSERT_NE(b, std::string::npos);
+            const std::string id = out.substr(b, e - b);
+            EXPECT_TRUE(id.ends_with("@sender.example"));
+            ids.insert(id);
+        }
+    }
+    EXPECT_EQ(ids.size(), 10000u);
+}
+
+TEST(MessageTemplate, UnknownFieldIsAnErrorNamingFieldAndLine) {
+    EXPECT_EQ(compile_error("Subject: hi\n\nline two\nDear {{nmae}},\n"),
+              "m.eml:4: unknown merge field '{{nmae}}': the recipients file has columns email, name, city");
+    EXPECT_EQ(compile_error("Subject: {{ bogus }}\n\nx\n"),
+              "m.eml:1: unknown merge field '{{bogus}}': the recipients file has columns email, name, city");
+    EXPECT_EQ(compile_error("Subject: x\n\nDear {{name\n}}\n"), "m.eml:3: '{{' without a closing '}}' on the same line");
+    EXPECT_EQ(compile_error("Subject: x\n\n{{}}\n"), "m.eml:3: empty merge field '{{}}'");
+}
+
+TEST(MessageTemplate, MissingBlankLineBetweenHeadersAndBody) {
+    EXPECT_EQ(compile_error("Subject: hi\nDear friend,\nmore\n"),
+              "m.eml:2: expected a header line 'Name: value' or a blank line ending the headers (is the blank "
+              "line between headers and body missing?)");
+    EXPECT_EQ(compile_error("Hello there\n"),
+              "m.eml:1: expected a header line 'Name: value' or a blank line ending the headers (is the blank "
+              "line between headers and body missing?)");
+    EXPECT_EQ(compile_error(""), "m.eml: template is empty");
+    EXPECT_EQ(compile_error(" folded\n\nx"), "m.eml:1: continuation line before the first header (expected 'Name: value')");
+}
+
+TEST(MessageTemplate, FieldValueCannotInjectAHeader) {
+    const std::string out = render("To: {{name}} <{{email}}>\nSubject: {{name}}\n\nHi\n",
+                                   {"a@x.org", "x\r\nBcc: evil@x", ""});
+    // No line of the header block starts with "Bcc:".
+    const std::string headers = out.substr(0, out.find("\r\n\r\n") + 2);
+    EXPECT_EQ(headers.find("\r\nBcc:"), std::string::npos) << headers;
+    EXPECT_NE(headers.find("Subject: x  Bcc: evil@x\r\n"), std::string::npos) << headers;
+    EXPECT_NE(headers.find("To: \"x  Bcc: evil@x\" <a@x.org>\r\n"), std::string::npos) << headers;
+    const std::string decoded = python_decode(out, "To,Subject,Bcc");
+    EXPECT_NE(decoded.find("Bcc=None"), std::string::npos) << decoded;
+}
+
+TEST(MessageTemplate, DisplayNameWithCommaStaysOneMailbox) {
+    const std::string out = render("To: {{name}} <{{email}}>\n\nx\n", {"a@x.org", "Doe, John", ""});
+    EXPECT_NE(out.find("To: \"Doe, John\" <a@x.org>\r\n"), std::string::npos) << out;
+}
+
+TEST(MessageTemplate, JapaneseHeadersAreEncodedAndDecodeBack) {
+    const std::string tmpl =
+        "From: \"{{city}}\" <news@example.jp>\n"
+        "To: {{name}} <{{email}}>\n"
+        "Subject: 【お知らせ】{{name}}様、{{city}}からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"
+        "\n"
+        "{{name}}様\n本文です。\n";
+    render_result res;
+    const std::string out = render(tmpl, {"taro@例え.jp", "山田太郎", "東京"}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_FALSE(res.needs_smtputf8) << "the domain goes as A-labels";
+    EXPECT_TRUE(res.eight_bit);
+    const std::string headers = out.substr(0, out.find("\r\n\r\n"));
+    EXPECT_TRUE(mxpress::detail::all_ascii(headers)) << headers;
+    std::size_t start = 0;
+    while (start < headers.size()) {
+        std::size_t end = headers.find("\r\n", start);
+        end = end == std::string::npos ? headers.size() : end;
+        EXPECT_LE(end - start, 78u) << headers.substr(start, end - start);
+        start = end + 2;
+    }
+    const std::string decoded = python_decode(out, "From,To,Subject");
+    EXPECT_NE(decoded.find("From=東京 <news@example.jp>\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("To=山田太郎 <taro@xn--r8jz45g.jp>\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("Subject=【お知らせ】山田太郎様、東京からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"),
+              std::string::npos)
+        << decoded;
+    EXPECT_NE(decoded.find("BODY=山田太郎様\n本文です。\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("DEFECTS=0"), std::string::npos) << decoded;
+}
+
+TEST(MessageTemplate, NonAsciiBodyIsQuotedPrintableWithout8bit) {
+    render_result res;
+    const std::string out = render("Subject: x\n\nCafé {{name}}\n", {"a@x.org", "Zoë", ""}, &res, false);
+    ASSERT_TRUE(res.ok());
+    EXPECT_FALSE(res.eight_bit);
+    EXPECT_NE(out.find("Content-Transfer-Encoding: quoted-printable\r\n"), std::string::npos);
+    EXPECT_NE(out.find("Content-Type: text/plain; charset=utf-8\r\n"), std::string::npos);
+    EXPECT_TRUE(mxpress::detail::all_ascii(out));
+    const std::string decoded = python_decode(out, "Subject");
+    EXPECT_NE(decoded.find("BODY=Café Zoë\n"), std::string::npos) << decoded;
+}
+
+TEST(MessageTemplate, TemplateContentTypeGetsCharsetWhenNeeded) {
+    const std::string out = render("Content-Type: text/html\nSubject: x\n\n<p>{{name}}</p>\n", {"a@x.org", "Zoë", ""});
+    EXPECT_NE(out.find("Content-Type: text/html; charset=utf-8\r\n"), std::string::npos) << out;
+    EXPECT_EQ(out.find("Content-Type: text/html\r\n"), std::string::npos) << "declared once";
+    const std::string ascii = render("Content-Type: text/html\nSubject: x\n\n<p>{{name}}</p>\n", {"a@x.org", "Zoe", ""});
+    EXPECT_NE(ascii.find("Content-Type: text/html\r\n"), std::string::npos) << ascii;
+}
+
+TEST(MessageTemplate, LongBodyLinesBecomeQuotedPrintable) {
+    const std::string long_value(3000, 'x');
+    render_result res;
+    const std::string out = render("Subject: x\n\n{{name}}\nend\n", {"a@x.org", long_value, ""}, &res);
+    ASSERT_TRUE(res.ok());
+    EXPECT_NE(out.find("Content-Transfer-Encoding: quoted-printable"), std::string::npos);
+    std::size_t start = 0;
+    while (start < out.size()) {
+        std::size_t end = out.find("\r\n", start);
+        end = end == std::string::npos ? out.size() : end;
+        EXPECT_LE(end - start, 76u);
+        start = end + 2;
+    }
+    const std::string decoded = python_decode(out, "Subject");
+    EXPECT_NE(decoded.find("BODY=" + long_value + "\nend\n"), std::string::npos);
+}
+
+TEST(MessageTemplate, LongHeadersAreFolded) {
+    std::string words;
+    for (int i = 0; i < 300; ++i) {
+        words += "word" + std::to_string(i) + " ";
+    }
+    const std::string out = render("Subject: {{name}}\n\nx\n", {"a@x.org", words, ""});
+    const std::string decoded = python_decode(out, "Subject");
+    EXPECT_NE(decoded.find("Subject=" + words.substr(0, words.size() - 1)), std::string::npos) << decoded;
+    std::size_t start = 0;
+    while (start < out.size()) {
+        std::size_t end = out.find("\r\n", start);
+        end = end == std::string::npos ? out.size() : end;
+        EXPECT_LE(end - start, 78u);
+        start = end + 2;
+    }
+}
+
+TEST(MessageTemplate, UnfoldableStructuredHeaderMakesTheRowInvalid) {
+    render_result res;
+    render("List-Unsubscribe: <https://x.example/u/{{name}}>\n\nx\n", {"a@x.org", std::string(1200, 'u'), ""}, &res);
+    EXPECT_FALSE(res.ok());
+    EXPECT_EQ(res.error, "header List-Unsubscribe (template line 1): a line would exceed 998 octets");
+    render("List-Id: {{name}}\n\nx\n", {"a@x.org", "Zoë", ""}, &res);
+    EXPECT_EQ(res.error, "header List-Id (template line 1): non-ASCII text is not allowed there");
+}
+
+TEST(MessageTemplate, AuthorsMultipartBodyIsKeptAsIs) {
+    const std::string tmpl =
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/alternative; boundary=\"b1\"\n"
+        "Subject: x\n\n"
+        "--b1\nContent-Type: text/plain\n\nHi {{name}}\n--b1--\n";
+    render_result res;
+    const std::string out = render(tmpl, {"a@x.org", "Ann", ""}, &res);
+    ASSERT_TRUE(res.ok());
+    EXPECT_NE(out.find("\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nHi Ann\r\n--b1--\r\n"), std::string::npos)
+        << out;
+    EXPECT_EQ(out.find("Content-Transfer-Encoding"), std::string::npos);
+    render(tmpl, {"a@x.org", std::string(1000, 'n'), ""}, &res);
+    EXPECT_FALSE(res.ok());
+}
+
+TEST(MessageTemplate, BodyValuesGetCrlfAndDotsSurvive) {
+    const std::string out = render("Subject: x\n\n{{name}}\n.dot line\n", {"a@x.org", "l1\nl2\rl3", ""});
+    EXPECT_TRUE(out.ends_with("\r\n\r\nl1\r\nl2\r\nl3\r\n.dot line\r\n")) << out;
+}
+
+TEST(MessageTemplate, BccIsDroppedAndCrlfTemplatesWork) {
+    const std::string out = render("Subject: x\r\nBcc: list@x.org\r\n\r\nbody\r\n", {"a@x.org", "", ""});
+    EXPECT_EQ(out.find("Bcc"), std::string::npos);
+    EXPECT_TRUE(out.ends_with("\r\n\r\nbody\r\n"));
+}
+
+TEST(MessageTemplate, FoldedTemplateHeaderIsUnfolded) {
+    const std::string out = render("Subject: one\n  two {{name}}\n\nb\n", {"a@x.org", "N", ""});
+    EXPECT_NE(out.find("Subject: one  two N\r\n"), std::string::npos) << out;
+}
+
+}  // namespace

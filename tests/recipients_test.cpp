@@ -1,0 +1,79 @@
+// Tests for mail/recipients.hpp: the header row and per-row validity.
+#include "mxpress/mail/recipients.hpp"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using mxpress::mail::csv_reader;
+using mxpress::mail::input_error;
+using mxpress::mail::recipient_row;
+using mxpress::mail::recipients_reader;
+
+recipients_reader open(std::string_view text) { return recipients_reader(csv_reader::from_string(text), "r.csv"); }
+
+std::string header_error(std::string_view text) {
+    try {
+        open(text);
+    } catch (const input_error& e) {
+        return e.describe();
+    }
+    return "no error";
+}
+
+TEST(Recipients, HeaderFindsEmailCaseInsensitively) {
+    auto r = open("Name,EMAIL,City\nAl,a@x.org,Rome\n");
+    EXPECT_EQ(r.email_column(), 1u);
+    EXPECT_EQ(r.find_column("city"), 2u);
+    recipient_row row;
+    ASSERT_TRUE(r.next(row));
+    EXPECT_TRUE(row.valid());
+    EXPECT_EQ(row.email, "a@x.org");
+    EXPECT_EQ(row.line, 2u);
+    EXPECT_FALSE(r.next(row));
+}
+
+TEST(Recipients, HeaderErrorsNameFileAndLine) {
+    EXPECT_EQ(header_error(""), "r.csv: file is empty: expected a header row with an 'email' column");
+    EXPECT_EQ(header_error("name,city\n"), "r.csv:1: header row has no 'email' column (columns: name, city)");
+    EXPECT_EQ(header_error("email,Name,NAME\n"), "r.csv:1: header row: columns 2 and 3 are both named 'NAME'");
+    EXPECT_EQ(header_error("email,,x\n"), "r.csv:1: header row: column 2 has no name");
+    EXPECT_EQ(header_error("\"email\n"), "r.csv:1: header row: unterminated quoted field at end of file");
+}
+
+TEST(Recipients, RowsOfTheWrongShapeAreInvalidNotDropped) {
+    auto r = open("email,name\na@x.org\nb@x.org,B,extra\n\nc@x.org,\"C\"\n");
+    recipient_row row;
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.error, "row has 1 field, header has 2");
+    EXPECT_EQ(row.email, "a@x.org");
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.error, "row has 3 fields, header has 2");
+    ASSERT_TRUE(r.next(row)) << "the blank line is passed over, the next row is read";
+    EXPECT_TRUE(row.valid());
+    EXPECT_EQ(row.line, 5u);
+    EXPECT_FALSE(r.next(row));
+}
+
+TEST(Recipients, InvalidUtf8AndNulMakeARowInvalid) {
+    using namespace std::string_literals;
+    auto r = open("email,name\na@x.org,\xC3\x28\nb@x.org,n\0l\n"s);
+    recipient_row row;
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.error, "column 'name' is not valid UTF-8");
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.error, "NUL byte in row");
+}
+
+TEST(Recipients, OverlongRowNamesTheLimit) {
+    std::string text = "email,blob\na@x.org," + std::string(1500000, 'x') + "\nb@x.org,y\n";
+    auto r = open(text);
+    recipient_row row;
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.error, "row too long (limit 1048576 bytes)");
+    ASSERT_TRUE(r.next(row));
+    EXPECT_TRUE(row.valid());
+    EXPECT_EQ(row.line, 3u);
+}
+
+}  // namespace

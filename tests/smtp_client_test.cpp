@@ -1,0 +1,391 @@
+// Golden transcripts for smtp/client.hpp: every branch of the session and
+// transaction state machine, driven without sockets.
+#include "mxpress/smtp/client.hpp"
+
+#include <gtest/gtest.h>
+
+namespace {
+
+using namespace mxpress::smtp;
+
+// Drives a client: `server()` feeds bytes, `sent()` takes what the client wrote.
+struct session {
+    client c{"sender.example"};
+    std::vector<event> events;
+
+    std::string sent() {
+        std::string s(c.output());
+        c.consume_output(s.size());
+        return s;
+    }
+    void server(std::string_view bytes, std::size_t step = 0) {
+        if (step == 0) {
+            c.receive(bytes);
+        } else {
+            for (std::size_t i = 0; i < bytes.size(); i += step) {
+                c.receive(bytes.substr(i, step));
+            }
+        }
+        while (auto e = c.next_event()) {
+            events.push_back(std::move(*e));
+        }
+    }
+    event take_event() {
+        EXPECT_FALSE(events.empty());
+        if (events.empty()) {
+            return event{event_kind::closed, {}, std::nullopt, false};
+        }
+        event e = std::move(events.front());
+        events.erase(events.begin());
+        return e;
+    }
+    // Greeting + EHLO with the given capability lines.
+    void open(const std::string& caps = "250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n") {
+        EXPECT_EQ(c.timeout(), std::chrono::seconds(300));
+        server("220 mx.example ESMTP\r\n");
+        EXPECT_EQ(sent(), "EHLO sender.example\r\n");
+        server("250-mx.example\r\n" + caps);
+        const event e = take_event();
+        EXPECT_EQ(e.kind, event_kind::ready);
+        EXPECT_EQ(c.current_state(), client::state::ready);
+        EXPECT_EQ(c.timeout(), std::nullopt);
+    }
+};
+
+envelope env(std::vector<std::string> rcpts, bool eight_bit = false) {
+    envelope e;
+    e.mail_from = "bounce@sender.example";
+    e.rcpt_to = std::move(rcpts);
+    e.eight_bit = eight_bit;
+    return e;
+}
+
+const std::string msg = "Subject: t\r\n\r\n.dot\r\nbody\r\n";
+
+TEST(SmtpClient, CapabilitiesAreParsed) {
+    session s;
+    s.open("250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"
+           "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
+    const auto& caps = s.c.caps();
+    EXPECT_TRUE(caps.pipelining && caps.starttls && caps.eight_bit_mime && caps.smtputf8 && caps.chunking &&
+                caps.enhanced_status_codes);
+    EXPECT_EQ(caps.size_max, 35882577u);
+    EXPECT_EQ(caps.auth_mechanisms, (std::vector<std::string>{"PLAIN", "LOGIN"}));
+}
+
+TEST(SmtpClient, PipelinedTransactionInOneWrite) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}, true), msg);
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example> SIZE=" + std::to_string(msg.size()) +
+                            " BODY=8BITMIME\r\nRCPT TO:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n");
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(300));
+    s.server("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n354 go\r\n");
+    EXPECT_EQ(s.sent(), "Subject: t\r\n\r\n..dot\r\nbody\r\n.\r\n");
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(600)) << "waiting for the final reply: 10 minutes";
+    s.server("250 2.0.0 queued as X\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    ASSERT_TRUE(e.result.has_value());
+    EXPECT_TRUE(e.result->data_sent);
+    EXPECT_EQ(e.result->recipients[0].one_line(), "250 2.0.0 queued as X");
+    EXPECT_EQ(e.result->recipients[1].one_line(), "550 5.1.1 no such user");
+    EXPECT_EQ(s.c.transactions_completed(), 1u);
+    // Reuse: the next transaction needs no RSET after a completed one.
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_TRUE(s.sent().starts_with("MAIL FROM:"));
+}
+
+TEST(SmtpClient, WithoutPipeliningOneCommandPerReply) {
+    session s;
+    s.open("250 HELP\r\n");
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}, true), msg);
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example>\r\n") << "no SIZE or BODY without the extensions";
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), "RCPT TO:<a@x.org>\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), "RCPT TO:<b@x.org>\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), "DATA\r\n");
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(120));
+    s.server("354 go\r\n");
+    EXPECT_EQ(s.sent(), "Subject: t\r\n\r\n..dot\r\nbody\r\n.\r\n");
+    s.server("250 done\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_EQ(e.result->recipients[0].code, 250);
+    EXPECT_EQ(e.result->recipients[1].code, 250);
+}
+
+TEST(SmtpClient, EhloRefusedFallsBackToHelo) {
+    session s;
+    s.server("220 old.example\r\n");
+    EXPECT_EQ(s.sent(), "EHLO sender.example\r\n");
+    s.server("502 command not implemented\r\n");
+    EXPECT_EQ(s.sent(), "HELO sender.example\r\n");
+    s.server("250 old.example\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+    EXPECT_FALSE(s.c.caps().esmtp);
+}
+
+TEST(SmtpClient, GreetingRefusedClosesTheSession) {
+    session s;
+    s.server("554 5.7.1 no service for you\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_EQ(e.last_reply.code, 554);
+    EXPECT_EQ(s.c.current_state(), client::state::closed);
+}
+
+TEST(SmtpClient, AllRecipientsRejectedSendsNoBody) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n550 no\r\n550 no\r\n554 5.5.1 no valid recipients\r\n");
+    EXPECT_EQ(s.sent(), "") << "not a byte of the message";
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_FALSE(e.result->data_sent);
+    EXPECT_EQ(e.result->recipients[0].code, 550);
+    EXPECT_EQ(e.result->recipients[1].code, 550);
+    // The server still holds the MAIL: the next transaction starts with RSET.
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_TRUE(s.sent().starts_with("RSET\r\nMAIL FROM:"));
+    s.server("250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    s.sent();
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.take_event().result->recipients[0].code, 250);
+}
+
+TEST(SmtpClient, AllRecipientsRejectedButDataAcceptedEndsWithLoneDot) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n550 no\r\n354 go\r\n");
+    EXPECT_EQ(s.sent(), ".\r\n") << "RFC 2920: end the data at once, send no message";
+    s.server("554 no valid recipients\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_FALSE(e.result->data_sent);
+    EXPECT_EQ(e.result->recipients[0].code, 550);
+}
+
+TEST(SmtpClient, MailRejectedAppliesToEveryRecipient) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    s.sent();
+    s.server("552 5.3.4 message too big\r\n503 bad sequence\r\n503 bad sequence\r\n503 bad sequence\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_EQ(e.result->recipients[0].one_line(), "552 5.3.4 message too big");
+    EXPECT_EQ(e.result->recipients[1].one_line(), "552 5.3.4 message too big");
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_TRUE(s.sent().starts_with("MAIL FROM:")) << "no RSET needed: no transaction was open";
+}
+
+TEST(SmtpClient, RejectAtFinalDot) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    s.sent();
+    s.server("554 5.7.1 content rejected\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.result->recipients[0].one_line(), "554 5.7.1 content rejected");
+    EXPECT_EQ(e.result->recipients[1].one_line(), "554 5.7.1 content rejected");
+    EXPECT_TRUE(e.result->data_sent);
+}
+
+TEST(SmtpClient, DataRefusedWith451) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n250 ok\r\n451 4.3.0 try later\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.result->recipients[0].one_line(), "451 4.3.0 try later");
+    EXPECT_FALSE(e.result->data_sent);
+}
+
+TEST(SmtpClient, Server421MidTransactionFailsPendingRecipientsTransiently) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n550 5.1.1 unknown\r\n421 4.3.2 shutting down\r\n");
+    const event done = s.take_event();
+    ASSERT_EQ(done.kind, event_kind::transaction_done);
+    EXPECT_EQ(done.result->recipients[0].one_line(), "550 5.1.1 unknown") << "a final answer stays final";
+    EXPECT_EQ(done.result->recipients[1].one_line(), "421 4.3.2 shutting down");
+    const event closed = s.take_event();
+    EXPECT_EQ(closed.kind, event_kind::closed);
+    EXPECT_EQ(s.c.current_state(), client::state::closed);
+}
+
+TEST(SmtpClient, ConnectionLostAfterBodyIsNotDelivered) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n250 ok\r\n354 go\r\n");
+    s.sent();
+    s.c.connection_lost("reset by peer");
+    const event e = s.c.next_event().value();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_EQ(e.result->recipients[0].code, 421);
+    EXPECT_TRUE(e.result->recipients[0].transient());
+    EXPECT_EQ(e.result->recipients[0].text, "connection lost: reset by peer");
+    EXPECT_EQ(s.c.next_event()->kind, event_kind::closed);
+}
+
+TEST(SmtpClient, TimeoutFailsTheSession) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.c.timed_out();
+    const event e = s.c.next_event().value();
+    EXPECT_EQ(e.result->recipients[0].one_line(), "421 4.4.2 timeout waiting for the reply to MAIL FROM");
+}
+
+TEST(SmtpClient, RepliesSplitByteByByte) {
+    session s;
+    s.server("220 hi\r\n", 1);
+    s.sent();
+    s.server("250-mx\r\n250-PIPELINING\r\n250 8BITMIME\r\n", 1);
+    ASSERT_EQ(s.take_event().kind, event_kind::ready);
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n250 ok\r\n354 go\r\n", 1);
+    EXPECT_FALSE(s.sent().empty());
+    s.server("250 2.0.0 ok\r\n", 1);
+    EXPECT_EQ(s.take_event().result->recipients[0].code, 250);
+}
+
+TEST(SmtpClient, LongReplyLineIsFine) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 " + std::string(1000, 'k') + "\r\n250 ok\r\n354 go\r\n");
+    s.sent();
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.take_event().result->recipients[0].code, 250);
+}
+
+TEST(SmtpClient, GarbageIsAProtocolError) {
+    session s;
+    s.open();
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("<html>hello</html>\r\n");
+    const event done = s.take_event();
+    ASSERT_EQ(done.kind, event_kind::transaction_done);
+    EXPECT_EQ(done.result->recipients[0].code, 421);
+    const event closed = s.take_event();
+    EXPECT_EQ(closed.kind, event_kind::closed);
+    EXPECT_TRUE(closed.protocol_error);
+    EXPECT_EQ(closed.last_reply.text, "protocol error: malformed reply line: <html>hello</html>");
+}
+
+TEST(SmtpClient, UnsolicitedReplyWhenIdleIsAProtocolError) {
+    session s;
+    s.open();
+    s.server("250 surprise\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_TRUE(e.protocol_error);
+}
+
+TEST(SmtpClient, ResetAndQuit) {
+    session s;
+    s.open();
+    s.c.reset();
+    EXPECT_EQ(s.sent(), "RSET\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+    s.c.quit();
+    EXPECT_EQ(s.sent(), "QUIT\r\n");
+    s.server("221 bye\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_EQ(e.last_reply.code, 221);
+}
+
+TEST(SmtpClient, RsetRefusedClosesTheSession) {
+    session s;
+    s.open();
+    s.c.reset();
+    s.sent();
+    s.server("500 what\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::closed);
+}
+
+TEST(SmtpClient, StarttlsThenEhloAgain) {
+    session s;
+    s.open("250-STARTTLS\r\n250 PIPELINING\r\n");
+    s.c.starttls();
+    EXPECT_EQ(s.sent(), "STARTTLS\r\n");
+    s.server("220 2.0.0 ready to start TLS\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::tls_start);
+    EXPECT_EQ(s.c.current_state(), client::state::tls_handshake);
+    s.c.tls_established();
+    EXPECT_EQ(s.sent(), "EHLO sender.example\r\n");
+    EXPECT_FALSE(s.c.caps().pipelining) << "capabilities are forgotten after STARTTLS";
+    s.server("250-mx\r\n250 PIPELINING\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+    EXPECT_TRUE(s.c.tls_active());
+    EXPECT_TRUE(s.c.caps().pipelining);
+}
+
+TEST(SmtpClient, StarttlsRefusedKeepsPlaintextSession) {
+    session s;
+    s.open("250 STARTTLS\r\n");
+    s.c.starttls();
+    s.sent();
+    s.server("454 4.7.0 TLS not available\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::tls_refused);
+    EXPECT_EQ(s.c.current_state(), client::state::ready);
+}
+
+TEST(SmtpClient, BytesAfterStarttlsReplyAreRejected) {
+    session s;
+    s.open("250 STARTTLS\r\n");
+    s.c.starttls();
+    s.sent();
+    s.server("220 go ahead\r\n250 injected\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::tls_start);
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_TRUE(e.protocol_error);
+}
+
+TEST(SmtpClient, LocalChecksBeforeAnyByte) {
+    session s;
+    s.open("250-SIZE 10\r\n250 PIPELINING\r\n");
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    EXPECT_EQ(s.sent(), "");
+    event e = s.c.next_event().value();
+    EXPECT_EQ(e.result->recipients[0].one_line(),
+              "552 5.3.4 message size exceeds the server's SIZE limit of 10");
+    envelope u = env({"用户@x.org"});
+    u.smtputf8 = true;
+    s.c.start_transaction(u, "x");
+    EXPECT_EQ(s.sent(), "");
+    e = s.c.next_event().value();
+    EXPECT_EQ(e.result->recipients[0].code, 553);
+    EXPECT_EQ(s.c.current_state(), client::state::ready);
+}
+
+TEST(SmtpClient, MisuseIsALogicError) {
+    session s;
+    EXPECT_THROW(s.c.start_transaction(env({"a@x.org"}), msg), std::logic_error);
+    EXPECT_THROW(s.c.tls_established(), std::logic_error);
+}
+
+}  // namespace
