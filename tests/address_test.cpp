@@ -73,8 +73,8 @@ TEST(Address, Rejections) {
     EXPECT_EQ(check_address(local65 + "@example.org").error, "local part longer than 64 octets");
     EXPECT_EQ(check_address("a@" + label64 + ".org").error, "domain label longer than 63 octets");
     EXPECT_EQ(check_address("a@" + long_domain).error, "domain longer than 255 octets");
-    const std::string path_too_long = std::string(64, 'l') + "@" + std::string(63, 'c') + "." +
-                                      std::string(63, 'c') + "." + std::string(62, 'c') + ".org";
+    const std::string path_too_long = std::string(64, 'l') + "@" + std::string(63, 'c') + "." + std::string(63, 'c') +
+                                      "." + std::string(62, 'c') + ".org";
     EXPECT_EQ(check_address(path_too_long).error, "address longer than 254 octets");
 }
 

@@ -49,7 +49,8 @@ TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
               "c.toml:2: unknown key 'conections_max' in [defaults] (known: helo_name, retry_initial, retry_max, "
               "max_age, connections_max, messages_per_connection_max, connect_timeout)");
-    EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"), "c.toml:3: [defaults] connections_max must be an integer");
+    EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
+              "c.toml:3: [defaults] connections_max must be an integer");
     EXPECT_EQ(error_of("[defaults]\nconnections_max = 0\n"),
               "c.toml:2: [defaults] connections_max = 0 is out of range (1..10000)");
     EXPECT_EQ(error_of("[defaults]\nmax_age = 24\n"),
@@ -58,7 +59,8 @@ TEST(Config, Errors) {
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
               "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts])");
-    EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"), "c.toml:1: [defaults] retry_initial is longer than retry_max");
+    EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
+              "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
     EXPECT_EQ(error_of("defaults = 3\n"), "c.toml:1: 'defaults' must be a table: [defaults]");
 }

@@ -49,7 +49,9 @@ TEST(CsvReader, QuotedFieldsCommasDoubledQuotesAndNewlines) {
 }
 
 TEST(CsvReader, BomIsSkippedOnlyAtStart) {
-    const auto rows = parse("\xEF\xBB\xBF" "email\n\xEF\xBB\xBFx\n");
+    const auto rows = parse(
+        "\xEF\xBB\xBF"
+        "email\n\xEF\xBB\xBFx\n");
     ASSERT_EQ(rows.size(), 2u);
     EXPECT_EQ(rows[0].fields[0], "email");
     EXPECT_EQ(rows[1].fields[0], "\xEF\xBB\xBFx");
@@ -138,7 +140,8 @@ TEST(CsvReader, EmptyInputHasNoRecords) {
 // this is what exercises the restart-after-refill logic.
 TEST(CsvReader, SameResultForEveryChunkSize) {
     const std::string text =
-        "\xEF\xBB\xBF" "email,name,note\r\n"
+        "\xEF\xBB\xBF"
+        "email,name,note\r\n"
         "a@x.org,\"Doe, Jane\",\"she said \"\"hi\"\"\"\r\n"
         "b@x.org,Bob,\"two\r\nlines\"\r\n"
         "c@x.org,,\r"

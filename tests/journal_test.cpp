@@ -48,8 +48,7 @@ TEST(Journal, NastyRepliesStillGiveValidJsonLines) {
             path,
         status);
     ASSERT_EQ(status, 0) << out;
-    EXPECT_NE(out.find("2 bounced 550 5.1.1 1 '550 5.1.1 \"quoted\" and \\\\backslash\\\\'"), std::string::npos)
-        << out;
+    EXPECT_NE(out.find("2 bounced 550 5.1.1 1 '550 5.1.1 \"quoted\" and \\\\backslash\\\\'"), std::string::npos) << out;
     EXPECT_NE(out.find("'control \\x01\\x02\\x1f and \\t tab \\r\\n newline'"), std::string::npos) << out;
     EXPECT_NE(out.find("'invalid utf-8 \uFFFD( \uFFFD\uFFFD end'"), std::string::npos) << out;
     EXPECT_NE(out.find("'日本語 ok'"), std::string::npos) << out;
@@ -63,9 +62,10 @@ TEST(Journal, ReaderFindsFinalLinesAndToleratesATornTail) {
         journal_writer w = journal_writer::open(path, false);
         journal_entry e;
         e.email = "a@x.org";
-        for (auto [line, st] : std::vector<std::pair<int, outcome_status>>{
-                 {2, outcome_status::delivered}, {3, outcome_status::dry_run}, {5, outcome_status::invalid},
-                 {7, outcome_status::expired}}) {
+        for (auto [line, st] : std::vector<std::pair<int, outcome_status>>{{2, outcome_status::delivered},
+                                                                           {3, outcome_status::dry_run},
+                                                                           {5, outcome_status::invalid},
+                                                                           {7, outcome_status::expired}}) {
             e.line = static_cast<std::uint64_t>(line);
             e.status = st;
             w.append(e);

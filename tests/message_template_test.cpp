@@ -19,7 +19,9 @@ using mxpress::test::temp_dir;
 
 const std::vector<std::string> columns = {"email", "name", "city"};
 
-std::time_t fixed_clock() { return 1'795'000'000; }
+std::time_t fixed_clock() {
+    return 1'795'000'000;
+}
 
 renderer_options options(bool eight_bit = true) {
     renderer_options o;
@@ -73,8 +75,8 @@ std::string python_decode(const std::string& message, const std::string& names) 
 }
 
 TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
-    const std::string out = render("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n",
-                                   {"a@x.org", "Ann", "Oslo"});
+    const std::string out =
+        render("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n", {"a@x.org", "Ann", "Oslo"});
     EXPECT_EQ(out,
               "Subject: Hi Ann\r\n"
               "To: <a@x.org>\r\n"
@@ -90,7 +92,9 @@ TEST(MessageTemplate, KeepsTemplateDateMessageIdMimeVersionAndFrom) {
     const std::string out = render(
         "From: a@b.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\n\r\nb\r\n",
         {"a@x.org", "", ""});
-    EXPECT_EQ(out, "From: a@b.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\n\r\nb\r\n");
+    EXPECT_EQ(
+        out,
+        "From: a@b.org\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\nMIME-Version: 1.0\r\n\r\nb\r\n");
 }
 
 TEST(MessageTemplate, MessageIdsAreUnique) {
@@ -120,7 +124,8 @@ TEST(MessageTemplate, UnknownFieldIsAnErrorNamingFieldAndLine) {
               "m.eml:4: unknown merge field '{{nmae}}': the recipients file has columns email, name, city");
     EXPECT_EQ(compile_error("Subject: {{ bogus }}\n\nx\n"),
               "m.eml:1: unknown merge field '{{bogus}}': the recipients file has columns email, name, city");
-    EXPECT_EQ(compile_error("Subject: x\n\nDear {{name\n}}\n"), "m.eml:3: '{{' without a closing '}}' on the same line");
+    EXPECT_EQ(compile_error("Subject: x\n\nDear {{name\n}}\n"),
+              "m.eml:3: '{{' without a closing '}}' on the same line");
     EXPECT_EQ(compile_error("Subject: x\n\n{{}}\n"), "m.eml:3: empty merge field '{{}}'");
 }
 
@@ -132,12 +137,13 @@ TEST(MessageTemplate, MissingBlankLineBetweenHeadersAndBody) {
               "m.eml:1: expected a header line 'Name: value' or a blank line ending the headers (is the blank "
               "line between headers and body missing?)");
     EXPECT_EQ(compile_error(""), "m.eml: template is empty");
-    EXPECT_EQ(compile_error(" folded\n\nx"), "m.eml:1: continuation line before the first header (expected 'Name: value')");
+    EXPECT_EQ(compile_error(" folded\n\nx"),
+              "m.eml:1: continuation line before the first header (expected 'Name: value')");
 }
 
 TEST(MessageTemplate, FieldValueCannotInjectAHeader) {
-    const std::string out = render("To: {{name}} <{{email}}>\nSubject: {{name}}\n\nHi\n",
-                                   {"a@x.org", "x\r\nBcc: evil@x", ""});
+    const std::string out =
+        render("To: {{name}} <{{email}}>\nSubject: {{name}}\n\nHi\n", {"a@x.org", "x\r\nBcc: evil@x", ""});
     // No line of the header block starts with "Bcc:".
     const std::string headers = out.substr(0, out.find("\r\n\r\n") + 2);
     EXPECT_EQ(headers.find("\r\nBcc:"), std::string::npos) << headers;
@@ -156,7 +162,8 @@ TEST(MessageTemplate, JapaneseHeadersAreEncodedAndDecodeBack) {
     const std::string tmpl =
         "From: \"{{city}}\" <news@example.jp>\n"
         "To: {{name}} <{{email}}>\n"
-        "Subject: 【お知らせ】{{name}}様、{{city}}からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"
+        "Subject: "
+        "【お知らせ】{{name}}様、{{city}}からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"
         "\n"
         "{{name}}様\n本文です。\n";
     render_result res;
@@ -176,8 +183,11 @@ TEST(MessageTemplate, JapaneseHeadersAreEncodedAndDecodeBack) {
     const std::string decoded = python_decode(out, "From,To,Subject");
     EXPECT_NE(decoded.find("From=東京 <news@example.jp>\n"), std::string::npos) << decoded;
     EXPECT_NE(decoded.find("To=山田太郎 <taro@xn--r8jz45g.jp>\n"), std::string::npos) << decoded;
-    EXPECT_NE(decoded.find("Subject=【お知らせ】山田太郎様、東京からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"),
-              std::string::npos)
+    EXPECT_NE(
+        decoded.find(
+            "Subject="
+            "【お知らせ】山田太郎様、東京からの重要なお知らせです。本文をご確認ください。よろしくお願いいたします。\n"),
+        std::string::npos)
         << decoded;
     EXPECT_NE(decoded.find("BODY=山田太郎様\n本文です。\n"), std::string::npos) << decoded;
     EXPECT_NE(decoded.find("DEFECTS=0"), std::string::npos) << decoded;
@@ -199,7 +209,8 @@ TEST(MessageTemplate, TemplateContentTypeGetsCharsetWhenNeeded) {
     const std::string out = render("Content-Type: text/html\nSubject: x\n\n<p>{{name}}</p>\n", {"a@x.org", "Zoë", ""});
     EXPECT_NE(out.find("Content-Type: text/html; charset=utf-8\r\n"), std::string::npos) << out;
     EXPECT_EQ(out.find("Content-Type: text/html\r\n"), std::string::npos) << "declared once";
-    const std::string ascii = render("Content-Type: text/html\nSubject: x\n\n<p>{{name}}</p>\n", {"a@x.org", "Zoe", ""});
+    const std::string ascii =
+        render("Content-Type: text/html\nSubject: x\n\n<p>{{name}}</p>\n", {"a@x.org", "Zoe", ""});
     EXPECT_NE(ascii.find("Content-Type: text/html\r\n"), std::string::npos) << ascii;
 }
 

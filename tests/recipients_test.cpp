@@ -10,7 +10,9 @@ using mxpress::mail::input_error;
 using mxpress::mail::recipient_row;
 using mxpress::mail::recipients_reader;
 
-recipients_reader open(std::string_view text) { return recipients_reader(csv_reader::from_string(text), "r.csv"); }
+recipients_reader open(std::string_view text) {
+    return recipients_reader(csv_reader::from_string(text), "r.csv");
+}
 
 std::string header_error(std::string_view text) {
     try {

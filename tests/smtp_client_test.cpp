@@ -40,7 +40,8 @@ struct session {
         return e;
     }
     // Greeting + EHLO with the given capability lines.
-    void open(const std::string& caps = "250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n") {
+    void open(
+        const std::string& caps = "250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n") {
         EXPECT_EQ(c.timeout(), std::chrono::seconds(300));
         server("220 mx.example ESMTP\r\n");
         EXPECT_EQ(sent(), "EHLO sender.example\r\n");
@@ -64,8 +65,9 @@ const std::string msg = "Subject: t\r\n\r\n.dot\r\nbody\r\n";
 
 TEST(SmtpClient, CapabilitiesAreParsed) {
     session s;
-    s.open("250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"
-           "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
+    s.open(
+        "250-PIPELINING\r\n250-SIZE 35882577\r\n250-STARTTLS\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n"
+        "250-AUTH PLAIN LOGIN\r\n250 ENHANCEDSTATUSCODES\r\n");
     const auto& caps = s.c.caps();
     EXPECT_TRUE(caps.pipelining && caps.starttls && caps.eight_bit_mime && caps.smtputf8 && caps.chunking &&
                 caps.enhanced_status_codes);
@@ -371,8 +373,7 @@ TEST(SmtpClient, LocalChecksBeforeAnyByte) {
     s.c.start_transaction(env({"a@x.org"}), msg);
     EXPECT_EQ(s.sent(), "");
     event e = s.c.next_event().value();
-    EXPECT_EQ(e.result->recipients[0].one_line(),
-              "552 5.3.4 message size exceeds the server's SIZE limit of 10");
+    EXPECT_EQ(e.result->recipients[0].one_line(), "552 5.3.4 message size exceeds the server's SIZE limit of 10");
     envelope u = env({"用户@x.org"});
     u.smtputf8 = true;
     s.c.start_transaction(u, "x");

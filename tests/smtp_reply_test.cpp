@@ -34,8 +34,8 @@ parsed feed_all(std::string_view data, std::size_t step) {
 }
 
 TEST(SmtpReply, SingleAndMultiLineWithEnhancedCodes) {
-    const auto r = feed_all("250-mx.example greets you\r\n250-PIPELINING\r\n250 2.0.0 OK\r\n550 5.1.1 <a@b>: no such user\r\n",
-                            1000);
+    const auto r = feed_all(
+        "250-mx.example greets you\r\n250-PIPELINING\r\n250 2.0.0 OK\r\n550 5.1.1 <a@b>: no such user\r\n", 1000);
     ASSERT_EQ(r.replies.size(), 2u);
     EXPECT_EQ(r.replies[0].code, 250);
     EXPECT_EQ(r.replies[0].text, "mx.example greets you\nPIPELINING\nOK");

@@ -64,6 +64,8 @@ inline std::string run(const std::string& cmd, int& status) {
 }
 
 // Debian's interpreter, with its python3-* packages (not a pyenv shim).
-inline const char* python3() { return "/usr/bin/python3"; }
+inline const char* python3() {
+    return "/usr/bin/python3";
+}
 
 }  // namespace mxpress::test

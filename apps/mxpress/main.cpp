@@ -94,9 +94,9 @@ int open_recipients(const std::string& path) {
 std::string journal_beside(const std::string& recipients, const std::string& suffix) {
     const std::size_t slash = recipients.rfind('/');
     const std::size_t dot = recipients.rfind('.');
-    const std::string stem =
-        (dot != std::string::npos && (slash == std::string::npos || dot > slash + 1)) ? recipients.substr(0, dot)
-                                                                                     : recipients;
+    const std::string stem = (dot != std::string::npos && (slash == std::string::npos || dot > slash + 1))
+                                 ? recipients.substr(0, dot)
+                                 : recipients;
     return stem + "." + suffix;
 }
 
@@ -223,7 +223,8 @@ int run_dry_run(const send_options& o) {
         }
     }
     journal.sync();
-    const double seconds = std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const double seconds =
+        std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     const double per_hour = double(valid + invalid) / seconds * 3600.0;
     if (show_progress) {
         std::fputs("\r\033[K", stderr);
@@ -320,15 +321,15 @@ int run_check_config(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"mxpress — fast, correct batch email sender.\n"
-                 "Renders one message per recipients-file row and delivers it over SMTP."};
+    CLI::App app{
+        "mxpress — fast, correct batch email sender.\n"
+        "Renders one message per recipients-file row and delivers it over SMTP."};
     app.require_subcommand(1);
     app.set_version_flag("--version", "mxpress 0.1.0");
 
     send_options so;
     auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
-    send->add_option("--recipients", so.recipients, "Recipients CSV (header row; column 'email' required)")
-        ->required();
+    send->add_option("--recipients", so.recipients, "Recipients CSV (header row; column 'email' required)")->required();
     send->add_option("--message", so.message, "Message template (RFC 5322, {{field}} merge fields)")->required();
     send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
         ->required();

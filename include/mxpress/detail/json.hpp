@@ -33,11 +33,26 @@ inline void append_json_escaped(std::string& out, std::string_view s) {
             continue;
         }
         switch (c) {
-            case '"': out += "\\\""; ++i; continue;
-            case '\\': out += "\\\\"; ++i; continue;
-            case '\n': out += "\\n"; ++i; continue;
-            case '\r': out += "\\r"; ++i; continue;
-            case '\t': out += "\\t"; ++i; continue;
+            case '"':
+                out += "\\\"";
+                ++i;
+                continue;
+            case '\\':
+                out += "\\\\";
+                ++i;
+                continue;
+            case '\n':
+                out += "\\n";
+                ++i;
+                continue;
+            case '\r':
+                out += "\\r";
+                ++i;
+                continue;
+            case '\t':
+                out += "\\t";
+                ++i;
+                continue;
             default: break;
         }
         if (c < 0x20) {
@@ -221,8 +236,8 @@ std::string parse_flat_json_object(std::string_view s, OnMember&& on_member) {
                 if (i < s.size() && s[i] == '-') {
                     ++i;
                 }
-                while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' ||
-                                        s[i] == 'E' || s[i] == '+' || s[i] == '-')) {
+                while (i < s.size() && ((s[i] >= '0' && s[i] <= '9') || s[i] == '.' || s[i] == 'e' || s[i] == 'E' ||
+                                        s[i] == '+' || s[i] == '-')) {
                     ++i;
                 }
                 if (i == start) {

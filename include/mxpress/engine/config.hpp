@@ -117,7 +117,9 @@ inline std::string default_helo_name() {
 
 namespace detail_config {
 
-inline std::uint64_t line_of(const toml::node& n) { return n.source().begin.line; }
+inline std::uint64_t line_of(const toml::node& n) {
+    return n.source().begin.line;
+}
 
 [[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
     throw mail::input_error(file, line_of(n), what);
@@ -131,8 +133,9 @@ inline milliseconds get_duration(const std::string& file, std::string_view table
         fail(file, n, fmt::format("[{}] {} must be a duration string such as \"30s\", \"5m\" or \"1h\"", table, key));
     }
     if (!parse_duration(s->get(), d) || d.count() == 0) {
-        fail(file, n, fmt::format("[{}] {} = \"{}\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")",
-                                  table, key, s->get()));
+        fail(file, n,
+             fmt::format("[{}] {} = \"{}\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")", table, key,
+                         s->get()));
     }
     return d;
 }

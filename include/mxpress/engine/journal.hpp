@@ -47,11 +47,13 @@ constexpr std::string_view to_string(outcome_status s) noexcept {
     return "unknown";
 }
 
-constexpr bool is_final(outcome_status s) noexcept { return s != outcome_status::dry_run; }
+constexpr bool is_final(outcome_status s) noexcept {
+    return s != outcome_status::dry_run;
+}
 
 inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
-    for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired,
-                   outcome_status::invalid, outcome_status::dry_run}) {
+    for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
+                   outcome_status::dry_run}) {
         if (text == to_string(s)) {
             out = s;
             return true;
@@ -227,20 +229,21 @@ inline journal_state read_journal(const std::string& path) {
         bool have_line = false;
         bool have_status = false;
         outcome_status status = outcome_status::invalid;
-        const std::string err = detail::parse_flat_json_object(text, [&](const std::string& k, const detail::json_value& v) {
-            if (k == "line" && v.type == detail::json_value::kind::number) {
-                std::uint64_t n = 0;
-                bool ok = !v.text.empty();
-                for (char c : v.text) {
-                    ok = ok && c >= '0' && c <= '9' && n < (UINT64_MAX / 10);
-                    n = n * 10 + static_cast<std::uint64_t>(c - '0');
+        const std::string err =
+            detail::parse_flat_json_object(text, [&](const std::string& k, const detail::json_value& v) {
+                if (k == "line" && v.type == detail::json_value::kind::number) {
+                    std::uint64_t n = 0;
+                    bool ok = !v.text.empty();
+                    for (char c : v.text) {
+                        ok = ok && c >= '0' && c <= '9' && n < (UINT64_MAX / 10);
+                        n = n * 10 + static_cast<std::uint64_t>(c - '0');
+                    }
+                    have_line = ok;
+                    line = n;
+                } else if (k == "status" && v.type == detail::json_value::kind::string) {
+                    have_status = parse_status(v.text, status);
                 }
-                have_line = ok;
-                line = n;
-            } else if (k == "status" && v.type == detail::json_value::kind::string) {
-                have_status = parse_status(v.text, status);
-            }
-        });
+            });
         if (!err.empty() || !have_line || !have_status) {
             if (!text.ends_with('}')) {
                 ++st.torn_lines;  // cut by a crash mid-write; its outcome was never recorded

@@ -25,7 +25,7 @@ struct checked_address {
     std::string address;  // local@domain, domain as lowercase A-labels
     std::size_t at = 0;   // position of the '@' in address
     bool needs_smtputf8 = false;
-    std::string error;    // empty when valid
+    std::string error;  // empty when valid
 
     bool valid() const noexcept { return error.empty(); }
     std::string_view local_part() const noexcept { return std::string_view(address).substr(0, at); }
@@ -39,12 +39,26 @@ constexpr bool is_atext(char c) noexcept {
         return true;
     }
     switch (c) {
-        case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-        case '-': case '/': case '=': case '?': case '^': case '_': case '`': case '{':
-        case '|': case '}': case '~':
-            return true;
-        default:
-            return false;
+        case '!':
+        case '#':
+        case '$':
+        case '%':
+        case '&':
+        case '\'':
+        case '*':
+        case '+':
+        case '-':
+        case '/':
+        case '=':
+        case '?':
+        case '^':
+        case '_':
+        case '`':
+        case '{':
+        case '|':
+        case '}':
+        case '~': return true;
+        default: return false;
     }
 }
 
@@ -185,7 +199,8 @@ inline checked_address check_address(std::string_view raw) {
         out.error = "local part longer than 64 octets";
         return out;
     }
-    const char* why = local.front() == '"' ? detail_address::check_quoted(local) : detail_address::check_dot_atom(local);
+    const char* why =
+        local.front() == '"' ? detail_address::check_quoted(local) : detail_address::check_dot_atom(local);
     if (why != nullptr) {
         out.error = why;
         return out;

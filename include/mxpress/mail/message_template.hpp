@@ -77,7 +77,7 @@ public:
         header_kind kind = header_kind::unstructured;
         std::uint64_t line = 0;
         std::vector<template_segment> value;  // unfolded value
-        std::vector<mailbox_part> mailboxes;   // address headers, when parsed
+        std::vector<mailbox_part> mailboxes;  // address headers, when parsed
         bool has_fields = false;
         std::string prerendered;  // the whole folded line, for headers without fields
     };
@@ -117,12 +117,12 @@ public:
 
 private:
     static header_kind classify(std::string_view lower) {
-        static constexpr std::string_view address_headers[] = {
-            "from", "sender", "reply-to", "to", "cc", "bcc",
-            "resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"};
+        static constexpr std::string_view address_headers[] = {"from",      "sender",    "reply-to",    "to",
+                                                               "cc",        "bcc",       "resent-from", "resent-sender",
+                                                               "resent-to", "resent-cc", "resent-bcc"};
         static constexpr std::string_view structured_headers[] = {
-            "date", "message-id", "in-reply-to", "references", "mime-version", "return-path",
-            "received", "dkim-signature", "resent-date", "resent-message-id"};
+            "date",        "message-id", "in-reply-to",    "references",  "mime-version",
+            "return-path", "received",   "dkim-signature", "resent-date", "resent-message-id"};
         for (std::string_view h : address_headers) {
             if (lower == h) {
                 return header_kind::address;
@@ -155,8 +155,9 @@ private:
             }
             const std::size_t close = raw.find("}}", open + 2);
             const std::size_t nl = raw.find_first_of("\r\n", open + 2);
-            const std::uint64_t field_line = line + static_cast<std::uint64_t>(
-                std::count(raw.begin(), raw.begin() + static_cast<std::ptrdiff_t>(open), '\n'));
+            const std::uint64_t field_line =
+                line + static_cast<std::uint64_t>(
+                           std::count(raw.begin(), raw.begin() + static_cast<std::ptrdiff_t>(open), '\n'));
             if (close == std::string_view::npos || (nl != std::string_view::npos && nl < close)) {
                 throw input_error(_file, field_line, "'{{' without a closing '}}' on the same line");
             }
@@ -444,8 +445,8 @@ private:
 };
 
 struct renderer_options {
-    std::string from;              // envelope sender: From when missing, and Message-ID's domain
-    bool eight_bit_allowed = true; // body may go as 8bit (server offers 8BITMIME)
+    std::string from;               // envelope sender: From when missing, and Message-ID's domain
+    bool eight_bit_allowed = true;  // body may go as 8bit (server offers 8BITMIME)
     // Clock for Date and Message-ID; tests fix it.
     std::time_t (*clock)() = []() { return std::time(nullptr); };
     std::uint64_t message_id_seed = 0;  // 0: random
@@ -455,8 +456,7 @@ struct renderer_options {
 // One renderer per thread; it keeps scratch buffers between calls.
 class renderer {
 public:
-    renderer(const message_template& t, renderer_options options)
-        : _template(&t), _options(std::move(options)) {
+    renderer(const message_template& t, renderer_options options) : _template(&t), _options(std::move(options)) {
         const std::size_t at = _options.from.rfind('@');
         _from_domain = at == std::string::npos ? std::string("localhost") : _options.from.substr(at + 1);
         std::uint64_t seed = _options.message_id_seed;
@@ -611,8 +611,8 @@ private:
         out += '"';
     }
 
-    bool render_header(const message_template::header& h, const std::vector<std::string_view>& fields,
-                       std::string& out, render_result& r) {
+    bool render_header(const message_template::header& h, const std::vector<std::string_view>& fields, std::string& out,
+                       render_result& r) {
         _value.clear();
         if (h.kind == header_kind::address && !h.mailboxes.empty()) {
             for (const auto& mb : h.mailboxes) {

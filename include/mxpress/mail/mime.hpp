@@ -132,7 +132,8 @@ inline void append_quoted_printable(std::string& out, std::string_view body) {
             ++i;
             continue;
         }
-        const bool at_line_end = (i + 1 == body.size()) || (body[i + 1] == '\r' && i + 2 < body.size() && body[i + 2] == '\n');
+        const bool at_line_end =
+            (i + 1 == body.size()) || (body[i + 1] == '\r' && i + 2 < body.size() && body[i + 2] == '\n');
         const bool literal = (c >= 33 && c <= 126 && c != '=') || ((c == ' ' || c == '\t') && !at_line_end);
         if (literal) {
             const char ch = static_cast<char>(c);
@@ -153,9 +154,9 @@ inline void append_rfc5322_date(std::string& out, std::time_t t) {
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[40];
-    const int n = std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
-                                tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
-                                tm.tm_sec);
+    const int n =
+        std::snprintf(buf, sizeof buf, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7], tm.tm_mday,
+                      months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
     out.append(buf, static_cast<std::size_t>(n));
 }
 

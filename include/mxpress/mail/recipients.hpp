@@ -132,8 +132,8 @@ private:
             for (std::size_t k = 0; k < _columns.size(); ++k) {
                 if (detail::iequals(_columns[k], name)) {
                     throw input_error(_file, _record.line,
-                                      fmt::format("header row: columns {} and {} are both named '{}'", k + 1,
-                                                  i + 1, std::string(name)));
+                                      fmt::format("header row: columns {} and {} are both named '{}'", k + 1, i + 1,
+                                                  std::string(name)));
                 }
             }
             _columns.emplace_back(name);

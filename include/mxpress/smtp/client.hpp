@@ -36,14 +36,14 @@ namespace mxpress::smtp {
 
 // RFC 5321 §4.5.3.2 timeouts, as data: the engine arms them.
 struct timeouts {
-    std::chrono::seconds greeting{300};   // §4.5.3.2.1 initial 220
-    std::chrono::seconds ehlo{300};       // not in the RFC; as MAIL
-    std::chrono::seconds mail{300};       // §4.5.3.2.2
-    std::chrono::seconds rcpt{300};       // §4.5.3.2.3
-    std::chrono::seconds data_init{120};  // §4.5.3.2.4 reply to DATA
-    std::chrono::seconds data_block{180}; // §4.5.3.2.5 each send of body data
-    std::chrono::seconds data_term{600};  // §4.5.3.2.6 reply to the final "."
-    std::chrono::seconds other{300};      // RSET, STARTTLS, QUIT, NOOP
+    std::chrono::seconds greeting{300};    // §4.5.3.2.1 initial 220
+    std::chrono::seconds ehlo{300};        // not in the RFC; as MAIL
+    std::chrono::seconds mail{300};        // §4.5.3.2.2
+    std::chrono::seconds rcpt{300};        // §4.5.3.2.3
+    std::chrono::seconds data_init{120};   // §4.5.3.2.4 reply to DATA
+    std::chrono::seconds data_block{180};  // §4.5.3.2.5 each send of body data
+    std::chrono::seconds data_term{600};   // §4.5.3.2.6 reply to the final "."
+    std::chrono::seconds other{300};       // RSET, STARTTLS, QUIT, NOOP
 };
 
 struct capabilities {
@@ -142,16 +142,14 @@ enum class event_kind {
 
 struct event {
     event_kind kind;
-    reply last_reply;                        // the reply that caused it (synthesized when local)
+    reply last_reply;                          // the reply that caused it (synthesized when local)
     std::optional<transaction_result> result;  // for transaction_done
-    bool protocol_error = false;             // closed because the peer broke the protocol
+    bool protocol_error = false;               // closed because the peer broke the protocol
 };
 
 class client {
 public:
-    enum class state {
-        greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, data, rset, quit, closed
-    };
+    enum class state { greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, data, rset, quit, closed };
 
     explicit client(std::string helo_name, timeouts t = {}) : _helo_name(std::move(helo_name)), _timeouts(t) {}
 
@@ -266,8 +264,8 @@ public:
             return;
         }
         if (_caps.size_max != 0 && message.size() > _caps.size_max) {
-            fail_locally(synthesized(552, "5.3.4", "message size exceeds the server's SIZE limit of " +
-                                                      std::to_string(_caps.size_max)));
+            fail_locally(synthesized(
+                552, "5.3.4", "message size exceeds the server's SIZE limit of " + std::to_string(_caps.size_max)));
             return;
         }
         if (env.rcpt_to.empty()) {
@@ -400,9 +398,7 @@ private:
         _out += "EHLO " + _helo_name + "\r\n";
     }
 
-    void push(event_kind kind, reply r) {
-        _events.push_back(event{kind, std::move(r), std::nullopt, false});
-    }
+    void push(event_kind kind, reply r) { _events.push_back(event{kind, std::move(r), std::nullopt, false}); }
 
     void fail_locally(reply r) {
         _result.mail = r;
@@ -502,20 +498,12 @@ private:
                     finish_closed(std::move(r), false);
                 }
                 return;
-            case state::quit:
-                finish_closed(std::move(r), false);
-                return;
-            case state::transaction:
-                on_transaction_reply(std::move(r));
-                return;
-            case state::data:
-                on_data_reply(std::move(r));
-                return;
+            case state::quit: finish_closed(std::move(r), false); return;
+            case state::transaction: on_transaction_reply(std::move(r)); return;
+            case state::data: on_data_reply(std::move(r)); return;
             case state::ready:
             case state::tls_handshake:
-            case state::closed:
-                protocol_failure("unexpected reply: " + r.one_line());
-                return;
+            case state::closed: protocol_failure("unexpected reply: " + r.one_line()); return;
         }
     }
 
@@ -579,8 +567,7 @@ private:
                 }
                 end_transaction(false, std::move(r));
                 return;
-            case command::body:
-                break;
+            case command::body: break;
         }
         send_queued();
     }

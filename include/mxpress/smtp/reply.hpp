@@ -108,8 +108,8 @@ private:
         if (!line.empty() && line.back() == '\r') {
             line.remove_suffix(1);
         }
-        if (line.size() < 3 || !detail::is_digit(line[0]) || !detail::is_digit(line[1]) ||
-            !detail::is_digit(line[2]) || line[0] < '2' || line[0] > '5') {
+        if (line.size() < 3 || !detail::is_digit(line[0]) || !detail::is_digit(line[1]) || !detail::is_digit(line[2]) ||
+            line[0] < '2' || line[0] > '5') {
             return fail("malformed reply line: " + printable_prefix(line));
         }
         const int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
