@@ -1,0 +1,157 @@
+// bench/micro_bench.cpp — Google Benchmark for the hot paths of the
+// foundation: CSV parsing, template rendering (2 KB and 32 KB, 5 fields),
+// SMTP reply parsing, dot-stuffing and journal line formatting.
+//
+//   build/bench/mxpress_micro_bench --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true     (one command line)
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mxpress/engine/journal.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "mxpress/mail/recipients.hpp"
+#include "mxpress/smtp/dot_stuff.hpp"
+#include "mxpress/smtp/reply.hpp"
+
+namespace {
+
+// A recipients file like a real list: 6 columns, some quoted fields.
+std::string make_csv(std::size_t rows) {
+    std::mt19937 rng(7);
+    std::string out = "email,first_name,last_name,city,plan,note\n";
+    for (std::size_t i = 0; i < rows; ++i) {
+        out += "user" + std::to_string(i) + "@d" + std::to_string(rng() % 1000) + ".example";
+        out += ",Firstname" + std::to_string(i % 97) + ",Lastname,";
+        out += (i % 5 == 0) ? "\"Paris, France\"" : "Berlin";
+        out += ",premium,";
+        out += (i % 7 == 0) ? "\"said \"\"hello\"\" once\"" : "no note here";
+        out += '\n';
+    }
+    return out;
+}
+
+void BM_csv_parse(benchmark::State& state) {
+    const std::string text = make_csv(200000);
+    for (auto _ : state) {
+        auto reader = mxpress::mail::csv_reader::from_string(text);
+        mxpress::mail::csv_record rec;
+        std::size_t n = 0;
+        while (reader.next(rec)) {
+            n += rec.fields.size();
+        }
+        benchmark::DoNotOptimize(n);
+    }
+    state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * text.size()));
+}
+BENCHMARK(BM_csv_parse)->Unit(benchmark::kMillisecond);
+
+// A template of about `size` bytes with 5 merge fields.
+std::string make_template(std::size_t size) {
+    std::string t =
+        "From: \"Town Hall\" <news@town.example>\n"
+        "To: {{first_name}} {{last_name}} <{{email}}>\n"
+        "Subject: Notice for {{first_name}} in {{city}}\n"
+        "List-Unsubscribe: <https://town.example/u/{{plan}}>\n"
+        "\n"
+        "Dear {{first_name}} {{last_name}},\n\n";
+    const std::string para =
+        "The council meets next week to discuss the budget for the coming year. Residents of {{city}} are "
+        "welcome to attend and to speak.\n";
+    while (t.size() < size) {
+        t += para;
+    }
+    return t;
+}
+
+void render_bench(benchmark::State& state, std::size_t size) {
+    const std::vector<std::string> columns = {"email", "first_name", "last_name", "city", "plan"};
+    const auto tmpl = mxpress::mail::message_template::compile(make_template(size), "bench.eml", columns);
+    mxpress::mail::renderer_options o;
+    o.from = "bounce@town.example";
+    mxpress::mail::renderer r(tmpl, o);
+    const std::vector<std::string_view> fields = {"jane.doe@example.org", "Jane", "Doe", "Springfield", "gold"};
+    std::string out;
+    std::size_t bytes = 0;
+    for (auto _ : state) {
+        const auto res = r.render(fields, out);
+        benchmark::DoNotOptimize(res);
+        bytes += out.size();
+    }
+    state.SetItemsProcessed(state.iterations());
+    state.SetBytesProcessed(static_cast<std::int64_t>(bytes));
+}
+void BM_render_2k(benchmark::State& state) {
+    render_bench(state, 2048);
+}
+void BM_render_32k(benchmark::State& state) {
+    render_bench(state, 32768);
+}
+BENCHMARK(BM_render_2k);
+BENCHMARK(BM_render_32k);
+
+void BM_smtp_reply_parse(benchmark::State& state) {
+    // A typical pipelined answer: MAIL, 3 RCPT, DATA, final.
+    const std::string replies =
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 <x@y>: Recipient address rejected\r\n"
+        "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Ok: queued as 4F2C81A0B3\r\n";
+    mxpress::smtp::reply_parser p;
+    std::int64_t count = 0;
+    for (auto _ : state) {
+        std::string_view rest = replies;
+        while (!rest.empty()) {
+            std::size_t used = 0;
+            if (p.feed(rest, used) == mxpress::smtp::reply_parser::status::reply_ready) {
+                benchmark::DoNotOptimize(p.take());
+                ++count;
+            }
+            rest.remove_prefix(used);
+        }
+    }
+    state.SetItemsProcessed(count);
+}
+BENCHMARK(BM_smtp_reply_parse);
+
+void BM_dot_stuff(benchmark::State& state) {
+    std::string msg;
+    while (msg.size() < 32768) {
+        msg += "A line of body text that is about as long as lines in mail usually are.\r\n";
+        if (msg.size() % 7 == 0) {
+            msg += ".a line starting with a dot\r\n";
+        }
+    }
+    std::string out;
+    for (auto _ : state) {
+        out.clear();
+        mxpress::smtp::append_dot_stuffed(out, msg);
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * msg.size()));
+}
+BENCHMARK(BM_dot_stuff);
+
+void BM_journal_line(benchmark::State& state) {
+    mxpress::engine::journal_entry e;
+    e.line = 123456;
+    e.email = "jane.doe@example.org";
+    e.status = mxpress::engine::outcome_status::delivered;
+    e.code = 250;
+    e.enhanced = "2.0.0";
+    e.reply = "Ok: queued as 4F2C81A0B3";
+    e.mx = "mx1.example.org";
+    e.attempts = 1;
+    std::string out;
+    for (auto _ : state) {
+        out.clear();
+        mxpress::engine::append_journal_line(out, e);
+        benchmark::DoNotOptimize(out.data());
+    }
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_journal_line);
+
+}  // namespace
+
+BENCHMARK_MAIN();
