@@ -435,8 +435,12 @@ private:
 
     parse_result finish(csv_record& out, std::size_t start, std::size_t stop, std::uint64_t newlines, csv_error error,
                         bool first_quoted) {
-        if (stop - start > _limits.record_bytes_max && error == csv_error::none) {
+        // An overlong record is reported the same way however the input was
+        // cut into reads: as record_too_long, without fields.
+        const bool too_long = stop - start > _limits.record_bytes_max;
+        if (too_long) {
             error = csv_error::record_too_long;
+            _spans.clear();
         }
         out.line = _line;
         out.error = error;
