@@ -138,9 +138,17 @@ expect render_header_line 2 'no recipient row starts at line 1' -- \
 expect render_invalid_row 1 'bad.csv:3: invalid row: row has 1 field' -- \
     "$mx" render --recipients bad.csv --message good.eml --line 3
 
-# Delivery is not in this build yet: say so, don't pretend.
-expect send_without_dry_run 2 'delivery is not in this build yet' -- \
-    "$mx" send --recipients good.csv --message good.eml --from b@s.example
+# A real run refuses to overwrite a journal without --resume. (Only loopback:
+# --route sends everything to a closed port on 127.0.0.1, no DNS is asked.)
+printf '[defaults]\nretry_initial = "100ms"\nretry_max = "200ms"\nmax_age = "1s"\nconnect_timeout = "1s"\n' >short.toml
+route=(--route '*=127.0.0.1:1' --config short.toml --progress off)
+expect send_journal_exists 2 'real.jsonl: journal already holds outcomes: pass --resume' -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal real.jsonl "${route[@]}"
+expect send_refused_port_expires 0 '0 delivered, 0 bounced, 1 expired' -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal refused.jsonl "${route[@]}"
+expect send_refused_journal 0 '"status":"expired".*Connection refused' -- cat refused.jsonl
+expect bad_route 2 "--route 'x.org': expected DOMAIN=HOST" -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --route x.org
 
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]

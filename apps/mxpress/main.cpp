@@ -9,6 +9,7 @@
 #include <fstream>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "mxpress/detail/json.hpp"
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
+#include "mxpress/engine/runner.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/mail/recipients.hpp"
@@ -258,14 +260,107 @@ int run_dry_run(const send_options& o) {
     return exit_ok;
 }
 
+std::vector<engine::route> parse_routes(const std::vector<std::string>& specs) {
+    std::vector<engine::route> out;
+    for (const std::string& spec : specs) {
+        const std::size_t eq = spec.find('=');
+        if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) {
+            throw std::invalid_argument(fmt::format("--route '{}': expected DOMAIN=HOST[:PORT]", spec));
+        }
+        engine::route r;
+        r.domain = mxpress::detail::to_lower_copy(spec.substr(0, eq));
+        std::string target = spec.substr(eq + 1);
+        const std::size_t colon = target.rfind(':');
+        if (colon != std::string::npos) {
+            const std::string port = target.substr(colon + 1);
+            char* end = nullptr;
+            const long p = std::strtol(port.c_str(), &end, 10);
+            if (port.empty() || *end != '\0' || p < 1 || p > 65535) {
+                throw std::invalid_argument(fmt::format("--route '{}': bad port '{}'", spec, port));
+            }
+            r.port = static_cast<std::uint16_t>(p);
+            target.resize(colon);
+        }
+        if (target.empty()) {
+            throw std::invalid_argument(fmt::format("--route '{}': empty host", spec));
+        }
+        r.host = target;
+        out.push_back(std::move(r));
+    }
+    return out;
+}
+
 int run_send(const send_options& o) {
     if (o.dry_run) {
         return run_dry_run(o);
     }
-    std::fprintf(stderr,
-                 "mxpress send: delivery is not in this build yet (the engine lands next); "
-                 "use --dry-run to check and render every message\n");
-    return exit_usage;
+    const auto sender = check_sender(o.from);
+    engine::runner_options ro;
+    ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
+    if (o.config.empty()) {
+        ro.shard.cfg.helo_name = engine::default_helo_name();
+    }
+    ro.shard.dns_servers = o.dns;
+    ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
+    ro.shard.routes = parse_routes(o.routes);
+    ro.shard.from = sender.address;
+    ro.threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
+    ro.show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
+
+    fd_guard rfd{open_recipients(o.recipients)};
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), o.recipients);
+    const std::string text = read_file(o.message, "message template");
+    const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
+    const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
+    const engine::journal_state done = engine::read_journal(journal_path);
+    if (!o.resume && done.entries + done.torn_lines > 0) {
+        throw input_error(journal_path, 0,
+                          "journal already holds outcomes: pass --resume to continue that run, or choose another "
+                          "--journal");
+    }
+    engine::shared_journal journal(engine::journal_writer::open(journal_path, o.resume));
+
+    const engine::run_totals t = engine::run_delivery(reader, tmpl, journal, done, ro);
+    const double secs = std::max(1e-9, t.seconds);
+    const double per_hour = double(t.delivered) / secs * 3600.0;
+    std::string summary = fmt::format(
+        "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid; {} deferrals, {} connections\n"
+        "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\njournal: {}\n",
+        t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
+        t.expired, t.invalid, t.deferred, t.connections, secs, human_count(per_hour), peak_rss_bytes() / (1024 * 1024),
+        ro.threads, journal_path);
+    for (const auto& [key, count] : t.top_failures) {
+        const std::size_t tab = key.find('\t');
+        summary += fmt::format("  {} x {}: {}\n", count, key.substr(0, tab), key.substr(tab + 1));
+    }
+    std::fputs(summary.c_str(), stdout);
+    if (!o.summary_json.empty()) {
+        std::string j = fmt::format(
+            "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
+            "\"invalid\":{},\"deferrals\":{},\"connections\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
+            "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"top_failures\":[",
+            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.invalid, t.deferred, t.connections, t.sent_bytes,
+            secs, per_hour, ro.threads, peak_rss_bytes());
+        bool first = true;
+        for (const auto& [key, count] : t.top_failures) {
+            const std::size_t tab = key.find('\t');
+            j += first ? "" : ",";
+            first = false;
+            j += fmt::format("{{\"count\":{},\"domain\":", count);
+            mxpress::detail::append_json_string(j, key.substr(0, tab));
+            j += ",\"reply\":";
+            mxpress::detail::append_json_string(j, key.substr(tab + 1));
+            j += "}";
+        }
+        j += "],\"journal\":";
+        mxpress::detail::append_json_string(j, journal_path);
+        j += "}\n";
+        std::ofstream out(o.summary_json, std::ios::binary | std::ios::trunc);
+        if (!(out << j)) {
+            throw input_error(o.summary_json, 0, "cannot write summary");
+        }
+    }
+    return exit_ok;
 }
 
 int run_render(const std::string& recipients, const std::string& message_path, std::uint64_t line,
@@ -374,12 +469,7 @@ int main(int argc, char** argv) {
 
     try {
         if (*send) {
-            for (const std::string& r : so.routes) {
-                const std::size_t eq = r.find('=');
-                if (eq == std::string::npos || eq == 0 || eq + 1 == r.size()) {
-                    throw std::invalid_argument(fmt::format("--route '{}': expected DOMAIN=HOST[:PORT]", r));
-                }
-            }
+            parse_routes(so.routes);  // usage errors before any file is opened
             return run_send(so);
         }
         if (*render) {

@@ -19,6 +19,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -132,6 +133,14 @@ public:
         }
     }
 
+    // Appends lines already formatted by append_journal_line().
+    void append_raw(std::string_view lines) {
+        _buffer += lines;
+        if (_buffer.size() >= buffer_bytes_max) {
+            flush();
+        }
+    }
+
     // Writes buffered lines. Throws mail::input_error when the disk refuses.
     void flush() {
         std::size_t done = 0;
@@ -191,6 +200,35 @@ private:
     int _fd = -1;
     std::string _path;
     std::string _buffer;
+};
+
+// One journal written by several threads: each keeps its own buffer of
+// whole lines (append_journal_line) and hands it over with write_batch(),
+// so the lock is taken once per batch and lines never interleave.
+class shared_journal {
+public:
+    explicit shared_journal(journal_writer w) : _writer(std::move(w)) {}
+
+    // Appends the whole lines in `lines` and clears it.
+    void write_batch(std::string& lines) {
+        if (lines.empty()) {
+            return;
+        }
+        std::lock_guard lock(_mutex);
+        _writer.append_raw(lines);
+        lines.clear();
+    }
+
+    void sync() {
+        std::lock_guard lock(_mutex);
+        _writer.sync();
+    }
+
+    const std::string& path() const noexcept { return _writer.path(); }
+
+private:
+    std::mutex _mutex;
+    journal_writer _writer;
 };
 
 struct journal_state {

@@ -33,13 +33,14 @@ struct reply {
 
     // "250 2.0.0 Ok: queued" — single line, for journals and logs.
     std::string one_line() const {
-        std::string s = std::to_string(code);
+        // Code 0: no server answer (a local or DNS failure); say only what happened.
+        std::string s = code != 0 ? std::to_string(code) : std::string();
         if (!enhanced.empty()) {
-            s += ' ';
+            s += s.empty() ? "" : " ";
             s += enhanced;
         }
         if (!text.empty()) {
-            s += ' ';
+            s += s.empty() ? "" : " ";
             for (char c : text) {
                 s += (c == '\n') ? ' ' : c;
             }

@@ -1,0 +1,436 @@
+// apps/mxsink/main.cpp — a fast SMTP sink for tests and benchmarks.
+//
+// Accepts any number of connections on every --listen address, answers
+// SMTP with PIPELINING (every complete command in a read is answered in one
+// write), discards message data, and counts connections, messages,
+// recipients and bytes. Thread-per-core: each --threads worker has its own
+// io_uring and its own SO_REUSEPORT listening sockets, so the kernel spreads
+// connections over workers and nothing is shared but the counters.
+//
+//   mxsink --listen 127.0.0.2:2525 [--listen ...] [--threads N]
+//          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/io/ring.hpp"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+std::atomic<std::uint64_t> g_messages{0};
+std::uint64_t g_exit_after = 0;
+
+void on_signal(int) {
+    g_stop.store(true);
+}
+
+struct counters {
+    std::atomic<std::uint64_t> connections{0};
+    std::atomic<std::uint64_t> messages{0};
+    std::atomic<std::uint64_t> recipients{0};
+    std::atomic<std::uint64_t> bytes{0};
+};
+
+constexpr std::string_view greeting = "220 mxsink ESMTP ready\r\n";
+constexpr std::string_view ehlo_reply =
+    "250-mxsink\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+    "250 ENHANCEDSTATUSCODES\r\n";
+
+class worker;
+
+struct session {
+    struct op : mxpress::io::completion {
+        session* s = nullptr;
+    };
+    worker* owner = nullptr;
+    int fd = -1;
+    op recv_op;
+    op send_op;
+    unsigned in_flight = 0;
+    bool sending = false;
+    bool closing = false;  // close after the pending output is sent
+    bool dead = false;
+    std::vector<char> buf = std::vector<char>(64 * 1024);
+    std::string line;  // partial command line
+    std::string out;
+    std::string sending_buf;
+    bool in_data = false;
+    int data_match = 0;  // how much of "\r\n.\r\n" was seen
+    std::uint32_t rcpts = 0;
+    std::uint64_t messages_sent_counted = 0;
+};
+
+class worker {
+public:
+    worker(const std::vector<sockaddr_in>& addrs, counters& c) : _ring(4096), _counters(c) {
+        for (const sockaddr_in& a : addrs) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            const int one = 1;
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+            if (::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 4096) != 0) {
+                char ip[INET_ADDRSTRLEN];
+                inet_ntop(AF_INET, &a.sin_addr, ip, sizeof ip);
+                throw std::runtime_error(
+                    fmt::format("cannot listen on {}:{}: {}", ip, ntohs(a.sin_port), std::strerror(errno)));
+            }
+            auto* l = new listener;
+            l->fd = fd;
+            l->w = this;
+            l->fn = &worker::on_accept;
+            _listeners.push_back(l);
+            arm_accept(l);
+        }
+        _tick.fn = &worker::on_tick;
+        _tick.w = this;
+        arm_tick();
+    }
+
+    void run() {
+        while (!g_stop.load(std::memory_order_relaxed)) {
+            _ring.run(1);
+        }
+        for (listener* l : _listeners) {
+            ::close(l->fd);
+        }
+    }
+
+private:
+    struct listener : mxpress::io::completion {
+        int fd = -1;
+        worker* w = nullptr;
+    };
+    struct tick : mxpress::io::completion {
+        worker* w = nullptr;
+    };
+
+    void arm_accept(listener* l) {
+        io_uring_prep_multishot_accept(_ring.sqe(l), l->fd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+
+    void arm_tick() {
+        _tick_ts = mxpress::io::timespec_ms(100);
+        io_uring_prep_timeout(_ring.sqe(&_tick), &_tick_ts, 0, 0);
+    }
+
+    static void on_tick(mxpress::io::completion* c, int, unsigned) { static_cast<tick*>(c)->w->arm_tick(); }
+
+    static void on_accept(mxpress::io::completion* c, int res, unsigned flags) {
+        auto* l = static_cast<listener*>(c);
+        worker* w = l->w;
+        if (!(flags & IORING_CQE_F_MORE)) {
+            w->arm_accept(l);  // multishot ended: re-arm
+        }
+        if (res < 0) {
+            return;
+        }
+        const int one = 1;
+        ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        auto* s = new session;
+        s->owner = w;
+        s->fd = res;
+        s->recv_op.fn = &worker::on_recv;
+        s->recv_op.s = s;
+        s->send_op.fn = &worker::on_send;
+        s->send_op.s = s;
+        w->_counters.connections.fetch_add(1, std::memory_order_relaxed);
+        s->out = greeting;
+        w->arm_recv(s);
+        w->pump(s);
+    }
+
+    void arm_recv(session* s) {
+        ++s->in_flight;
+        io_uring_prep_recv(_ring.sqe(&s->recv_op), s->fd, s->buf.data(), s->buf.size(), 0);
+    }
+
+    void pump(session* s) {
+        if (s->sending || s->dead) {
+            return;
+        }
+        if (s->out.empty()) {
+            if (s->closing) {
+                kill(s);
+            }
+            return;
+        }
+        s->sending_buf.swap(s->out);
+        s->out.clear();
+        s->sending = true;
+        ++s->in_flight;
+        io_uring_prep_send(_ring.sqe(&s->send_op), s->fd, s->sending_buf.data(), s->sending_buf.size(), MSG_NOSIGNAL);
+    }
+
+    static void on_send(mxpress::io::completion* c, int res, unsigned) {
+        session* s = static_cast<session::op*>(c)->s;
+        worker* w = s->owner;
+        --s->in_flight;
+        s->sending = false;
+        if (s->dead) {
+            w->maybe_free(s);
+            return;
+        }
+        if (res < 0) {
+            w->kill(s);
+            return;
+        }
+        if (static_cast<std::size_t>(res) < s->sending_buf.size()) {
+            s->out.insert(0, s->sending_buf.substr(static_cast<std::size_t>(res)));
+        }
+        s->sending_buf.clear();
+        if (g_exit_after != 0 && g_messages.load(std::memory_order_relaxed) >= g_exit_after && s->out.empty()) {
+            g_stop.store(true);  // the last message's reply has gone out
+        }
+        w->pump(s);
+    }
+
+    static void on_recv(mxpress::io::completion* c, int res, unsigned) {
+        session* s = static_cast<session::op*>(c)->s;
+        worker* w = s->owner;
+        --s->in_flight;
+        if (s->dead) {
+            w->maybe_free(s);
+            return;
+        }
+        if (res <= 0) {
+            w->kill(s);
+            return;
+        }
+        w->consume(s, std::string_view(s->buf.data(), static_cast<std::size_t>(res)));
+        w->pump(s);
+        if (!s->dead && !s->closing) {
+            w->arm_recv(s);
+        }
+    }
+
+    void consume(session* s, std::string_view in) {
+        std::size_t i = 0;
+        while (i < in.size()) {
+            if (s->in_data) {
+                i = scan_data(s, in, i);
+                continue;
+            }
+            const std::size_t nl = in.find('\n', i);
+            if (nl == std::string_view::npos) {
+                s->line.append(in.substr(i));
+                if (s->line.size() > 4096) {
+                    s->out += "500 5.5.2 line too long\r\n";
+                    s->closing = true;
+                }
+                return;
+            }
+            s->line.append(in.substr(i, nl - i));
+            i = nl + 1;
+            if (!s->line.empty() && s->line.back() == '\r') {
+                s->line.pop_back();
+            }
+            command(s, s->line);
+            s->line.clear();
+            if (s->closing) {
+                return;
+            }
+        }
+    }
+
+    // Skips message data up to and including "\r\n.\r\n"; returns the index
+    // after what was used.
+    std::size_t scan_data(session* s, std::string_view in, std::size_t i) {
+        static constexpr char end_marker[] = "\r\n.\r\n";
+        const std::size_t start = i;
+        while (i < in.size()) {
+            if (s->data_match == 0) {
+                const void* p = std::memchr(in.data() + i, '\r', in.size() - i);
+                if (p == nullptr) {
+                    i = in.size();
+                    break;
+                }
+                i = static_cast<std::size_t>(static_cast<const char*>(p) - in.data());
+            }
+            const char ch = in[i++];
+            if (ch == end_marker[s->data_match]) {
+                if (++s->data_match == 5) {
+                    s->in_data = false;
+                    s->data_match = 0;
+                    s->rcpts = 0;
+                    _counters.messages.fetch_add(1, std::memory_order_relaxed);
+                    g_messages.fetch_add(1, std::memory_order_relaxed);
+                    s->out += "250 2.0.0 Ok: queued\r\n";
+                    break;
+                }
+            } else {
+                s->data_match = (ch == '\r') ? 1 : 0;
+            }
+        }
+        _counters.bytes.fetch_add(i - start, std::memory_order_relaxed);
+        return i;
+    }
+
+    void command(session* s, std::string_view line) {
+        using mxpress::detail::iequals;
+        const std::string_view verb = line.substr(0, 4);
+        if (iequals(verb, "EHLO")) {
+            s->out += ehlo_reply;
+        } else if (iequals(verb, "HELO")) {
+            s->out += "250 mxsink\r\n";
+        } else if (iequals(verb, "MAIL")) {
+            s->rcpts = 0;
+            s->out += "250 2.1.0 Ok\r\n";
+        } else if (iequals(verb, "RCPT")) {
+            ++s->rcpts;
+            _counters.recipients.fetch_add(1, std::memory_order_relaxed);
+            s->out += "250 2.1.5 Ok\r\n";
+        } else if (iequals(verb, "DATA")) {
+            if (s->rcpts == 0) {
+                s->out += "554 5.5.1 Error: no valid recipients\r\n";
+            } else {
+                s->in_data = true;
+                s->data_match = 2;  // at the start of a line: ".\r\n" alone ends the data
+                s->out += "354 End data with <CR><LF>.<CR><LF>\r\n";
+            }
+        } else if (iequals(verb, "RSET")) {
+            s->rcpts = 0;
+            s->out += "250 2.0.0 Ok\r\n";
+        } else if (iequals(verb, "NOOP")) {
+            s->out += "250 2.0.0 Ok\r\n";
+        } else if (iequals(verb, "QUIT")) {
+            s->out += "221 2.0.0 Bye\r\n";
+            s->closing = true;
+        } else if (iequals(verb, "STAR")) {
+            s->out += "454 4.7.0 TLS not available\r\n";
+        } else {
+            s->out += "502 5.5.2 Error: command not recognized\r\n";
+        }
+    }
+
+    void kill(session* s) {
+        if (s->dead) {
+            return;
+        }
+        s->dead = true;
+        ::shutdown(s->fd, SHUT_RDWR);
+        maybe_free(s);
+    }
+
+    void maybe_free(session* s) {
+        if (s->in_flight == 0) {
+            ::close(s->fd);
+            delete s;
+        }
+    }
+
+    mxpress::io::ring _ring;
+    counters& _counters;
+    std::vector<listener*> _listeners;
+    tick _tick;
+    __kernel_timespec _tick_ts{};
+};
+
+sockaddr_in parse_listen(const std::string& spec) {
+    const std::size_t colon = spec.rfind(':');
+    if (colon == std::string::npos) {
+        throw std::invalid_argument("--listen '" + spec + "': expected ADDR:PORT");
+    }
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    const std::string host = spec.substr(0, colon);
+    if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+        throw std::invalid_argument("--listen '" + spec + "': not an IPv4 address");
+    }
+    const long port = std::strtol(spec.c_str() + colon + 1, nullptr, 10);
+    if (port < 1 || port > 65535) {
+        throw std::invalid_argument("--listen '" + spec + "': bad port");
+    }
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    return a;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"mxsink — a fast SMTP sink: accepts, answers and discards mail, and counts it."};
+    std::vector<std::string> listen;
+    unsigned threads = 1;
+    std::string stats_json;
+    double max_seconds = 0;
+    std::uint64_t exit_after = 0;
+    app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable)")->required();
+    app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
+    app.add_option("--stats-json", stats_json, "Write counters here on exit");
+    app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
+    app.add_option("--exit-after-messages", exit_after, "Exit once the reply to the Nth message has been sent");
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e) == 0 ? 0 : 2;
+    }
+    std::vector<sockaddr_in> addrs;
+    try {
+        for (const std::string& l : listen) {
+            addrs.push_back(parse_listen(l));
+        }
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "mxsink: %s\n", e.what());
+        return 2;
+    }
+    g_exit_after = exit_after;
+    ::signal(SIGINT, on_signal);
+    ::signal(SIGTERM, on_signal);
+    ::signal(SIGPIPE, SIG_IGN);
+    counters c;
+    std::vector<std::thread> workers;
+    std::atomic<int> failed{0};
+    const auto start = std::chrono::steady_clock::now();
+    for (unsigned i = 0; i < std::max(1u, threads); ++i) {
+        workers.emplace_back([&]() {
+            try {
+                worker w(addrs, c);
+                w.run();
+            } catch (const std::exception& e) {
+                std::fprintf(stderr, "mxsink: %s\n", e.what());
+                failed.store(1);
+                g_stop.store(true);
+            }
+        });
+    }
+    while (!g_stop.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        if (max_seconds > 0 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >= max_seconds) {
+            g_stop.store(true);
+        }
+    }
+    for (std::thread& t : workers) {
+        t.join();
+    }
+    rusage ru{};
+    ::getrusage(RUSAGE_SELF, &ru);
+    const double cpu =
+        double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    const std::string stats = fmt::format(
+        "{{\"connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}"
+        "}\n",
+        c.connections.load(), c.messages.load(), c.recipients.load(), c.bytes.load(), cpu,
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (!stats_json.empty()) {
+        std::ofstream(stats_json) << stats;
+    }
+    return failed.load() ? 1 : 0;
+}

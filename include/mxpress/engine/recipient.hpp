@@ -1,0 +1,49 @@
+// mxpress/engine/recipient.hpp — one recipient as it travels from the reader
+// to a shard and through delivery attempts.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxpress/smtp/reply.hpp"
+
+namespace mxpress::engine {
+
+using clock = std::chrono::steady_clock;
+
+struct domain_state;
+
+struct recipient {
+    std::uint64_t line = 0;       // input line, the journal's key
+    std::string email;            // checked, domain in lowercase A-labels
+    std::uint32_t domain_at = 0;  // offset of the domain in email
+    bool smtputf8 = false;
+    std::string values;               // every merge field, concatenated
+    std::vector<std::uint32_t> ends;  // end offset of each field in values
+
+    // Delivery state (shard-local).
+    std::uint32_t attempts = 0;
+    std::uint32_t mx_index = 0;  // which of the domain's targets to try next
+    bool started = false;
+    clock::time_point first_attempt{};
+    clock::time_point not_before{};
+    smtp::reply last_reply;
+    std::string last_mx;
+    domain_state* domain = nullptr;
+
+    std::string_view domain_name() const noexcept { return std::string_view(email).substr(domain_at); }
+
+    void fields(std::vector<std::string_view>& out) const {
+        out.clear();
+        std::uint32_t begin = 0;
+        for (std::uint32_t end : ends) {
+            out.emplace_back(values.data() + begin, end - begin);
+            begin = end;
+        }
+    }
+};
+
+}  // namespace mxpress::engine

@@ -1,0 +1,848 @@
+// mxpress/engine/shard.hpp — one delivery shard: a thread, an io_uring, a
+// c-ares channel, and every domain whose name hashes to it.
+//
+// Invariants:
+// - Everything here runs on the shard's thread; nothing is shared with other
+//   shards except the journal (locked once per batch) and the stats
+//   counters (relaxed atomics the reader thread prints).
+// - A recipient is owned by exactly one place at a time: a domain's waiting
+//   list (MX lookup under way), an MX pool's work queue, a connection (in
+//   transaction), or the retry heap; it leaves the shard only with a final
+//   journal line. `_pending` counts them; the shard ends when the reader is
+//   done and `_pending` is zero.
+// - Memory is bounded: the shard takes new recipients from its mailbox only
+//   while `_pending < pending_max`.
+// - Connections are keyed by MX address and port (pools), shared by every
+//   domain that uses that MX. A connection has at most one send in flight;
+//   its output is copied out of the SMTP client before each send, so the
+//   client may append while a send is in flight.
+// - Deadlines (connect, each SMTP phase, idle) are checked by a ring timer
+//   tick every tick_ms while the shard has work.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <memory>
+#include <queue>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "mxpress/engine/config.hpp"
+#include "mxpress/engine/journal.hpp"
+#include "mxpress/engine/recipient.hpp"
+#include "mxpress/io/mailbox.hpp"
+#include "mxpress/io/ring.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "mxpress/net/dns.hpp"
+#include "mxpress/smtp/client.hpp"
+
+namespace mxpress::engine {
+
+// A route that skips MX lookup: DOMAIN (or "*") delivered to HOST:PORT.
+struct route {
+    std::string domain;  // lowercase; "*" matches every domain
+    std::string host;    // IPv4 literal or host name
+    std::uint16_t port = 25;
+};
+
+struct shard_options {
+    config cfg;
+    std::string dns_servers;  // c-ares CSV ("127.0.0.1:5353"); empty = resolv.conf
+    std::uint16_t mx_port = 25;
+    std::vector<route> routes;
+    std::string from;  // envelope sender
+    std::size_t pending_max = 50'000;
+    std::chrono::milliseconds idle_timeout{2000};
+    std::chrono::milliseconds tick{50};
+};
+
+// Counters the reader thread reads while shards run.
+struct shard_stats {
+    std::atomic<std::uint64_t> delivered{0};
+    std::atomic<std::uint64_t> bounced{0};
+    std::atomic<std::uint64_t> expired{0};
+    std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> in_flight{0};
+    std::atomic<std::uint64_t> connections_opened{0};
+    std::atomic<std::uint64_t> sent_bytes{0};
+};
+
+struct domain_state {
+    std::string name;
+    enum class status { unresolved, resolving, ready } state = status::unresolved;
+    std::vector<struct mx_pool*> targets;  // delivery order
+    std::vector<std::string> target_names;
+    clock::time_point expires{};
+    std::vector<recipient*> waiting;  // recipients waiting for the lookup
+};
+
+struct connection;
+
+struct mx_pool {
+    std::string key;  // "127.0.0.2:25"
+    sockaddr_in addr{};
+    std::string mx_name;  // host name for the journal
+    std::deque<recipient*> work;
+    std::vector<connection*> conns;
+    clock::time_point down_until{};
+    bool dirty = false;
+};
+
+struct connection {
+    struct op : io::completion {
+        connection* conn = nullptr;
+    };
+    class shard* owner = nullptr;
+    mx_pool* pool = nullptr;
+    int fd = -1;
+    smtp::client client;
+    op connect_op;
+    op recv_op;
+    op send_op;
+    unsigned ops_in_flight = 0;
+    bool connected = false;
+    bool shut = false;
+    bool session_ready_once = false;
+    bool idle = false;
+    bool sending = false;  // a send is in flight (at most one)
+    clock::time_point idle_since{};
+    clock::time_point deadline = clock::time_point::max();
+    std::string send_buffer;
+    std::size_t send_offset = 0;
+    std::string recv_buffer;
+    recipient* current = nullptr;
+    std::string message;
+    std::uint32_t messages = 0;
+
+    connection(class shard* s, mx_pool* p, const std::string& helo, const smtp::timeouts& t)
+        : owner(s), pool(p), client(helo, t) {
+        recv_buffer.resize(16 * 1024);
+    }
+};
+
+class shard {
+public:
+    shard(unsigned index, const shard_options& options, const mail::message_template& tmpl, shared_journal& journal,
+          shard_stats& stats)
+        : _index(index),
+          _options(options),
+          _journal(journal),
+          _stats(stats),
+          _mailbox(64),
+          _ring(4096),
+          _resolver(_ring, resolver_options(options)),
+          _renderer(tmpl, renderer_options(options)) {
+        _eventfd_op.fn = &shard::on_mailbox;
+        _eventfd_op.owner = this;
+        _tick_op.fn = &shard::on_tick;
+        _tick_op.owner = this;
+    }
+    shard(const shard&) = delete;
+    shard& operator=(const shard&) = delete;
+    ~shard() {
+        for (auto& [k, d] : _domains) {
+            delete d;
+        }
+        for (auto& [k, p] : _pools) {
+            delete p;
+        }
+    }
+
+    io::mailbox<recipient*>& mailbox() noexcept { return _mailbox; }
+
+    // The shard's thread body. Returns when every recipient it received has
+    // a final outcome and every connection is closed.
+    void run() {
+        arm_mailbox_read();
+        arm_tick();
+        while (!finished()) {
+            _ring.run(1);
+            take_mail();
+            schedule();
+        }
+        flush_journal();
+    }
+
+private:
+    using mailbox_op = io::tagged_completion<shard>;
+
+    static net::resolver::options resolver_options(const shard_options& o) {
+        net::resolver::options r;
+        r.servers = o.dns_servers;
+        return r;
+    }
+    static mail::renderer_options renderer_options(const shard_options& o) {
+        mail::renderer_options r;
+        r.from = o.from;
+        return r;
+    }
+
+    bool finished() const {
+        return _input_closed && _pending == 0 && _connections == 0 && _incoming.empty() && !_resolver.busy();
+    }
+
+    // ---- mailbox --------------------------------------------------------
+
+    void arm_mailbox_read() {
+        io_uring_prep_read(_ring.sqe(&_eventfd_op), _mailbox.eventfd(), &_eventfd_value, sizeof _eventfd_value, 0);
+    }
+
+    static void on_mailbox(io::completion* c, int /*res*/, unsigned /*flags*/) {
+        shard* self = static_cast<mailbox_op*>(c)->owner;
+        self->_mailbox_signaled = true;
+        if (!self->_input_closed) {
+            self->arm_mailbox_read();
+        }
+    }
+
+    void take_mail() {
+        // Take more only when what was taken is nearly used up: the mailbox,
+        // not this shard, is where the reader's backpressure comes from.
+        if (_mailbox_signaled && _incoming.size() < 2) {
+            _mailbox_signaled = false;
+            if (_mailbox.take_all(_incoming)) {
+                _input_closed_seen = true;
+            }
+        }
+        while (!_incoming.empty() && _pending < _options.pending_max) {
+            std::vector<recipient*>& batch = _incoming.front();
+            for (recipient* r : batch) {
+                ++_pending;
+                accept(r);
+            }
+            _incoming.pop_front();
+        }
+        if (_input_closed_seen && _incoming.empty()) {
+            _input_closed = true;
+        }
+    }
+
+    // ---- routing and DNS ------------------------------------------------
+
+    const route* find_route(std::string_view domain) const {
+        const route* star = nullptr;
+        for (const route& r : _options.routes) {
+            if (r.domain == domain) {
+                return &r;
+            }
+            if (r.domain == "*") {
+                star = &r;
+            }
+        }
+        return star;
+    }
+
+    void accept(recipient* r) {
+        const std::string name(r->domain_name());
+        domain_state*& d = _domains[name];
+        if (d == nullptr) {
+            d = new domain_state;
+            d->name = name;
+        }
+        r->domain = d;
+        dispatch(r);
+    }
+
+    // Sends a recipient towards its next target, resolving first if needed.
+    void dispatch(recipient* r) {
+        domain_state* d = r->domain;
+        const auto now = clock::now();
+        if (!r->started) {
+            r->started = true;
+            r->first_attempt = now;
+        }
+        if (d->state == domain_state::status::ready && d->expires <= now) {
+            d->state = domain_state::status::unresolved;
+        }
+        if (d->state == domain_state::status::ready) {
+            enqueue(r);
+            return;
+        }
+        d->waiting.push_back(r);
+        if (d->state == domain_state::status::resolving) {
+            return;
+        }
+        d->state = domain_state::status::resolving;
+        if (const route* rt = find_route(d->name)) {
+            in_addr a{};
+            if (inet_pton(AF_INET, rt->host.c_str(), &a) == 1) {
+                net::mx_answer ans;
+                ans.status = net::dns_status::ok;
+                ans.targets.push_back(net::mx_target{rt->host, 0, {a}});
+                resolved(d, ans, rt->port);
+            } else {
+                const std::uint16_t port = rt->port;
+                _resolver.resolve_host(rt->host,
+                                       [this, d, port](const net::mx_answer& ans) { resolved(d, ans, port); });
+            }
+            return;
+        }
+        _resolver.resolve_mx(d->name, [this, d](const net::mx_answer& ans) { resolved(d, ans, _options.mx_port); });
+    }
+
+    void resolved(domain_state* d, const net::mx_answer& ans, std::uint16_t port) {
+        std::vector<recipient*> waiting;
+        waiting.swap(d->waiting);
+        if (ans.status != net::dns_status::ok) {
+            d->state = domain_state::status::unresolved;
+            smtp::reply rep;
+            rep.code = 0;
+            rep.enhanced = ans.enhanced;
+            rep.text = ans.reason;
+            for (recipient* r : waiting) {
+                if (ans.status == net::dns_status::permanent) {
+                    final_outcome(r, outcome_status::bounced, rep, "");
+                } else {
+                    defer(r, rep, "");
+                }
+            }
+            return;
+        }
+        d->targets.clear();
+        d->target_names.clear();
+        for (const net::mx_target& t : ans.targets) {
+            for (const in_addr& a : t.addresses) {
+                d->targets.push_back(pool_for(a, port, t.host));
+                d->target_names.push_back(t.host);
+            }
+        }
+        d->state = domain_state::status::ready;
+        d->expires = clock::now() + std::chrono::minutes(5);
+        for (recipient* r : waiting) {
+            enqueue(r);
+        }
+    }
+
+    mx_pool* pool_for(in_addr a, std::uint16_t port, const std::string& host) {
+        char ip[INET_ADDRSTRLEN] = {};
+        inet_ntop(AF_INET, &a, ip, sizeof ip);
+        const std::string key = fmt::format("{}:{}", ip, port);
+        mx_pool*& p = _pools[key];
+        if (p == nullptr) {
+            p = new mx_pool;
+            p->key = key;
+            p->addr.sin_family = AF_INET;
+            p->addr.sin_port = htons(port);
+            p->addr.sin_addr = a;
+            p->mx_name = host;
+        }
+        return p;
+    }
+
+    // Puts a recipient in the work queue of its current target, skipping
+    // targets known to be down; when none is left, defers it.
+    void enqueue(recipient* r) {
+        domain_state* d = r->domain;
+        const auto now = clock::now();
+        while (r->mx_index < d->targets.size() && d->targets[r->mx_index]->down_until > now) {
+            ++r->mx_index;
+        }
+        if (r->mx_index >= d->targets.size()) {
+            smtp::reply rep = r->last_reply;
+            if (rep.code == 0 && rep.text.empty()) {
+                rep.code = 0;
+                rep.enhanced = "4.4.1";
+                rep.text = "no MX host of " + d->name + " answered";
+            }
+            defer(r, rep, r->last_mx);
+            return;
+        }
+        mx_pool* p = d->targets[r->mx_index];
+        p->work.push_back(r);
+        mark_dirty(p);
+    }
+
+    void mark_dirty(mx_pool* p) {
+        if (!p->dirty) {
+            p->dirty = true;
+            _dirty.push_back(p);
+        }
+    }
+
+    // ---- outcomes ----------------------------------------------------------
+
+    void final_outcome(recipient* r, outcome_status st, const smtp::reply& rep, const std::string& mx) {
+        journal_entry e;
+        e.line = r->line;
+        e.email = r->email;
+        e.status = st;
+        e.code = rep.code;
+        e.enhanced = rep.enhanced;
+        const std::string text = rep.text.find('\n') == std::string::npos ? std::string() : flatten(rep.text);
+        e.reply = text.empty() ? std::string_view(rep.text) : std::string_view(text);
+        e.mx = mx;
+        e.attempts = r->attempts;
+        append_journal_line(_journal_buffer, e);
+        if (_journal_buffer.size() >= 64 * 1024) {
+            flush_journal();
+        }
+        switch (st) {
+            case outcome_status::delivered: _stats.delivered.fetch_add(1, std::memory_order_relaxed); break;
+            case outcome_status::bounced: _stats.bounced.fetch_add(1, std::memory_order_relaxed); break;
+            case outcome_status::expired: _stats.expired.fetch_add(1, std::memory_order_relaxed); break;
+            default: break;
+        }
+        if (st != outcome_status::delivered) {
+            failure_counts[std::string(r->domain_name()) + "\t" + rep.one_line()]++;
+        }
+        delete r;
+        --_pending;
+    }
+
+    static std::string flatten(const std::string& s) {
+        std::string out = s;
+        std::replace(out.begin(), out.end(), '\n', ' ');
+        return out;
+    }
+
+    // A temporary failure: retry later with exponential backoff, or expire.
+    void defer(recipient* r, const smtp::reply& rep, const std::string& mx) {
+        _stats.deferred.fetch_add(1, std::memory_order_relaxed);
+        r->last_reply = rep;
+        r->last_mx = mx;
+        const auto now = clock::now();
+        const auto& cfg = _options.cfg;
+        auto delay = cfg.retry_initial;
+        for (std::uint32_t k = 1; k < r->attempts && delay < cfg.retry_max; ++k) {
+            delay *= 2;
+        }
+        delay = std::min(delay, cfg.retry_max);
+        if (now + delay >= r->first_attempt + cfg.max_age) {
+            final_outcome(r, outcome_status::expired, rep, mx);
+            return;
+        }
+        r->not_before = now + delay;
+        r->mx_index = 0;
+        _retries.push(retry_item{r->not_before, r});
+    }
+
+    void run_retries() {
+        const auto now = clock::now();
+        while (!_retries.empty() && _retries.top().due <= now) {
+            recipient* r = _retries.top().r;
+            _retries.pop();
+            dispatch(r);
+        }
+    }
+
+    // ---- scheduling ------------------------------------------------------
+
+    void schedule() {
+        while (!_dirty.empty()) {
+            mx_pool* p = _dirty.back();
+            _dirty.pop_back();
+            p->dirty = false;
+            // Idle connections take work first.
+            for (connection* c : p->conns) {
+                if (p->work.empty()) {
+                    break;
+                }
+                if (c->idle && c->client.current_state() == smtp::client::state::ready) {
+                    next_transaction(c);
+                }
+            }
+            if (p->work.empty() || p->down_until > clock::now()) {
+                continue;
+            }
+            std::size_t starting = 0;
+            for (connection* c : p->conns) {
+                starting += c->session_ready_once ? 0 : 1;
+            }
+            while (p->conns.size() < _options.cfg.connections_max && starting < p->work.size()) {
+                open_connection(p);
+                ++starting;
+            }
+        }
+        if (_input_closed && _pending == 0) {
+            close_idle(true);
+        }
+    }
+
+    void open_connection(mx_pool* p) {
+        auto* c = new connection(this, p, _options.cfg.helo_name, _options.cfg.smtp_timeouts);
+        c->connect_op.fn = &shard::on_connect;
+        c->connect_op.conn = c;
+        c->recv_op.fn = &shard::on_recv;
+        c->recv_op.conn = c;
+        c->send_op.fn = &shard::on_send;
+        c->send_op.conn = c;
+        p->conns.push_back(c);
+        ++_connections;
+        _stats.connections_opened.fetch_add(1, std::memory_order_relaxed);
+        c->fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (c->fd < 0) {
+            connection_failed(c, fmt::format("socket: {}", std::strerror(errno)));
+            return;
+        }
+        const int one = 1;
+        ::setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        c->deadline = clock::now() + _options.cfg.connect_timeout;
+        ++c->ops_in_flight;
+        io_uring_prep_connect(_ring.sqe(&c->connect_op), c->fd, reinterpret_cast<const sockaddr*>(&p->addr),
+                              sizeof p->addr);
+    }
+
+    static void on_connect(io::completion* op, int res, unsigned /*flags*/) {
+        connection* c = static_cast<connection::op*>(op)->conn;
+        shard* self = c->owner;
+        --c->ops_in_flight;
+        if (c->shut) {
+            self->maybe_destroy(c);
+            return;
+        }
+        if (res < 0) {
+            self->connection_failed(c, fmt::format("connect to {}: {}", c->pool->key, std::strerror(-res)));
+            return;
+        }
+        c->connected = true;
+        self->arm_recv(c);
+        self->update_deadline(c);
+    }
+
+    void arm_recv(connection* c) {
+        ++c->ops_in_flight;
+        io_uring_prep_recv(_ring.sqe(&c->recv_op), c->fd, c->recv_buffer.data(), c->recv_buffer.size(), 0);
+    }
+
+    static void on_recv(io::completion* op, int res, unsigned /*flags*/) {
+        connection* c = static_cast<connection::op*>(op)->conn;
+        shard* self = c->owner;
+        --c->ops_in_flight;
+        if (c->shut) {
+            self->maybe_destroy(c);
+            return;
+        }
+        if (res <= 0) {
+            c->client.connection_lost(res == 0 ? "closed by the server" : std::strerror(-res));
+        } else {
+            c->client.receive(std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
+        }
+        self->after_client_input(c);
+        if (!c->shut && c->client.current_state() != smtp::client::state::closed) {
+            self->arm_recv(c);
+        }
+    }
+
+    static void on_send(io::completion* op, int res, unsigned /*flags*/) {
+        connection* c = static_cast<connection::op*>(op)->conn;
+        shard* self = c->owner;
+        --c->ops_in_flight;
+        c->sending = false;
+        if (c->shut) {
+            self->maybe_destroy(c);
+            return;
+        }
+        if (res < 0) {
+            c->client.connection_lost(std::strerror(-res));
+            self->after_client_input(c);
+            return;
+        }
+        self->_stats.sent_bytes.fetch_add(static_cast<std::uint64_t>(res), std::memory_order_relaxed);
+        c->send_offset += static_cast<std::size_t>(res);
+        self->pump(c);
+    }
+
+    // Starts a send when none is in flight and there is something to send.
+    void pump(connection* c) {
+        if (c->shut || !c->connected || c->sending) {
+            return;
+        }
+        if (c->send_offset >= c->send_buffer.size()) {
+            if (!c->client.has_output()) {
+                c->send_buffer.clear();
+                c->send_offset = 0;
+                return;
+            }
+            const std::string_view out = c->client.output();
+            c->send_buffer.assign(out.data(), out.size());
+            c->client.consume_output(out.size());
+            c->send_offset = 0;
+        }
+        c->sending = true;
+        ++c->ops_in_flight;
+        io_uring_prep_send(_ring.sqe(&c->send_op), c->fd, c->send_buffer.data() + c->send_offset,
+                           c->send_buffer.size() - c->send_offset, MSG_NOSIGNAL);
+    }
+
+    void after_client_input(connection* c) {
+        while (auto e = c->client.next_event()) {
+            handle_event(c, *e);
+            if (c->shut) {
+                return;
+            }
+        }
+        update_deadline(c);
+        if (c->client.current_state() == smtp::client::state::closed) {
+            teardown(c);
+            return;
+        }
+        pump(c);
+    }
+
+    void update_deadline(connection* c) {
+        const auto t = c->client.timeout();
+        c->deadline = t ? clock::now() + *t : clock::time_point::max();
+    }
+
+    void handle_event(connection* c, const smtp::event& e) {
+        switch (e.kind) {
+            case smtp::event_kind::ready:
+                c->session_ready_once = true;
+                c->pool->down_until = {};
+                next_transaction(c);
+                break;
+            case smtp::event_kind::transaction_done: {
+                recipient* r = c->current;
+                c->current = nullptr;
+                _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+                if (r != nullptr) {
+                    const smtp::reply& rep = e.result->recipients.at(0);
+                    ++c->messages;
+                    if (rep.positive()) {
+                        final_outcome(r, outcome_status::delivered, rep, c->pool->mx_name);
+                    } else if (rep.permanent()) {
+                        final_outcome(r, outcome_status::bounced, rep, c->pool->mx_name);
+                    } else if (c->client.current_state() == smtp::client::state::closed) {
+                        // The session broke: try the next MX host now.
+                        r->last_reply = rep;
+                        r->last_mx = c->pool->mx_name;
+                        ++r->mx_index;
+                        enqueue(r);
+                    } else {
+                        defer(r, rep, c->pool->mx_name);
+                    }
+                }
+                if (c->client.current_state() == smtp::client::state::ready) {
+                    next_transaction(c);
+                }
+                break;
+            }
+            case smtp::event_kind::closed:
+                if (!c->session_ready_once) {
+                    // Greeting or EHLO failed: this host is not taking mail now.
+                    host_failed(c->pool, e.last_reply);
+                }
+                break;
+            case smtp::event_kind::tls_start:
+            case smtp::event_kind::tls_refused: break;  // STARTTLS is not requested yet (see the TLS issue)
+        }
+    }
+
+    void next_transaction(connection* c) {
+        mx_pool* p = c->pool;
+        if (c->messages >= _options.cfg.messages_per_connection_max) {
+            c->idle = false;
+            c->client.quit();
+            return;
+        }
+        if (p->work.empty()) {
+            c->idle = true;
+            c->idle_since = clock::now();
+            if (_input_closed && _pending == 0) {
+                c->client.quit();
+            }
+            return;
+        }
+        recipient* r = p->work.front();
+        p->work.pop_front();
+        c->idle = false;
+        ++r->attempts;
+        r->fields(_fields);
+        const mail::render_result rr = _renderer.render(_fields, c->message);
+        if (!rr.ok()) {
+            smtp::reply rep;
+            rep.text = "cannot render: " + rr.error;
+            final_outcome(r, outcome_status::invalid, rep, "");
+            next_transaction(c);
+            return;
+        }
+        smtp::envelope env;
+        env.mail_from = _options.from;
+        env.rcpt_to.push_back(r->email);
+        env.eight_bit = rr.eight_bit;
+        env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
+        c->current = r;
+        _stats.in_flight.fetch_add(1, std::memory_order_relaxed);
+        c->client.start_transaction(env, c->message);
+        // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
+        while (auto e = c->client.next_event()) {
+            handle_event(c, *e);
+        }
+    }
+
+    // Connect failure or a refused session: mark the host down for a while
+    // and move its queued work to each recipient's next MX.
+    void host_failed(mx_pool* p, const smtp::reply& why) {
+        const auto now = clock::now();
+        bool others_alive = false;
+        for (connection* c : p->conns) {
+            others_alive = others_alive || c->session_ready_once;
+        }
+        if (others_alive) {
+            return;  // one bad connection; the host itself works
+        }
+        p->down_until = now + std::min<std::chrono::milliseconds>(_options.cfg.retry_initial, std::chrono::seconds(60));
+        std::deque<recipient*> work;
+        work.swap(p->work);
+        for (recipient* r : work) {
+            r->last_reply = why;
+            r->last_mx = p->mx_name;
+            ++r->mx_index;
+            enqueue(r);
+        }
+    }
+
+    void connection_failed(connection* c, const std::string& why) {
+        smtp::reply rep;
+        rep.code = 0;
+        rep.enhanced = "4.4.1";
+        rep.text = why;
+        host_failed(c->pool, rep);
+        teardown(c);
+    }
+
+    // Ends a connection: no more I/O is started; it is freed when the last
+    // operation in flight completes.
+    void teardown(connection* c) {
+        if (c->shut) {
+            return;
+        }
+        c->shut = true;
+        if (c->current != nullptr) {
+            // Not expected (the client reports the transaction first), but
+            // never lose a recipient.
+            recipient* r = c->current;
+            c->current = nullptr;
+            _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+            smtp::reply rep;
+            rep.enhanced = "4.4.2";
+            rep.text = "connection ended";
+            defer(r, rep, c->pool->mx_name);
+        }
+        if (c->fd >= 0) {
+            ::shutdown(c->fd, SHUT_RDWR);
+        }
+        mark_dirty(c->pool);
+        maybe_destroy(c);
+    }
+
+    void maybe_destroy(connection* c) {
+        if (c->ops_in_flight > 0) {
+            return;
+        }
+        if (c->fd >= 0) {
+            ::close(c->fd);
+        }
+        auto& v = c->pool->conns;
+        v.erase(std::remove(v.begin(), v.end(), c), v.end());
+        mark_dirty(c->pool);
+        --_connections;
+        delete c;
+    }
+
+    void close_idle(bool all_done) {
+        const auto now = clock::now();
+        for (auto& [key, p] : _pools) {
+            for (connection* c : p->conns) {
+                if (c->idle && !c->shut && c->client.current_state() == smtp::client::state::ready &&
+                    (all_done || now - c->idle_since >= _options.idle_timeout)) {
+                    c->idle = false;
+                    c->client.quit();
+                    update_deadline(c);
+                    pump(c);
+                }
+            }
+        }
+    }
+
+    // ---- timer tick -------------------------------------------------------
+
+    void arm_tick() {
+        _tick_ts = io::timespec_ms(_options.tick.count());
+        io_uring_prep_timeout(_ring.sqe(&_tick_op), &_tick_ts, 0, 0);
+    }
+
+    static void on_tick(io::completion* c, int /*res*/, unsigned /*flags*/) {
+        shard* self = static_cast<mailbox_op*>(c)->owner;
+        self->_resolver.tick();
+        self->run_retries();
+        self->check_deadlines();
+        self->close_idle(false);
+        if (!self->finished()) {
+            self->arm_tick();
+        }
+    }
+
+    void check_deadlines() {
+        const auto now = clock::now();
+        std::vector<connection*> expired;
+        for (auto& [key, p] : _pools) {
+            for (connection* c : p->conns) {
+                if (!c->shut && c->deadline <= now) {
+                    expired.push_back(c);
+                }
+            }
+        }
+        for (connection* c : expired) {
+            if (!c->connected) {
+                connection_failed(c, fmt::format("connect to {}: timed out", c->pool->key));
+                continue;
+            }
+            c->client.timed_out();
+            after_client_input(c);
+        }
+    }
+
+    void flush_journal() { _journal.write_batch(_journal_buffer); }
+
+    struct retry_item {
+        clock::time_point due;
+        recipient* r;
+        bool operator>(const retry_item& o) const { return due > o.due; }
+    };
+
+public:
+    std::map<std::string, std::uint64_t> failure_counts;  // "domain\treply" -> count; read after run()
+
+private:
+    unsigned _index;
+    shard_options _options;
+    shared_journal& _journal;
+    shard_stats& _stats;
+    io::mailbox<recipient*> _mailbox;
+    io::ring _ring;
+    net::resolver _resolver;
+    mail::renderer _renderer;
+    mailbox_op _eventfd_op;
+    mailbox_op _tick_op;
+    std::uint64_t _eventfd_value = 0;
+    __kernel_timespec _tick_ts{};
+    bool _mailbox_signaled = false;
+    bool _input_closed = false;
+    bool _input_closed_seen = false;
+    std::deque<std::vector<recipient*>> _incoming;
+    std::size_t _pending = 0;
+    std::size_t _connections = 0;
+    std::unordered_map<std::string, domain_state*> _domains;
+    std::unordered_map<std::string, mx_pool*> _pools;
+    std::vector<mx_pool*> _dirty;
+    std::priority_queue<retry_item, std::vector<retry_item>, std::greater<>> _retries;
+    std::vector<std::string_view> _fields;
+    std::string _journal_buffer;
+};
+
+}  // namespace mxpress::engine

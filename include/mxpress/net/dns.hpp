@@ -1,0 +1,427 @@
+// mxpress/net/dns.hpp — MX resolution with c-ares 1.18, driven by the
+// shard's io_uring (no thread, no blocking call).
+//
+// - c-ares tells which sockets to watch (ARES_OPT_SOCK_STATE_CB); each is
+//   polled through the ring; readiness runs ares_process_fd. Timeouts are
+//   processed from the shard's tick while queries are outstanding.
+// - resolve_mx(domain) gives the delivery targets in RFC 5321 §5.1 order:
+//   MX preference, random among equal preference, each MX host's IPv4
+//   addresses; no MX records → the domain's own A records (implicit MX);
+//   a null MX (RFC 7505) or NXDOMAIN → permanent failure; SERVFAIL, refused,
+//   timeout → temporary failure.
+// - Answers are cached per shard: successes for positive_ttl, failures for
+//   negative_ttl (c-ares 1.18's MX parser gives no TTL, so a fixed TTL is
+//   used for MX sets; A answers use their own TTL, capped).
+// - At most queries_max lookups run at once; the rest wait in order.
+#pragma once
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <ares.h>
+#include <arpa/nameser.h>
+#include <netinet/in.h>
+#include <poll.h>
+
+#include "mxpress/io/ring.hpp"
+
+namespace mxpress::net {
+
+using clock = std::chrono::steady_clock;
+
+struct mx_target {
+    std::string host;  // MX host name (or the domain itself for implicit MX)
+    std::uint16_t preference = 0;
+    std::vector<in_addr> addresses;
+};
+
+enum class dns_status { ok, permanent, temporary };
+
+struct mx_answer {
+    dns_status status = dns_status::temporary;
+    std::string enhanced;  // for failures: "5.1.2", "5.1.10", "4.4.3"
+    std::string reason;    // for failures: human text for the journal
+    std::vector<mx_target> targets;
+};
+
+class resolver {
+public:
+    using callback = std::function<void(const mx_answer&)>;
+
+    struct options {
+        std::string servers;  // "127.0.0.1:5353" (c-ares CSV syntax); empty: /etc/resolv.conf
+        int timeout_ms = 2000;
+        int tries = 3;
+        std::chrono::seconds positive_ttl{300};
+        std::chrono::seconds negative_ttl{30};
+        std::size_t queries_max = 128;
+    };
+
+    resolver(io::ring& ring, options o) : _ring(ring), _options(std::move(o)), _rng(std::random_device{}()) {
+        static const int library_init = ares_library_init(ARES_LIB_INIT_ALL);
+        if (library_init != ARES_SUCCESS) {
+            throw std::runtime_error(std::string("c-ares init: ") + ares_strerror(library_init));
+        }
+        ares_options opts{};
+        opts.sock_state_cb = &resolver::on_sock_state;
+        opts.sock_state_cb_data = this;
+        opts.timeout = _options.timeout_ms;
+        opts.tries = _options.tries;
+        int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
+        const int rc = ares_init_options(&_channel, &opts, mask);
+        if (rc != ARES_SUCCESS) {
+            throw std::runtime_error(std::string("c-ares: ") + ares_strerror(rc));
+        }
+        if (!_options.servers.empty()) {
+            const int s = ares_set_servers_ports_csv(_channel, _options.servers.c_str());
+            if (s != ARES_SUCCESS) {
+                ares_destroy(_channel);
+                throw std::invalid_argument("--dns '" + _options.servers + "': " + ares_strerror(s));
+            }
+        }
+    }
+    resolver(const resolver&) = delete;
+    resolver& operator=(const resolver&) = delete;
+    ~resolver() {
+        _destroying = true;
+        ares_destroy(_channel);  // runs pending callbacks with ARES_EDESTRUCTION
+    }
+
+    // Resolves `domain` (lowercase A-labels); `done` runs later on this
+    // thread, or at once from the cache.
+    void resolve_mx(const std::string& domain, callback done) {
+        const auto now = clock::now();
+        if (auto it = _cache.find(domain); it != _cache.end() && it->second.expires > now) {
+            done(it->second.answer);
+            return;
+        }
+        auto& waiters = _waiting[domain];
+        waiters.push_back(std::move(done));
+        if (waiters.size() > 1) {
+            return;  // a lookup for this domain is already under way
+        }
+        _queue.push_back(domain);
+        start_queued();
+    }
+
+    // Resolves a host name to IPv4 addresses (for --route HOST).
+    void resolve_host(const std::string& host, callback done) {
+        auto* job = new lookup{this, host, {}, {}, 0, std::move(done), true};
+        ++_outstanding;
+        ares_query(_channel, host.c_str(), ns_c_in, ns_t_a, &resolver::on_a_answer_host, job);
+    }
+
+    bool busy() const noexcept { return _outstanding > 0 || !_queue.empty(); }
+
+    // Called from the shard's tick: lets c-ares time out queries.
+    void tick() {
+        if (_outstanding > 0) {
+            ares_process_fd(_channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+        }
+    }
+
+private:
+    struct watch : io::completion {
+        resolver* owner = nullptr;
+        int fd = -1;
+        bool dead = false;  // c-ares stopped using the socket; free on completion
+        bool armed = false;
+        unsigned events = 0;
+    };
+
+    struct lookup {
+        resolver* self;
+        std::string domain;
+        std::vector<mx_target> targets;  // MX hosts in order, addresses filled in
+        mx_answer answer;
+        std::size_t pending_a = 0;
+        callback host_done;  // for resolve_host only
+        bool host_only = false;
+    };
+
+    struct a_job {
+        lookup* parent;
+        std::size_t index;
+    };
+
+    struct cached {
+        mx_answer answer;
+        clock::time_point expires;
+    };
+
+    void start_queued() {
+        while (!_queue.empty() && _mx_running < _options.queries_max) {
+            const std::string domain = std::move(_queue.front());
+            _queue.pop_front();
+            auto* job = new lookup{this, domain, {}, {}, 0, {}, false};
+            ++_mx_running;
+            ++_outstanding;
+            ares_query(_channel, domain.c_str(), ns_c_in, ns_t_mx, &resolver::on_mx_answer, job);
+        }
+    }
+
+    static mx_answer failure(dns_status s, std::string enhanced, std::string reason) {
+        mx_answer a;
+        a.status = s;
+        a.enhanced = std::move(enhanced);
+        a.reason = std::move(reason);
+        return a;
+    }
+
+    static mx_answer classify_error(const std::string& name, int status, bool implicit) {
+        switch (status) {
+            case ARES_ENOTFOUND:
+                return failure(dns_status::permanent, "5.1.2", "DNS: " + name + ": domain does not exist (NXDOMAIN)");
+            case ARES_ENODATA:
+                return failure(
+                    dns_status::permanent, "5.1.2",
+                    implicit ? "DNS: " + name + ": no MX and no A record" : "DNS: " + name + ": no address records");
+            default:
+                return failure(dns_status::temporary, "4.4.3",
+                               "DNS: " + name + ": temporary failure (" + ares_strerror(status) + ")");
+        }
+    }
+
+    static void on_mx_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+        auto* job = static_cast<lookup*>(arg);
+        resolver* self = job->self;
+        --self->_outstanding;
+        if (self->_destroying) {
+            delete job;
+            return;
+        }
+        if (status == ARES_ENODATA) {
+            // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+            job->targets.push_back(mx_target{job->domain, 0, {}});
+            self->lookup_addresses(job);
+            return;
+        }
+        if (status != ARES_SUCCESS) {
+            self->finish(job, classify_error(job->domain, status, false));
+            return;
+        }
+        ares_mx_reply* mx = nullptr;
+        const int prc = ares_parse_mx_reply(abuf, alen, &mx);
+        if (prc == ARES_ENODATA) {
+            job->targets.push_back(mx_target{job->domain, 0, {}});
+            self->lookup_addresses(job);
+            return;
+        }
+        if (prc != ARES_SUCCESS) {
+            self->finish(job, failure(dns_status::temporary, "4.4.3",
+                                      "DNS: " + job->domain + ": bad MX answer (" + ares_strerror(prc) + ")"));
+            return;
+        }
+        std::vector<mx_target> targets;
+        bool null_mx = false;
+        for (ares_mx_reply* r = mx; r != nullptr; r = r->next) {
+            std::string host = r->host == nullptr ? "" : r->host;
+            while (!host.empty() && host.back() == '.') {
+                host.pop_back();
+            }
+            if (host.empty()) {
+                null_mx = true;
+                continue;
+            }
+            for (char& c : host) {
+                c = static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c);
+            }
+            targets.push_back(mx_target{host, r->priority, {}});
+        }
+        ares_free_data(mx);
+        if (null_mx && targets.empty()) {
+            self->finish(job, failure(dns_status::permanent, "5.1.10",
+                                      "DNS: " + job->domain + ": null MX, the domain accepts no mail (RFC 7505)"));
+            return;
+        }
+        // Preference order; random among equal preference.
+        std::shuffle(targets.begin(), targets.end(), self->_rng);
+        std::stable_sort(targets.begin(), targets.end(),
+                         [](const mx_target& a, const mx_target& b) { return a.preference < b.preference; });
+        job->targets = std::move(targets);
+        self->lookup_addresses(job);
+    }
+
+    void lookup_addresses(lookup* job) {
+        job->pending_a = job->targets.size();
+        for (std::size_t i = 0; i < job->targets.size(); ++i) {
+            auto* a = new a_job{job, i};
+            ++_outstanding;
+            ares_query(_channel, job->targets[i].host.c_str(), ns_c_in, ns_t_a, &resolver::on_a_answer, a);
+        }
+    }
+
+    static void parse_a(unsigned char* abuf, int alen, std::vector<in_addr>& out) {
+        ares_addrttl ttls[32];
+        int n = 32;
+        if (ares_parse_a_reply(abuf, alen, nullptr, ttls, &n) == ARES_SUCCESS) {
+            for (int k = 0; k < n; ++k) {
+                out.push_back(ttls[k].ipaddr);
+            }
+        }
+    }
+
+    static void on_a_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+        auto* a = static_cast<a_job*>(arg);
+        lookup* job = a->parent;
+        resolver* self = job->self;
+        --self->_outstanding;
+        if (status == ARES_SUCCESS) {
+            parse_a(abuf, alen, job->targets[a->index].addresses);
+        } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND && job->answer.reason.empty()) {
+            job->answer = classify_error(job->targets[a->index].host, status, false);
+        }
+        delete a;
+        if (--job->pending_a > 0) {
+            return;
+        }
+        if (self->_destroying) {
+            delete job;
+            return;
+        }
+        std::vector<mx_target> usable;
+        for (mx_target& t : job->targets) {
+            if (!t.addresses.empty()) {
+                usable.push_back(std::move(t));
+            }
+        }
+        if (!usable.empty()) {
+            mx_answer ok;
+            ok.status = dns_status::ok;
+            ok.targets = std::move(usable);
+            self->finish(job, std::move(ok));
+        } else if (!job->answer.reason.empty()) {
+            self->finish(job, job->answer);  // temporary failure of some A lookup
+        } else {
+            const bool implicit = job->targets.size() == 1 && job->targets[0].host == job->domain;
+            self->finish(job, implicit ? classify_error(job->domain, ARES_ENODATA, true)
+                                       : failure(dns_status::permanent, "5.1.2",
+                                                 "DNS: " + job->domain + ": no MX host has an address"));
+        }
+    }
+
+    static void on_a_answer_host(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+        auto* job = static_cast<lookup*>(arg);
+        resolver* self = job->self;
+        --self->_outstanding;
+        if (self->_destroying) {
+            delete job;
+            return;
+        }
+        mx_answer a;
+        if (status == ARES_SUCCESS) {
+            mx_target t{job->domain, 0, {}};
+            parse_a(abuf, alen, t.addresses);
+            if (!t.addresses.empty()) {
+                a.status = dns_status::ok;
+                a.targets.push_back(std::move(t));
+            }
+        }
+        if (a.status != dns_status::ok) {
+            a = classify_error(job->domain, status == ARES_SUCCESS ? ARES_ENODATA : status, false);
+        }
+        callback done = std::move(job->host_done);
+        delete job;
+        done(a);
+    }
+
+    void finish(lookup* job, mx_answer answer) {
+        --_mx_running;
+        const auto ttl = answer.status == dns_status::ok ? _options.positive_ttl : _options.negative_ttl;
+        _cache[job->domain] = cached{answer, clock::now() + ttl};
+        auto node = _waiting.extract(job->domain);
+        delete job;
+        if (!node.empty()) {
+            for (callback& cb : node.mapped()) {
+                cb(answer);
+            }
+        }
+        start_queued();
+    }
+
+    // c-ares: start, change or stop watching a socket.
+    static void on_sock_state(void* data, ares_socket_t fd, int readable, int writable) {
+        auto* self = static_cast<resolver*>(data);
+        auto it = self->_watches.find(fd);
+        if (!readable && !writable) {
+            if (it != self->_watches.end()) {
+                watch* w = it->second;
+                self->_watches.erase(it);
+                w->dead = true;
+                if (w->armed) {
+                    io_uring_prep_poll_remove(self->_ring.sqe(nullptr), reinterpret_cast<std::uint64_t>(w));
+                } else {
+                    delete w;
+                }
+            }
+            return;
+        }
+        watch* w = nullptr;
+        if (it == self->_watches.end()) {
+            w = new watch;
+            w->owner = self;
+            w->fd = fd;
+            w->fn = &resolver::on_poll;
+            self->_watches[fd] = w;
+        } else {
+            w = it->second;
+        }
+        w->events = (readable ? POLLIN : 0u) | (writable ? POLLOUT : 0u);
+        if (!w->armed) {
+            self->arm(w);
+        }
+    }
+
+    void arm(watch* w) {
+        w->armed = true;
+        io_uring_prep_poll_add(_ring.sqe(w), w->fd, w->events);
+    }
+
+    static void on_poll(io::completion* c, int res, unsigned /*flags*/) {
+        auto* w = static_cast<watch*>(c);
+        w->armed = false;
+        if (w->dead) {
+            delete w;
+            return;
+        }
+        resolver* self = w->owner;
+        const int fd = w->fd;
+        if (res < 0 && res != -ECANCELED) {
+            // Let c-ares see the error on the socket.
+            ares_process_fd(self->_channel, fd, ARES_SOCKET_BAD);
+        } else if (res >= 0) {
+            const bool r = (res & (POLLIN | POLLERR | POLLHUP)) != 0;
+            const bool wr = (res & POLLOUT) != 0;
+            ares_process_fd(self->_channel, r ? fd : ARES_SOCKET_BAD, wr ? fd : ARES_SOCKET_BAD);
+        }
+        // Processing may have closed the socket (and deleted nothing: w is
+        // freed only here) or changed interest; re-arm if still watched.
+        auto it = self->_watches.find(fd);
+        if (it != self->_watches.end() && it->second == w && !w->armed) {
+            self->arm(w);
+        }
+    }
+
+    io::ring& _ring;
+    options _options;
+    ares_channel _channel = nullptr;
+    std::mt19937 _rng;
+    std::unordered_map<int, watch*> _watches;
+    std::unordered_map<std::string, cached> _cache;
+    std::unordered_map<std::string, std::vector<callback>> _waiting;
+    std::deque<std::string> _queue;
+    std::size_t _mx_running = 0;
+    std::size_t _outstanding = 0;
+    bool _destroying = false;
+};
+
+}  // namespace mxpress::net
