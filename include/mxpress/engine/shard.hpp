@@ -453,6 +453,8 @@ private:
                 }
                 if (c->idle && c->client.current_state() == smtp::client::state::ready) {
                     next_transaction(c);
+                    update_deadline(c);
+                    pump(c);
                 }
             }
             if (p->work.empty() || p->down_until > clock::now()) {
@@ -496,21 +498,29 @@ private:
                               sizeof p->addr);
     }
 
+    // Completion handlers keep their operation counted until they return, so
+    // that nothing they call can free the connection under them; the last
+    // step releases it and frees the connection if it was torn down.
     static void on_connect(io::completion* op, int res, unsigned /*flags*/) {
         connection* c = static_cast<connection::op*>(op)->conn;
         shard* self = c->owner;
+        if (!c->shut) {
+            if (res < 0) {
+                self->connection_failed(c, fmt::format("connect to {}: {}", c->pool->key, std::strerror(-res)));
+            } else {
+                c->connected = true;
+                self->arm_recv(c);
+                self->update_deadline(c);
+            }
+        }
+        self->release(c);
+    }
+
+    void release(connection* c) {
         --c->ops_in_flight;
         if (c->shut) {
-            self->maybe_destroy(c);
-            return;
+            maybe_destroy(c);
         }
-        if (res < 0) {
-            self->connection_failed(c, fmt::format("connect to {}: {}", c->pool->key, std::strerror(-res)));
-            return;
-        }
-        c->connected = true;
-        self->arm_recv(c);
-        self->update_deadline(c);
     }
 
     void arm_recv(connection* c) {
@@ -521,39 +531,35 @@ private:
     static void on_recv(io::completion* op, int res, unsigned /*flags*/) {
         connection* c = static_cast<connection::op*>(op)->conn;
         shard* self = c->owner;
-        --c->ops_in_flight;
-        if (c->shut) {
-            self->maybe_destroy(c);
-            return;
+        if (!c->shut) {
+            if (res <= 0) {
+                c->client.connection_lost(res == 0 ? "closed by the server" : std::strerror(-res));
+            } else {
+                c->client.receive(std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
+            }
+            self->after_client_input(c);
+            if (!c->shut && c->client.current_state() != smtp::client::state::closed) {
+                self->arm_recv(c);
+            }
         }
-        if (res <= 0) {
-            c->client.connection_lost(res == 0 ? "closed by the server" : std::strerror(-res));
-        } else {
-            c->client.receive(std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
-        }
-        self->after_client_input(c);
-        if (!c->shut && c->client.current_state() != smtp::client::state::closed) {
-            self->arm_recv(c);
-        }
+        self->release(c);
     }
 
     static void on_send(io::completion* op, int res, unsigned /*flags*/) {
         connection* c = static_cast<connection::op*>(op)->conn;
         shard* self = c->owner;
-        --c->ops_in_flight;
         c->sending = false;
-        if (c->shut) {
-            self->maybe_destroy(c);
-            return;
+        if (!c->shut) {
+            if (res < 0) {
+                c->client.connection_lost(std::strerror(-res));
+                self->after_client_input(c);
+            } else {
+                self->_stats.sent_bytes.fetch_add(static_cast<std::uint64_t>(res), std::memory_order_relaxed);
+                c->send_offset += static_cast<std::size_t>(res);
+                self->pump(c);
+            }
         }
-        if (res < 0) {
-            c->client.connection_lost(std::strerror(-res));
-            self->after_client_input(c);
-            return;
-        }
-        self->_stats.sent_bytes.fetch_add(static_cast<std::uint64_t>(res), std::memory_order_relaxed);
-        c->send_offset += static_cast<std::size_t>(res);
-        self->pump(c);
+        self->release(c);
     }
 
     // Starts a send when none is in flight and there is something to send.
@@ -734,7 +740,11 @@ private:
             defer(r, rep, c->pool->mx_name);
         }
         if (c->fd >= 0) {
-            ::shutdown(c->fd, SHUT_RDWR);
+            ::shutdown(c->fd, SHUT_RDWR);  // completes a pending recv
+        }
+        if (!c->connected && c->ops_in_flight > 0) {
+            // A connect that timed out may not end by itself: cancel it.
+            io_uring_prep_cancel(_ring.sqe(nullptr), &c->connect_op, 0);
         }
         mark_dirty(c->pool);
         maybe_destroy(c);

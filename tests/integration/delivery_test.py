@@ -1,0 +1,243 @@
+#!/usr/bin/python3
+"""Integration tests of `mxpress send` against real peers on loopback:
+dnsmasq answering MX and A queries, Postfix's smtp-sink receiving.
+
+  delivery_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
+"""
+import collections
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import Peers, free_port, read_dumps  # noqa: E402
+
+MXPRESS = None
+ROOT = None
+MX_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+SHORT_CONFIG = """[defaults]
+retry_initial = "200ms"
+retry_max = "400ms"
+max_age = "3s"
+connect_timeout = "2s"
+"""
+
+
+def journal(path):
+    entries = collections.defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            entries[o["line"]].append(o)
+    return entries
+
+
+def run_send(peers, recipients, message, dns, port, extra=()):
+    cfg = peers.path("short.toml")
+    with open(cfg, "w") as f:
+        f.write(SHORT_CONFIG)
+    jpath = peers.path("journal.jsonl")
+    if os.path.exists(jpath):
+        os.unlink(jpath)
+    args = [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "bounce@sender.test",
+            "--dns", dns, "--mx-port", str(port), "--threads", "2", "--journal", jpath, "--config", cfg,
+            "--progress", "off", "--summary-json", peers.path("summary.json")] + list(extra)
+    p = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    return p, jpath
+
+
+class Delivery(unittest.TestCase):
+    def test_20000_recipients_over_200_domains(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dumps = [peers.smtp_sink(h, port) for h in MX_HOSTS]
+            dns_lines = []
+            for k in range(200):
+                dns_lines.append(f"mx-host=d{k:03d}.test,mx{k % 4}.test,10")
+            for i, h in enumerate(MX_HOSTS):
+                dns_lines.append(f"host-record=mx{i}.test,{h}")
+            # A domain whose preferred MX refuses connections: the backup takes it.
+            dns_lines += ["mx-host=backup.test,mxdead.test,10", "mx-host=backup.test,mx1.test,20",
+                          "host-record=mxdead.test,127.0.0.9"]
+            dns_lines += ["mx-host=nullmx.test,.,0"]            # RFC 7505: accepts no mail
+            dns_lines += ["host-record=implicit.test,127.0.0.4"]  # no MX: its A record is the MX
+            dns = peers.dnsmasq(dns_lines)
+
+            recipients = peers.path("r.csv")
+            subprocess.run(["python3", os.path.join(ROOT, "scripts/gen-recipients"),
+                            "--rows", "20000", "--domains", "200", "--domain-pattern", "d{:03d}.test",
+                            "--out", recipients], check=True)
+            with open(recipients, "a", encoding="utf-8") as f:
+                f.write("someone@nullmx.test,Null,Mx,Nowhere,basic\n")
+                f.write("someone@nxdomain.test,No,Domain,Nowhere,basic\n")
+                f.write("someone@implicit.test,Imp,Licit,Here,basic\n")
+                f.write("someone@backup.test,Back,Up,There,basic\n")
+                f.write("not-an-address,Bad,Row,X,basic\n")
+                f.write("short@d001.test,Too,Few\n")
+            message = os.path.join(ROOT, "bench/templates/plain-2k.eml")
+
+            p, jpath = run_send(peers, recipients, message, dns, port)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            j = journal(jpath)
+            rows = 20006
+            self.assertEqual(len(j), rows, "one entry per data row")
+            for line, entries in j.items():
+                self.assertEqual(len(entries), 1, f"line {line} has {len(entries)} outcomes")
+            by_email = {e[0]["email"]: e[0] for e in j.values()}
+            self.assertEqual(by_email["someone@nullmx.test"]["status"], "bounced")
+            self.assertIn("null MX", by_email["someone@nullmx.test"]["reply"])
+            self.assertEqual(by_email["someone@nxdomain.test"]["status"], "bounced")
+            self.assertIn("NXDOMAIN", by_email["someone@nxdomain.test"]["reply"])
+            self.assertEqual(by_email["someone@implicit.test"]["status"], "delivered")
+            self.assertEqual(by_email["someone@backup.test"]["status"], "delivered")
+            self.assertEqual(by_email["someone@backup.test"]["mx"], "mx1.test")
+            self.assertEqual(by_email["not-an-address"]["status"], "invalid")
+            statuses = collections.Counter(e[0]["status"] for e in j.values())
+            self.assertEqual(statuses["delivered"], 20002, statuses)
+            self.assertEqual(statuses["invalid"], 2, statuses)
+
+            # What arrived: every delivered recipient exactly once, each with
+            # its own personalization and the "." body line intact.
+            rows_by_email = {}
+            with open(recipients, encoding="utf-8") as f:
+                header = f.readline().strip().split(",")
+                for raw in f:
+                    parts = raw.rstrip("\n").split(",")
+                    rows_by_email[parts[0]] = parts
+            arrived = collections.Counter()
+            for d in dumps:
+                for rcpts, text in read_dumps(d):
+                    self.assertEqual(len(rcpts), 1)
+                    rcpt = rcpts[0]
+                    arrived[rcpt] += 1
+                    row = rows_by_email[rcpt]
+                    first, last = row[header.index("first_name")], row[header.index("last_name")]
+                    self.assertIn(f"Dear {first} {last},\n", text, rcpt)
+                    self.assertIn("\n.\nKind regards,", text, "dot-stuffing undone by the receiver")
+            delivered = {e for e, o in by_email.items() if o["status"] == "delivered"}
+            self.assertEqual(set(arrived), delivered, "none missing, none extra")
+            self.assertEqual(max(arrived.values()), 1, "no duplicates")
+            with open(peers.path("summary.json")) as f:
+                s = json.load(f)
+            self.assertEqual(s["delivered"], 20002)
+
+    def test_faults_hard_soft_drop_and_refused(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            # smtp-sink: -f rejects with 5xx, -r with 4xx (see its manual).
+            peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt"], dump=False)  # 5xx to RCPT
+            peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt"], dump=False)  # 4xx to RCPT
+            peers.smtp_sink("127.0.0.4", port, flags=["-q", "data"], dump=False)  # hangs up at DATA
+            dump = peers.smtp_sink("127.0.0.5", port)
+            dns = peers.dnsmasq([
+                "mx-host=hard.test,mxa.test,10", "host-record=mxa.test,127.0.0.2",
+                "mx-host=soft.test,mxb.test,10", "host-record=mxb.test,127.0.0.3",
+                "mx-host=drop.test,mxc.test,10", "host-record=mxc.test,127.0.0.4",
+                # Refused on 127.0.0.6 (nothing listens), then a soft-failing host, then a good one.
+                "mx-host=chain.test,mxr.test,10", "host-record=mxr.test,127.0.0.6",
+                "mx-host=chain.test,mxd.test,20", "host-record=mxd.test,127.0.0.5",
+                "mx-host=dead.test,mxr.test,10",
+            ])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\n")
+                for k in range(5):
+                    f.write(f"h{k}@hard.test,H\ns{k}@soft.test,S\nd{k}@drop.test,D\nc{k}@chain.test,C\n"
+                            f"x{k}@dead.test,X\n")
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\nhello\n")
+            p, jpath = run_send(peers, recipients, message, dns, port)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            j = journal(jpath)
+            self.assertEqual(len(j), 25)
+            for line, entries in j.items():
+                self.assertEqual(len(entries), 1)
+                o = entries[0]
+                domain = o["email"].split("@")[1]
+                want = {"hard.test": "bounced", "soft.test": "expired", "drop.test": "expired",
+                        "chain.test": "delivered", "dead.test": "expired"}[domain]
+                self.assertEqual(o["status"], want, o)
+                if domain == "hard.test":
+                    self.assertEqual(o["code"] // 100, 5, o)
+                if domain == "soft.test":
+                    self.assertEqual(o["code"] // 100, 4, o)
+                    self.assertGreater(o["attempts"], 1, "retried before expiring")
+                if domain == "dead.test":
+                    self.assertIn("refused", o["reply"].lower(), o)
+            self.assertEqual(len(read_dumps(dump)), 5, "chain.test delivered through its backup MX")
+
+    def test_resume_sends_nothing_twice(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dump = peers.smtp_sink("127.0.0.2", port)
+            dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\n" + "".join(f"u{k}@r.test,N{k}\n" for k in range(50)))
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\nhello\n")
+            # A journal from an interrupted run: lines 2..21 already delivered.
+            jpath = peers.path("journal.jsonl")
+            p, jpath = run_send(peers, recipients, message, dns, port)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            with open(jpath) as f:
+                lines = f.read().splitlines()
+            kept = [l for l in lines if json.loads(l)["line"] <= 21]
+            with open(jpath, "w") as f:
+                f.write("\n".join(kept) + "\n")
+            before = len(read_dumps(dump))
+            cfg = peers.path("short.toml")
+            p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                "b@sender.test", "--dns", dns, "--mx-port", str(port), "--journal", jpath,
+                                "--config", cfg, "--resume", "--progress", "off"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("20 already final", p.stdout)
+            self.assertEqual(len(read_dumps(dump)) - before, 30, "only the 30 rows without an outcome")
+            j = journal(jpath)
+            self.assertEqual(len(j), 50)
+            self.assertTrue(all(len(v) == 1 for v in j.values()))
+
+
+class Sink(unittest.TestCase):
+    def test_mxsink_counts_and_exits_after_n_messages(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = peers.path("stats.json")
+            mxsink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
+            sink = subprocess.Popen([mxsink, "--listen", f"127.0.0.2:{port}", "--listen", f"127.0.0.3:{port}",
+                                     "--threads", "2", "--stats-json", stats, "--exit-after-messages", "1000",
+                                     "--max-seconds", "60"])
+            peers.procs.append(sink)
+            from peers import wait_tcp
+            wait_tcp("127.0.0.2", port)
+            wait_tcp("127.0.0.3", port)
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\n" + "".join(f"u{k}@d{k % 2}.test,N{k}\n" for k in range(1000)))
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\n.leading dot\nhello\n")
+            jpath = peers.path("j.jsonl")
+            p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                "b@sender.test", "--route", f"d0.test=127.0.0.2:{port}", "--route",
+                                f"d1.test=127.0.0.3:{port}", "--journal", jpath, "--progress", "off"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn("1000 delivered", p.stdout)
+            self.assertEqual(sink.wait(timeout=30), 0, "mxsink exits by itself after the 1000th message")
+            with open(stats) as f:
+                s = json.load(f)
+            self.assertEqual(s["messages"], 1000)
+            self.assertEqual(s["recipients"], 1000)
+            self.assertGreaterEqual(s["connections"], 2)
+
+
+if __name__ == "__main__":
+    MXPRESS = os.path.abspath(sys.argv[1])
+    ROOT = os.path.abspath(sys.argv[2])
+    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
