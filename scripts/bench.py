@@ -33,11 +33,55 @@ def start_sink(peers, port):
     return p
 
 
+def proc_cpu_seconds(pid):
+    """user+sys CPU seconds of a running process, from /proc (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_smtp_sinks(peers, port):
+    """Postfix's smtp-sink, one process per MX address (it is single-threaded)."""
+    sinks = []
+    for h in MX:
+        args = ["smtp-sink"] + (["-u", "nobody"] if os.geteuid() == 0 else []) + [f"{h}:{port}", "1000"]
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peers.procs.append(p)
+        sinks.append(p)
+    for h in MX:
+        wait_tcp(h, port)
+    return sinks
+
+
+def sink_comparison(peers, port, n, send_mxpress):
+    """CPU per message of mxsink and of Postfix's smtp-sink (x4) under the
+    same load: smtp-source x4 (no pipelining), then mxpress (pipelined)."""
+    out = []
+    for load in ("smtp-source", "mxpress"):
+        for name in ("mxsink", "smtp-sink"):
+            sinks = [start_sink(peers, port)] if name == "mxsink" else start_smtp_sinks(peers, port)
+            if load == "smtp-source":
+                procs = [subprocess.Popen(["smtp-source", "-d", "-s", "20", "-m", str(n // len(MX)), "-l", "2000",
+                                           "-f", "a@x.test", "-t", "b@y.test", f"{h}:{port}"]) for h in MX]
+                for p in procs:
+                    p.wait()
+                msgs = n // len(MX) * len(MX)
+            else:
+                msgs = send_mxpress()
+            cpu = sum(proc_cpu_seconds(p.pid) for p in sinks)
+            for p in sinks:
+                p.terminate()
+                p.wait()
+            out.append({"load": load, "sink": name, "cpu_s": cpu, "cpu_us_per_msg": cpu / msgs * 1e6})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description="end-to-end delivery benchmark (loopback)")
     ap.add_argument("--messages", type=int, default=100000)
     ap.add_argument("--threads", default="1,2", help="mxpress --threads values to run, comma separated")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-sinks", action="store_true", help="skip the mxsink vs smtp-sink CPU comparison")
     a = ap.parse_args()
     n = a.messages
     results = {"messages": n, "runs": []}
@@ -93,6 +137,16 @@ def main():
         ref = {"name": f"smtp-source x{len(MX)} (-d -s 20 -l 2000)", "wall_s": wall, "cpu_s": cpu,
                "peak_rss_kib": rss, "messages": per * len(MX)}
         results["reference"] = ref
+        if not a.no_sinks:
+            def send_mxpress():
+                jp = peers.path("jsink.jsonl")
+                if os.path.exists(jp):
+                    os.unlink(jp)
+                timed([mxpress, "send", "--recipients", recipients, "--message", message, "--from",
+                       "bounce@town.example", "--dns", dns, "--mx-port", str(port), "--journal", jp,
+                       "--progress", "off"])
+                return n
+            results["sinks"] = sink_comparison(peers, port, n, send_mxpress)
 
     def rate(r, msgs):
         return msgs / r["wall_s"]
@@ -115,6 +169,13 @@ def main():
     if "mxpress --threads 1" in runs and "mxpress --threads 2" in runs:
         eff = runs["mxpress --threads 2"]["msgs_per_s"] / (2 * runs["mxpress --threads 1"]["msgs_per_s"])
         print(f"\nscaling 1 -> 2 threads: {eff:.2f} of linear (sink and sender share the 2 cores here)")
+    if "sinks" in results:
+        print()
+        for load in ("smtp-source", "mxpress"):
+            s = {x["sink"]: x for x in results["sinks"] if x["load"] == load}
+            print(f"sink CPU under {load} load: mxsink {s['mxsink']['cpu_us_per_msg']:.1f} us/msg, "
+                  f"smtp-sink x4 {s['smtp-sink']['cpu_us_per_msg']:.1f} us/msg "
+                  f"(ratio {s['mxsink']['cpu_us_per_msg'] / s['smtp-sink']['cpu_us_per_msg']:.2f})")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,10 +35,10 @@ def journal(path):
     return entries
 
 
-def run_send(peers, recipients, message, dns, port, extra=()):
+def run_send(peers, recipients, message, dns, port, extra=(), config=SHORT_CONFIG):
     cfg = peers.path("short.toml")
     with open(cfg, "w") as f:
-        f.write(SHORT_CONFIG)
+        f.write(config)
     jpath = peers.path("journal.jsonl")
     if os.path.exists(jpath):
         os.unlink(jpath)
@@ -168,6 +169,67 @@ class Delivery(unittest.TestCase):
                 if domain == "dead.test":
                     self.assertIn("refused", o["reply"].lower(), o)
             self.assertEqual(len(read_dumps(dump)), 5, "chain.test delivered through its backup MX")
+
+    def test_custom_replies_and_slow_server(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt", "-B", "550 5.1.1 custom hard reject"], dump=False)
+            peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt", "-b", "451 4.7.1 custom soft reject"], dump=False)
+            # 4 s before each RCPT reply. Without -p, smtp-sink answers pipelined
+            # commands out of order while it waits (DATA's 503 before RCPT's 250).
+            peers.smtp_sink("127.0.0.4", port, flags=["-p", "-W", "rcpt:4"], dump=False)
+            dns = peers.dnsmasq([
+                "mx-host=hard.test,mxa.test,10", "host-record=mxa.test,127.0.0.2",
+                "mx-host=soft.test,mxb.test,10", "host-record=mxb.test,127.0.0.3",
+                "mx-host=slow.test,mxc.test,10", "host-record=mxc.test,127.0.0.4",
+            ])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\nh@hard.test,H\ns@soft.test,S\nw@slow.test,W\n")
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\nhello\n")
+            p, jpath = run_send(peers, recipients, message, dns, port,
+                                config=SHORT_CONFIG + "[timeouts]\nrcpt = \"1s\"\nmail = \"1s\"\n")
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            by_email = {e[0]["email"]: e[0] for e in journal(jpath).values()}
+            self.assertEqual(by_email["h@hard.test"]["status"], "bounced")
+            self.assertEqual(by_email["h@hard.test"]["enhanced"], "5.1.1")
+            self.assertEqual(by_email["h@hard.test"]["reply"], "custom hard reject")
+            self.assertEqual(by_email["s@soft.test"]["status"], "expired")
+            self.assertEqual(by_email["s@soft.test"]["reply"], "custom soft reject")
+            self.assertEqual(by_email["w@slow.test"]["status"], "expired", by_email["w@slow.test"])
+            self.assertIn("timeout waiting for the reply to RCPT TO", by_email["w@slow.test"]["reply"])
+
+    def test_server_that_comes_up_late_gets_the_mail_on_retry(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dns = peers.dnsmasq(["mx-host=late.test,mx.late.test,10", "host-record=mx.late.test,127.0.0.5"])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\n" + "".join(f"u{k}@late.test,N{k}\n" for k in range(10)))
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\nhello\n")
+            cfg = peers.path("late.toml")
+            with open(cfg, "w") as f:
+                f.write('[defaults]\nretry_initial = "300ms"\nretry_max = "600ms"\nmax_age = "20s"\n')
+            jpath = peers.path("j.jsonl")
+            sender = subprocess.Popen([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                       "b@sender.test", "--dns", dns, "--mx-port", str(port), "--journal", jpath,
+                                       "--config", cfg, "--progress", "off"], stdout=subprocess.PIPE, text=True)
+            time.sleep(1.0)  # the first attempts find the port closed
+            dump = peers.smtp_sink("127.0.0.5", port)
+            out, _ = sender.communicate(timeout=60)
+            self.assertEqual(sender.returncode, 0, out)
+            j = journal(jpath)
+            self.assertEqual(len(j), 10)
+            for entries in j.values():
+                self.assertEqual(entries[0]["status"], "delivered", entries)
+                self.assertGreaterEqual(entries[0]["attempts"], 1)
+            self.assertIn("deferrals", out)
+            self.assertNotIn(" 0 deferrals", out, "the first attempts were deferred")
+            self.assertEqual(len(read_dumps(dump)), 10)
 
     def test_resume_sends_nothing_twice(self):
         with Peers() as peers:
