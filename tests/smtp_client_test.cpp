@@ -390,3 +390,75 @@ TEST(SmtpClient, MisuseIsALogicError) {
 }
 
 }  // namespace
+
+namespace {
+
+using namespace mxpress::smtp;
+
+TEST(SmtpClientBackToBack, NextTransactionRidesWithTheFinalDot) {
+    client c("sender.example");
+    auto sent = [&]() {
+        std::string s(c.output());
+        c.consume_output(s.size());
+        return s;
+    };
+    c.receive("220 mx\r\n");
+    sent();
+    c.receive("250-mx\r\n250 PIPELINING\r\n");
+    ASSERT_EQ(c.next_event()->kind, event_kind::ready);
+    envelope e1;
+    e1.mail_from = "b@s.example";
+    e1.rcpt_to = {"one@x.org"};
+    envelope e2 = e1;
+    e2.rcpt_to = {"two@x.org"};
+    const std::string m1 = "Subject: 1\r\n\r\none\r\n";
+    const std::string m2 = "Subject: 2\r\n\r\ntwo\r\n";
+    EXPECT_TRUE(c.can_start_transaction());
+    c.start_transaction(e1, m1, 101);
+    EXPECT_FALSE(c.can_start_transaction()) << "not before the body is out";
+    sent();
+    c.receive("250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_TRUE(c.can_start_transaction());
+    c.start_transaction(e2, m2, 102);
+    EXPECT_FALSE(c.can_start_transaction()) << "at most two in flight";
+    EXPECT_EQ(sent(), "Subject: 1\r\n\r\none\r\n.\r\nMAIL FROM:<b@s.example>\r\nRCPT TO:<two@x.org>\r\nDATA\r\n")
+        << "one write: the body, its dot, and the next transaction";
+    c.receive("250 queued 1\r\n250 ok\r\n250 ok\r\n354 go\r\n");
+    auto d1 = c.next_event();
+    ASSERT_TRUE(d1 && d1->kind == event_kind::transaction_done);
+    EXPECT_EQ(d1->tag, 101u);
+    EXPECT_EQ(d1->result->recipients[0].text, "queued 1");
+    EXPECT_EQ(sent(), "Subject: 2\r\n\r\ntwo\r\n.\r\n");
+    c.receive("550 5.7.1 rejected 2\r\n");
+    auto d2 = c.next_event();
+    ASSERT_TRUE(d2 && d2->kind == event_kind::transaction_done);
+    EXPECT_EQ(d2->tag, 102u);
+    EXPECT_EQ(d2->result->recipients[0].one_line(), "550 5.7.1 rejected 2");
+    EXPECT_EQ(c.current_state(), client::state::ready);
+    EXPECT_EQ(c.transactions_completed(), 2u);
+}
+
+TEST(SmtpClientBackToBack, ConnectionLostFailsBothInOrder) {
+    client c("sender.example");
+    c.receive("220 mx\r\n250-mx\r\n250 PIPELINING\r\n");
+    c.consume_output(c.output().size());
+    while (c.next_event()) {
+    }
+    envelope e;
+    e.mail_from = "b@s.example";
+    e.rcpt_to = {"one@x.org"};
+    c.start_transaction(e, "m1\r\n", 1);
+    c.receive("250 ok\r\n250 ok\r\n354 go\r\n");
+    c.start_transaction(e, "m2\r\n", 2);
+    c.connection_lost("reset");
+    std::vector<std::uint64_t> tags;
+    while (auto ev = c.next_event()) {
+        if (ev->kind == event_kind::transaction_done) {
+            tags.push_back(ev->tag);
+            EXPECT_EQ(ev->result->recipients[0].code, 421);
+        }
+    }
+    EXPECT_EQ(tags, (std::vector<std::uint64_t>{1, 2}));
+}
+
+}  // namespace

@@ -24,6 +24,8 @@
 #include <fstream>
 #include <string>
 #include <thread>
+#include <memory>
+#include <unordered_set>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -78,6 +80,23 @@ struct session {
     std::uint64_t messages_sent_counted = 0;
 };
 
+// Owns every session and listener of a worker. Declared before the ring in
+// worker, so it is destroyed after it: the ring's teardown cancels the
+// operations that still point into these objects, then they are freed.
+struct registry {
+    std::unordered_set<session*> sessions;
+    std::vector<int> listen_fds;
+    ~registry() {
+        for (session* s : sessions) {
+            ::close(s->fd);
+            delete s;
+        }
+        for (int fd : listen_fds) {
+            ::close(fd);
+        }
+    }
+};
+
 class worker {
 public:
     worker(const std::vector<sockaddr_in>& addrs, counters& c) : _ring(4096), _counters(c) {
@@ -92,11 +111,12 @@ public:
                 throw std::runtime_error(
                     fmt::format("cannot listen on {}:{}: {}", ip, ntohs(a.sin_port), std::strerror(errno)));
             }
-            auto* l = new listener;
+            _registry.listen_fds.push_back(fd);
+            _listeners.push_back(std::make_unique<listener>());
+            listener* l = _listeners.back().get();
             l->fd = fd;
             l->w = this;
             l->fn = &worker::on_accept;
-            _listeners.push_back(l);
             arm_accept(l);
         }
         _tick.fn = &worker::on_tick;
@@ -107,9 +127,6 @@ public:
     void run() {
         while (!g_stop.load(std::memory_order_relaxed)) {
             _ring.run(1);
-        }
-        for (listener* l : _listeners) {
-            ::close(l->fd);
         }
     }
 
@@ -145,6 +162,7 @@ private:
         const int one = 1;
         ::setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         auto* s = new session;
+        w->_registry.sessions.insert(s);
         s->owner = w;
         s->fd = res;
         s->recv_op.fn = &worker::on_recv;
@@ -332,13 +350,15 @@ private:
     void maybe_free(session* s) {
         if (s->in_flight == 0) {
             ::close(s->fd);
+            _registry.sessions.erase(s);
             delete s;
         }
     }
 
+    registry _registry;  // destroyed after _ring (see registry)
     mxpress::io::ring _ring;
     counters& _counters;
-    std::vector<listener*> _listeners;
+    std::vector<std::unique_ptr<listener>> _listeners;
     tick _tick;
     __kernel_timespec _tick_ts{};
 };

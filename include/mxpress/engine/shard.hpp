@@ -124,9 +124,17 @@ struct connection {
     std::string send_buffer;
     std::size_t send_offset = 0;
     std::string recv_buffer;
-    recipient* current = nullptr;
-    std::string message;
-    std::uint32_t messages = 0;
+    // Transactions in flight (two when pipelined back to back); the slot
+    // index is the client's tag. `message` is borrowed by the client until
+    // the slot's transaction_done.
+    struct slot {
+        recipient* r = nullptr;
+        std::string message;
+    };
+    slot slots[2];
+    std::uint32_t messages = 0;  // transactions started on this connection
+
+    bool busy() const noexcept { return slots[0].r != nullptr || slots[1].r != nullptr; }
 
     connection(class shard* s, mx_pool* p, const std::string& helo, const smtp::timeouts& t)
         : owner(s), pool(p), client(helo, t) {
@@ -452,7 +460,7 @@ private:
                     break;
                 }
                 if (c->idle && c->client.current_state() == smtp::client::state::ready) {
-                    next_transaction(c);
+                    fill(c);
                     update_deadline(c);
                     pump(c);
                 }
@@ -591,6 +599,7 @@ private:
                 return;
             }
         }
+        fill(c);
         update_deadline(c);
         if (c->client.current_state() == smtp::client::state::closed) {
             teardown(c);
@@ -609,15 +618,14 @@ private:
             case smtp::event_kind::ready:
                 c->session_ready_once = true;
                 c->pool->down_until = {};
-                next_transaction(c);
                 break;
             case smtp::event_kind::transaction_done: {
-                recipient* r = c->current;
-                c->current = nullptr;
-                _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+                connection::slot& sl = c->slots[e.tag & 1];
+                recipient* r = sl.r;
+                sl.r = nullptr;
                 if (r != nullptr) {
+                    _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
                     const smtp::reply& rep = e.result->recipients.at(0);
-                    ++c->messages;
                     if (rep.positive()) {
                         final_outcome(r, outcome_status::delivered, rep, c->pool->mx_name);
                     } else if (rep.permanent()) {
@@ -632,9 +640,6 @@ private:
                         defer(r, rep, c->pool->mx_name);
                     }
                 }
-                if (c->client.current_state() == smtp::client::state::ready) {
-                    next_transaction(c);
-                }
                 break;
             }
             case smtp::event_kind::closed:
@@ -648,45 +653,52 @@ private:
         }
     }
 
-    void next_transaction(connection* c) {
+    // Gives the connection work while its session can take a transaction:
+    // one when ready, a second one back to back once the first body is out.
+    // Without work it goes idle (or says QUIT when the run is over).
+    void fill(connection* c) {
         mx_pool* p = c->pool;
-        if (c->messages >= _options.cfg.messages_per_connection_max) {
-            c->idle = false;
-            c->client.quit();
-            return;
-        }
-        if (p->work.empty()) {
-            c->idle = true;
-            c->idle_since = clock::now();
-            if (_input_closed && _pending == 0) {
-                c->client.quit();
+        while (!c->shut && c->client.can_start_transaction()) {
+            const bool ready = c->client.current_state() == smtp::client::state::ready;
+            if (c->messages >= _options.cfg.messages_per_connection_max || p->work.empty()) {
+                if (ready) {
+                    if (c->messages >= _options.cfg.messages_per_connection_max || (_input_closed && _pending == 0)) {
+                        c->idle = false;
+                        c->client.quit();
+                    } else if (!c->idle) {
+                        c->idle = true;
+                        c->idle_since = clock::now();
+                    }
+                }
+                return;
             }
-            return;
-        }
-        recipient* r = p->work.front();
-        p->work.pop_front();
-        c->idle = false;
-        ++r->attempts;
-        r->fields(_fields);
-        const mail::render_result rr = _renderer.render(_fields, c->message);
-        if (!rr.ok()) {
-            smtp::reply rep;
-            rep.text = "cannot render: " + rr.error;
-            final_outcome(r, outcome_status::invalid, rep, "");
-            next_transaction(c);
-            return;
-        }
-        smtp::envelope env;
-        env.mail_from = _options.from;
-        env.rcpt_to.push_back(r->email);
-        env.eight_bit = rr.eight_bit;
-        env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
-        c->current = r;
-        _stats.in_flight.fetch_add(1, std::memory_order_relaxed);
-        c->client.start_transaction(env, c->message);
-        // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
-        while (auto e = c->client.next_event()) {
-            handle_event(c, *e);
+            const unsigned k = c->slots[0].r == nullptr ? 0 : 1;
+            connection::slot& sl = c->slots[k];
+            recipient* r = p->work.front();
+            p->work.pop_front();
+            c->idle = false;
+            ++r->attempts;
+            r->fields(_fields);
+            const mail::render_result rr = _renderer.render(_fields, sl.message);
+            if (!rr.ok()) {
+                smtp::reply rep;
+                rep.text = "cannot render: " + rr.error;
+                final_outcome(r, outcome_status::invalid, rep, "");
+                continue;
+            }
+            smtp::envelope env;
+            env.mail_from = _options.from;
+            env.rcpt_to.push_back(r->email);
+            env.eight_bit = rr.eight_bit;
+            env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
+            sl.r = r;
+            ++c->messages;
+            _stats.in_flight.fetch_add(1, std::memory_order_relaxed);
+            c->client.start_transaction(env, sl.message, k);
+            // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
+            while (auto e = c->client.next_event()) {
+                handle_event(c, *e);
+            }
         }
     }
 
@@ -728,16 +740,18 @@ private:
             return;
         }
         c->shut = true;
-        if (c->current != nullptr) {
-            // Not expected (the client reports the transaction first), but
-            // never lose a recipient.
-            recipient* r = c->current;
-            c->current = nullptr;
-            _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
-            smtp::reply rep;
-            rep.enhanced = "4.4.2";
-            rep.text = "connection ended";
-            defer(r, rep, c->pool->mx_name);
+        for (connection::slot& sl : c->slots) {
+            if (sl.r != nullptr) {
+                // Not expected (the client reports every transaction first),
+                // but never lose a recipient.
+                recipient* r = sl.r;
+                sl.r = nullptr;
+                _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+                smtp::reply rep;
+                rep.enhanced = "4.4.2";
+                rep.text = "connection ended";
+                defer(r, rep, c->pool->mx_name);
+            }
         }
         if (c->fd >= 0) {
             ::shutdown(c->fd, SHUT_RDWR);  // completes a pending recv

@@ -14,6 +14,13 @@
 // that ends without a final reply to the data leaves the server with state
 // to clear: the next transaction starts with RSET.
 //
+// Back to back: with PIPELINING, once a transaction's body is out the next
+// transaction may start before the final reply arrives (RFC 2920 §3.1 lets
+// message content lead a group), so its MAIL, RCPTs and DATA travel in the
+// same write as the previous "." and a message costs one round trip, not
+// two. can_start_transaction() says when; at most two are in flight.
+// transaction_done events come in order, each with the tag it started with.
+//
 // Lifetime: the message passed to start_transaction() is borrowed and must
 // stay valid until that transaction's transaction_done event.
 #pragma once
@@ -145,11 +152,12 @@ struct event {
     reply last_reply;                          // the reply that caused it (synthesized when local)
     std::optional<transaction_result> result;  // for transaction_done
     bool protocol_error = false;               // closed because the peer broke the protocol
+    std::uint64_t tag = 0;                     // for transaction_done: start_transaction's tag
 };
 
 class client {
 public:
-    enum class state { greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, data, rset, quit, closed };
+    enum class state { greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, rset, quit, closed };
 
     explicit client(std::string helo_name, timeouts t = {}) : _helo_name(std::move(helo_name)), _timeouts(t) {}
 
@@ -230,9 +238,9 @@ public:
                     case command::mail: return _timeouts.mail;
                     case command::rcpt: return _timeouts.rcpt;
                     case command::data: return _timeouts.data_init;
+                    case command::body: return has_output() ? _timeouts.data_block : _timeouts.data_term;
                     default: return _timeouts.other;
                 }
-            case state::data: return has_output() ? _timeouts.data_block : _timeouts.data_term;
             case state::starttls:
             case state::rset:
             case state::quit: return _timeouts.other;
@@ -248,34 +256,56 @@ public:
     bool tls_active() const noexcept { return _tls_active; }
     std::uint64_t transactions_completed() const noexcept { return _transactions; }
 
-    // Starts a mail transaction. Precondition: state ready. A message the
-    // server cannot take (SMTPUTF8 not offered, over its SIZE) fails at once
-    // with a synthesized 5xx, without a byte on the wire.
-    void start_transaction(const envelope& env, std::string_view message) {
-        if (_state != state::ready) {
-            throw std::logic_error("smtp::client::start_transaction outside the ready state");
+    // True when start_transaction() may be called now: the session is ready,
+    // or (with PIPELINING) the one transaction in flight has sent its body
+    // and waits only for the final reply.
+    bool can_start_transaction() const noexcept {
+        if (_state == state::ready) {
+            return true;
         }
-        _result = transaction_result{};
-        _result.recipients.assign(env.rcpt_to.size(), reply{});
-        _message = message;
-        _accepted = 0;
+        return _state == state::transaction && _caps.pipelining && _txns.size() == 1 && _txns.front().body_sent &&
+               _unsent.empty();
+    }
+
+    // Starts a mail transaction; `tag` comes back in its transaction_done
+    // event. Precondition: can_start_transaction(). A message the server
+    // cannot take (SMTPUTF8 not offered, over its SIZE) fails at once with a
+    // synthesized 5xx, without a byte on the wire.
+    void start_transaction(const envelope& env, std::string_view message, std::uint64_t tag = 0) {
+        if (!can_start_transaction()) {
+            throw std::logic_error("smtp::client::start_transaction while the session cannot take one");
+        }
+        const bool local_failure = (env.smtputf8 && !_caps.smtputf8) ||
+                                   (_caps.size_max != 0 && message.size() > _caps.size_max) || env.rcpt_to.empty();
+        if (local_failure && !_txns.empty()) {
+            // Keep events in order: fail it after the transaction in flight.
+            _deferred_failures.push_back(deferred_failure{env, tag, message.size()});
+            return;
+        }
         if (env.smtputf8 && !_caps.smtputf8) {
-            fail_locally(synthesized(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"));
+            fail_locally(tag, env.rcpt_to.size(),
+                         synthesized(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer"));
             return;
         }
         if (_caps.size_max != 0 && message.size() > _caps.size_max) {
-            fail_locally(synthesized(
-                552, "5.3.4", "message size exceeds the server's SIZE limit of " + std::to_string(_caps.size_max)));
+            fail_locally(
+                tag, env.rcpt_to.size(),
+                synthesized(552, "5.3.4",
+                            "message size exceeds the server's SIZE limit of " + std::to_string(_caps.size_max)));
             return;
         }
         if (env.rcpt_to.empty()) {
-            fail_locally(synthesized(554, "5.5.1", "no recipients"));
+            fail_locally(tag, 1, synthesized(554, "5.5.1", "no recipients"));
             return;
         }
+        txn t;
+        t.tag = tag;
+        t.message = message;
+        t.result.recipients.assign(env.rcpt_to.size(), reply{});
+        _txns.push_back(std::move(t));
         _state = state::transaction;
-        _unsent.clear();
-        _expected.clear();
         if (_needs_rset) {
+            _needs_rset = false;
             queue(command::rset, "RSET\r\n");
         }
         std::string mail = "MAIL FROM:<" + env.mail_from + ">";
@@ -363,11 +393,10 @@ private:
                         case command::rcpt: return "the reply to RCPT TO";
                         case command::data: return "the reply to DATA";
                         case command::rset: return "the reply to RSET";
-                        case command::body: break;
+                        case command::body: return "the reply to the end of data";
                     }
                 }
                 return "a reply";
-            case state::data: return "the reply to the end of data";
             case state::starttls: return "the reply to STARTTLS";
             case state::rset: return "the reply to RSET";
             case state::quit: return "the reply to QUIT";
@@ -400,30 +429,40 @@ private:
 
     void push(event_kind kind, reply r) { _events.push_back(event{kind, std::move(r), std::nullopt, false}); }
 
-    void fail_locally(reply r) {
-        _result.mail = r;
-        for (reply& rr : _result.recipients) {
-            rr = r;
-        }
-        if (_result.recipients.empty()) {
-            _result.recipients.push_back(r);
-        }
-        _events.push_back(event{event_kind::transaction_done, std::move(r), std::move(_result), false});
-        _result = transaction_result{};
+    void fail_locally(std::uint64_t tag, std::size_t recipients, reply r) {
+        transaction_result result;
+        result.mail = r;
+        result.recipients.assign(std::max<std::size_t>(recipients, 1), r);
+        event e{event_kind::transaction_done, std::move(r), std::move(result), false};
+        e.tag = tag;
+        _events.push_back(std::move(e));
     }
 
     void protocol_failure(const std::string& why) {
         finish_closed(synthesized(421, "4.5.0", "protocol error: " + why), true);
     }
 
-    // Ends the session. A transaction in flight ends with `r` as the outcome
-    // of every recipient that has no final answer yet.
+    // Ends the session. Every transaction in flight ends with `r` as the
+    // outcome of each recipient that has no final answer yet.
     void finish_closed(reply r, bool protocol_error) {
-        if (_state == state::transaction || _state == state::data) {
-            complete_pending_recipients(r);
-            _events.push_back(event{event_kind::transaction_done, r, std::move(_result), false});
-            _result = transaction_result{};
+        while (!_txns.empty()) {
+            txn& t = _txns.front();
+            for (reply& rr : t.result.recipients) {
+                if (rr.code == 0 || rr.positive()) {
+                    // No answer yet, or accepted but the data never got its
+                    // final reply: not delivered as far as we can know.
+                    rr = r;
+                }
+            }
+            if (t.result.mail.code == 0) {
+                t.result.mail = r;
+            }
+            event e{event_kind::transaction_done, r, std::move(t.result), false};
+            e.tag = t.tag;
+            _events.push_back(std::move(e));
+            _txns.pop_front();
         }
+        flush_deferred_failures();
         _state = state::closed;
         _unsent.clear();
         _expected.clear();
@@ -432,16 +471,18 @@ private:
         _events.push_back(event{event_kind::closed, std::move(r), std::nullopt, protocol_error});
     }
 
-    void complete_pending_recipients(const reply& r) {
-        for (reply& rr : _result.recipients) {
-            if (rr.code == 0 || rr.positive()) {
-                // No answer yet, or accepted but the data never got its final
-                // reply: not delivered as far as we can know.
-                rr = r;
-            }
-        }
-        if (_result.mail.code == 0) {
-            _result.mail = r;
+    void flush_deferred_failures() {
+        while (!_deferred_failures.empty()) {
+            deferred_failure f = std::move(_deferred_failures.front());
+            _deferred_failures.pop_front();
+            reply why =
+                (f.env.smtputf8 && !_caps.smtputf8)
+                    ? synthesized(553, "5.6.7", "the message needs SMTPUTF8, which the server does not offer")
+                : f.env.rcpt_to.empty()
+                    ? synthesized(554, "5.5.1", "no recipients")
+                    : synthesized(552, "5.3.4",
+                                  "message size exceeds the server's SIZE limit of " + std::to_string(_caps.size_max));
+            fail_locally(f.tag, f.env.rcpt_to.size(), std::move(why));
         }
     }
 
@@ -500,7 +541,6 @@ private:
                 return;
             case state::quit: finish_closed(std::move(r), false); return;
             case state::transaction: on_transaction_reply(std::move(r)); return;
-            case state::data: on_data_reply(std::move(r)); return;
             case state::ready:
             case state::tls_handshake:
             case state::closed: protocol_failure("unexpected reply: " + r.one_line()); return;
@@ -508,99 +548,124 @@ private:
     }
 
     void on_transaction_reply(reply r) {
-        if (_expected.empty()) {
+        if (_expected.empty() || _txns.empty()) {
             protocol_failure("reply without a command: " + r.one_line());
             return;
         }
         const pending p = std::move(_expected.front());
         _expected.pop_front();
+        if (p.what == command::rset) {
+            if (!r.positive()) {
+                finish_closed(synthesized(421, "4.4.0", "RSET refused: " + r.one_line()), false);
+                return;
+            }
+            send_queued();
+            return;
+        }
+        txn& t = _txns.front();
         switch (p.what) {
-            case command::rset:
-                if (!r.positive()) {
-                    finish_closed(synthesized(421, "4.4.0", "RSET refused: " + r.one_line()), false);
-                    return;
-                }
-                _needs_rset = false;
-                break;
             case command::mail:
-                _result.mail = r;
+                t.result.mail = r;
                 if (!r.positive()) {
-                    for (reply& rr : _result.recipients) {
+                    for (reply& rr : t.result.recipients) {
                         rr = r;
                     }
                     if (!_caps.pipelining) {
-                        end_transaction(false, std::move(r));
+                        end_front(false, std::move(r));
                         return;
                     }
                 }
                 break;
             case command::rcpt:
-                if (_result.mail.positive()) {
-                    _result.recipients[p.index] = r;
+                if (t.result.mail.positive()) {
+                    t.result.recipients[p.index] = r;
+                    if (r.positive()) {
+                        ++t.accepted;
+                    }
                 }
-                if (r.positive() && _result.mail.positive()) {
-                    ++_accepted;
-                }
-                if (!_caps.pipelining && _unsent.size() == 1 && _accepted == 0) {
+                if (!_caps.pipelining && _unsent.size() == 1 && t.accepted == 0) {
                     // Last RCPT answered, none accepted: no DATA (§3.3).
                     _unsent.clear();
-                    end_transaction(false, std::move(r));
+                    end_front(false, std::move(r));
                     return;
                 }
                 break;
             case command::data:
                 if (r.code == 354) {
-                    _state = state::data;
-                    if (_accepted > 0 && _result.mail.positive()) {
-                        append_dot_stuffed(_out, _message);
+                    if (t.accepted > 0 && t.result.mail.positive()) {
+                        append_dot_stuffed(_out, t.message);
                     } else {
                         // RFC 2920 §3.1: every RCPT failed yet DATA went on; end it empty.
                         _out += ".\r\n";
-                        _data_discard = true;
+                        t.discard = true;
                     }
+                    t.body_sent = true;
+                    _expected.push_back(pending{command::body, 0, {}});
                     return;
                 }
-                for (reply& rr : _result.recipients) {
+                for (reply& rr : t.result.recipients) {
                     if (rr.positive()) {
                         rr = r;
                     }
                 }
-                end_transaction(false, std::move(r));
+                end_front(false, std::move(r));
                 return;
-            case command::body: break;
+            case command::body:
+                if (t.discard) {
+                    end_front(false, std::move(r));
+                    return;
+                }
+                for (reply& rr : t.result.recipients) {
+                    if (rr.positive()) {
+                        rr = r;
+                    }
+                }
+                t.result.data_sent = true;
+                end_front(true, std::move(r));
+                return;
+            case command::rset: break;
         }
         send_queued();
     }
 
-    void on_data_reply(reply r) {
-        if (_data_discard) {
-            _data_discard = false;
-            end_transaction(false, std::move(r));
-            return;
-        }
-        for (reply& rr : _result.recipients) {
-            if (rr.positive()) {
-                rr = r;
-            }
-        }
-        _result.data_sent = true;
-        end_transaction(true, std::move(r));
-    }
-
-    void end_transaction(bool completed, reply last) {
-        if (!completed && _result.mail.positive()) {
+    // The oldest transaction is over: report it. A transaction that opened
+    // MAIL but sent no data leaves state on the server: RSET comes next.
+    void end_front(bool completed, reply last) {
+        txn t = std::move(_txns.front());
+        _txns.pop_front();
+        if (!t.body_sent && t.result.mail.positive()) {
             _needs_rset = true;
         }
         if (completed) {
             ++_transactions;
         }
-        _state = state::ready;
-        _expected.clear();
-        _unsent.clear();
-        _message = {};
-        _events.push_back(event{event_kind::transaction_done, std::move(last), std::move(_result), false});
-        _result = transaction_result{};
+        if (_txns.empty()) {
+            _state = state::ready;
+            _expected.clear();
+            _unsent.clear();
+        }
+        event e{event_kind::transaction_done, std::move(last), std::move(t.result), false};
+        e.tag = t.tag;
+        _events.push_back(std::move(e));
+        if (_txns.empty()) {
+            flush_deferred_failures();
+        }
     }
+
+    struct txn {
+        std::uint64_t tag = 0;
+        transaction_result result;
+        std::string_view message;
+        std::size_t accepted = 0;
+        bool body_sent = false;  // the body (or a lone ".") is in the output
+        bool discard = false;    // a lone "." ended data nobody accepted
+    };
+
+    struct deferred_failure {
+        envelope env;
+        std::uint64_t tag;
+        std::size_t size;
+    };
 
     std::string _helo_name;
     timeouts _timeouts;
@@ -612,12 +677,10 @@ private:
     std::deque<event> _events;
     std::deque<pending> _unsent;
     std::deque<pending> _expected;
-    transaction_result _result;
-    std::string_view _message;
-    std::size_t _accepted = 0;
+    std::deque<txn> _txns;  // in flight, oldest first; at most two
+    std::deque<deferred_failure> _deferred_failures;
     std::uint64_t _transactions = 0;
     bool _needs_rset = false;
-    bool _data_discard = false;
     bool _tls_active = false;
 };
 
