@@ -28,6 +28,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <queue>
 #include <string>
 #include <unordered_map>
@@ -44,6 +45,7 @@
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/recipient.hpp"
+#include "mxpress/io/buffer_ring.hpp"
 #include "mxpress/io/mailbox.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/mail/message_template.hpp"
@@ -123,7 +125,7 @@ struct connection {
     clock::time_point deadline = clock::time_point::max();
     std::string send_buffer;
     std::size_t send_offset = 0;
-    std::string recv_buffer;
+    std::string recv_buffer;  // only without provided buffers (plain recv)
     // Transactions in flight (two when pipelined back to back); the slot
     // index is the client's tag. `message` is borrowed by the client until
     // the slot's transaction_done.
@@ -137,9 +139,7 @@ struct connection {
     bool busy() const noexcept { return slots[0].r != nullptr || slots[1].r != nullptr; }
 
     connection(class shard* s, mx_pool* p, const std::string& helo, const smtp::timeouts& t)
-        : owner(s), pool(p), client(helo, t) {
-        recv_buffer.resize(16 * 1024);
-    }
+        : owner(s), pool(p), client(helo, t) {}
 };
 
 class shard {
@@ -154,6 +154,13 @@ public:
           _ring(4096),
           _resolver(_ring, resolver_options(options)),
           _renderer(tmpl, renderer_options(options)) {
+        try {
+            // Multishot receive from one shared pool of buffers: one SQE per
+            // connection instead of one per read.
+            _buffers.emplace(_ring, 0, recv_buffers_count, recv_buffer_bytes);
+        } catch (const std::system_error&) {
+            _buffers.reset();  // older kernel: a plain recv per read
+        }
         _eventfd_op.fn = &shard::on_mailbox;
         _eventfd_op.owner = this;
         _tick_op.fn = &shard::on_tick;
@@ -531,26 +538,58 @@ private:
         }
     }
 
+    static constexpr std::uint32_t recv_buffers_count = 512;
+    static constexpr std::uint32_t recv_buffer_bytes = 8 * 1024;
+
     void arm_recv(connection* c) {
         ++c->ops_in_flight;
+        if (_buffers) {
+            io_uring_sqe* sqe = _ring.sqe(&c->recv_op);
+            io_uring_prep_recv_multishot(sqe, c->fd, nullptr, 0, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = _buffers->group();
+            return;
+        }
+        if (c->recv_buffer.empty()) {
+            c->recv_buffer.resize(16 * 1024);
+        }
         io_uring_prep_recv(_ring.sqe(&c->recv_op), c->fd, c->recv_buffer.data(), c->recv_buffer.size(), 0);
     }
 
-    static void on_recv(io::completion* op, int res, unsigned /*flags*/) {
+    static void on_recv(io::completion* op, int res, unsigned flags) {
         connection* c = static_cast<connection::op*>(op)->conn;
         shard* self = c->owner;
+        const bool more = (flags & IORING_CQE_F_MORE) != 0;  // multishot still armed
+        if (res == -ENOBUFS && !c->shut) {
+            // Every provided buffer is in use (they come back as soon as each
+            // completion is handled): ask again.
+            if (!more) {
+                self->arm_recv(c);
+                self->release(c);
+            }
+            return;
+        }
         if (!c->shut) {
             if (res <= 0) {
                 c->client.connection_lost(res == 0 ? "closed by the server" : std::strerror(-res));
+            } else if (self->_buffers && (flags & IORING_CQE_F_BUFFER)) {
+                c->client.receive(self->_buffers->data(flags, res));
             } else {
                 c->client.receive(std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
             }
+            if (res > 0 && self->_buffers && (flags & IORING_CQE_F_BUFFER)) {
+                self->_buffers->recycle(flags);
+            }
             self->after_client_input(c);
-            if (!c->shut && c->client.current_state() != smtp::client::state::closed) {
+            if (!more && !c->shut && c->client.current_state() != smtp::client::state::closed) {
                 self->arm_recv(c);
             }
+        } else if (res > 0 && self->_buffers && (flags & IORING_CQE_F_BUFFER)) {
+            self->_buffers->recycle(flags);
         }
-        self->release(c);
+        if (!more) {
+            self->release(c);
+        }
     }
 
     static void on_send(io::completion* op, int res, unsigned /*flags*/) {
@@ -849,6 +888,7 @@ private:
     shard_stats& _stats;
     io::mailbox<recipient*> _mailbox;
     io::ring _ring;
+    std::optional<io::buffer_ring> _buffers;  // after _ring: unregistered first
     net::resolver _resolver;
     mail::renderer _renderer;
     mailbox_op _eventfd_op;
