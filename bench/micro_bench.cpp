@@ -6,6 +6,10 @@
 //       --benchmark_report_aggregates_only=true     (one command line)
 #include <benchmark/benchmark.h>
 
+#include <ares.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -151,6 +155,72 @@ void BM_journal_line(benchmark::State& state) {
     state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_journal_line);
+
+// Appending to a real journal file: formatting, batching and write(2).
+void BM_journal_append(benchmark::State& state) {
+    char path[] = "/tmp/mxpress-bench-journal-XXXXXX";
+    const int fd = ::mkstemp(path);
+    ::close(fd);
+    auto w = mxpress::engine::journal_writer::open(path, false);
+    mxpress::engine::journal_entry e;
+    e.line = 123456;
+    e.email = "jane.doe@example.org";
+    e.status = mxpress::engine::outcome_status::delivered;
+    e.code = 250;
+    e.enhanced = "2.0.0";
+    e.reply = "Ok: queued as 4F2C81A0B3";
+    e.mx = "mx1.example.org";
+    e.attempts = 1;
+    for (auto _ : state) {
+        w.append(e);
+    }
+    w.flush();
+    ::unlink(path);
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_journal_append);
+
+// A DNS answer as a resolver sends it: `answers` MX records for example.org.
+std::vector<unsigned char> make_mx_answer(int answers) {
+    std::vector<unsigned char> p = {0x12, 0x34, 0x81, 0x80, 0, 1, 0, static_cast<unsigned char>(answers), 0, 0, 0, 0};
+    auto name = [&](std::initializer_list<const char*> labels) {
+        for (const char* l : labels) {
+            p.push_back(static_cast<unsigned char>(std::strlen(l)));
+            p.insert(p.end(), l, l + std::strlen(l));
+        }
+        p.push_back(0);
+    };
+    name({"example", "org"});
+    p.insert(p.end(), {0, 15, 0, 1});  // QTYPE MX, QCLASS IN
+    for (int i = 0; i < answers; ++i) {
+        p.insert(p.end(), {0xC0, 0x0C, 0, 15, 0, 1, 0, 0, 0x0E, 0x10});  // name ptr, MX, IN, TTL 3600
+        const std::string host = "mx" + std::to_string(i);
+        const int rdlen = 2 + 1 + static_cast<int>(host.size()) + 2;  // pref + label + ptr to example.org
+        p.push_back(0);
+        p.push_back(static_cast<unsigned char>(rdlen));
+        p.push_back(0);
+        p.push_back(static_cast<unsigned char>(10 * (i + 1)));
+        p.push_back(static_cast<unsigned char>(host.size()));
+        p.insert(p.end(), host.begin(), host.end());
+        p.insert(p.end(), {0xC0, 0x0C});
+    }
+    return p;
+}
+
+void BM_dns_mx_parse(benchmark::State& state) {
+    const auto answer = make_mx_answer(4);
+    for (auto _ : state) {
+        ares_mx_reply* mx = nullptr;
+        if (ares_parse_mx_reply(answer.data(), static_cast<int>(answer.size()), &mx) != ARES_SUCCESS) {
+            state.SkipWithError("parse failed");
+            break;
+        }
+        benchmark::DoNotOptimize(mx);
+        ares_free_data(mx);
+    }
+    state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_dns_mx_parse);
 
 }  // namespace
 
