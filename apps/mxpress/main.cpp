@@ -270,7 +270,17 @@ std::vector<engine::route> parse_routes(const std::vector<std::string>& specs) {
         engine::route r;
         r.domain = mxpress::detail::to_lower_copy(spec.substr(0, eq));
         std::string target = spec.substr(eq + 1);
-        const std::size_t colon = target.rfind(':');
+        std::size_t colon = target.rfind(':');
+        if (!target.empty() && target.front() == '[') {
+            // [IPv6]:PORT or [IPv6]
+            const std::size_t close = target.find(']');
+            if (close == std::string::npos || (close + 1 < target.size() && target[close + 1] != ':')) {
+                throw std::invalid_argument(fmt::format("--route '{}': expected [IPV6]:PORT", spec));
+            }
+            colon = close + 1 < target.size() ? close + 1 : std::string::npos;
+        } else if (colon != std::string::npos && target.find(':') != colon) {
+            colon = std::string::npos;  // a bare IPv6 address, no port
+        }
         if (colon != std::string::npos) {
             const std::string port = target.substr(colon + 1);
             char* end = nullptr;
@@ -280,6 +290,9 @@ std::vector<engine::route> parse_routes(const std::vector<std::string>& specs) {
             }
             r.port = static_cast<std::uint16_t>(p);
             target.resize(colon);
+        }
+        if (target.size() >= 2 && target.front() == '[' && target.back() == ']') {
+            target = target.substr(1, target.size() - 2);
         }
         if (target.empty()) {
             throw std::invalid_argument(fmt::format("--route '{}': empty host", spec));

@@ -231,6 +231,25 @@ class Delivery(unittest.TestCase):
             self.assertNotIn(" 0 deferrals", out, "the first attempts were deferred")
             self.assertEqual(len(read_dumps(dump)), 10)
 
+    def test_ipv6_mx_and_route(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dump = peers.smtp_sink("[::1]", port)
+            dns = peers.dnsmasq(["mx-host=v6.test,mx6.test,10", "host-record=mx6.test,::1"])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w") as f:
+                f.write("email,name\n" + "".join(f"u{k}@v6.test,N{k}\nr{k}@routed.test,R{k}\n" for k in range(5)))
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: hi {{name}}\n\nhello\n")
+            p, jpath = run_send(peers, recipients, message, dns, port, extra=["--route", f"routed.test=[::1]:{port}"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            j = journal(jpath)
+            self.assertEqual(len(j), 10)
+            for entries in j.values():
+                self.assertEqual(entries[0]["status"], "delivered", entries)
+            self.assertEqual(len(read_dumps(dump)), 10)
+
     def test_resume_sends_nothing_twice(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")

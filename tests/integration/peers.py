@@ -87,14 +87,14 @@ class Peers:
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
         if dump:
-            dump_dir = self.path(f"dump-{host}-{port}")
+            dump_dir = self.path(f"dump-{host.strip('[]').replace(':', '_')}-{port}")
             os.makedirs(dump_dir)
             os.chmod(dump_dir, 0o777)
             args += ["-d", dump_dir + "/%H%M%S."]
         args += list(flags) + [f"{host}:{port}", "1000"]
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.procs.append(p)
-        wait_tcp(host, port)
+        wait_tcp(host.strip("[]"), port)
         return dump_dir
 
 

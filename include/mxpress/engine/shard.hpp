@@ -95,8 +95,9 @@ struct domain_state {
 struct connection;
 
 struct mx_pool {
-    std::string key;  // "127.0.0.2:25"
-    sockaddr_in addr{};
+    std::string key;  // "127.0.0.2:25" or "[::1]:25"
+    sockaddr_storage addr{};
+    socklen_t addr_len = 0;
     std::string mx_name;  // host name for the journal
     std::deque<recipient*> work;
     std::vector<connection*> conns;
@@ -293,8 +294,8 @@ private:
         }
         d->state = domain_state::status::resolving;
         if (const route* rt = find_route(d->name)) {
-            in_addr a{};
-            if (inet_pton(AF_INET, rt->host.c_str(), &a) == 1) {
+            net::ip_address a;
+            if (net::ip_address::parse(rt->host, a)) {
                 net::mx_answer ans;
                 ans.status = net::dns_status::ok;
                 ans.targets.push_back(net::mx_target{rt->host, 0, {a}});
@@ -330,7 +331,7 @@ private:
         d->targets.clear();
         d->target_names.clear();
         for (const net::mx_target& t : ans.targets) {
-            for (const in_addr& a : t.addresses) {
+            for (const net::ip_address& a : t.addresses) {
                 d->targets.push_back(pool_for(a, port, t.host));
                 d->target_names.push_back(t.host);
             }
@@ -342,17 +343,25 @@ private:
         }
     }
 
-    mx_pool* pool_for(in_addr a, std::uint16_t port, const std::string& host) {
-        char ip[INET_ADDRSTRLEN] = {};
-        inet_ntop(AF_INET, &a, ip, sizeof ip);
-        const std::string key = fmt::format("{}:{}", ip, port);
+    mx_pool* pool_for(const net::ip_address& a, std::uint16_t port, const std::string& host) {
+        const std::string key = a.with_port(port);
         mx_pool*& p = _pools[key];
         if (p == nullptr) {
             p = new mx_pool;
             p->key = key;
-            p->addr.sin_family = AF_INET;
-            p->addr.sin_port = htons(port);
-            p->addr.sin_addr = a;
+            if (a.family == AF_INET6) {
+                auto* sa = reinterpret_cast<sockaddr_in6*>(&p->addr);
+                sa->sin6_family = AF_INET6;
+                sa->sin6_port = htons(port);
+                sa->sin6_addr = a.v6;
+                p->addr_len = sizeof(sockaddr_in6);
+            } else {
+                auto* sa = reinterpret_cast<sockaddr_in*>(&p->addr);
+                sa->sin_family = AF_INET;
+                sa->sin_port = htons(port);
+                sa->sin_addr = a.v4;
+                p->addr_len = sizeof(sockaddr_in);
+            }
             p->mx_name = host;
         }
         return p;
@@ -500,7 +509,7 @@ private:
         p->conns.push_back(c);
         ++_connections;
         _stats.connections_opened.fetch_add(1, std::memory_order_relaxed);
-        c->fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        c->fd = ::socket(p->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (c->fd < 0) {
             connection_failed(c, fmt::format("socket: {}", std::strerror(errno)));
             return;
@@ -510,7 +519,7 @@ private:
         c->deadline = clock::now() + _options.cfg.connect_timeout;
         ++c->ops_in_flight;
         io_uring_prep_connect(_ring.sqe(&c->connect_op), c->fd, reinterpret_cast<const sockaddr*>(&p->addr),
-                              sizeof p->addr);
+                              p->addr_len);
     }
 
     // Completion handlers keep their operation counted until they return, so

@@ -32,16 +32,49 @@
 #include <netinet/in.h>
 #include <poll.h>
 
+#include <cstring>
+
 #include "mxpress/io/ring.hpp"
 
 namespace mxpress::net {
 
 using clock = std::chrono::steady_clock;
 
+// An IPv4 or IPv6 address.
+struct ip_address {
+    int family = AF_INET;
+    in_addr v4{};
+    in6_addr v6{};
+
+    std::string to_string() const {
+        char buf[INET6_ADDRSTRLEN] = {};
+        inet_ntop(family, family == AF_INET ? static_cast<const void*>(&v4) : static_cast<const void*>(&v6), buf,
+                  sizeof buf);
+        return buf;
+    }
+    // "127.0.0.2:25" or "[::1]:25"
+    std::string with_port(std::uint16_t port) const {
+        return family == AF_INET6 ? "[" + to_string() + "]:" + std::to_string(port)
+                                  : to_string() + ":" + std::to_string(port);
+    }
+    // Parses an IPv4 or IPv6 literal; false when it is neither.
+    static bool parse(const std::string& text, ip_address& out) {
+        if (inet_pton(AF_INET, text.c_str(), &out.v4) == 1) {
+            out.family = AF_INET;
+            return true;
+        }
+        if (inet_pton(AF_INET6, text.c_str(), &out.v6) == 1) {
+            out.family = AF_INET6;
+            return true;
+        }
+        return false;
+    }
+};
+
 struct mx_target {
     std::string host;  // MX host name (or the domain itself for implicit MX)
     std::uint16_t preference = 0;
-    std::vector<in_addr> addresses;
+    std::vector<ip_address> addresses;  // IPv4 first, then IPv6
 };
 
 enum class dns_status { ok, permanent, temporary };
@@ -113,11 +146,11 @@ public:
         start_queued();
     }
 
-    // Resolves a host name to IPv4 addresses (for --route HOST).
+    // Resolves a host name to its addresses (for --route HOST).
     void resolve_host(const std::string& host, callback done) {
         auto* job = new lookup{this, host, {}, {}, 0, std::move(done), true};
-        ++_outstanding;
-        ares_query(_channel, host.c_str(), ns_c_in, ns_t_a, &resolver::on_a_answer_host, job);
+        job->targets.push_back(mx_target{host, 0, {}});
+        lookup_addresses(job);
     }
 
     bool busy() const noexcept { return _outstanding > 0 || !_queue.empty(); }
@@ -146,11 +179,13 @@ private:
         std::size_t pending_a = 0;
         callback host_done;  // for resolve_host only
         bool host_only = false;
+        std::vector<std::vector<ip_address>> v6 = {};  // AAAA answers per target, appended last
     };
 
     struct a_job {
         lookup* parent;
         std::size_t index;
+        bool v6;
     };
 
     struct cached {
@@ -251,33 +286,56 @@ private:
         self->lookup_addresses(job);
     }
 
+    // A and AAAA for every target; the lookup completes when all answered.
     void lookup_addresses(lookup* job) {
-        job->pending_a = job->targets.size();
+        job->pending_a = job->targets.size() * 2;
+        job->v6.assign(job->targets.size(), {});
         for (std::size_t i = 0; i < job->targets.size(); ++i) {
-            auto* a = new a_job{job, i};
-            ++_outstanding;
-            ares_query(_channel, job->targets[i].host.c_str(), ns_c_in, ns_t_a, &resolver::on_a_answer, a);
-        }
-    }
-
-    static void parse_a(unsigned char* abuf, int alen, std::vector<in_addr>& out) {
-        ares_addrttl ttls[32];
-        int n = 32;
-        if (ares_parse_a_reply(abuf, alen, nullptr, ttls, &n) == ARES_SUCCESS) {
-            for (int k = 0; k < n; ++k) {
-                out.push_back(ttls[k].ipaddr);
+            for (bool v6 : {false, true}) {
+                auto* a = new a_job{job, i, v6};
+                ++_outstanding;
+                ares_query(_channel, job->targets[i].host.c_str(), ns_c_in, v6 ? ns_t_aaaa : ns_t_a,
+                           &resolver::on_address_answer, a);
             }
         }
     }
 
-    static void on_a_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+    static void parse_addresses(unsigned char* abuf, int alen, bool v6, std::vector<ip_address>& out) {
+        if (v6) {
+            ares_addr6ttl ttls[32];
+            int n = 32;
+            if (ares_parse_aaaa_reply(abuf, alen, nullptr, ttls, &n) == ARES_SUCCESS) {
+                for (int k = 0; k < n; ++k) {
+                    ip_address a;
+                    a.family = AF_INET6;
+                    std::memcpy(&a.v6, &ttls[k].ip6addr, sizeof a.v6);
+                    out.push_back(a);
+                }
+            }
+            return;
+        }
+        ares_addrttl ttls[32];
+        int n = 32;
+        if (ares_parse_a_reply(abuf, alen, nullptr, ttls, &n) == ARES_SUCCESS) {
+            for (int k = 0; k < n; ++k) {
+                ip_address a;
+                a.family = AF_INET;
+                a.v4 = ttls[k].ipaddr;
+                out.push_back(a);
+            }
+        }
+    }
+
+    static void on_address_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
         auto* a = static_cast<a_job*>(arg);
         lookup* job = a->parent;
         resolver* self = job->self;
         --self->_outstanding;
         if (status == ARES_SUCCESS) {
-            parse_a(abuf, alen, job->targets[a->index].addresses);
-        } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND && job->answer.reason.empty()) {
+            // IPv6 addresses are kept aside and appended after the IPv4 ones.
+            parse_addresses(abuf, alen, a->v6, a->v6 ? job->v6[a->index] : job->targets[a->index].addresses);
+        } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND && status != ARES_EDESTRUCTION &&
+                   job->answer.reason.empty()) {
             job->answer = classify_error(job->targets[a->index].host, status, false);
         }
         delete a;
@@ -289,49 +347,32 @@ private:
             return;
         }
         std::vector<mx_target> usable;
-        for (mx_target& t : job->targets) {
+        for (std::size_t i = 0; i < job->targets.size(); ++i) {
+            mx_target& t = job->targets[i];
+            t.addresses.insert(t.addresses.end(), job->v6[i].begin(), job->v6[i].end());
             if (!t.addresses.empty()) {
                 usable.push_back(std::move(t));
             }
         }
+        mx_answer result;
         if (!usable.empty()) {
-            mx_answer ok;
-            ok.status = dns_status::ok;
-            ok.targets = std::move(usable);
-            self->finish(job, std::move(ok));
+            result.status = dns_status::ok;
+            result.targets = std::move(usable);
         } else if (!job->answer.reason.empty()) {
-            self->finish(job, job->answer);  // temporary failure of some A lookup
+            result = job->answer;  // a temporary failure of some address lookup
         } else {
             const bool implicit = job->targets.size() == 1 && job->targets[0].host == job->domain;
-            self->finish(job, implicit ? classify_error(job->domain, ARES_ENODATA, true)
-                                       : failure(dns_status::permanent, "5.1.2",
-                                                 "DNS: " + job->domain + ": no MX host has an address"));
+            result = implicit ? classify_error(job->domain, ARES_ENODATA, true)
+                              : failure(dns_status::permanent, "5.1.2",
+                                        "DNS: " + job->domain + ": no MX host has an address");
         }
-    }
-
-    static void on_a_answer_host(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
-        auto* job = static_cast<lookup*>(arg);
-        resolver* self = job->self;
-        --self->_outstanding;
-        if (self->_destroying) {
+        if (job->host_only) {
+            callback done = std::move(job->host_done);
             delete job;
+            done(result);
             return;
         }
-        mx_answer a;
-        if (status == ARES_SUCCESS) {
-            mx_target t{job->domain, 0, {}};
-            parse_a(abuf, alen, t.addresses);
-            if (!t.addresses.empty()) {
-                a.status = dns_status::ok;
-                a.targets.push_back(std::move(t));
-            }
-        }
-        if (a.status != dns_status::ok) {
-            a = classify_error(job->domain, status == ARES_SUCCESS ? ARES_ENODATA : status, false);
-        }
-        callback done = std::move(job->host_done);
-        delete job;
-        done(a);
+        self->finish(job, std::move(result));
     }
 
     void finish(lookup* job, mx_answer answer) {
