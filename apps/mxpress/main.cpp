@@ -121,6 +121,14 @@ std::string human_count(double v) {
     return fmt::format("{:.0f}", v);
 }
 
+// Writes the --summary-json document.
+void write_summary(const std::string& path, const std::string& json) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!(out << json)) {
+        throw input_error(path, 0, "cannot write summary");
+    }
+}
+
 mail::checked_address check_sender(const std::string& from) {
     mail::checked_address a = mail::check_address(from);
     if (!a.valid()) {
@@ -252,10 +260,7 @@ int run_dry_run(const send_options& o) {
             rows, valid, invalid, skipped, smtputf8, rendered_bytes, seconds, per_hour, peak_rss_bytes());
         mxpress::detail::append_json_string(j, journal_path);
         j += "}\n";
-        std::ofstream out(o.summary_json, std::ios::binary | std::ios::trunc);
-        if (!(out << j)) {
-            throw input_error(o.summary_json, 0, "cannot write summary");
-        }
+        write_summary(o.summary_json, j);
     }
     return exit_ok;
 }
@@ -368,10 +373,7 @@ int run_send(const send_options& o) {
         j += "],\"journal\":";
         mxpress::detail::append_json_string(j, journal_path);
         j += "}\n";
-        std::ofstream out(o.summary_json, std::ios::binary | std::ios::trunc);
-        if (!(out << j)) {
-            throw input_error(o.summary_json, 0, "cannot write summary");
-        }
+        write_summary(o.summary_json, j);
     }
     return exit_ok;
 }
