@@ -13,6 +13,7 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -77,6 +78,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     // Each shard is built on its own thread: a SINGLE_ISSUER ring belongs to
     // the thread that created it.
     std::latch built(n);
+    std::atomic<unsigned> shards_done{0};
     for (unsigned i = 0; i < n; ++i) {
         threads.emplace_back([&, i]() {
             try {
@@ -93,6 +95,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 journal.sync();
                 std::_Exit(1);
             }
+            shards_done.fetch_add(1);
         });
         cpu_set_t set;
         CPU_ZERO(&set);
@@ -121,7 +124,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         std::uint64_t delivered = 0, bounced = 0, expired = 0, deferred = 0, in_flight = 0;
         for (auto& s : stats) {
             delivered += s->delivered.load(std::memory_order_relaxed);
-            bounced += s->bounced.load(std::memory_order_relaxed);
+            bounced += s->bounced.load(std::memory_order_relaxed) + s->invalid.load(std::memory_order_relaxed);
             expired += s->expired.load(std::memory_order_relaxed);
             deferred += s->deferred.load(std::memory_order_relaxed);
             in_flight += s->in_flight.load(std::memory_order_relaxed);
@@ -184,20 +187,10 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         shards[i]->mailbox().close();
     }
     if (o.show_progress) {
-        // Progress while the shards finish; joinable threads end on their own.
-        std::vector<bool> joined(n, false);
-        unsigned left = n;
-        while (left > 0) {
+        // Progress while the shards finish.
+        while (shards_done.load() < n) {
             std::this_thread::sleep_for(std::chrono::milliseconds(250));
             progress_line();
-            // Threads cannot be polled for completion: count finals instead.
-            std::uint64_t finals = t.invalid;
-            for (auto& s : stats) {
-                finals += s->delivered + s->bounced + s->expired;
-            }
-            if (finals >= t.rows - t.skipped) {
-                break;
-            }
         }
         std::fputs("\r\033[K", stderr);
     }
@@ -211,6 +204,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.delivered += stats[i]->delivered;
         t.bounced += stats[i]->bounced;
         t.expired += stats[i]->expired;
+        t.invalid += stats[i]->invalid;  // messages that could not be rendered
         t.deferred += stats[i]->deferred;
         t.connections += stats[i]->connections_opened;
         t.sent_bytes += stats[i]->sent_bytes;

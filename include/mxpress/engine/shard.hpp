@@ -77,6 +77,7 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
+    std::atomic<std::uint64_t> invalid{0};   // rendering failed in the shard
     std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
     std::atomic<std::uint64_t> in_flight{0};
     std::atomic<std::uint64_t> connections_opened{0};
@@ -418,6 +419,7 @@ private:
             case outcome_status::delivered: _stats.delivered.fetch_add(1, std::memory_order_relaxed); break;
             case outcome_status::bounced: _stats.bounced.fetch_add(1, std::memory_order_relaxed); break;
             case outcome_status::expired: _stats.expired.fetch_add(1, std::memory_order_relaxed); break;
+            case outcome_status::invalid: _stats.invalid.fetch_add(1, std::memory_order_relaxed); break;
             default: break;
         }
         if (st != outcome_status::delivered) {
