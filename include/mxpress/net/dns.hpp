@@ -86,6 +86,57 @@ struct mx_answer {
     std::vector<mx_target> targets;
 };
 
+// Interprets the bytes of a successful MX query for `domain`: the MX hosts
+// in RFC 5321 §5.1 order (preference, random among equal preference;
+// lowercase, no trailing dot; addresses still empty), `implicit` set when the
+// answer holds no MX record, or a failure: null MX (RFC 7505, permanent) or
+// an answer that does not parse (temporary). Never ok with no target.
+inline mx_answer interpret_mx_answer(const std::string& domain, const unsigned char* abuf, int alen, std::mt19937& rng,
+                                     bool& implicit) {
+    implicit = false;
+    mx_answer out;
+    ares_mx_reply* mx = nullptr;
+    const int prc = ares_parse_mx_reply(abuf, alen, &mx);
+    if (prc == ARES_ENODATA) {
+        implicit = true;
+        return out;
+    }
+    if (prc != ARES_SUCCESS) {
+        out.status = dns_status::temporary;
+        out.enhanced = "4.4.3";
+        out.reason = "DNS: " + domain + ": bad MX answer (" + ares_strerror(prc) + ")";
+        return out;
+    }
+    bool null_mx = false;
+    for (ares_mx_reply* r = mx; r != nullptr; r = r->next) {
+        std::string host = r->host == nullptr ? "" : r->host;
+        while (!host.empty() && host.back() == '.') {
+            host.pop_back();
+        }
+        if (host.empty()) {
+            null_mx = true;
+            continue;
+        }
+        for (char& c : host) {
+            c = static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c);
+        }
+        out.targets.push_back(mx_target{host, r->priority, {}});
+    }
+    ares_free_data(mx);
+    if (out.targets.empty()) {
+        out.status = null_mx ? dns_status::permanent : dns_status::temporary;
+        out.enhanced = null_mx ? "5.1.10" : "4.4.3";
+        out.reason = null_mx ? "DNS: " + domain + ": null MX, the domain accepts no mail (RFC 7505)"
+                             : "DNS: " + domain + ": MX answer without a usable host";
+        return out;
+    }
+    std::shuffle(out.targets.begin(), out.targets.end(), rng);
+    std::stable_sort(out.targets.begin(), out.targets.end(),
+                     [](const mx_target& a, const mx_target& b) { return a.preference < b.preference; });
+    out.status = dns_status::ok;
+    return out;
+}
+
 class resolver {
 public:
     using callback = std::function<void(const mx_answer&)>;
@@ -244,45 +295,18 @@ private:
             self->finish(job, classify_error(job->domain, status, false));
             return;
         }
-        ares_mx_reply* mx = nullptr;
-        const int prc = ares_parse_mx_reply(abuf, alen, &mx);
-        if (prc == ARES_ENODATA) {
+        bool implicit = false;
+        mx_answer answer = interpret_mx_answer(job->domain, abuf, alen, self->_rng, implicit);
+        if (implicit) {
             job->targets.push_back(mx_target{job->domain, 0, {}});
             self->lookup_addresses(job);
             return;
         }
-        if (prc != ARES_SUCCESS) {
-            self->finish(job, failure(dns_status::temporary, "4.4.3",
-                                      "DNS: " + job->domain + ": bad MX answer (" + ares_strerror(prc) + ")"));
+        if (answer.status != dns_status::ok) {
+            self->finish(job, std::move(answer));
             return;
         }
-        std::vector<mx_target> targets;
-        bool null_mx = false;
-        for (ares_mx_reply* r = mx; r != nullptr; r = r->next) {
-            std::string host = r->host == nullptr ? "" : r->host;
-            while (!host.empty() && host.back() == '.') {
-                host.pop_back();
-            }
-            if (host.empty()) {
-                null_mx = true;
-                continue;
-            }
-            for (char& c : host) {
-                c = static_cast<char>((c >= 'A' && c <= 'Z') ? c - 'A' + 'a' : c);
-            }
-            targets.push_back(mx_target{host, r->priority, {}});
-        }
-        ares_free_data(mx);
-        if (null_mx && targets.empty()) {
-            self->finish(job, failure(dns_status::permanent, "5.1.10",
-                                      "DNS: " + job->domain + ": null MX, the domain accepts no mail (RFC 7505)"));
-            return;
-        }
-        // Preference order; random among equal preference.
-        std::shuffle(targets.begin(), targets.end(), self->_rng);
-        std::stable_sort(targets.begin(), targets.end(),
-                         [](const mx_target& a, const mx_target& b) { return a.preference < b.preference; });
-        job->targets = std::move(targets);
+        job->targets = std::move(answer.targets);
         self->lookup_addresses(job);
     }
 
