@@ -250,6 +250,25 @@ class Delivery(unittest.TestCase):
                 self.assertEqual(entries[0]["status"], "delivered", entries)
             self.assertEqual(len(read_dumps(dump)), 10)
 
+    def test_message_that_cannot_be_rendered_is_invalid_not_lost(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dump = peers.smtp_sink("127.0.0.2", port)
+            dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
+            recipients = peers.path("r.csv")
+            with open(recipients, "w", encoding="utf-8") as f:
+                f.write("email,name\nok@r.test,plain\nbad@r.test,Zoë\nok2@r.test,fine\n")
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("List-Id: <{{name}}.list.example>\nSubject: hi\n\nhello\n")  # List-Id must be ASCII
+            p, jpath = run_send(peers, recipients, message, dns, port)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertIn("2 delivered, 0 bounced, 0 expired, 1 invalid", p.stdout)
+            by_email = {e[0]["email"]: e[0] for e in journal(jpath).values()}
+            self.assertEqual(by_email["bad@r.test"]["status"], "invalid")
+            self.assertIn("non-ASCII text is not allowed", by_email["bad@r.test"]["reply"])
+            self.assertEqual(len(read_dumps(dump)), 2)
+
     def test_resume_sends_nothing_twice(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
