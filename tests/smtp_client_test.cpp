@@ -462,3 +462,22 @@ TEST(SmtpClientBackToBack, ConnectionLostFailsBothInOrder) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(SmtpClientOutput, TakeOutputMovesEverythingPending) {
+    mxpress::smtp::client c("sender.example");
+    c.receive("220 mx\r\n");
+    std::string dst = "old";
+    c.take_output(dst);
+    EXPECT_EQ(dst, "EHLO sender.example\r\n");
+    EXPECT_FALSE(c.has_output());
+    c.receive("250 mx\r\n");
+    c.quit();
+    c.consume_output(2);  // "QU" already written elsewhere
+    c.take_output(dst);
+    EXPECT_EQ(dst, "IT\r\n");
+    EXPECT_FALSE(c.has_output());
+}
+
+}  // namespace

@@ -215,6 +215,20 @@ public:
     }
     bool has_output() const noexcept { return _out_begin < _out.size(); }
 
+    // Moves all pending output into `dst` (its old content is dropped, its
+    // buffer reused for later output): the same as output() followed by
+    // consume_output(), without copying the bytes when none were consumed.
+    void take_output(std::string& dst) {
+        if (_out_begin == 0) {
+            dst.swap(_out);
+            _out.clear();
+        } else {
+            dst.assign(_out, _out_begin);
+            _out.clear();
+            _out_begin = 0;
+        }
+    }
+
     std::optional<event> next_event() {
         if (_events.empty()) {
             return std::nullopt;
