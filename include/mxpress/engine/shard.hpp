@@ -631,9 +631,7 @@ private:
                 c->send_offset = 0;
                 return;
             }
-            const std::string_view out = c->client.output();
-            c->send_buffer.assign(out.data(), out.size());
-            c->client.consume_output(out.size());
+            c->client.take_output(c->send_buffer);  // a swap, not a copy
             c->send_offset = 0;
         }
         c->sending = true;

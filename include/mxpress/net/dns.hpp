@@ -201,7 +201,7 @@ public:
     void resolve_host(const std::string& host, callback done) {
         auto* job = new lookup{this, host, {}, {}, 0, std::move(done), true};
         job->targets.push_back(mx_target{host, 0, {}});
-        lookup_addresses(job);
+        lookup_addresses(job);  // may complete (and free job) at once from the cache
     }
 
     bool busy() const noexcept { return _outstanding > 0 || !_queue.empty(); }
@@ -227,16 +227,31 @@ private:
         std::string domain;
         std::vector<mx_target> targets;  // MX hosts in order, addresses filled in
         mx_answer answer;
-        std::size_t pending_a = 0;
-        callback host_done;  // for resolve_host only
+        std::size_t pending_a = 0;  // targets whose addresses are not known yet
+        callback host_done;         // for resolve_host only
         bool host_only = false;
-        std::vector<std::vector<ip_address>> v6 = {};  // AAAA answers per target, appended last
+    };
+
+    // The A and AAAA lookups of one host name, shared by every lookup that
+    // needs it (many domains use the same MX hosts).
+    struct host_lookup {
+        resolver* self;
+        std::string host;
+        int pending = 2;           // A and AAAA
+        int error = ARES_SUCCESS;  // a temporary failure of either query
+        std::vector<ip_address> v4;
+        std::vector<ip_address> v6;
+        std::vector<std::pair<lookup*, std::size_t>> waiters;  // (lookup, target index)
     };
 
     struct a_job {
-        lookup* parent;
-        std::size_t index;
+        host_lookup* parent;
         bool v6;
+    };
+
+    struct cached_host {
+        std::vector<ip_address> addresses;  // IPv4 first, then IPv6; may be empty (no address)
+        clock::time_point expires;
     };
 
     struct cached {
@@ -310,17 +325,31 @@ private:
         self->lookup_addresses(job);
     }
 
-    // A and AAAA for every target; the lookup completes when all answered.
+    // Addresses for every target, from the host cache or from A and AAAA
+    // queries shared with other lookups; the lookup completes when all are known.
     void lookup_addresses(lookup* job) {
-        job->pending_a = job->targets.size() * 2;
-        job->v6.assign(job->targets.size(), {});
-        for (std::size_t i = 0; i < job->targets.size(); ++i) {
-            for (bool v6 : {false, true}) {
-                auto* a = new a_job{job, i, v6};
-                ++_outstanding;
-                ares_query(_channel, job->targets[i].host.c_str(), ns_c_in, v6 ? ns_t_aaaa : ns_t_a,
-                           &resolver::on_address_answer, a);
+        job->pending_a = job->targets.size();
+        const auto now = clock::now();
+        // Copy the names first: a cached target may complete (and free) the job.
+        std::vector<std::string> hosts;
+        for (const mx_target& t : job->targets) {
+            hosts.push_back(t.host);
+        }
+        for (std::size_t i = 0; i < hosts.size(); ++i) {
+            if (auto it = _hosts.find(hosts[i]); it != _hosts.end() && it->second.expires > now) {
+                address_known(job, i, it->second.addresses, ARES_SUCCESS);
+                continue;
             }
+            host_lookup*& h = _host_lookups[hosts[i]];
+            if (h == nullptr) {
+                h = new host_lookup{this, hosts[i], 2, ARES_SUCCESS, {}, {}, {}};
+                for (bool v6 : {false, true}) {
+                    ++_outstanding;
+                    ares_query(_channel, hosts[i].c_str(), ns_c_in, v6 ? ns_t_aaaa : ns_t_a,
+                               &resolver::on_address_answer, new a_job{h, v6});
+                }
+            }
+            h->waiters.emplace_back(job, i);
         }
     }
 
@@ -352,28 +381,49 @@ private:
 
     static void on_address_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
         auto* a = static_cast<a_job*>(arg);
-        lookup* job = a->parent;
-        resolver* self = job->self;
+        host_lookup* h = a->parent;
+        resolver* self = h->self;
+        const bool v6 = a->v6;
+        delete a;
         --self->_outstanding;
         if (status == ARES_SUCCESS) {
-            // IPv6 addresses are kept aside and appended after the IPv4 ones.
-            parse_addresses(abuf, alen, a->v6, a->v6 ? job->v6[a->index] : job->targets[a->index].addresses);
-        } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND && status != ARES_EDESTRUCTION &&
-                   job->answer.reason.empty()) {
-            job->answer = classify_error(job->targets[a->index].host, status, false);
+            parse_addresses(abuf, alen, v6, v6 ? h->v6 : h->v4);
+        } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND) {
+            h->error = status;
         }
-        delete a;
+        if (--h->pending > 0) {
+            return;
+        }
+        self->_host_lookups.erase(h->host);
+        std::vector<ip_address> addresses = std::move(h->v4);
+        addresses.insert(addresses.end(), h->v6.begin(), h->v6.end());
+        if (h->error == ARES_SUCCESS || !addresses.empty()) {
+            const auto ttl = addresses.empty() ? self->_options.negative_ttl : self->_options.positive_ttl;
+            self->_hosts[h->host] = cached_host{addresses, clock::now() + ttl};
+        }
+        const std::vector<std::pair<lookup*, std::size_t>> waiters = std::move(h->waiters);
+        const int error = h->error;
+        delete h;
+        for (const auto& [job, index] : waiters) {
+            self->address_known(job, index, addresses, error);
+        }
+    }
+
+    // One target's addresses are known; completes the lookup after the last.
+    void address_known(lookup* job, std::size_t index, const std::vector<ip_address>& addresses, int error) {
+        job->targets[index].addresses = addresses;
+        if (addresses.empty() && error != ARES_SUCCESS && job->answer.reason.empty()) {
+            job->answer = classify_error(job->targets[index].host, error, false);
+        }
         if (--job->pending_a > 0) {
             return;
         }
-        if (self->_destroying) {
+        if (_destroying) {
             delete job;
             return;
         }
         std::vector<mx_target> usable;
-        for (std::size_t i = 0; i < job->targets.size(); ++i) {
-            mx_target& t = job->targets[i];
-            t.addresses.insert(t.addresses.end(), job->v6[i].begin(), job->v6[i].end());
+        for (mx_target& t : job->targets) {
             if (!t.addresses.empty()) {
                 usable.push_back(std::move(t));
             }
@@ -396,7 +446,7 @@ private:
             done(result);
             return;
         }
-        self->finish(job, std::move(result));
+        finish(job, std::move(result));
     }
 
     void finish(lookup* job, mx_answer answer) {
@@ -482,6 +532,8 @@ private:
     std::mt19937 _rng;
     std::unordered_map<int, watch*> _watches;
     std::unordered_map<std::string, cached> _cache;
+    std::unordered_map<std::string, cached_host> _hosts;          // host name -> addresses
+    std::unordered_map<std::string, host_lookup*> _host_lookups;  // in flight
     std::unordered_map<std::string, std::vector<callback>> _waiting;
     std::deque<std::string> _queue;
     std::size_t _mx_running = 0;
