@@ -35,6 +35,16 @@ def journal(path):
     return entries
 
 
+def write_job(peers, rows, template):
+    """Writes the recipients file (header included in `rows`) and the template."""
+    recipients, message = peers.path("r.csv"), peers.path("m.eml")
+    with open(recipients, "w", encoding="utf-8") as f:
+        f.write(rows)
+    with open(message, "w", encoding="utf-8") as f:
+        f.write(template)
+    return recipients, message
+
+
 def run_send(peers, recipients, message, dns, port, extra=(), config=SHORT_CONFIG):
     cfg = peers.path("short.toml")
     with open(cfg, "w") as f:
@@ -183,12 +193,8 @@ class Delivery(unittest.TestCase):
                 "mx-host=soft.test,mxb.test,10", "host-record=mxb.test,127.0.0.3",
                 "mx-host=slow.test,mxc.test,10", "host-record=mxc.test,127.0.0.4",
             ])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\nh@hard.test,H\ns@soft.test,S\nw@slow.test,W\n")
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\nhello\n")
+            recipients, message = write_job(peers, "email,name\nh@hard.test,H\ns@soft.test,S\nw@slow.test,W\n",
+                                            "Subject: hi {{name}}\n\nhello\n")
             p, jpath = run_send(peers, recipients, message, dns, port,
                                 config=SHORT_CONFIG + "[timeouts]\nrcpt = \"1s\"\nmail = \"1s\"\n")
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
@@ -205,12 +211,8 @@ class Delivery(unittest.TestCase):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             dns = peers.dnsmasq(["mx-host=late.test,mx.late.test,10", "host-record=mx.late.test,127.0.0.5"])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\n" + "".join(f"u{k}@late.test,N{k}\n" for k in range(10)))
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\nhello\n")
+            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@late.test,N{k}\n" for k in range(10)),
+                                            "Subject: hi {{name}}\n\nhello\n")
             cfg = peers.path("late.toml")
             with open(cfg, "w") as f:
                 f.write('[defaults]\nretry_initial = "300ms"\nretry_max = "600ms"\nmax_age = "20s"\n')
@@ -236,12 +238,8 @@ class Delivery(unittest.TestCase):
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("[::1]", port)
             dns = peers.dnsmasq(["mx-host=v6.test,mx6.test,10", "host-record=mx6.test,::1"])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\n" + "".join(f"u{k}@v6.test,N{k}\nr{k}@routed.test,R{k}\n" for k in range(5)))
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\nhello\n")
+            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@v6.test,N{k}\nr{k}@routed.test,R{k}\n" for k in range(5)),
+                                            "Subject: hi {{name}}\n\nhello\n")
             p, jpath = run_send(peers, recipients, message, dns, port, extra=["--route", f"routed.test=[::1]:{port}"])
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             j = journal(jpath)
@@ -255,12 +253,8 @@ class Delivery(unittest.TestCase):
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("127.0.0.2", port)
             dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w", encoding="utf-8") as f:
-                f.write("email,name\nok@r.test,plain\nbad@r.test,Zoë\nok2@r.test,fine\n")
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("List-Id: <{{name}}.list.example>\nSubject: hi\n\nhello\n")  # List-Id must be ASCII
+            recipients, message = write_job(peers, "email,name\nok@r.test,plain\nbad@r.test,Zoë\nok2@r.test,fine\n",
+                                            "List-Id: <{{name}}.list.example>\nSubject: hi\n\nhello\n")  # List-Id must be ASCII
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             self.assertIn("2 delivered, 0 bounced, 0 expired, 1 invalid", p.stdout)
@@ -274,12 +268,8 @@ class Delivery(unittest.TestCase):
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("127.0.0.2", port)
             dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\n" + "".join(f"u{k}@r.test,N{k}\n" for k in range(50)))
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\nhello\n")
+            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@r.test,N{k}\n" for k in range(50)),
+                                            "Subject: hi {{name}}\n\nhello\n")
             # A journal from an interrupted run: lines 2..21 already delivered.
             jpath = peers.path("journal.jsonl")
             p, jpath = run_send(peers, recipients, message, dns, port)
@@ -316,12 +306,8 @@ class Sink(unittest.TestCase):
             from peers import wait_tcp
             wait_tcp("127.0.0.2", port)
             wait_tcp("127.0.0.3", port)
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\n" + "".join(f"u{k}@d{k % 2}.test,N{k}\n" for k in range(1000)))
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\n.leading dot\nhello\n")
+            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@d{k % 2}.test,N{k}\n" for k in range(1000)),
+                                            "Subject: hi {{name}}\n\n.leading dot\nhello\n")
             jpath = peers.path("j.jsonl")
             p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
                                 "b@sender.test", "--route", f"d0.test=127.0.0.2:{port}", "--route",
