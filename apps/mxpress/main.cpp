@@ -199,13 +199,9 @@ int run_dry_run(const send_options& o) {
             ++skipped;
             continue;
         }
-        if (!row.valid()) {
-            record_invalid(row, row.error);
-            continue;
-        }
-        const mail::checked_address addr = mail::check_address(row.email);
-        if (!addr.valid()) {
-            record_invalid(row, "invalid address: " + addr.error);
+        mail::checked_address addr;
+        if (const std::string why = mail::check_row(row, addr); !why.empty()) {
+            record_invalid(row, why);
             continue;
         }
         const mail::render_result r = renderer.render(*row.fields, message);

@@ -270,12 +270,11 @@ class Delivery(unittest.TestCase):
             dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
             recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@r.test,N{k}\n" for k in range(50)),
                                             "Subject: hi {{name}}\n\nhello\n")
-            # A journal from an interrupted run: lines 2..21 already delivered.
-            jpath = peers.path("journal.jsonl")
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stderr)
             with open(jpath) as f:
                 lines = f.read().splitlines()
+            # Cut the journal as an interrupted run leaves it: lines 2..21 delivered.
             kept = [l for l in lines if json.loads(l)["line"] <= 21]
             with open(jpath, "w") as f:
                 f.write("\n".join(kept) + "\n")

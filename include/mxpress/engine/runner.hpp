@@ -147,13 +147,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             ++t.skipped;
             continue;
         }
-        if (!row.valid()) {
-            record_invalid(row, row.error);
-            continue;
-        }
-        mail::checked_address a = mail::check_address(row.email);
-        if (!a.valid()) {
-            record_invalid(row, "invalid address: " + a.error);
+        mail::checked_address a;
+        if (const std::string why = mail::check_row(row, a); !why.empty()) {
+            record_invalid(row, why);
             continue;
         }
         auto* r = new recipient;

@@ -19,6 +19,7 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/utf8.hpp"
+#include "mxpress/mail/address.hpp"
 #include "mxpress/mail/csv_reader.hpp"
 #include "mxpress/mail/input_error.hpp"
 
@@ -153,5 +154,19 @@ private:
     std::vector<std::string> _columns;
     std::size_t _email_column = npos;
 };
+
+// Why a row cannot be sent (its shape, then its address), or "" when it
+// can; `address` then holds the checked address. The reason is what the
+// journal's `reply` says for an invalid row.
+inline std::string check_row(const recipient_row& row, checked_address& address) {
+    if (!row.valid()) {
+        return row.error;
+    }
+    address = check_address(row.email);
+    if (!address.valid()) {
+        return "invalid address: " + address.error;
+    }
+    return {};
+}
 
 }  // namespace mxpress::mail
