@@ -367,6 +367,82 @@ TEST(SmtpClient, BytesAfterStarttlsReplyAreRejected) {
     EXPECT_TRUE(e.protocol_error);
 }
 
+// A session that went through STARTTLS with credentials set; returns after
+// the second EHLO's reply (caps) was fed.
+static void tls_session_with_auth(session& s, const std::string& caps) {
+    s.c.set_credentials("user@example.org", "s3cret");
+    s.open("250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n");  // plaintext: no AUTH yet
+    s.c.starttls();
+    EXPECT_EQ(s.sent(), "STARTTLS\r\n") << "credentials never go in plaintext";
+    s.server("220 go ahead\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::tls_start);
+    s.c.tls_established();
+    EXPECT_EQ(s.sent(), "EHLO sender.example\r\n");
+    s.server("250-mx\r\n" + caps);
+}
+
+TEST(SmtpClientAuth, PlainAfterStarttls) {
+    session s;
+    tls_session_with_auth(s, "250-PIPELINING\r\n250 AUTH LOGIN PLAIN\r\n");
+    // base64("\0user@example.org\0s3cret")
+    EXPECT_EQ(s.sent(), "AUTH PLAIN AHVzZXJAZXhhbXBsZS5vcmcAczNjcmV0\r\n");
+    EXPECT_TRUE(s.events.empty()) << "not ready before AUTH succeeds";
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(300));
+    s.server("235 2.7.0 Authentication successful\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::ready);
+    EXPECT_TRUE(s.c.authenticated());
+    EXPECT_TRUE(s.c.caps().pipelining);
+}
+
+TEST(SmtpClientAuth, LoginWhenPlainIsNotOffered) {
+    session s;
+    tls_session_with_auth(s, "250 AUTH LOGIN\r\n");
+    EXPECT_EQ(s.sent(), "AUTH LOGIN\r\n");
+    s.server("334 VXNlcm5hbWU6\r\n");
+    EXPECT_EQ(s.sent(), "dXNlckBleGFtcGxlLm9yZw==\r\n");
+    s.server("334 UGFzc3dvcmQ6\r\n");
+    EXPECT_EQ(s.sent(), "czNjcmV0\r\n");
+    s.server("235 ok\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+}
+
+TEST(SmtpClientAuth, WrongCredentialsCloseWithTheServersReply) {
+    session s;
+    tls_session_with_auth(s, "250 AUTH PLAIN\r\n");
+    s.sent();
+    s.server("535 5.7.8 Authentication credentials invalid\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_EQ(e.last_reply.code, 535);
+    EXPECT_EQ(e.last_reply.enhanced, "5.7.8");
+    EXPECT_FALSE(s.c.authenticated());
+}
+
+TEST(SmtpClientAuth, NoSupportedMechanismEndsTheSession) {
+    session s;
+    tls_session_with_auth(s, "250 AUTH CRAM-MD5 XOAUTH2\r\n");
+    EXPECT_EQ(s.sent(), "");
+    const event e = s.take_event();
+    EXPECT_EQ(e.kind, event_kind::closed);
+    EXPECT_EQ(e.last_reply.code, 530);
+    EXPECT_NE(e.last_reply.text.find("CRAM-MD5 XOAUTH2"), std::string::npos);
+}
+
+TEST(SmtpClientAuth, ImplicitTlsAuthenticatesAfterTheFirstEhlo) {
+    session s;
+    s.c.set_credentials("u", "p");
+    s.c.implicit_tls();
+    EXPECT_TRUE(s.c.tls_active());
+    s.server("220 relay ESMTP\r\n");
+    EXPECT_EQ(s.sent(), "EHLO sender.example\r\n");
+    s.server("250-relay\r\n250 AUTH PLAIN\r\n");
+    EXPECT_EQ(s.sent(), "AUTH PLAIN AHUAcA==\r\n");
+    s.server("235 ok\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+    EXPECT_THROW(s.c.implicit_tls(), std::logic_error);
+}
+
 TEST(SmtpClient, LocalChecksBeforeAnyByte) {
     session s;
     s.open("250-SIZE 10\r\n250 PIPELINING\r\n");

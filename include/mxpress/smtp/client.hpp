@@ -21,6 +21,12 @@
 // two. can_start_transaction() says when; at most two are in flight.
 // transaction_done events come in order, each with the tag it started with.
 //
+// AUTH (RFC 4954, relays): with credentials set, the client authenticates
+// after the EHLO that follows TLS, PLAIN (RFC 4616) when offered, else
+// LOGIN, before reporting ready. It never sends credentials without TLS: an
+// EHLO in plaintext reports ready as usual (the engine starts TLS or gives
+// up), and a server that offers neither mechanism ends the session.
+//
 // Lifetime: the message passed to start_transaction() is borrowed and must
 // stay valid until that transaction's transaction_done event.
 #pragma once
@@ -36,6 +42,7 @@
 #include <vector>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/mail/mime.hpp"
 #include "mxpress/smtp/dot_stuff.hpp"
 #include "mxpress/smtp/reply.hpp"
 
@@ -157,9 +164,27 @@ struct event {
 
 class client {
 public:
-    enum class state { greeting, ehlo, helo, ready, starttls, tls_handshake, transaction, rset, quit, closed };
+    enum class state { greeting, ehlo, helo, auth, ready, starttls, tls_handshake, transaction, rset, quit, closed };
 
     explicit client(std::string helo_name, timeouts t = {}) : _helo_name(std::move(helo_name)), _timeouts(t) {}
+
+    // Credentials for AUTH (relays). Set before the session starts.
+    void set_credentials(std::string user, std::string password) {
+        _user = std::move(user);
+        _password = std::move(password);
+        _authenticate = true;
+    }
+
+    // The connection is TLS from its first byte (implicit TLS, port 465):
+    // the engine calls this before feeding the greeting.
+    void implicit_tls() {
+        if (_state != state::greeting) {
+            throw std::logic_error("smtp::client::implicit_tls after the greeting");
+        }
+        _tls_active = true;
+    }
+
+    bool authenticated() const noexcept { return _authenticated; }
 
     // Feeds received bytes; events become available from next_event().
     void receive(std::string_view bytes) {
@@ -255,6 +280,7 @@ public:
                     case command::body: return has_output() ? _timeouts.data_block : _timeouts.data_term;
                     default: return _timeouts.other;
                 }
+            case state::auth:
             case state::starttls:
             case state::rset:
             case state::quit: return _timeouts.other;
@@ -412,6 +438,7 @@ private:
                 }
                 return "a reply";
             case state::starttls: return "the reply to STARTTLS";
+            case state::auth: return "the reply to AUTH";
             case state::rset: return "the reply to RSET";
             case state::quit: return "the reply to QUIT";
             default: return "the server";
@@ -517,6 +544,10 @@ private:
             case state::ehlo:
                 if (r.code == 250) {
                     _caps = parse_capabilities(r);
+                    if (_authenticate && _tls_active && !_authenticated) {
+                        start_auth(std::move(r));
+                        return;
+                    }
                     _state = state::ready;
                     push(event_kind::ready, std::move(r));
                 } else if (r.code >= 500 && !_tls_active) {
@@ -536,6 +567,7 @@ private:
                     finish_closed(std::move(r), false);
                 }
                 return;
+            case state::auth: on_auth_reply(std::move(r)); return;
             case state::starttls:
                 if (r.code == 220) {
                     _state = state::tls_handshake;
@@ -666,6 +698,66 @@ private:
         }
     }
 
+    // RFC 4954 §4: PLAIN with an initial response, else LOGIN's two prompts.
+    void start_auth(reply ehlo) {
+        const auto offered = [&](std::string_view m) {
+            for (const std::string& x : _caps.auth_mechanisms) {
+                if (detail::iequals(x, m)) {
+                    return true;
+                }
+            }
+            return false;
+        };
+        _state = state::auth;
+        _ehlo_reply = std::move(ehlo);
+        if (offered("PLAIN")) {
+            std::string token;
+            token += '\0';
+            token += _user;
+            token += '\0';
+            token += _password;
+            _out += "AUTH PLAIN ";
+            mail::append_base64(_out, token);
+            _out += "\r\n";
+            _auth_step = 2;
+        } else if (offered("LOGIN")) {
+            _out += "AUTH LOGIN\r\n";
+            _auth_step = 0;
+        } else {
+            std::string list;
+            for (const std::string& x : _caps.auth_mechanisms) {
+                list += list.empty() ? x : " " + x;
+            }
+            finish_closed(synthesized(530, "5.7.4",
+                                      "the server offers no AUTH mechanism mxpress supports (PLAIN, LOGIN); offered: " +
+                                          (list.empty() ? std::string("none") : list)),
+                          false);
+        }
+    }
+
+    void on_auth_reply(reply r) {
+        if (r.code == 334 && _auth_step < 2) {
+            // LOGIN: the username, then the password (prompts are not checked:
+            // servers word them differently).
+            mail::append_base64(_out, _auth_step == 0 ? _user : _password);
+            _out += "\r\n";
+            ++_auth_step;
+            return;
+        }
+        if (r.code == 235) {
+            _authenticated = true;
+            _state = state::ready;
+            push(event_kind::ready, std::move(_ehlo_reply));
+            return;
+        }
+        if (r.code == 334) {
+            // A challenge after the credentials went: cancel (§4).
+            _out += "*\r\n";
+            return;
+        }
+        finish_closed(std::move(r), false);
+    }
+
     struct txn {
         std::uint64_t tag = 0;
         transaction_result result;
@@ -696,6 +788,12 @@ private:
     std::uint64_t _transactions = 0;
     bool _needs_rset = false;
     bool _tls_active = false;
+    bool _authenticate = false;
+    bool _authenticated = false;
+    int _auth_step = 0;  // LOGIN: 0 username next, 1 password next, 2 sent
+    std::string _user;
+    std::string _password;
+    reply _ehlo_reply;  // reported with ready once AUTH succeeds
 };
 
 }  // namespace mxpress::smtp
