@@ -48,7 +48,7 @@ TEST(Config, Overrides) {
 TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
               "c.toml:2: unknown key 'conections_max' in [defaults] (known: helo_name, retry_initial, retry_max, "
-              "max_age, connections_max, messages_per_connection_max, connect_timeout)");
+              "max_age, connections_max, messages_per_connection_max, connect_timeout, tls, tls_ca_file)");
     EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
               "c.toml:3: [defaults] connections_max must be an integer");
     EXPECT_EQ(error_of("[defaults]\nconnections_max = 0\n"),
@@ -58,11 +58,48 @@ TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nmax_age = \"24 hours\"\n"),
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
-              "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts])");
+              "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [domain.\"…\"], "
+              "[mx.\"…\"])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
     EXPECT_EQ(error_of("defaults = 3\n"), "c.toml:1: 'defaults' must be a table: [defaults]");
+}
+
+TEST(Config, TlsPolicyPerDomainAndMxPattern) {
+    const config c = parse_config(
+        "[defaults]\ntls = \"required\"\n"
+        "[domain.\"Legacy.Example\"]\ntls = \"disabled\"\n"
+        "[mx.\"*.google.com\"]\ntls = \"verify\"\n"
+        "[mx.\"mx.exact.test\"]\ntls = \"opportunistic\"\n"
+        "[timeouts]\ntls_handshake = \"5s\"\n",
+        "c.toml");
+    EXPECT_EQ(c.tls_for("other.test", "mx.other.test"), tls_policy::required);
+    EXPECT_EQ(c.tls_for("legacy.example", "aspmx.l.google.com"), tls_policy::disabled) << "domain wins";
+    EXPECT_EQ(c.tls_for("gmail.com", "ASPMX.L.GOOGLE.COM"), tls_policy::verify);
+    EXPECT_EQ(c.tls_for("x.test", "google.com"), tls_policy::required) << "*.google.com needs a label before";
+    EXPECT_EQ(c.tls_for("x.test", "mx.exact.test"), tls_policy::opportunistic);
+    EXPECT_EQ(c.tls_for("x.test", "a.mx.exact.test"), tls_policy::required);
+    EXPECT_EQ(c.tls_handshake_timeout, std::chrono::seconds(5));
+    const std::string d = describe(c);
+    EXPECT_NE(d.find("[mx.\"*.google.com\"]\ntls = \"verify\""), std::string::npos) << d;
+    EXPECT_EQ(parse_config("", "c.toml").tls, tls_policy::opportunistic) << "the default";
+}
+
+TEST(Config, TlsErrors) {
+    EXPECT_EQ(error_of("[defaults]\ntls = \"yes\"\n"),
+              "c.toml:2: [defaults] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
+    EXPECT_EQ(error_of("[domain.\"a.test\"]\ntls = \"maybe\"\n"),
+              "c.toml:2: [domain.\"a.test\"] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
+    EXPECT_EQ(error_of("[domain.a.test]\ntls = \"required\"\n"),
+              "c.toml:1: unknown key 'test' in [domain.\"a\"] (known: tls; quote a dotted name: "
+              "[domain.\"example.com\"])");
+    EXPECT_EQ(error_of("[mx.\"mx*.test\"]\ntls = \"verify\"\n"),
+              "c.toml:1: [mx.\"mx*.test\"]: a host name, or \"*.\" and a suffix");
+    EXPECT_EQ(error_of("[domain.\"*.test\"]\ntls = \"verify\"\n"),
+              "c.toml:1: [domain.\"*.test\"]: a domain name, without wildcards");
+    EXPECT_EQ(error_of("[defaults]\ntls_ca_file = \"/nonexistent/ca.pem\"\n"),
+              "c.toml:2: [defaults] tls_ca_file: cannot read /nonexistent/ca.pem: No such file or directory");
 }
 
 TEST(Config, MissingFileIsAnError) {

@@ -12,9 +12,25 @@
 //   connections_max = 10                 # per MX host
 //   messages_per_connection_max = 1000   # then the connection is closed
 //   connect_timeout = "30s"
+//   tls = "opportunistic"                # disabled | opportunistic | required | verify
+//   tls_ca_file = "/path/ca.pem"         # trust for tls = "verify" (default: system CAs)
+// [domain."example.com"]                 # per destination domain (A-labels)
+//   tls = "required"
+// [mx."*.example.net"]                   # per MX host name: exact, or "*." + suffix
+//   tls = "verify"
 // [timeouts]                             # RFC 5321 §4.5.3.2 defaults
 //   greeting = "5m"  mail = "5m"  rcpt = "5m"  data_init = "2m"
-//   data_block = "3m"  data_term = "10m"
+//   data_block = "3m"  data_term = "10m"  tls_handshake = "30s"
+//
+// TLS policy of a delivery: the [domain."…"] entry of the recipient's
+// domain, else the first [mx."…"] entry matching the MX host name (in file
+// order), else [defaults]. What each one means:
+//   disabled       never STARTTLS
+//   opportunistic  STARTTLS when offered, certificate not checked (as MTAs do
+//                  for MX delivery); a failed handshake is retried in
+//                  plaintext on a new connection
+//   required       no message data without TLS: defer (then expire) instead
+//   verify         required, and the chain must be trusted and name the MX host
 #pragma once
 
 #include <chrono>
@@ -23,16 +39,51 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "mxpress/detail/ascii.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
+
+enum class tls_policy : std::uint8_t { disabled, opportunistic, required, verify };
+
+inline const char* to_string(tls_policy p) noexcept {
+    switch (p) {
+        case tls_policy::disabled: return "disabled";
+        case tls_policy::opportunistic: return "opportunistic";
+        case tls_policy::required: return "required";
+        case tls_policy::verify: return "verify";
+    }
+    return "?";
+}
+
+inline bool parse_tls_policy(std::string_view s, tls_policy& out) {
+    for (tls_policy p : {tls_policy::disabled, tls_policy::opportunistic, tls_policy::required, tls_policy::verify}) {
+        if (s == to_string(p)) {
+            out = p;
+            return true;
+        }
+    }
+    return false;
+}
+
+// "*.example.net" matches every name ending in ".example.net"; anything else
+// matches itself. Both sides are compared in lowercase.
+inline bool host_pattern_matches(std::string_view pattern, std::string_view host) {
+    if (pattern.starts_with("*.")) {
+        const std::string_view suffix = pattern.substr(1);
+        return host.size() > suffix.size() && detail::iequals(host.substr(host.size() - suffix.size()), suffix);
+    }
+    return detail::iequals(pattern, host);
+}
 
 using milliseconds = std::chrono::milliseconds;
 
@@ -45,6 +96,26 @@ struct config {
     std::uint32_t messages_per_connection_max = 1000;
     milliseconds connect_timeout{std::chrono::seconds(30)};
     smtp::timeouts smtp_timeouts{};
+    tls_policy tls = tls_policy::opportunistic;
+    std::string tls_ca_file;  // empty: the system's CAs
+    milliseconds tls_handshake_timeout{std::chrono::seconds(30)};
+    std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
+    std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+
+    // The TLS policy for mail to `domain` through the MX host `mx_host`.
+    tls_policy tls_for(std::string_view domain, std::string_view mx_host) const {
+        for (const auto& [d, p] : domain_tls) {
+            if (detail::iequals(d, domain)) {
+                return p;
+            }
+        }
+        for (const auto& [pattern, p] : mx_tls) {
+            if (host_pattern_matches(pattern, mx_host)) {
+                return p;
+            }
+        }
+        return tls;
+    }
 };
 
 // Parses "90s", "5m", "1h30m", "250ms", "2d". Returns false when malformed.
@@ -152,6 +223,52 @@ inline std::uint32_t get_count(const std::string& file, std::string_view table, 
     return static_cast<std::uint32_t>(v->get());
 }
 
+inline tls_policy get_tls_policy(const std::string& file, const std::string& table, const toml::node& n) {
+    const auto* s = n.as_string();
+    tls_policy p{};
+    if (s == nullptr || !parse_tls_policy(s->get(), p)) {
+        fail(file, n,
+             fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", table));
+    }
+    return p;
+}
+
+// [domain."x"] or [mx."pattern"]: a table of tables with only `tls` for now.
+inline void get_tls_entries(const std::string& file, std::string_view kind, const toml::node& node,
+                            std::vector<std::pair<std::string, tls_policy>>& out) {
+    const auto* t = node.as_table();
+    if (t == nullptr) {
+        fail(file, node, fmt::format("'{}' must be a table of tables: [{}.\"name\"]", kind, kind));
+    }
+    for (auto&& [name_key, entry] : *t) {
+        std::string name(name_key.str());
+        for (char& ch : name) {
+            ch = detail::to_lower(ch);
+        }
+        const std::string table = fmt::format("{}.\"{}\"", kind, name);
+        if (name.empty() || name.find_first_of(" \t\r\n") != std::string::npos ||
+            (kind == "domain" && name.find('*') != std::string::npos) ||
+            (kind == "mx" && name.find('*') != std::string::npos &&
+             !(name.starts_with("*.") && name.size() > 2 && name.find('*', 1) == std::string::npos))) {
+            fail(file, entry,
+                 kind == "domain" ? fmt::format("[{}]: a domain name, without wildcards", table)
+                                  : fmt::format("[{}]: a host name, or \"*.\" and a suffix", table));
+        }
+        const auto* et = entry.as_table();
+        if (et == nullptr) {
+            fail(file, entry, fmt::format("[{}] must be a table", table));
+        }
+        for (auto&& [key, value] : *et) {
+            if (key.str() != "tls") {
+                fail(file, value,
+                     fmt::format("unknown key '{}' in [{}] (known: tls; quote a dotted name: [{}.\"example.com\"])",
+                                 key.str(), table, kind));
+            }
+            out.emplace_back(name, get_tls_policy(file, table, value));
+        }
+    }
+}
+
 }  // namespace detail_config
 
 // Parses configuration text; `file` names it in errors. Throws mail::input_error.
@@ -167,8 +284,11 @@ inline config parse_config(std::string_view text, const std::string& file) {
     }
     for (auto&& [key, node] : root) {
         const std::string_view k = key.str();
-        if (k != "defaults" && k != "timeouts") {
-            fail(file, node, fmt::format("unknown table or key '{}' (known tables: [defaults], [timeouts])", k));
+        if (k != "defaults" && k != "timeouts" && k != "domain" && k != "mx") {
+            fail(file, node,
+                 fmt::format("unknown table or key '{}' (known tables: [defaults], [timeouts], [domain.\"…\"], "
+                             "[mx.\"…\"])",
+                             k));
         }
         if (!node.is_table()) {
             fail(file, node, fmt::format("'{}' must be a table: [{}]", k, k));
@@ -195,10 +315,24 @@ inline config parse_config(std::string_view text, const std::string& file) {
                 c.connections_max = get_count(file, "defaults", k, node, 1, 10'000);
             } else if (k == "messages_per_connection_max") {
                 c.messages_per_connection_max = get_count(file, "defaults", k, node, 1, 100'000'000);
+            } else if (k == "tls") {
+                c.tls = get_tls_policy(file, "defaults", node);
+            } else if (k == "tls_ca_file") {
+                const auto* s = node.as_string();
+                if (s == nullptr || s->get().empty()) {
+                    fail(file, node, "[defaults] tls_ca_file must be a file name");
+                }
+                std::ifstream probe(s->get());
+                if (!probe) {
+                    fail(file, node,
+                         fmt::format("[defaults] tls_ca_file: cannot read {}: {}", s->get(), std::strerror(errno)));
+                }
+                c.tls_ca_file = s->get();
             } else {
                 fail(file, node,
                      fmt::format("unknown key '{}' in [defaults] (known: helo_name, retry_initial, retry_max, "
-                                 "max_age, connections_max, messages_per_connection_max, connect_timeout)",
+                                 "max_age, connections_max, messages_per_connection_max, connect_timeout, tls, "
+                                 "tls_ca_file)",
                                  k));
             }
         }
@@ -224,13 +358,21 @@ inline config parse_config(std::string_view text, const std::string& file) {
                 c.smtp_timeouts.data_block = secs();
             } else if (k == "data_term") {
                 c.smtp_timeouts.data_term = secs();
+            } else if (k == "tls_handshake") {
+                c.tls_handshake_timeout = get_duration(file, "timeouts", k, node);
             } else {
                 fail(file, node,
                      fmt::format("unknown key '{}' in [timeouts] (known: greeting, mail, rcpt, data_init, "
-                                 "data_block, data_term)",
+                                 "data_block, data_term, tls_handshake)",
                                  k));
             }
         }
+    }
+    if (const auto* n = root.get("domain")) {
+        get_tls_entries(file, "domain", *n, c.domain_tls);
+    }
+    if (const auto* n = root.get("mx")) {
+        get_tls_entries(file, "mx", *n, c.mx_tls);
     }
     return c;
 }
@@ -247,16 +389,25 @@ inline config load_config(const std::string& path) {
 }
 
 inline std::string describe(const config& c) {
-    return fmt::format(
+    std::string out = fmt::format(
         "[defaults]\nhelo_name = \"{}\"\nretry_initial = \"{}\"\nretry_max = \"{}\"\nmax_age = \"{}\"\n"
-        "connections_max = {}\nmessages_per_connection_max = {}\nconnect_timeout = \"{}\"\n\n"
+        "connections_max = {}\nmessages_per_connection_max = {}\nconnect_timeout = \"{}\"\ntls = \"{}\"\n"
+        "tls_ca_file = \"{}\"\n\n"
         "[timeouts]\ngreeting = \"{}\"\nmail = \"{}\"\nrcpt = \"{}\"\ndata_init = \"{}\"\ndata_block = \"{}\"\n"
-        "data_term = \"{}\"\n",
+        "data_term = \"{}\"\ntls_handshake = \"{}\"\n",
         c.helo_name, format_duration(c.retry_initial), format_duration(c.retry_max), format_duration(c.max_age),
-        c.connections_max, c.messages_per_connection_max, format_duration(c.connect_timeout),
-        format_duration(c.smtp_timeouts.greeting), format_duration(c.smtp_timeouts.mail),
-        format_duration(c.smtp_timeouts.rcpt), format_duration(c.smtp_timeouts.data_init),
-        format_duration(c.smtp_timeouts.data_block), format_duration(c.smtp_timeouts.data_term));
+        c.connections_max, c.messages_per_connection_max, format_duration(c.connect_timeout), to_string(c.tls),
+        c.tls_ca_file.empty() ? "(system CAs)" : c.tls_ca_file, format_duration(c.smtp_timeouts.greeting),
+        format_duration(c.smtp_timeouts.mail), format_duration(c.smtp_timeouts.rcpt),
+        format_duration(c.smtp_timeouts.data_init), format_duration(c.smtp_timeouts.data_block),
+        format_duration(c.smtp_timeouts.data_term), format_duration(c.tls_handshake_timeout));
+    for (const auto& [d, p] : c.domain_tls) {
+        out += fmt::format("\n[domain.\"{}\"]\ntls = \"{}\"\n", d, to_string(p));
+    }
+    for (const auto& [m, p] : c.mx_tls) {
+        out += fmt::format("\n[mx.\"{}\"]\ntls = \"{}\"\n", m, to_string(p));
+    }
+    return out;
 }
 
 }  // namespace mxpress::engine
