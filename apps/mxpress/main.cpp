@@ -24,6 +24,7 @@
 #include "mxpress/detail/json.hpp"
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
+#include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/message_template.hpp"
@@ -49,6 +50,9 @@ struct send_options {
     std::string dns;
     unsigned mx_port = 25;
     std::vector<std::string> routes;
+    std::string relay;
+    std::string auth_user;
+    std::string auth_password_file;
     bool resume = false;
     bool dry_run = false;
     std::string progress = "auto";
@@ -304,6 +308,64 @@ std::vector<engine::route> parse_routes(const std::vector<std::string>& specs) {
     return out;
 }
 
+// The relay's password: --auth-password-file (first line), else the
+// environment. Never printed.
+std::string relay_password(const send_options& o) {
+    if (!o.auth_password_file.empty()) {
+        std::string text = read_file(o.auth_password_file, "password file");
+        const std::size_t nl = text.find_first_of("\r\n");
+        if (nl != std::string::npos) {
+            text.resize(nl);
+        }
+        if (text.empty()) {
+            throw input_error(o.auth_password_file, 1, "the password file's first line is empty");
+        }
+        return text;
+    }
+    if (const char* env = std::getenv("MXPRESS_AUTH_PASSWORD"); env != nullptr && *env != '\0') {
+        return env;
+    }
+    throw std::invalid_argument("--auth-user needs a password: --auth-password-file FILE or MXPRESS_AUTH_PASSWORD");
+}
+
+engine::route parse_relay(const std::string& spec) {
+    engine::route r;
+    try {
+        r = parse_routes({"*=" + spec}).at(0);
+    } catch (const std::invalid_argument&) {
+        throw std::invalid_argument(fmt::format("--relay '{}': expected HOST[:PORT] or [IPV6]:PORT", spec));
+    }
+    // parse_routes defaults to 25; a relay defaults to submission.
+    const bool port_given = r.port != 25 || spec.ends_with(":25");
+    if (!port_given) {
+        r.port = 587;
+    }
+    return r;
+}
+
+// --relay HOST[:PORT]: every domain goes to the relay; 465 is implicit TLS,
+// anything else STARTTLS. Its TLS policy: an [mx."HOST"] entry, else
+// [defaults] tls when the file sets it, else verify. Credentials need TLS.
+engine::route relay_route(const send_options& o, const engine::config& cfg) {
+    engine::route r = parse_relay(o.relay);
+    r.implicit_tls = r.port == 465;
+    engine::tls_policy policy = cfg.tls_set ? cfg.tls : engine::tls_policy::verify;
+    for (const auto& [pattern, p] : cfg.mx_tls) {
+        if (engine::host_pattern_matches(pattern, r.host)) {
+            policy = p;
+            break;
+        }
+    }
+    if (!o.auth_user.empty() && policy != engine::tls_policy::required && policy != engine::tls_policy::verify) {
+        throw std::invalid_argument(fmt::format(
+            "--auth-user: credentials are only sent over TLS, but the relay's TLS policy is \"{}\" (use \"required\" "
+            "or \"verify\")",
+            engine::to_string(policy)));
+    }
+    r.tls = policy;
+    return r;
+}
+
 int run_send(const send_options& o) {
     if (o.dry_run) {
         return run_dry_run(o);
@@ -318,6 +380,34 @@ int run_send(const send_options& o) {
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
     ro.shard.routes = parse_routes(o.routes);
     ro.shard.from = sender.address;
+    // Trust store problems are run-level errors, found before any message.
+    try {
+        mxpress::net::tls_context::client(ro.shard.cfg.tls_ca_file);
+    } catch (const mxpress::net::tls_error& e) {
+        throw input_error(o.config.empty() ? "TLS" : o.config, 0, e.what());
+    }
+    if (!o.relay.empty()) {
+        const engine::route relay = relay_route(o, ro.shard.cfg);
+        ro.shard.routes = {relay};
+        if (!o.auth_user.empty()) {
+            ro.shard.auth_user = o.auth_user;
+            ro.shard.auth_password = relay_password(o);
+        }
+        engine::relay_check_options rc;
+        rc.host = relay.host;
+        rc.port = relay.port;
+        rc.implicit_tls = relay.implicit_tls;
+        rc.tls = *relay.tls;
+        rc.ca_file = ro.shard.cfg.tls_ca_file;
+        rc.helo_name = ro.shard.cfg.helo_name;
+        rc.user = ro.shard.auth_user;
+        rc.password = ro.shard.auth_password;
+        rc.timeout = std::min<std::chrono::milliseconds>(ro.shard.cfg.connect_timeout, std::chrono::seconds(60));
+        const engine::relay_check_result check = engine::check_relay(rc);
+        if (!check.ok) {
+            throw std::invalid_argument(check.error + " (nothing was sent)");
+        }
+    }
     ro.threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ro.show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
 
@@ -339,10 +429,12 @@ int run_send(const send_options& o) {
     const double per_hour = double(t.delivered) / secs * 3600.0;
     std::string summary = fmt::format(
         "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid; {} deferrals, {} connections\n"
+        "tls: {} handshakes, {} resumed ({:.1f}%), {} failed\n"
         "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\njournal: {}\n",
         t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
-        t.expired, t.invalid, t.deferred, t.connections, secs, human_count(per_hour), peak_rss_bytes() / (1024 * 1024),
-        ro.threads, journal_path);
+        t.expired, t.invalid, t.deferred, t.connections, t.tls_handshakes, t.tls_resumed,
+        t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
+        human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path);
     for (const auto& [key, count] : t.top_failures) {
         const std::size_t tab = key.find('\t');
         summary += fmt::format("  {} x {}: {}\n", count, key.substr(0, tab), key.substr(tab + 1));
@@ -351,10 +443,12 @@ int run_send(const send_options& o) {
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
             "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
-            "\"invalid\":{},\"deferrals\":{},\"connections\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
+            "\"invalid\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{},\"tls_resumed\":{},"
+            "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"top_failures\":[",
-            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.invalid, t.deferred, t.connections, t.sent_bytes,
-            secs, per_hour, ro.threads, peak_rss_bytes());
+            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.invalid, t.deferred, t.connections,
+            t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
+            peak_rss_bytes());
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');
@@ -447,6 +541,14 @@ int main(int argc, char** argv) {
     send->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
     send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
     send->add_option("--route", so.routes, "DOMAIN=HOST[:PORT]: skip MX lookup for DOMAIN ('*' = all)");
+    send->add_option("--relay", so.relay,
+                     "HOST[:PORT]: send everything through this submission server (587 STARTTLS by default, "
+                     "465 implicit TLS); its certificate is verified unless the config says otherwise");
+    send->add_option("--auth-user", so.auth_user,
+                     "AUTH PLAIN/LOGIN user for --relay (password: --auth-password-file or MXPRESS_AUTH_PASSWORD; "
+                     "only sent over TLS)");
+    send->add_option("--auth-password-file", so.auth_password_file,
+                     "File whose first line is the --auth-user password");
     send->add_flag("--resume", so.resume, "Skip recipients whose final outcome is already in the journal");
     send->add_flag("--dry-run", so.dry_run, "Check and render every message, send nothing");
     send->add_option("--progress", so.progress, "Live progress on stderr")
@@ -481,6 +583,15 @@ int main(int argc, char** argv) {
     try {
         if (*send) {
             parse_routes(so.routes);  // usage errors before any file is opened
+            if (!so.relay.empty() && !so.routes.empty()) {
+                throw std::invalid_argument("--relay and --route cannot be combined: the relay takes every domain");
+            }
+            if (!so.auth_user.empty() && so.relay.empty()) {
+                throw std::invalid_argument("--auth-user is for --relay (MX delivery does not authenticate)");
+            }
+            if (!so.relay.empty()) {
+                parse_relay(so.relay);
+            }
             return run_send(so);
         }
         if (*render) {

@@ -7,7 +7,15 @@
 // io_uring and its own SO_REUSEPORT listening sockets, so the kernel spreads
 // connections over workers and nothing is shared but the counters.
 //
+// With --tls-cert/--tls-key it offers STARTTLS on every --listen address and
+// speaks implicit TLS on every --listen-tls address (one SSL_CTX for the
+// process, so a session ticket from one worker resumes on any other), and
+// counts handshakes and resumed sessions. --fault makes STARTTLS fail on
+// purpose, for the client's fallback paths.
+//
 //   mxsink --listen 127.0.0.2:2525 [--listen ...] [--threads N]
+//          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
+//          [--fault tls-garbage|tls-drop]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -25,6 +33,7 @@
 #include <string>
 #include <thread>
 #include <memory>
+#include <optional>
 #include <unordered_set>
 #include <vector>
 
@@ -33,12 +42,21 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/io/ring.hpp"
+#include "mxpress/net/tls.hpp"
 
 namespace {
 
 std::atomic<bool> g_stop{false};
 std::atomic<std::uint64_t> g_messages{0};
 std::uint64_t g_exit_after = 0;
+
+using mxpress::net::tls_stream;
+
+// What every worker shares: TLS context and the fault to inject.
+struct sink_settings {
+    SSL_CTX* tls = nullptr;  // null: no STARTTLS offered, no TLS listeners
+    enum class fault { none, tls_garbage, tls_drop } fault = fault::none;
+};
 
 void on_signal(int) {
     g_stop.store(true);
@@ -49,12 +67,18 @@ struct counters {
     std::atomic<std::uint64_t> messages{0};
     std::atomic<std::uint64_t> recipients{0};
     std::atomic<std::uint64_t> bytes{0};
+    std::atomic<std::uint64_t> tls_handshakes{0};
+    std::atomic<std::uint64_t> tls_resumed{0};
+    std::atomic<std::uint64_t> tls_failures{0};
 };
 
 constexpr std::string_view greeting = "220 mxsink ESMTP ready\r\n";
 constexpr std::string_view ehlo_reply =
     "250-mxsink\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
     "250 ENHANCEDSTATUSCODES\r\n";
+constexpr std::string_view ehlo_reply_starttls =
+    "250-mxsink\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
+    "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n";
 
 class worker;
 
@@ -71,9 +95,14 @@ struct session {
     bool closing = false;  // close after the pending output is sent
     bool dead = false;
     std::vector<char> buf = std::vector<char>(64 * 1024);
-    std::string line;  // partial command line
-    std::string out;
-    std::string sending_buf;
+    std::string line;         // partial command line
+    std::string out;          // plaintext replies not yet handed to TLS or the socket
+    std::string sending_buf;  // bytes of the send in flight (ciphertext under TLS)
+    std::size_t send_off = 0;
+    std::string plain_first;  // sent before anything else: the 220 to STARTTLS
+    std::unique_ptr<tls_stream> tls;
+    bool tls_handshaking = false;
+    std::string plain;  // decrypted input
     bool in_data = false;
     int data_match = 0;  // how much of "\r\n.\r\n" was seen
     std::uint32_t rcpts = 0;
@@ -99,8 +128,17 @@ struct registry {
 
 class worker {
 public:
-    worker(const std::vector<sockaddr_in>& addrs, counters& c) : _ring(4096), _counters(c) {
+    worker(const std::vector<sockaddr_in>& addrs, const std::vector<sockaddr_in>& tls_addrs, counters& c,
+           const sink_settings& settings)
+        : _ring(4096), _counters(c), _settings(settings) {
+        std::vector<std::pair<sockaddr_in, bool>> all;
         for (const sockaddr_in& a : addrs) {
+            all.emplace_back(a, false);
+        }
+        for (const sockaddr_in& a : tls_addrs) {
+            all.emplace_back(a, true);
+        }
+        for (const auto& [a, implicit_tls] : all) {
             const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
             const int one = 1;
             ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -115,6 +153,7 @@ public:
             _listeners.push_back(std::make_unique<listener>());
             listener* l = _listeners.back().get();
             l->fd = fd;
+            l->implicit_tls = implicit_tls;
             l->w = this;
             l->fn = &worker::on_accept;
             arm_accept(l);
@@ -133,6 +172,7 @@ public:
 private:
     struct listener : mxpress::io::completion {
         int fd = -1;
+        bool implicit_tls = false;
         worker* w = nullptr;
     };
     struct tick : mxpress::io::completion {
@@ -171,6 +211,10 @@ private:
         s->send_op.s = s;
         w->_counters.connections.fetch_add(1, std::memory_order_relaxed);
         s->out = greeting;
+        if (l->implicit_tls) {
+            s->tls = std::make_unique<tls_stream>(w->_settings.tls, tls_stream::role::server);
+            s->tls_handshaking = true;
+        }
         w->arm_recv(s);
         w->pump(s);
     }
@@ -180,21 +224,43 @@ private:
         io_uring_prep_recv(_ring.sqe(&s->recv_op), s->fd, s->buf.data(), s->buf.size(), 0);
     }
 
+    // One send in flight per session; a short send resumes from send_off,
+    // so ciphertext is never reordered.
     void pump(session* s) {
         if (s->sending || s->dead) {
             return;
         }
-        if (s->out.empty()) {
-            if (s->closing) {
-                kill(s);
+        if (s->send_off >= s->sending_buf.size()) {
+            s->sending_buf.clear();
+            s->send_off = 0;
+            if (!s->plain_first.empty()) {
+                s->sending_buf.swap(s->plain_first);
+            } else if (s->tls) {
+                if (!s->tls_handshaking && !s->out.empty()) {
+                    if (s->tls->write(s->out) != tls_stream::result::ok) {
+                        kill(s);
+                        return;
+                    }
+                    s->out.clear();
+                }
+                if (s->tls->has_output()) {
+                    s->tls->take_output(s->sending_buf);
+                }
+            } else {
+                s->sending_buf.swap(s->out);
+                s->out.clear();
             }
-            return;
+            if (s->sending_buf.empty()) {
+                if (s->closing) {
+                    kill(s);
+                }
+                return;
+            }
         }
-        s->sending_buf.swap(s->out);
-        s->out.clear();
         s->sending = true;
         ++s->in_flight;
-        io_uring_prep_send(_ring.sqe(&s->send_op), s->fd, s->sending_buf.data(), s->sending_buf.size(), MSG_NOSIGNAL);
+        io_uring_prep_send(_ring.sqe(&s->send_op), s->fd, s->sending_buf.data() + s->send_off,
+                           s->sending_buf.size() - s->send_off, MSG_NOSIGNAL);
     }
 
     static void on_send(mxpress::io::completion* c, int res, unsigned) {
@@ -210,11 +276,9 @@ private:
             w->kill(s);
             return;
         }
-        if (static_cast<std::size_t>(res) < s->sending_buf.size()) {
-            s->out.insert(0, s->sending_buf.substr(static_cast<std::size_t>(res)));
-        }
-        s->sending_buf.clear();
-        if (g_exit_after != 0 && g_messages.load(std::memory_order_relaxed) >= g_exit_after && s->out.empty()) {
+        s->send_off += static_cast<std::size_t>(res);
+        if (g_exit_after != 0 && g_messages.load(std::memory_order_relaxed) >= g_exit_after && s->out.empty() &&
+            s->send_off >= s->sending_buf.size()) {
             g_stop.store(true);  // the last message's reply has gone out
         }
         w->pump(s);
@@ -232,10 +296,41 @@ private:
             w->kill(s);
             return;
         }
-        w->consume(s, std::string_view(s->buf.data(), static_cast<std::size_t>(res)));
+        const std::string_view data(s->buf.data(), static_cast<std::size_t>(res));
+        if (s->tls) {
+            w->consume_tls(s, data);
+        } else {
+            w->consume(s, data);
+        }
         w->pump(s);
         if (!s->dead && !s->closing) {
             w->arm_recv(s);
+        }
+    }
+
+    void consume_tls(session* s, std::string_view in) {
+        s->tls->feed(in);
+        if (s->tls_handshaking) {
+            const auto r = s->tls->handshake();
+            if (r == tls_stream::result::want_more) {
+                return;
+            }
+            if (r != tls_stream::result::ok) {
+                _counters.tls_failures.fetch_add(1, std::memory_order_relaxed);
+                kill(s);
+                return;
+            }
+            s->tls_handshaking = false;
+            _counters.tls_handshakes.fetch_add(1, std::memory_order_relaxed);
+            if (s->tls->resumed()) {
+                _counters.tls_resumed.fetch_add(1, std::memory_order_relaxed);
+            }
+        }
+        s->plain.clear();
+        const auto r = s->tls->read(s->plain);
+        consume(s, s->plain);
+        if (r != tls_stream::result::ok) {
+            s->closing = true;  // close_notify or a broken record
         }
     }
 
@@ -262,7 +357,9 @@ private:
             }
             command(s, s->line);
             s->line.clear();
-            if (s->closing) {
+            if (s->closing || s->tls_handshaking) {
+                // After the 220 to STARTTLS, plaintext that came with the
+                // command is dropped (RFC 3207 §5: it must not be trusted).
                 return;
             }
         }
@@ -305,7 +402,7 @@ private:
         using mxpress::detail::iequals;
         const std::string_view verb = line.substr(0, 4);
         if (iequals(verb, "EHLO")) {
-            s->out += ehlo_reply;
+            s->out += _settings.tls != nullptr && !s->tls ? ehlo_reply_starttls : ehlo_reply;
         } else if (iequals(verb, "HELO")) {
             s->out += "250 mxsink\r\n";
         } else if (iequals(verb, "MAIL")) {
@@ -332,10 +429,35 @@ private:
             s->out += "221 2.0.0 Bye\r\n";
             s->closing = true;
         } else if (iequals(verb, "STAR")) {
-            s->out += "454 4.7.0 TLS not available\r\n";
+            starttls(s);
         } else {
             s->out += "502 5.5.2 Error: command not recognized\r\n";
         }
+    }
+
+    void starttls(session* s) {
+        if (_settings.tls == nullptr || s->tls) {
+            s->out += "454 4.7.0 TLS not available\r\n";
+            return;
+        }
+        // Replies before this one and the 220 itself go in plaintext.
+        s->plain_first = std::move(s->out);
+        s->out.clear();
+        s->plain_first += "220 2.0.0 Ready to start TLS\r\n";
+        switch (_settings.fault) {
+            case sink_settings::fault::tls_garbage:
+                s->plain_first += "this is not a TLS record\r\n";
+                s->closing = true;
+                return;
+            case sink_settings::fault::tls_drop:
+                s->closing = true;  // the client's ClientHello finds a closed socket
+                return;
+            case sink_settings::fault::none: break;
+        }
+        s->tls = std::make_unique<tls_stream>(_settings.tls, tls_stream::role::server);
+        s->tls_handshaking = true;
+        s->in_data = false;
+        s->rcpts = 0;
     }
 
     void kill(session* s) {
@@ -358,6 +480,7 @@ private:
     registry _registry;  // destroyed after _ring (see registry)
     mxpress::io::ring _ring;
     counters& _counters;
+    const sink_settings& _settings;
     std::vector<std::unique_ptr<listener>> _listeners;
     tick _tick;
     __kernel_timespec _tick_ts{};
@@ -391,7 +514,18 @@ int main(int argc, char** argv) {
     std::string stats_json;
     double max_seconds = 0;
     std::uint64_t exit_after = 0;
-    app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable)")->required();
+    std::vector<std::string> listen_tls;
+    std::string tls_cert;
+    std::string tls_key;
+    std::string fault = "none";
+    app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable); offers STARTTLS with --tls-cert");
+    app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (like port 465; needs --tls-cert)");
+    app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
+    app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
+    app.add_option("--fault", fault,
+                   "tls-garbage: answer STARTTLS then send plaintext; tls-drop: answer STARTTLS then close")
+        ->check(CLI::IsMember({"none", "tls-garbage", "tls-drop"}))
+        ->capture_default_str();
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
     app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
@@ -402,9 +536,34 @@ int main(int argc, char** argv) {
         return app.exit(e) == 0 ? 0 : 2;
     }
     std::vector<sockaddr_in> addrs;
+    std::vector<sockaddr_in> tls_addrs;
+    std::optional<mxpress::net::tls_context> tls;
+    sink_settings settings;
     try {
+        if (listen.empty() && listen_tls.empty()) {
+            throw std::invalid_argument("--listen or --listen-tls is required");
+        }
         for (const std::string& l : listen) {
             addrs.push_back(parse_listen(l));
+        }
+        for (const std::string& l : listen_tls) {
+            tls_addrs.push_back(parse_listen(l));
+        }
+        if (tls_cert.empty() != tls_key.empty()) {
+            throw std::invalid_argument("--tls-cert and --tls-key go together");
+        }
+        if (!tls_addrs.empty() && tls_cert.empty()) {
+            throw std::invalid_argument("--listen-tls needs --tls-cert and --tls-key");
+        }
+        if (!tls_cert.empty()) {
+            tls.emplace(mxpress::net::tls_context::server(tls_cert, tls_key));
+            settings.tls = tls->get();
+        }
+        settings.fault = fault == "tls-garbage" ? sink_settings::fault::tls_garbage
+                         : fault == "tls-drop"  ? sink_settings::fault::tls_drop
+                                                : sink_settings::fault::none;
+        if (settings.fault != sink_settings::fault::none && settings.tls == nullptr) {
+            throw std::invalid_argument("--fault " + fault + " needs --tls-cert and --tls-key (STARTTLS)");
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "mxsink: %s\n", e.what());
@@ -421,7 +580,7 @@ int main(int argc, char** argv) {
     for (unsigned i = 0; i < std::max(1u, threads); ++i) {
         workers.emplace_back([&]() {
             try {
-                worker w(addrs, c);
+                worker w(addrs, tls_addrs, c, settings);
                 w.run();
             } catch (const std::exception& e) {
                 std::fprintf(stderr, "mxsink: %s\n", e.what());
@@ -445,9 +604,10 @@ int main(int argc, char** argv) {
     const double cpu =
         double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     const std::string stats = fmt::format(
-        "{{\"connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}"
-        "}\n",
-        c.connections.load(), c.messages.load(), c.recipients.load(), c.bytes.load(), cpu,
+        "{{\"connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"tls_handshakes\":{},"
+        "\"tls_resumed\":{},\"tls_failures\":{},\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
+        c.connections.load(), c.messages.load(), c.recipients.load(), c.bytes.load(), c.tls_handshakes.load(),
+        c.tls_resumed.load(), c.tls_failures.load(), cpu,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!stats_json.empty()) {
         std::ofstream(stats_json) << stats;

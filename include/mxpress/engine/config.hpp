@@ -97,6 +97,7 @@ struct config {
     milliseconds connect_timeout{std::chrono::seconds(30)};
     smtp::timeouts smtp_timeouts{};
     tls_policy tls = tls_policy::opportunistic;
+    bool tls_set = false;     // [defaults] tls was given (relays default to verify otherwise)
     std::string tls_ca_file;  // empty: the system's CAs
     milliseconds tls_handshake_timeout{std::chrono::seconds(30)};
     std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
@@ -317,6 +318,7 @@ inline config parse_config(std::string_view text, const std::string& file) {
                 c.messages_per_connection_max = get_count(file, "defaults", k, node, 1, 100'000'000);
             } else if (k == "tls") {
                 c.tls = get_tls_policy(file, "defaults", node);
+                c.tls_set = true;
             } else if (k == "tls_ca_file") {
                 const auto* s = node.as_string();
                 if (s == nullptr || s->get().empty()) {

@@ -2,7 +2,7 @@
 //
 // Contract (DESIGN.md): one object per line per outcome, at least
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
-//    "reply":"…","mx":"…","attempts":1}
+//    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3"}
 // Final statuses are delivered, bounced, expired and invalid; dry-run marks a
 // row that a --dry-run checked and rendered (not final: a real run sends it).
 // For invalid rows "reply" holds the reason.
@@ -72,6 +72,7 @@ struct journal_entry {
     std::string_view reply;
     std::string_view mx;
     std::uint32_t attempts = 0;
+    std::string_view tls = "none";  // how the last attempt travelled: "TLSv1.3", "none"
 };
 
 // Formats one journal line (with its '\n') onto `out`.
@@ -86,7 +87,9 @@ inline void append_journal_line(std::string& out, const journal_entry& e) {
     detail::append_json_string(out, e.reply);
     out += ",\"mx\":";
     detail::append_json_string(out, e.mx);
-    fmt::format_to(std::back_inserter(out), ",\"attempts\":{}}}\n", e.attempts);
+    fmt::format_to(std::back_inserter(out), ",\"attempts\":{},\"tls\":", e.attempts);
+    detail::append_json_string(out, e.tls);
+    out += "}\n";
 }
 
 class journal_writer {

@@ -28,10 +28,12 @@ struct recipient {
     std::uint32_t attempts = 0;
     std::uint32_t mx_index = 0;  // which of the domain's targets to try next
     bool started = false;
+    bool retried_fresh = false;  // requeued once after a reused session ended under it
     clock::time_point first_attempt{};
     clock::time_point not_before{};
     smtp::reply last_reply;
     std::string last_mx;
+    const char* last_tls = "none";  // static string: the last attempt's TLS version
     domain_state* domain = nullptr;
 
     std::string_view domain_name() const noexcept { return std::string_view(email).substr(domain_at); }

@@ -42,6 +42,9 @@ struct run_totals {
     std::uint64_t deferred = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
+    std::uint64_t tls_handshakes = 0;
+    std::uint64_t tls_resumed = 0;
+    std::uint64_t tls_failures = 0;
     double seconds = 0;
     std::vector<std::pair<std::string, std::uint64_t>> top_failures;  // "domain\treply", count
 };
@@ -204,6 +207,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.deferred += stats[i]->deferred;
         t.connections += stats[i]->connections_opened;
         t.sent_bytes += stats[i]->sent_bytes;
+        t.tls_handshakes += stats[i]->tls_handshakes;
+        t.tls_resumed += stats[i]->tls_resumed;
+        t.tls_failures += stats[i]->tls_failures;
         for (const auto& [k, v] : shards[i]->failure_counts) {
             failures[k] += v;
         }

@@ -18,6 +18,13 @@
 //   client may append while a send is in flight.
 // - Deadlines (connect, each SMTP phase, idle) are checked by a ring timer
 //   tick every tick_ms while the shard has work.
+// - TLS (STARTTLS or implicit) sits between the socket and the SMTP client:
+//   received ciphertext goes through the connection's tls_stream before the
+//   client sees it, and the client's output is encrypted before each send.
+//   The single send in flight carries ciphertext, so records stay in order.
+//   Pools are keyed by address, port and TLS policy (and the MX name when
+//   it is verified); each pool keeps the last TLS session its server gave,
+//   so the next connection resumes it.
 #pragma once
 
 #include <algorithm>
@@ -50,6 +57,7 @@
 #include "mxpress/io/ring.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/net/dns.hpp"
+#include "mxpress/net/tls.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
@@ -59,6 +67,8 @@ struct route {
     std::string domain;  // lowercase; "*" matches every domain
     std::string host;    // IPv4 literal or host name
     std::uint16_t port = 25;
+    bool implicit_tls = false;      // TLS from the first byte (port 465)
+    std::optional<tls_policy> tls;  // overrides the configured policy (relays)
 };
 
 struct shard_options {
@@ -66,7 +76,9 @@ struct shard_options {
     std::string dns_servers;  // c-ares CSV ("127.0.0.1:5353"); empty = resolv.conf
     std::uint16_t mx_port = 25;
     std::vector<route> routes;
-    std::string from;  // envelope sender
+    std::string from;       // envelope sender
+    std::string auth_user;  // relay AUTH; empty: none
+    std::string auth_password;
     std::size_t pending_max = 50'000;
     std::chrono::milliseconds idle_timeout{2000};
     std::chrono::milliseconds tick{50};
@@ -82,6 +94,9 @@ struct shard_stats {
     std::atomic<std::uint64_t> in_flight{0};
     std::atomic<std::uint64_t> connections_opened{0};
     std::atomic<std::uint64_t> sent_bytes{0};
+    std::atomic<std::uint64_t> tls_handshakes{0};  // completed
+    std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions
+    std::atomic<std::uint64_t> tls_failures{0};    // handshakes that failed or timed out
 };
 
 struct domain_state {
@@ -96,14 +111,23 @@ struct domain_state {
 struct connection;
 
 struct mx_pool {
-    std::string key;  // "127.0.0.2:25" or "[::1]:25"
+    std::string key;  // "127.0.0.2:25" or "[::1]:25", then "/" and the TLS policy
     sockaddr_storage addr{};
     socklen_t addr_len = 0;
-    std::string mx_name;  // host name for the journal
+    std::string mx_name;  // host name for the journal, SNI and verification
+    tls_policy tls = tls_policy::opportunistic;
+    bool implicit_tls = false;
+    net::ssl_session_ptr session;  // the latest one the server gave; resumed by new connections
+    // Opportunistic TLS failed here: plaintext until then (as Postfix does).
+    clock::time_point plaintext_until{};
     std::deque<recipient*> work;
     std::vector<connection*> conns;
     clock::time_point down_until{};
     bool dirty = false;
+    // A session worked here once. Until then one connection at a time (slow
+    // start): a dead host costs one connect, and the others resume the
+    // first one's TLS session instead of each doing a full handshake.
+    bool proven = false;
 };
 
 struct connection {
@@ -120,14 +144,20 @@ struct connection {
     unsigned ops_in_flight = 0;
     bool connected = false;
     bool shut = false;
-    bool session_ready_once = false;
+    bool session_ready_once = false;  // the session took (or could take) mail once
+    bool tls_decided = false;         // STARTTLS was sent, or found unneeded
+    bool abandoned = false;           // given up for TLS reasons (the pool already knows)
     bool idle = false;
     bool sending = false;  // a send is in flight (at most one)
     clock::time_point idle_since{};
     clock::time_point deadline = clock::time_point::max();
     std::string send_buffer;
     std::size_t send_offset = 0;
-    std::string recv_buffer;  // only without provided buffers (plain recv)
+    std::string recv_buffer;               // only without provided buffers (plain recv)
+    std::unique_ptr<net::tls_stream> tls;  // set from tls_start (or connect, implicit TLS) on
+    bool tls_handshaking = false;
+    clock::time_point tls_deadline{};
+    std::string tls_plain;  // decrypted input / plaintext output, reused
     // Transactions in flight (two when pipelined back to back); the slot
     // index is the client's tag. `message` is borrowed by the client until
     // the slot's transaction_done.
@@ -139,6 +169,8 @@ struct connection {
     std::uint32_t messages = 0;  // transactions started on this connection
 
     bool busy() const noexcept { return slots[0].r != nullptr || slots[1].r != nullptr; }
+    // "TLSv1.3" and such once the handshake is done; "none" otherwise (static strings).
+    const char* tls_version() const noexcept { return tls ? tls->version() : "none"; }
 
     connection(class shard* s, mx_pool* p, const std::string& helo, const smtp::timeouts& t)
         : owner(s), pool(p), client(helo, t) {}
@@ -155,7 +187,8 @@ public:
           _mailbox(64),
           _ring(4096),
           _resolver(_ring, resolver_options(options)),
-          _renderer(tmpl, renderer_options(options)) {
+          _renderer(tmpl, renderer_options(options)),
+          _tls_ctx(net::tls_context::client(options.cfg.tls_ca_file)) {
         try {
             // Multishot receive from one shared pool of buffers: one SQE per
             // connection instead of one per read.
@@ -300,18 +333,18 @@ private:
                 net::mx_answer ans;
                 ans.status = net::dns_status::ok;
                 ans.targets.push_back(net::mx_target{rt->host, 0, {a}});
-                resolved(d, ans, rt->port);
+                resolved(d, ans, rt);
             } else {
-                const std::uint16_t port = rt->port;
-                _resolver.resolve_host(rt->host,
-                                       [this, d, port](const net::mx_answer& ans) { resolved(d, ans, port); });
+                _resolver.resolve_host(rt->host, [this, d, rt](const net::mx_answer& ans) { resolved(d, ans, rt); });
             }
             return;
         }
-        _resolver.resolve_mx(d->name, [this, d](const net::mx_answer& ans) { resolved(d, ans, _options.mx_port); });
+        _resolver.resolve_mx(d->name, [this, d](const net::mx_answer& ans) { resolved(d, ans, nullptr); });
     }
 
-    void resolved(domain_state* d, const net::mx_answer& ans, std::uint16_t port) {
+    // `rt`: the route that named the target (borrowed from the options), or
+    // null for MX delivery.
+    void resolved(domain_state* d, const net::mx_answer& ans, const route* rt) {
         std::vector<recipient*> waiting;
         waiting.swap(d->waiting);
         if (ans.status != net::dns_status::ok) {
@@ -331,9 +364,12 @@ private:
         }
         d->targets.clear();
         d->target_names.clear();
+        const std::uint16_t port = rt != nullptr ? rt->port : _options.mx_port;
         for (const net::mx_target& t : ans.targets) {
+            const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _options.cfg.tls_for(d->name, t.host);
+            const bool implicit = rt != nullptr && rt->implicit_tls;
             for (const net::ip_address& a : t.addresses) {
-                d->targets.push_back(pool_for(a, port, t.host));
+                d->targets.push_back(pool_for(a, port, t.host, tls, implicit));
                 d->target_names.push_back(t.host);
             }
         }
@@ -344,12 +380,27 @@ private:
         }
     }
 
-    mx_pool* pool_for(const net::ip_address& a, std::uint16_t port, const std::string& host) {
-        const std::string key = a.with_port(port);
+    // One pool per address, port and TLS policy, so that domains with
+    // different policies never share a session. A verified pool also belongs
+    // to one MX name: the name is what the certificate must show.
+    mx_pool* pool_for(const net::ip_address& a, std::uint16_t port, const std::string& host, tls_policy tls,
+                      bool implicit) {
+        std::string key = a.with_port(port);
+        key += '/';
+        key += to_string(tls);
+        if (implicit) {
+            key += "/implicit";
+        }
+        if (tls == tls_policy::verify) {
+            key += '/';
+            key += host;
+        }
         mx_pool*& p = _pools[key];
         if (p == nullptr) {
             p = new mx_pool;
-            p->key = key;
+            p->key = a.with_port(port);
+            p->tls = tls;
+            p->implicit_tls = implicit;
             if (a.family == AF_INET6) {
                 auto* sa = reinterpret_cast<sockaddr_in6*>(&p->addr);
                 sa->sin6_family = AF_INET6;
@@ -411,6 +462,7 @@ private:
         e.reply = text.empty() ? std::string_view(rep.text) : std::string_view(text);
         e.mx = mx;
         e.attempts = r->attempts;
+        e.tls = r->last_tls;
         append_journal_line(_journal_buffer, e);
         if (_journal_buffer.size() >= 64 * 1024) {
             flush_journal();
@@ -478,6 +530,15 @@ private:
                     break;
                 }
                 if (c->idle && c->client.current_state() == smtp::client::state::ready) {
+                    if (clock::now() - c->idle_since >= reuse_check_after) {
+                        // Idle a while: RSET checks the session still works;
+                        // its ready event puts the connection back to work.
+                        c->idle = false;
+                        c->client.reset();
+                        update_deadline(c);
+                        pump(c);
+                        continue;
+                    }
                     fill(c);
                     update_deadline(c);
                     pump(c);
@@ -490,7 +551,8 @@ private:
             for (connection* c : p->conns) {
                 starting += c->session_ready_once ? 0 : 1;
             }
-            while (p->conns.size() < _options.cfg.connections_max && starting < p->work.size()) {
+            const std::size_t limit = p->proven ? _options.cfg.connections_max : 1;
+            while (p->conns.size() < limit && starting < p->work.size()) {
                 open_connection(p);
                 ++starting;
             }
@@ -502,6 +564,12 @@ private:
 
     void open_connection(mx_pool* p) {
         auto* c = new connection(this, p, _options.cfg.helo_name, _options.cfg.smtp_timeouts);
+        if (!_options.auth_user.empty()) {
+            c->client.set_credentials(_options.auth_user, _options.auth_password);
+        }
+        if (p->implicit_tls) {
+            c->client.implicit_tls();
+        }
         c->connect_op.fn = &shard::on_connect;
         c->connect_op.conn = c;
         c->recv_op.fn = &shard::on_recv;
@@ -536,7 +604,12 @@ private:
             } else {
                 c->connected = true;
                 self->arm_recv(c);
-                self->update_deadline(c);
+                if (c->pool->implicit_tls) {
+                    self->start_tls(c);
+                }
+                if (!c->shut) {
+                    self->update_deadline(c);
+                }
             }
         }
         self->release(c);
@@ -549,6 +622,8 @@ private:
         }
     }
 
+    static constexpr auto plaintext_after_tls_failure = std::chrono::minutes(10);
+    static constexpr auto reuse_check_after = std::chrono::seconds(1);
     static constexpr std::uint32_t recv_buffers_count = 512;
     static constexpr std::uint32_t recv_buffer_bytes = 8 * 1024;
 
@@ -582,11 +657,11 @@ private:
         }
         if (!c->shut) {
             if (res <= 0) {
-                c->client.connection_lost(res == 0 ? "closed by the server" : std::strerror(-res));
+                self->input_lost(c, res == 0 ? "closed by the server" : std::strerror(-res));
             } else if (self->_buffers && (flags & IORING_CQE_F_BUFFER)) {
-                c->client.receive(self->_buffers->data(flags, res));
+                self->receive_bytes(c, self->_buffers->data(flags, res));
             } else {
-                c->client.receive(std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
+                self->receive_bytes(c, std::string_view(c->recv_buffer.data(), static_cast<std::size_t>(res)));
             }
             if (res > 0 && self->_buffers && (flags & IORING_CQE_F_BUFFER)) {
                 self->_buffers->recycle(flags);
@@ -626,13 +701,29 @@ private:
             return;
         }
         if (c->send_offset >= c->send_buffer.size()) {
-            if (!c->client.has_output()) {
-                c->send_buffer.clear();
-                c->send_offset = 0;
-                return;
-            }
-            c->client.take_output(c->send_buffer);  // a swap, not a copy
             c->send_offset = 0;
+            if (c->tls) {
+                // Everything the client wrote since the last send becomes
+                // records behind whatever the handshake queued.
+                if (!c->tls_handshaking && c->client.has_output()) {
+                    c->client.take_output(c->tls_plain);
+                    if (c->tls->write(c->tls_plain) != net::tls_stream::result::ok) {
+                        teardown(c);
+                        return;
+                    }
+                }
+                if (!c->tls->has_output()) {
+                    c->send_buffer.clear();
+                    return;
+                }
+                c->tls->take_output(c->send_buffer);
+            } else {
+                if (!c->client.has_output()) {
+                    c->send_buffer.clear();
+                    return;
+                }
+                c->client.take_output(c->send_buffer);  // a swap, not a copy
+            }
         }
         c->sending = true;
         ++c->ops_in_flight;
@@ -640,7 +731,156 @@ private:
                            c->send_buffer.size() - c->send_offset, MSG_NOSIGNAL);
     }
 
+    // ---- TLS -----------------------------------------------------------------
+
+    // Bytes from the socket: through TLS when it is on, then to the client.
+    void receive_bytes(connection* c, std::string_view bytes) {
+        if (!c->tls) {
+            c->client.receive(bytes);
+            return;
+        }
+        c->tls->feed(bytes);
+        if (c->tls_handshaking) {
+            advance_handshake(c);
+            if (c->shut || c->tls_handshaking) {
+                return;
+            }
+        }
+        c->tls_plain.clear();
+        const auto r = c->tls->read(c->tls_plain);
+        keep_session(c);
+        if (!c->tls_plain.empty()) {
+            c->client.receive(c->tls_plain);
+        }
+        if (r == net::tls_stream::result::closed) {
+            c->client.connection_lost("the server ended TLS");
+        } else if (r == net::tls_stream::result::failed) {
+            c->client.connection_lost("TLS: " + c->tls->error());
+        }
+    }
+
+    // The socket ended (EOF or error).
+    void input_lost(connection* c, const std::string& why) {
+        if (c->tls_handshaking) {
+            tls_failed(c, "connection lost during the TLS handshake: " + why);
+            return;
+        }
+        c->client.connection_lost(why);
+    }
+
+    // Starts the handshake: after the 220 to STARTTLS, or on connect (implicit TLS).
+    void start_tls(connection* c) {
+        mx_pool* p = c->pool;
+        try {
+            c->tls = std::make_unique<net::tls_stream>(_tls_ctx.get(), net::tls_stream::role::client);
+            c->tls->set_server_name(p->mx_name);
+            if (p->tls == tls_policy::verify) {
+                c->tls->verify_peer(p->mx_name);
+            }
+        } catch (const net::tls_error& e) {
+            tls_failed(c, e.what());
+            return;
+        }
+        c->tls->set_session(p->session.get());
+        c->tls_handshaking = true;
+        c->tls_deadline = clock::now() + _options.cfg.tls_handshake_timeout;
+        advance_handshake(c);
+    }
+
+    void advance_handshake(connection* c) {
+        const auto r = c->tls->handshake();
+        if (r == net::tls_stream::result::want_more) {
+            pump(c);
+            return;
+        }
+        if (r != net::tls_stream::result::ok) {
+            tls_failed(c, c->tls->error());
+            return;
+        }
+        c->tls_handshaking = false;
+        _stats.tls_handshakes.fetch_add(1, std::memory_order_relaxed);
+        if (c->tls->resumed()) {
+            _stats.tls_resumed.fetch_add(1, std::memory_order_relaxed);
+        }
+        keep_session(c);
+        if (!c->pool->implicit_tls) {
+            c->client.tls_established();  // EHLO again, encrypted
+        }
+        update_deadline(c);
+        pump(c);
+    }
+
+    // The pool keeps the newest session its server handed out.
+    void keep_session(connection* c) {
+        if (auto s = c->tls->take_new_session()) {
+            c->pool->session = std::move(s);
+        }
+    }
+
+    // A handshake failed or timed out. Opportunistic: this host gets
+    // plaintext for a while and a new connection takes the work. Required or
+    // verify: the work moves on (next MX, then a retry) with the reason.
+    void tls_failed(connection* c, const std::string& why) {
+        _stats.tls_failures.fetch_add(1, std::memory_order_relaxed);
+        mx_pool* p = c->pool;
+        c->tls_handshaking = false;
+        c->abandoned = true;
+        if (p->tls == tls_policy::opportunistic && !p->implicit_tls) {
+            p->plaintext_until = clock::now() + plaintext_after_tls_failure;
+        } else {
+            smtp::reply rep;
+            rep.enhanced = "4.7.5";
+            rep.text = fmt::format("TLS with {} ({}) failed: {}", p->mx_name, p->key, why);
+            host_failed(p, rep, true);
+        }
+        teardown(c);
+    }
+
+    // The session cannot carry mail under its policy (no STARTTLS, or it
+    // was refused): no message goes; the work moves on with the reason.
+    void tls_unavailable(connection* c, const std::string& why) {
+        smtp::reply rep;
+        rep.enhanced = "4.7.4";
+        rep.text = why;
+        c->abandoned = true;
+        host_failed(c->pool, rep, true);
+        c->client.quit();
+    }
+
+    // After the first EHLO: STARTTLS now, or carry on in plaintext, or give up.
+    // Returns true when the session may take mail as it is.
+    bool decide_tls(connection* c) {
+        c->tls_decided = true;
+        if (c->client.tls_active()) {
+            return true;
+        }
+        mx_pool* p = c->pool;
+        const bool offered = c->client.caps().starttls;
+        switch (p->tls) {
+            case tls_policy::disabled: return true;
+            case tls_policy::opportunistic:
+                if (offered && clock::now() >= p->plaintext_until) {
+                    c->client.starttls();
+                    return false;
+                }
+                return true;
+            case tls_policy::required:
+            case tls_policy::verify:
+                if (offered) {
+                    c->client.starttls();
+                } else {
+                    tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) does not offer STARTTLS",
+                                                   to_string(p->tls), p->mx_name, p->key));
+                }
+                return false;
+        }
+        return false;
+    }
+
     void after_client_input(connection* c) {
+        if (c->shut) {
+            return;
+        }
         while (auto e = c->client.next_event()) {
             handle_event(c, *e);
             if (c->shut) {
@@ -657,6 +897,10 @@ private:
     }
 
     void update_deadline(connection* c) {
+        if (c->tls_handshaking) {
+            c->deadline = c->tls_deadline;
+            return;
+        }
         const auto t = c->client.timeout();
         c->deadline = t ? clock::now() + *t : clock::time_point::max();
     }
@@ -664,8 +908,15 @@ private:
     void handle_event(connection* c, const smtp::event& e) {
         switch (e.kind) {
             case smtp::event_kind::ready:
+                if (!c->tls_decided && !decide_tls(c)) {
+                    break;
+                }
                 c->session_ready_once = true;
                 c->pool->down_until = {};
+                if (!c->pool->proven) {
+                    c->pool->proven = true;
+                    mark_dirty(c->pool);  // open the rest now
+                }
                 break;
             case smtp::event_kind::transaction_done: {
                 connection::slot& sl = c->slots[e.tag & 1];
@@ -673,11 +924,20 @@ private:
                 sl.r = nullptr;
                 if (r != nullptr) {
                     _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+                    r->last_tls = c->tls_version();
                     const smtp::reply& rep = e.result->recipients.at(0);
                     if (rep.positive()) {
                         final_outcome(r, outcome_status::delivered, rep, c->pool->mx_name);
                     } else if (rep.permanent()) {
                         final_outcome(r, outcome_status::bounced, rep, c->pool->mx_name);
+                    } else if (c->client.current_state() == smtp::client::state::closed &&
+                               c->client.transactions_completed() > 0 && !r->retried_fresh) {
+                        // A reused session ended under this message (the server
+                        // dropped it while idle, or said 421): once, a new
+                        // connection to the same host takes it first.
+                        r->retried_fresh = true;
+                        c->pool->work.push_front(r);
+                        mark_dirty(c->pool);
                     } else if (c->client.current_state() == smtp::client::state::closed) {
                         // The session broke: try the next MX host now.
                         r->last_reply = rep;
@@ -691,13 +951,22 @@ private:
                 break;
             }
             case smtp::event_kind::closed:
-                if (!c->session_ready_once) {
+                if (!c->session_ready_once && !c->abandoned) {
                     // Greeting or EHLO failed: this host is not taking mail now.
                     host_failed(c->pool, e.last_reply);
                 }
                 break;
-            case smtp::event_kind::tls_start:
-            case smtp::event_kind::tls_refused: break;  // STARTTLS is not requested yet (see the TLS issue)
+            case smtp::event_kind::tls_start: start_tls(c); break;
+            case smtp::event_kind::tls_refused:
+                if (c->pool->tls == tls_policy::opportunistic) {
+                    c->session_ready_once = true;  // plaintext it is
+                    c->pool->down_until = {};
+                } else {
+                    tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) refused STARTTLS: {}",
+                                                   to_string(c->pool->tls), c->pool->mx_name, c->pool->key,
+                                                   e.last_reply.one_line()));
+                }
+                break;
         }
     }
 
@@ -752,13 +1021,14 @@ private:
 
     // Connect failure or a refused session: mark the host down for a while
     // and move its queued work to each recipient's next MX.
-    void host_failed(mx_pool* p, const smtp::reply& why) {
+    // `force`: the failure is the host's whatever other connections did (TLS).
+    void host_failed(mx_pool* p, const smtp::reply& why, bool force = false) {
         const auto now = clock::now();
         bool others_alive = false;
         for (connection* c : p->conns) {
             others_alive = others_alive || c->session_ready_once;
         }
-        if (others_alive) {
+        if (others_alive && !force) {
             return;  // one bad connection; the host itself works
         }
         p->down_until = now + std::min<std::chrono::milliseconds>(_options.cfg.retry_initial, std::chrono::seconds(60));
@@ -870,6 +1140,14 @@ private:
             }
         }
         for (connection* c : expired) {
+            if (c->shut) {
+                continue;  // torn down by an earlier one's failure
+            }
+            if (c->tls_handshaking) {
+                tls_failed(c, fmt::format("handshake timed out after {}",
+                                          format_duration(_options.cfg.tls_handshake_timeout)));
+                continue;
+            }
             if (!c->connected) {
                 connection_failed(c, fmt::format("connect to {}: timed out", c->pool->key));
                 continue;
@@ -900,6 +1178,7 @@ private:
     std::optional<io::buffer_ring> _buffers;  // after _ring: unregistered first
     net::resolver _resolver;
     mail::renderer _renderer;
+    net::tls_context _tls_ctx;  // one per shard: sessions stay on their thread
     mailbox_op _eventfd_op;
     mailbox_op _tick_op;
     std::uint64_t _eventfd_value = 0;
