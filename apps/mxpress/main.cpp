@@ -328,18 +328,32 @@ std::string relay_password(const send_options& o) {
     throw std::invalid_argument("--auth-user needs a password: --auth-password-file FILE or MXPRESS_AUTH_PASSWORD");
 }
 
+// [smtp://|smtps://]HOST[:PORT]: smtps:// is implicit TLS (default port
+// 465), smtp:// STARTTLS (default 587); without a scheme, port 465 means
+// implicit TLS and any other STARTTLS.
 engine::route parse_relay(const std::string& spec) {
+    std::string rest = spec;
+    int scheme = 0;  // 0 none, 1 smtp://, 2 smtps://
+    if (rest.starts_with("smtps://")) {
+        scheme = 2;
+        rest.erase(0, 8);
+    } else if (rest.starts_with("smtp://")) {
+        scheme = 1;
+        rest.erase(0, 7);
+    }
     engine::route r;
     try {
-        r = parse_routes({"*=" + spec}).at(0);
+        r = parse_routes({"*=" + rest}).at(0);
     } catch (const std::invalid_argument&) {
-        throw std::invalid_argument(fmt::format("--relay '{}': expected HOST[:PORT] or [IPV6]:PORT", spec));
+        throw std::invalid_argument(
+            fmt::format("--relay '{}': expected [smtp://|smtps://]HOST[:PORT] (IPv6 as [ADDR]:PORT)", spec));
     }
     // parse_routes defaults to 25; a relay defaults to submission.
-    const bool port_given = r.port != 25 || spec.ends_with(":25");
+    const bool port_given = r.port != 25 || rest.ends_with(":25");
     if (!port_given) {
-        r.port = 587;
+        r.port = scheme == 2 ? 465 : 587;
     }
+    r.implicit_tls = scheme == 2 || (scheme == 0 && r.port == 465);
     return r;
 }
 
@@ -348,7 +362,6 @@ engine::route parse_relay(const std::string& spec) {
 // [defaults] tls when the file sets it, else verify. Credentials need TLS.
 engine::route relay_route(const send_options& o, const engine::config& cfg) {
     engine::route r = parse_relay(o.relay);
-    r.implicit_tls = r.port == 465;
     engine::tls_policy policy = cfg.tls_set ? cfg.tls : engine::tls_policy::verify;
     for (const auto& [pattern, p] : cfg.mx_tls) {
         if (engine::host_pattern_matches(pattern, r.host)) {
@@ -387,8 +400,7 @@ int run_send(const send_options& o) {
         throw input_error(o.config.empty() ? "TLS" : o.config, 0, e.what());
     }
     if (!o.relay.empty()) {
-        const engine::route relay = relay_route(o, ro.shard.cfg);
-        ro.shard.routes = {relay};
+        engine::route relay = relay_route(o, ro.shard.cfg);
         if (!o.auth_user.empty()) {
             ro.shard.auth_user = o.auth_user;
             ro.shard.auth_password = relay_password(o);
@@ -407,6 +419,10 @@ int run_send(const send_options& o) {
         if (!check.ok) {
             throw std::invalid_argument(check.error + " (nothing was sent)");
         }
+        // The shards connect where the check did (the name still goes into
+        // SNI and the certificate check): a relay name never bounces mail.
+        relay.address = check.address;
+        ro.shard.routes = {relay};
     }
     ro.threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ro.show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
@@ -542,8 +558,9 @@ int main(int argc, char** argv) {
     send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
     send->add_option("--route", so.routes, "DOMAIN=HOST[:PORT]: skip MX lookup for DOMAIN ('*' = all)");
     send->add_option("--relay", so.relay,
-                     "HOST[:PORT]: send everything through this submission server (587 STARTTLS by default, "
-                     "465 implicit TLS); its certificate is verified unless the config says otherwise");
+                     "[smtp://|smtps://]HOST[:PORT]: send everything through this submission server (STARTTLS, "
+                     "port 587 by default; smtps:// or port 465: implicit TLS); its certificate is verified "
+                     "unless the config says otherwise");
     send->add_option("--auth-user", so.auth_user,
                      "AUTH PLAIN/LOGIN user for --relay (password: --auth-password-file or MXPRESS_AUTH_PASSWORD; "
                      "only sent over TLS)");

@@ -15,7 +15,7 @@
 //
 //   mxsink --listen 127.0.0.2:2525 [--listen ...] [--threads N]
 //          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
-//          [--fault tls-garbage|tls-drop]
+//          [--fault tls-garbage|tls-drop|tls-stall]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -55,7 +55,7 @@ using mxpress::net::tls_stream;
 // What every worker shares: TLS context and the fault to inject.
 struct sink_settings {
     SSL_CTX* tls = nullptr;  // null: no STARTTLS offered, no TLS listeners
-    enum class fault { none, tls_garbage, tls_drop } fault = fault::none;
+    enum class fault { none, tls_garbage, tls_drop, tls_stall } fault = fault::none;
 };
 
 void on_signal(int) {
@@ -102,7 +102,8 @@ struct session {
     std::string plain_first;  // sent before anything else: the 220 to STARTTLS
     std::unique_ptr<tls_stream> tls;
     bool tls_handshaking = false;
-    std::string plain;  // decrypted input
+    bool stalled = false;  // --fault tls-stall: input is ignored from now on
+    std::string plain;     // decrypted input
     bool in_data = false;
     int data_match = 0;  // how much of "\r\n.\r\n" was seen
     std::uint32_t rcpts = 0;
@@ -297,7 +298,9 @@ private:
             return;
         }
         const std::string_view data(s->buf.data(), static_cast<std::size_t>(res));
-        if (s->tls) {
+        if (s->stalled) {
+            // --fault tls-stall: read and ignore until the client gives up.
+        } else if (s->tls) {
             w->consume_tls(s, data);
         } else {
             w->consume(s, data);
@@ -452,6 +455,9 @@ private:
             case sink_settings::fault::tls_drop:
                 s->closing = true;  // the client's ClientHello finds a closed socket
                 return;
+            case sink_settings::fault::tls_stall:
+                s->stalled = true;  // the ClientHello is never answered
+                return;
             case sink_settings::fault::none: break;
         }
         s->tls = std::make_unique<tls_stream>(_settings.tls, tls_stream::role::server);
@@ -523,8 +529,9 @@ int main(int argc, char** argv) {
     app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
     app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert");
     app.add_option("--fault", fault,
-                   "tls-garbage: answer STARTTLS then send plaintext; tls-drop: answer STARTTLS then close")
-        ->check(CLI::IsMember({"none", "tls-garbage", "tls-drop"}))
+                   "tls-garbage: answer STARTTLS then send plaintext; tls-drop: answer STARTTLS then close; "
+                   "tls-stall: answer STARTTLS then never answer the handshake")
+        ->check(CLI::IsMember({"none", "tls-garbage", "tls-drop", "tls-stall"}))
         ->capture_default_str();
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
@@ -561,6 +568,7 @@ int main(int argc, char** argv) {
         }
         settings.fault = fault == "tls-garbage" ? sink_settings::fault::tls_garbage
                          : fault == "tls-drop"  ? sink_settings::fault::tls_drop
+                         : fault == "tls-stall" ? sink_settings::fault::tls_stall
                                                 : sink_settings::fault::none;
         if (settings.fault != sink_settings::fault::none && settings.tls == nullptr) {
             throw std::invalid_argument("--fault " + fault + " needs --tls-cert and --tls-key (STARTTLS)");

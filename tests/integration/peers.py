@@ -1,10 +1,14 @@
-"""Real peers on loopback for integration tests: dnsmasq for MX answers and
-Postfix's smtp-sink as receivers. Every process is started here, on
+"""Real peers on loopback for integration tests: dnsmasq for MX answers,
+Postfix's smtp-sink and a private Postfix smtpd (TLS) as receivers, mxsink,
+and an aiosmtpd submission server for relays. Every process is started here, on
 127.0.0.0/8 only, and stopped by PID when the fixture ends.
 
 See ../shared/PEERS.md for how each peer behaves on this machine.
 """
+import glob
+import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -37,11 +41,15 @@ class Peers:
         self.dir = tempfile.mkdtemp(prefix="mxpress-it-")
         os.chmod(self.dir, 0o755)
         self.procs = []
+        self.stops = []
+        self._certs = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        for stop in self.stops:
+            stop()
         for p in self.procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -110,3 +118,164 @@ def read_dumps(dump_dir):
                 rcpts.append(line[len("X-Rcpt-Args: "):].strip().strip("<>").split(">")[0])
         out.append((rcpts, text))
     return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def certs(peers):
+    """Test CA and certificates (scripts/make-test-certs), made once per fixture."""
+    if peers._certs is None:
+        d = peers.path("certs")
+        subprocess.run([os.path.join(ROOT, "scripts/make-test-certs"), d], check=True)
+        peers._certs = d
+    return peers._certs
+
+
+def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1):
+    """Starts mxsink; tls = (cert, key). Returns the path of its --stats-json."""
+    stats = peers.path(f"mxsink-{listen.replace(':', '_')}.json")
+    args = [binary, "--listen", listen, "--threads", str(threads), "--stats-json", stats]
+    for l in listen_tls:
+        args += ["--listen-tls", l]
+    if tls:
+        args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
+    if fault:
+        args += ["--fault", fault]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peers.procs.append(p)
+    host, port = listen.rsplit(":", 1)
+    wait_tcp(host, int(port))
+    return stats
+
+
+def stop_and_read_stats(peers, stats_path):
+    """Stops every mxsink started by `peers` and returns the stats of one."""
+    for p in peers.procs:
+        if p.args and os.path.basename(str(p.args[0])) == "mxsink" and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=10)
+    with open(stats_path) as f:
+        return json.load(f)
+
+
+def relay_peer(peers, port, mode, user, password_file):
+    """aiosmtpd submission server (STARTTLS or implicit TLS, AUTH required);
+    returns the directory where it writes each message it accepts."""
+    c = certs(peers)
+    out = peers.path(f"relay-{port}")
+    os.makedirs(out)
+    args = ["/usr/bin/python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay_peer.py"),
+            "--port", str(port), "--mode", mode, "--cert", os.path.join(c, "mx.crt"),
+            "--key", os.path.join(c, "mx.key"), "--user", user, "--password-file", password_file, "--out", out]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peers.procs.append(p)
+    if p.stdout.readline().strip() != "ready":
+        raise RuntimeError("relay_peer.py did not start")
+    return out
+
+
+def relay_messages(out):
+    msgs = []
+    for name in sorted(glob.glob(os.path.join(out, "*.json"))):
+        with open(name, encoding="utf-8") as f:
+            msgs.append(json.load(f))
+    return msgs
+
+
+POSTFIX_SERVICES = """\
+pickup    unix  n  -  n  60  1  pickup
+cleanup   unix  n  -  n  -   0  cleanup
+qmgr      unix  n  -  n  300 1  qmgr
+tlsmgr    unix  -  -  n  1000? 1 tlsmgr
+rewrite   unix  -  -  n  -   -  trivial-rewrite
+bounce    unix  -  -  n  -   0  bounce
+defer     unix  -  -  n  -   0  bounce
+trace     unix  -  -  n  -   0  bounce
+verify    unix  -  -  n  -   1  verify
+flush     unix  n  -  n  1000? 0 flush
+proxymap  unix  -  -  n  -   -  proxymap
+showq     unix  n  -  n  -   -  showq
+error     unix  -  -  n  -   -  error
+retry     unix  -  -  n  -   -  error
+discard   unix  -  -  n  -   -  discard
+virtual   unix  -  n  n  -   -  virtual
+anvil     unix  -  -  n  -   1  anvil
+scache    unix  -  -  n  -   1  scache
+postlog   unix-dgram n - n - 1  postlogd
+"""
+
+
+def postfix_smtpd(peers, host, port):
+    """A private Postfix (its own config and queue directories; /etc/postfix
+    untouched) receiving on host:port with STARTTLS offered, delivering every
+    recipient into one mbox file. Returns (mbox path, maillog path). Needs
+    root (postfix start); stopped with postfix stop when the fixture ends.
+
+    Traps (beyond PEERS.md): inet_interfaces must name a configured address
+    (127.0.0.2 is routable but not on lo, so "loopback-only" here, and the
+    listener's own address in master.cf); postfix start/check print their
+    errors only to a terminal or syslog: run `script -qc "postfix -c DIR
+    check" /dev/null` to see them."""
+    c = certs(peers)
+    d = peers.path(f"postfix-{port}")
+    for sub in ("queue", "data", "mail"):
+        os.makedirs(os.path.join(d, sub))
+    pw = pwd.getpwnam("postfix")
+    for sub in ("data", "mail"):
+        os.chown(os.path.join(d, sub), pw.pw_uid, pw.pw_gid)
+    maillog = os.path.join(d, "maillog")
+    with open(os.path.join(d, "main.cf"), "w") as f:
+        f.write(f"""compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+myhostname = mx.test
+mydestination =
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = static:all
+virtual_mailbox_base = {d}/mail
+virtual_mailbox_maps = static:inbox
+virtual_uid_maps = static:{pw.pw_uid}
+virtual_gid_maps = static:{pw.pw_gid}
+virtual_mailbox_limit = 0
+message_size_limit = 0
+smtpd_tls_cert_file = {c}/mx.crt
+smtpd_tls_key_file = {c}/mx.key
+smtpd_tls_security_level = may
+smtpd_tls_received_header = yes
+smtpd_recipient_restrictions = permit_mynetworks, reject
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+maillog_file = {maillog}
+maillog_file_prefixes = {d}
+alias_maps =
+alias_database =
+biff = no
+""")
+    with open(os.path.join(d, "master.cf"), "w") as f:
+        f.write(f"{host}:{port} inet n - n - - smtpd\n" + POSTFIX_SERVICES)
+    started = subprocess.run(["postfix", "-c", d, "start"], capture_output=True, text=True)
+    if started.returncode != 0:
+        log = open(maillog).read() if os.path.exists(maillog) else ""
+        raise RuntimeError(f"postfix -c {d} start: {started.stdout}{started.stderr}{log[-2000:]}")
+    pid_file = os.path.join(d, "queue", "pid", "master.pid")
+
+    def stop():
+        subprocess.run(["postfix", "-c", d, "stop"], capture_output=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with open(pid_file) as pf:
+                    os.kill(int(pf.read().strip()), 0)
+            except (OSError, ValueError):
+                return
+            time.sleep(0.1)
+        subprocess.run(["postfix", "-c", d, "abort"], capture_output=True)
+
+    peers.stops.append(stop)
+    wait_tcp(host, port)
+    return os.path.join(d, "mail", "inbox"), maillog

@@ -47,6 +47,7 @@ struct relay_check_result {
     bool ok = false;
     std::string error;        // what failed, for the user
     std::string tls_version;  // "TLSv1.3" when it got that far
+    std::string address;      // the IP literal that answered: the run uses it too
 };
 
 namespace detail_relay {
@@ -105,6 +106,10 @@ inline relay_check_result check_relay(const relay_check_options& o) {
             continue;
         }
         sock.fd = fd;
+        char host[NI_MAXHOST];
+        if (::getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof host, nullptr, 0, NI_NUMERICHOST) == 0) {
+            res.address = host;
+        }
     }
     if (sock.fd < 0) {
         return fail("cannot connect: " + connect_error);

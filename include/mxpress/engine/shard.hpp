@@ -64,8 +64,9 @@ namespace mxpress::engine {
 
 // A route that skips MX lookup: DOMAIN (or "*") delivered to HOST:PORT.
 struct route {
-    std::string domain;  // lowercase; "*" matches every domain
-    std::string host;    // IPv4 literal or host name
+    std::string domain;   // lowercase; "*" matches every domain
+    std::string host;     // IP literal or host name (also the name TLS checks)
+    std::string address;  // IP literal to use instead of resolving host (relays)
     std::uint16_t port = 25;
     bool implicit_tls = false;      // TLS from the first byte (port 465)
     std::optional<tls_policy> tls;  // overrides the configured policy (relays)
@@ -117,7 +118,11 @@ struct mx_pool {
     std::string mx_name;  // host name for the journal, SNI and verification
     tls_policy tls = tls_policy::opportunistic;
     bool implicit_tls = false;
-    net::ssl_session_ptr session;  // the latest one the server gave; resumed by new connections
+    // Sessions the server handed out, newest last (at most sessions_max).
+    // OpenSSL makes a TLS 1.3 session single-use once a resumption with it
+    // completes, so new connections take the newest one still resumable;
+    // connections started together may share it.
+    std::deque<net::ssl_session_ptr> sessions;
     // Opportunistic TLS failed here: plaintext until then (as Postfix does).
     clock::time_point plaintext_until{};
     std::deque<recipient*> work;
@@ -329,7 +334,7 @@ private:
         d->state = domain_state::status::resolving;
         if (const route* rt = find_route(d->name)) {
             net::ip_address a;
-            if (net::ip_address::parse(rt->host, a)) {
+            if (net::ip_address::parse(rt->address.empty() ? rt->host : rt->address, a)) {
                 net::mx_answer ans;
                 ans.status = net::dns_status::ok;
                 ans.targets.push_back(net::mx_target{rt->host, 0, {a}});
@@ -622,6 +627,7 @@ private:
         }
     }
 
+    static constexpr std::size_t sessions_max = 8;  // per pool
     static constexpr auto plaintext_after_tls_failure = std::chrono::minutes(10);
     static constexpr auto reuse_check_after = std::chrono::seconds(1);
     static constexpr std::uint32_t recv_buffers_count = 512;
@@ -781,7 +787,12 @@ private:
             tls_failed(c, e.what());
             return;
         }
-        c->tls->set_session(p->session.get());
+        while (!p->sessions.empty() && SSL_SESSION_is_resumable(p->sessions.back().get()) != 1) {
+            p->sessions.pop_back();
+        }
+        if (!p->sessions.empty()) {
+            c->tls->set_session(p->sessions.back().get());
+        }
         c->tls_handshaking = true;
         c->tls_deadline = clock::now() + _options.cfg.tls_handshake_timeout;
         advance_handshake(c);
@@ -810,10 +821,14 @@ private:
         pump(c);
     }
 
-    // The pool keeps the newest session its server handed out.
+    // The pool keeps the newest sessions its server handed out.
     void keep_session(connection* c) {
-        if (auto s = c->tls->take_new_session()) {
-            c->pool->session = std::move(s);
+        while (auto s = c->tls->take_new_session()) {
+            auto& v = c->pool->sessions;
+            v.push_back(std::move(s));
+            if (v.size() > sessions_max) {
+                v.pop_front();
+            }
         }
     }
 
@@ -821,6 +836,13 @@ private:
     // plaintext for a while and a new connection takes the work. Required or
     // verify: the work moves on (next MX, then a retry) with the reason.
     void tls_failed(connection* c, const std::string& why) {
+        note_tls_failure(c, why);
+        teardown(c);
+    }
+
+    // What a TLS failure means for the pool (see tls_failed); the caller
+    // ends the connection.
+    void note_tls_failure(connection* c, const std::string& why) {
         _stats.tls_failures.fetch_add(1, std::memory_order_relaxed);
         mx_pool* p = c->pool;
         c->tls_handshaking = false;
@@ -833,7 +855,6 @@ private:
             rep.text = fmt::format("TLS with {} ({}) failed: {}", p->mx_name, p->key, why);
             host_failed(p, rep, true);
         }
-        teardown(c);
     }
 
     // The session cannot carry mail under its policy (no STARTTLS, or it
@@ -951,7 +972,11 @@ private:
                 break;
             }
             case smtp::event_kind::closed:
-                if (!c->session_ready_once && !c->abandoned) {
+                if (c->client.tls_handshake_pending() && !c->abandoned) {
+                    // The session ended between STARTTLS and TLS (the client
+                    // refuses plaintext that follows the 220): a TLS failure.
+                    note_tls_failure(c, e.last_reply.one_line());
+                } else if (!c->session_ready_once && !c->abandoned) {
                     // Greeting or EHLO failed: this host is not taking mail now.
                     host_failed(c->pool, e.last_reply);
                 }
@@ -1035,6 +1060,7 @@ private:
         std::deque<recipient*> work;
         work.swap(p->work);
         for (recipient* r : work) {
+            ++r->attempts;  // this host was tried for it
             r->last_reply = why;
             r->last_mx = p->mx_name;
             ++r->mx_index;

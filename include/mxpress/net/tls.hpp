@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <arpa/inet.h>
 #include <openssl/err.h>
@@ -284,9 +285,16 @@ public:
     const char* version() const noexcept { return _established ? SSL_get_version(_ssl.get()) : "none"; }
     const std::string& error() const noexcept { return _error; }
 
-    // The latest session the server gave for resumption (null when none
-    // came since the last call).
-    ssl_session_ptr take_new_session() noexcept { return std::move(_new_session); }
+    // The oldest session the server gave for resumption and nobody took
+    // yet (null when none is left). A TLS 1.3 server usually sends two.
+    ssl_session_ptr take_new_session() noexcept {
+        if (_new_sessions.empty()) {
+            return nullptr;
+        }
+        ssl_session_ptr s = std::move(_new_sessions.front());
+        _new_sessions.erase(_new_sessions.begin());
+        return s;
+    }
 
 private:
     friend class tls_context;
@@ -320,7 +328,8 @@ private:
     bool _established = false;
     bool _verifying = false;
     std::string _error;
-    ssl_session_ptr _new_session;
+    std::vector<ssl_session_ptr> _new_sessions;  // at most new_sessions_max
+    static constexpr std::size_t new_sessions_max = 4;
 };
 
 // OpenSSL hands a new session to the stream that received it; returning 1
@@ -330,7 +339,10 @@ inline int tls_context::on_new_session(SSL* ssl, SSL_SESSION* session) {
     if (stream == nullptr) {
         return 0;
     }
-    stream->_new_session.reset(session);
+    if (stream->_new_sessions.size() >= tls_stream::new_sessions_max) {
+        stream->_new_sessions.erase(stream->_new_sessions.begin());
+    }
+    stream->_new_sessions.emplace_back(session);
     return 1;
 }
 

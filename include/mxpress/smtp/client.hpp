@@ -185,6 +185,9 @@ public:
     }
 
     bool authenticated() const noexcept { return _authenticated; }
+    // STARTTLS was sent and TLS is not up yet (true also once the session
+    // closed in between: the engine then knows the failure was TLS's).
+    bool tls_handshake_pending() const noexcept { return _starttls_sent && !_tls_active; }
 
     // Feeds received bytes; events become available from next_event().
     void receive(std::string_view bytes) {
@@ -373,6 +376,7 @@ public:
             throw std::logic_error("smtp::client::starttls outside the ready state");
         }
         _state = state::starttls;
+        _starttls_sent = true;
         _out += "STARTTLS\r\n";
     }
 
@@ -573,6 +577,7 @@ private:
                     _state = state::tls_handshake;
                     push(event_kind::tls_start, std::move(r));
                 } else {
+                    _starttls_sent = false;
                     _state = state::ready;
                     push(event_kind::tls_refused, std::move(r));
                 }
@@ -788,6 +793,7 @@ private:
     std::uint64_t _transactions = 0;
     bool _needs_rset = false;
     bool _tls_active = false;
+    bool _starttls_sent = false;
     bool _authenticate = false;
     bool _authenticated = false;
     int _auth_step = 0;  // LOGIN: 0 username next, 1 password next, 2 sent

@@ -1,0 +1,321 @@
+#!/usr/bin/python3
+"""Integration tests of TLS delivery against real peers on loopback: Postfix's
+smtpd with STARTTLS, mxsink with STARTTLS and implicit TLS (and its faults),
+smtp-sink without STARTTLS, and an aiosmtpd submission server with AUTH for
+relay mode. Every policy decision of issue 4 has a case here.
+
+  tls_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
+"""
+import collections
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import (Peers, certs, free_port, mxsink, postfix_smtpd, read_dumps, relay_messages,  # noqa: E402
+                   relay_peer, stop_and_read_stats)
+
+MXPRESS = None
+ROOT = None
+# Short retries so that "defer, then expire" ends within seconds.
+SHORT = """[defaults]
+retry_initial = "200ms"
+retry_max = "400ms"
+max_age = "3s"
+connect_timeout = "2s"
+"""
+
+
+def journal(path):
+    entries = collections.defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            entries[o["line"]].append(o)
+    return entries
+
+
+def job(peers, count, domains=("a.test", "b.test")):
+    recipients, message = peers.path("r.csv"), peers.path("m.eml")
+    with open(recipients, "w", encoding="utf-8") as f:
+        f.write("email,name\n")
+        for k in range(count):
+            f.write(f"user{k}@{domains[k % len(domains)]},Name {k}\n")
+    with open(message, "w", encoding="utf-8") as f:
+        f.write("From: News <news@sender.test>\nSubject: Hello {{name}}\n\nDear {{name}},\n.\nbye\n")
+    return recipients, message
+
+
+def send(peers, recipients, message, args, config=SHORT, env=None):
+    cfg = peers.path("c.toml")
+    with open(cfg, "w") as f:
+        f.write(config)
+    jpath = peers.path("journal.jsonl")
+    if os.path.exists(jpath):
+        os.unlink(jpath)
+    summary = peers.path("summary.json")
+    cmd = [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "bounce@sender.test",
+           "--journal", jpath, "--config", cfg, "--progress", "off", "--threads", "2",
+           "--summary-json", summary] + list(args)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    s = None
+    if os.path.exists(summary):
+        with open(summary) as f:
+            s = json.load(f)
+    return p, jpath, s
+
+
+class Tls(unittest.TestCase):
+    def sink_binary(self):
+        return os.path.join(os.path.dirname(MXPRESS), "mxsink")
+
+    def test_postfix_smtpd_receives_everything_over_starttls(self):
+        if os.geteuid() != 0:
+            self.skipTest("postfix start needs root")
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            mbox, maillog = postfix_smtpd(peers, "127.0.0.2", port)
+            recipients, message = job(peers, 300)
+            p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{port}"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            j = journal(jpath)
+            self.assertEqual(len(j), 300)
+            for entries in j.values():
+                self.assertEqual(len(entries), 1)
+                self.assertEqual(entries[0]["status"], "delivered", entries[0])
+                self.assertEqual(entries[0]["tls"], "TLSv1.3", entries[0])
+            self.assertGreaterEqual(s["tls_handshakes"], 1)
+            # What Postfix delivered: every recipient once, each received
+            # "with ESMTPS" (Postfix's own record of a TLS session).
+            deadline_checks = 0
+            import time
+            while deadline_checks < 100:
+                text = open(mbox, encoding="utf-8", errors="replace").read() if os.path.exists(mbox) else ""
+                if text.count("\nDelivered-To: ") + text.startswith("Delivered-To: ") >= 300:
+                    break
+                time.sleep(0.1)
+                deadline_checks += 1
+            messages = [m for m in text.split("\nFrom bounce@sender.test ") if m.strip()]
+            self.assertEqual(len(messages), 300)
+            delivered_to = collections.Counter()
+            for m in messages:
+                self.assertIn("with ESMTPS", m)
+                self.assertIn("using TLSv1.3", m)
+                for line in m.split("\n"):
+                    if line.startswith("Delivered-To: "):
+                        delivered_to[line.split(": ", 1)[1]] += 1
+            self.assertEqual(len(delivered_to), 300)
+            self.assertTrue(all(v == 1 for v in delivered_to.values()))
+            self.assertIn("Dear Name 7,", text)
+
+    def test_mxsink_starttls_resumes_sessions(self):
+        with Peers() as peers:
+            c = certs(peers)
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, self.sink_binary(), f"127.0.0.2:{port}", tls=(f"{c}/mx.crt", f"{c}/mx.key"))
+            recipients, message = job(peers, 5000, domains=tuple(f"d{k}.test" for k in range(20)))
+            # Few messages per connection: many connections, most of them resumed.
+            cfg = SHORT + "messages_per_connection_max = 100\n"
+            p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{port}"], config=cfg)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            j = journal(jpath)
+            self.assertEqual(collections.Counter(e[0]["tls"] for e in j.values()), {"TLSv1.3": 5000})
+            sink = stop_and_read_stats(peers, stats)
+            self.assertEqual(sink["messages"], 5000)
+            self.assertEqual(s["tls_handshakes"], sink["tls_handshakes"])
+            self.assertEqual(s["tls_resumed"], sink["tls_resumed"], "both ends agree on what was resumed")
+            self.assertGreaterEqual(s["tls_handshakes"], 50)
+            # One full handshake per pool (one pool per shard here); the rest resume.
+            self.assertGreaterEqual(s["tls_resumed"], s["tls_handshakes"] - 2, s)
+            self.assertIn("resumed", p.stdout)
+
+    def test_required_never_sends_to_a_server_without_starttls(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            dump = peers.smtp_sink("127.0.0.2", port)  # no STARTTLS offered
+            recipients, message = job(peers, 20)
+            cfg = SHORT + '\n[domain."a.test"]\ntls = "required"\n'
+            p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{port}"], config=cfg)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            j = journal(jpath)
+            arrived = collections.Counter(r for rcpts, _ in read_dumps(dump) for r in rcpts)
+            for entries in j.values():
+                e = entries[0]
+                if e["email"].endswith("@a.test"):
+                    self.assertEqual(e["status"], "expired", e)
+                    self.assertEqual(e["enhanced"], "4.7.4", e)
+                    self.assertIn("does not offer STARTTLS", e["reply"])
+                    self.assertGreater(e["attempts"], 0)
+                    self.assertEqual(arrived[e["email"]], 0, "no plaintext message for a required domain")
+                else:
+                    # Same MX, default policy (opportunistic): plaintext is fine.
+                    self.assertEqual(e["status"], "delivered", e)
+                    self.assertEqual(e["tls"], "none")
+                    self.assertEqual(arrived[e["email"]], 1)
+
+    def test_verify_defers_with_the_verification_reason(self):
+        with Peers() as peers:
+            c = certs(peers)
+            good, selfsigned = free_port("127.0.0.2"), free_port("127.0.0.3")
+            mxsink(peers, self.sink_binary(), f"127.0.0.2:{good}", tls=(f"{c}/mx.crt", f"{c}/mx.key"))
+            mxsink(peers, self.sink_binary(), f"127.0.0.3:{selfsigned}", tls=(f"{c}/self.crt", f"{c}/self.key"))
+            dns = peers.dnsmasq(["mx-host=ok.test,mx.test,10", "host-record=mx.test,127.0.0.2",
+                                 "mx-host=wrongname.test,other.test,10", "host-record=other.test,127.0.0.2",
+                                 "mx-host=untrusted.test,mx.test,10"])
+            recipients, message = job(peers, 30, domains=("ok.test", "wrongname.test", "untrusted.test"))
+            cfg = SHORT + f'tls = "verify"\ntls_ca_file = "{c}/ca.crt"\n'
+            # untrusted.test's MX answers on the other port: route it there.
+            p, jpath, s = send(peers, recipients, message,
+                               ["--dns", dns, "--mx-port", str(good), "--route",
+                                f"untrusted.test=127.0.0.3:{selfsigned}"], config=cfg)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            seen = collections.Counter()
+            for entries in journal(jpath).values():
+                e = entries[0]
+                domain = e["email"].split("@")[1]
+                seen[domain] += 1
+                if domain == "ok.test":
+                    self.assertEqual((e["status"], e["tls"]), ("delivered", "TLSv1.3"), e)
+                elif domain == "wrongname.test":
+                    self.assertEqual(e["status"], "expired", e)
+                    self.assertEqual(e["enhanced"], "4.7.5")
+                    self.assertIn("certificate verification failed: hostname mismatch", e["reply"])
+                else:
+                    self.assertEqual(e["status"], "expired", e)
+                    self.assertIn("certificate verification failed: self-signed certificate", e["reply"])
+            self.assertEqual(seen, {"ok.test": 10, "wrongname.test": 10, "untrusted.test": 10})
+            self.assertGreater(s["tls_failures"], 0)
+
+    def test_opportunistic_falls_back_to_plaintext_when_the_handshake_fails(self):
+        for fault in ("tls-garbage", "tls-drop", "tls-stall"):
+            with self.subTest(fault=fault), Peers() as peers:
+                c = certs(peers)
+                port = free_port("127.0.0.2")
+                stats = mxsink(peers, self.sink_binary(), f"127.0.0.2:{port}", tls=(f"{c}/mx.crt", f"{c}/mx.key"),
+                               fault=fault)
+                recipients, message = job(peers, 50)
+                cfg = SHORT.replace('max_age = "3s"', 'max_age = "30s"') + '[timeouts]\ntls_handshake = "1s"\n'
+                p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{port}"], config=cfg)
+                self.assertEqual(p.returncode, 0, p.stderr)
+                j = journal(jpath)
+                self.assertEqual(collections.Counter((e[0]["status"], e[0]["tls"]) for e in j.values()),
+                                 {("delivered", "none"): 50})
+                self.assertGreaterEqual(s["tls_failures"], 1)
+                self.assertEqual(s["tls_handshakes"], 0)
+                self.assertEqual(stop_and_read_stats(peers, stats)["messages"], 50)
+
+    def test_required_with_a_broken_handshake_defers_then_expires(self):
+        with Peers() as peers:
+            c = certs(peers)
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, self.sink_binary(), f"127.0.0.2:{port}", tls=(f"{c}/mx.crt", f"{c}/mx.key"),
+                           fault="tls-garbage")
+            recipients, message = job(peers, 10)
+            p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{port}"],
+                               config=SHORT + 'tls = "required"\n')
+            self.assertEqual(p.returncode, 0, p.stderr)
+            for entries in journal(jpath).values():
+                e = entries[0]
+                self.assertEqual((e["status"], e["enhanced"]), ("expired", "4.7.5"), e)
+                self.assertIn("TLS with 127.0.0.2", e["reply"])
+            self.assertEqual(stop_and_read_stats(peers, stats)["messages"], 0)
+
+    def test_implicit_tls_route_and_disabled_policy(self):
+        with Peers() as peers:
+            c = certs(peers)
+            plain, implicit = free_port("127.0.0.2"), free_port("127.0.0.1")
+            # The certificate names 127.0.0.1 (and mx.test, localhost).
+            stats = mxsink(peers, self.sink_binary(), f"127.0.0.2:{plain}", tls=(f"{c}/mx.crt", f"{c}/mx.key"),
+                           listen_tls=[f"127.0.0.1:{implicit}"])
+            recipients, message = job(peers, 40)
+            # disabled: never STARTTLS even though it is offered.
+            p, jpath, s = send(peers, recipients, message, ["--route", f"*=127.0.0.2:{plain}"],
+                               config=SHORT + 'tls = "disabled"\n')
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual({e[0]["tls"] for e in journal(jpath).values()}, {"none"})
+            # implicit TLS through a relay URL (no AUTH): verified against the test CA.
+            p, jpath, s = send(peers, recipients, message, ["--relay", f"smtps://127.0.0.1:{implicit}"],
+                               config=SHORT + f'tls_ca_file = "{c}/ca.crt"\n[mx."127.0.0.1"]\ntls = "verify"\n')
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertEqual(collections.Counter((e[0]["status"], e[0]["tls"]) for e in journal(jpath).values()),
+                             {("delivered", "TLSv1.3"): 40})
+            sink = stop_and_read_stats(peers, stats)
+            self.assertEqual(sink["messages"], 80)
+
+
+class Relay(unittest.TestCase):
+    def test_relay_with_auth_over_starttls_and_implicit_tls(self):
+        with Peers() as peers:
+            c = certs(peers)
+            pw = peers.path("password")
+            with open(pw, "w") as f:
+                f.write("s3cret pass\n")
+            p587, p465 = free_port(), free_port()
+            out587 = relay_peer(peers, p587, "starttls", "alice@sender.test", pw)
+            out465 = relay_peer(peers, p465, "implicit", "alice@sender.test", pw)
+            recipients, message = job(peers, 30)
+            cfg = SHORT + f'tls_ca_file = "{c}/ca.crt"\n'
+            p, jpath, s = send(peers, recipients, message,
+                               ["--relay", f"localhost:{p587}", "--auth-user", "alice@sender.test",
+                                "--auth-password-file", pw], config=cfg)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertNotIn("s3cret", p.stdout + p.stderr)
+            msgs = relay_messages(out587)
+            self.assertEqual(sorted(r for m in msgs for r in m["rcpt_tos"]),
+                             sorted(f"user{k}@{'ab'[k % 2]}.test" for k in range(30)))
+            self.assertTrue(all(m["tls"] and m["user"] == "alice@sender.test" for m in msgs))
+            self.assertEqual({e[0]["tls"] for e in journal(jpath).values()}, {"TLSv1.3"})
+
+            env = dict(os.environ, MXPRESS_AUTH_PASSWORD="s3cret pass")
+            p, jpath, s = send(peers, recipients, message,
+                               ["--relay", f"smtps://127.0.0.1:{p465}", "--auth-user", "alice@sender.test"],
+                               config=cfg, env=env)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertEqual(len(relay_messages(out465)), 30)
+            self.assertTrue(all(m["tls"] and m["user"] for m in relay_messages(out465)))
+
+    def test_relay_errors_exit_2_before_sending(self):
+        with Peers() as peers:
+            c = certs(peers)
+            pw = peers.path("password")
+            with open(pw, "w") as f:
+                f.write("right\n")
+            wrong = peers.path("wrong")
+            with open(wrong, "w") as f:
+                f.write("wrong\n")
+            port = free_port()
+            out = relay_peer(peers, port, "starttls", "alice", pw)
+            recipients, message = job(peers, 5)
+            ca = SHORT + f'tls_ca_file = "{c}/ca.crt"\n'
+            cases = [
+                (["--auth-user", "alice", "--auth-password-file", wrong], ca, "AUTH failed: 535 5.7.8"),
+                (["--auth-user", "alice", "--auth-password-file", pw], SHORT, "certificate verification failed"),
+                (["--auth-user", "alice", "--auth-password-file", peers.path("missing")], ca,
+                 "cannot open password file"),
+                (["--auth-user", "alice"], ca, "MXPRESS_AUTH_PASSWORD"),
+                (["--auth-user", "alice", "--auth-password-file", pw], ca.replace("[defaults]\n", '[defaults]\ntls = "opportunistic"\n'),
+                 "credentials are only sent over TLS"),
+                ([], SHORT + 'tls_ca_file = "/nonexistent/ca.pem"\n', "tls_ca_file: cannot read /nonexistent/ca.pem"),
+            ]
+            env = dict(os.environ)
+            env.pop("MXPRESS_AUTH_PASSWORD", None)
+            for args, cfg, expected in cases:
+                with self.subTest(expected=expected):
+                    p, jpath, s = send(peers, recipients, message, ["--relay", f"127.0.0.1:{port}"] + args,
+                                       config=cfg, env=env)
+                    self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+                    self.assertIn(expected, p.stderr)
+                    self.assertFalse(os.path.exists(jpath) and os.path.getsize(jpath) > 0)
+            self.assertEqual(relay_messages(out), [], "nothing reached the relay")
+            # A relay whose port is closed.
+            p, _, _ = send(peers, recipients, message, ["--relay", f"127.0.0.1:{free_port()}"], config=ca)
+            self.assertEqual(p.returncode, 2)
+            self.assertIn("cannot connect", p.stderr)
+
+
+if __name__ == "__main__":
+    MXPRESS = os.path.abspath(sys.argv[1])
+    ROOT = os.path.abspath(sys.argv[2])
+    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
