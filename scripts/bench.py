@@ -3,7 +3,9 @@
 Workloads (seeded, reproducible; recipients skewed over 1,000 domains):
   plain-2k   personalized 2 KB message, plaintext, mxsink (and smtp-sink x4)
   plain-32k  the same with a 32 KB HTML message
-  tls-2k     plain-2k over STARTTLS            (skipped: TLS has not landed)
+  tls-2k     plain-2k over STARTTLS against plain-2k in plaintext, both to
+             mxsink, three alternating pairs: medians, rate ratio (goal >= 0.8),
+             handshakes and resumed handshakes per 100k messages
   shaped-2k  plain-2k with 1,000 domain sections (skipped: shaping has not landed)
   scale      plain-2k at --threads 1, 2, ... up to the core count
   memory     10 million rows through --dry-run: peak RSS
@@ -21,13 +23,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from peers import Peers, free_port, wait_tcp  # noqa: E402
+from peers import Peers, certs, free_port, wait_tcp  # noqa: E402
 
 MX = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 MXPRESS = os.path.join(ROOT, "build", "mxpress")
 MXSINK = os.path.join(ROOT, "build", "mxsink")
 TEMPLATES = {"plain-2k": "bench/templates/plain-2k.eml", "plain-32k": "bench/templates/html-32k.eml"}
 DEFAULT_TARGET_PER_HOUR = 20_000_000
+TLS_RATE_RATIO_MIN = 0.80  # issue 4: STARTTLS rate >= 0.8x plaintext, same run
 # The CI gate (--quick): fail when mxpress's CPU per message exceeds this
 # multiple of smtp-source's, or its rate falls below this multiple of
 # smtp-source's, both measured in the same run. Medians measured here: CPU
@@ -64,8 +67,13 @@ class Bench:
                         "--domains", "1000", "--out", self.recipients], check=True)
 
     def start_sinks(self, kind):
-        if kind == "mxsink":
-            p = subprocess.Popen([MXSINK, "--threads", "1"] + sum((["--listen", f"{h}:{self.port}"] for h in MX), []))
+        if kind in ("mxsink", "mxsink-tls"):
+            tls = []
+            if kind == "mxsink-tls":
+                c = certs(self.peers)
+                tls = ["--tls-cert", os.path.join(c, "mx.crt"), "--tls-key", os.path.join(c, "mx.key")]
+            p = subprocess.Popen([MXSINK, "--threads", "1"] + tls +
+                                 sum((["--listen", f"{h}:{self.port}"] for h in MX), []))
             procs = [p]
         else:  # Postfix's smtp-sink: single-threaded, one process per address
             procs = []
@@ -102,7 +110,8 @@ class Bench:
         if s["delivered"] != self.messages:
             sys.exit(f"bench: only {s['delivered']} of {self.messages} delivered:\n{out}")
         return dict(sender=f"mxpress --threads {s['threads']}", sink=sink, messages=self.messages, wall_s=wall,
-                    cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu)
+                    cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu, tls_handshakes=s.get("tls_handshakes", 0),
+                    tls_resumed=s.get("tls_resumed", 0), tls_failures=s.get("tls_failures", 0))
 
     def smtp_source(self, size, sink):
         procs = self.start_sinks(sink)
@@ -158,6 +167,32 @@ def delivery_workload(b, name, sinks, threads=0):
         run = with_ratios(b.mxpress(TEMPLATES[name], threads, sink), ref)
         rows += [run, ref]
     return rows
+
+
+def tls_workload(b):
+    """STARTTLS against plaintext, alternating, three pairs; medians."""
+    plain, tls = [], []
+    for _ in range(3):
+        plain.append(with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink"), None))
+        tls.append(with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink-tls"), None))
+
+    def median(rows, key):
+        return sorted(r[key] for r in rows)[len(rows) // 2]
+
+    def summary(rows):
+        keep = dict(rows[0])
+        for k in ("wall_s", "cpu_s", "peak_rss_kib", "sink_cpu_s", "msgs_per_s", "msgs_per_hour", "cpu_us_per_msg",
+                  "sink_cpu_us_per_msg", "tls_handshakes", "tls_resumed"):
+            keep[k] = median(rows, k)
+        return keep
+
+    p, t = summary(plain), summary(tls)
+    t["rate_ratio"] = t["msgs_per_s"] / p["msgs_per_s"]
+    t["cpu_ratio"] = t["cpu_us_per_msg"] / p["cpu_us_per_msg"]
+    t["handshakes_per_100k"] = t["tls_handshakes"] / t["messages"] * 100_000
+    t["resumed_per_100k"] = t["tls_resumed"] / t["messages"] * 100_000
+    t["pairs"] = [(x["msgs_per_s"], y["msgs_per_s"]) for x, y in zip(plain, tls)]
+    return [t, p]
 
 
 def memory_workload(peers, rows):
@@ -236,6 +271,7 @@ def main():
     messages = a.messages or (100_000 if a.quick else 200_000)
     results = {"messages": messages, "cores": os.cpu_count(), "workloads": {}}
     failed = []
+    missed = []  # goals not met on this machine: printed and in --json, exit status unchanged
     with Peers() as peers:
         b = Bench(peers, messages)
         for w in workloads:
@@ -256,8 +292,20 @@ def main():
                     print(f"  1 -> {threads[-1]} threads: {eff:.2f} of linear (sender, sink and kernel share "
                           f"{os.cpu_count()} cores)")
             elif w == "tls-2k":
-                print("\ntls-2k: skipped: STARTTLS delivery has not landed yet (TLS issue)")
-                results["workloads"][w] = "skipped: TLS not implemented"
+                rows = tls_workload(b)
+                results["workloads"][w] = rows
+                t = rows[0]
+                print_table(f"tls-2k: {messages:,} messages over STARTTLS against plaintext, mxsink, medians of 3 "
+                            "(ratios: STARTTLS / plaintext)", rows)
+                print(f"  handshakes: {t['handshakes_per_100k']:.0f} per 100k messages, "
+                      f"{t['resumed_per_100k']:.0f} of them resumed; rate ratio {t['rate_ratio']:.2f} "
+                      f"(goal >= {TLS_RATE_RATIO_MIN}), CPU ratio {t['cpu_ratio']:.2f}")
+                if t["rate_ratio"] < TLS_RATE_RATIO_MIN:
+                    # Reported, not failed (like scale's efficiency): on a
+                    # 2-core box the TLS sink competes with the sender for the
+                    # same cores, so the ratio says as much about the machine.
+                    missed.append(f"tls-2k: STARTTLS rate {t['rate_ratio']:.2f}x plaintext "
+                                  f"(goal >= {TLS_RATE_RATIO_MIN})")
             elif w == "shaped-2k":
                 print("\nshaped-2k: skipped: per-domain shaping has not landed yet")
                 results["workloads"][w] = "skipped: shaping not implemented"
@@ -285,9 +333,12 @@ def main():
             print(f"\ngate: CPU ratio {run['cpu_ratio']:.2f} (max {GATE_CPU_RATIO_MAX}), rate ratio "
                   f"{run['rate_ratio']:.2f} (min {GATE_RATE_RATIO_MIN}), target {a.target_per_hour / 1e6:.0f}M/h")
     results["failed"] = failed
+    results["goals_missed"] = missed
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
+    for m in missed:
+        print(f"bench: goal missed: {m}", file=sys.stderr)
     for f in failed:
         print(f"bench: FAILED: {f}", file=sys.stderr)
     return 1 if failed else 0

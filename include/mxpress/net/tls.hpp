@@ -76,6 +76,46 @@ inline bool is_ip_literal(const std::string& host) {
 
 class tls_stream;
 
+namespace detail_tls {
+
+// A write-only BIO that appends ciphertext to a std::string (BIO data):
+// take_output() then swaps the string out, so records are copied once,
+// from OpenSSL's buffer to ours, and never zero-filled or copied again.
+inline int string_bio_write(BIO* b, const char* data, int len) {
+    static_cast<std::string*>(BIO_get_data(b))->append(data, static_cast<std::size_t>(len));
+    return len;
+}
+
+inline long string_bio_ctrl(BIO* b, int cmd, long /*num*/, void* /*ptr*/) {
+    switch (cmd) {
+        case BIO_CTRL_FLUSH: return 1;
+        case BIO_CTRL_WPENDING:
+        case BIO_CTRL_PENDING: return static_cast<long>(static_cast<std::string*>(BIO_get_data(b))->size());
+        default: return 0;
+    }
+}
+
+inline int string_bio_create(BIO* b) {
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+inline const BIO_METHOD* string_bio_method() {
+    // Built once (thread-safe static init) and never freed: OpenSSL keeps a
+    // pointer to it in every BIO.
+    static BIO_METHOD* const method = [] {
+        BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mxpress string sink");
+        if (m == nullptr || BIO_meth_set_write(m, &string_bio_write) != 1 ||
+            BIO_meth_set_ctrl(m, &string_bio_ctrl) != 1 || BIO_meth_set_create(m, &string_bio_create) != 1) {
+            throw tls_error("BIO_meth_new: " + take_openssl_errors());
+        }
+        return m;
+    }();
+    return method;
+}
+
+}  // namespace detail_tls
+
 // One SSL_CTX (one per shard, one per mxsink process).
 class tls_context {
 public:
@@ -83,6 +123,9 @@ public:
     // by streams that ask for verification). Throws tls_error naming the file.
     static tls_context client(const std::string& ca_file = {}) {
         tls_context c(TLS_client_method());
+        // OpenSSL's default TLS 1.3 suite order stays: measured here (Debian
+        // 12, OpenSSL 3.0), neither AES-128-GCM first nor ChaCha20 first
+        // lowered CPU per message; the per-record EVP setup dominates.
         // Sessions are cached by the engine per MX host, not by OpenSSL.
         SSL_CTX_set_session_cache_mode(c.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
         SSL_CTX_sess_set_new_cb(c.get(), &tls_context::on_new_session);
@@ -124,7 +167,9 @@ private:
             throw tls_error("SSL_CTX_new: " + take_openssl_errors());
         }
         SSL_CTX_set_min_proto_version(_ctx.get(), TLS1_2_VERSION);
-        SSL_CTX_set_mode(_ctx.get(), SSL_MODE_RELEASE_BUFFERS);
+        // No SSL_MODE_RELEASE_BUFFERS: freeing and reallocating the record
+        // buffers around every read and write costs more CPU than the
+        // ~34 KB per connection it saves.
     }
 
     static int on_new_session(SSL* ssl, SSL_SESSION* session);
@@ -147,7 +192,7 @@ public:
             throw tls_error("SSL_new: " + take_openssl_errors());
         }
         BIO* in = BIO_new(BIO_s_mem());
-        BIO* out = BIO_new(BIO_s_mem());
+        BIO* out = BIO_new(detail_tls::string_bio_method());
         if (in == nullptr || out == nullptr) {
             BIO_free(in);
             BIO_free(out);
@@ -155,8 +200,8 @@ public:
         }
         BIO_set_mem_eof_return(in, -1);    // empty input means "retry", not EOF
         SSL_set_bio(_ssl.get(), in, out);  // _ssl owns both now
+        BIO_set_data(out, &_out);
         _in = in;
-        _out = out;
         SSL_set_app_data(_ssl.get(), this);
         if (r == role::client) {
             SSL_set_connect_state(_ssl.get());
@@ -229,13 +274,16 @@ public:
 
     // Decrypts everything fed so far onto `plain`.
     result read(std::string& plain) {
+        // The error queue is empty here: every failure drains it. Not
+        // clearing it again saves a thread-local lookup per call.
+        char buf[16 * 1024];  // one record's worth; no zero-filled string growth
         for (;;) {
-            const std::size_t at = plain.size();
-            plain.resize(at + 16 * 1024);
             std::size_t n = 0;
-            ERR_clear_error();
-            const int rc = SSL_read_ex(_ssl.get(), plain.data() + at, 16 * 1024, &n);
-            plain.resize(at + n);
+            const int rc = SSL_read_ex(_ssl.get(), buf, sizeof buf, &n);
+            plain.append(buf, n);
+            if (rc == 1 && BIO_ctrl_pending(_in) == 0 && SSL_pending(_ssl.get()) == 0) {
+                return result::ok;  // all fed input consumed: skip the call that would say WANT_READ
+            }
             if (rc != 1) {
                 if (SSL_get_error(_ssl.get(), rc) == SSL_ERROR_ZERO_RETURN) {
                     return result::closed;
@@ -252,7 +300,6 @@ public:
             return result::ok;
         }
         std::size_t n = 0;
-        ERR_clear_error();
         if (SSL_write_ex(_ssl.get(), plain.data(), plain.size(), &n) != 1 || n != plain.size()) {
             return failure_or_retry(0) == result::failed ? result::failed : fail("short TLS write");
         }
@@ -268,15 +315,12 @@ public:
         }
     }
 
-    bool has_output() const noexcept { return BIO_ctrl_pending(_out) > 0; }
+    bool has_output() const noexcept { return !_out.empty(); }
 
     // Moves the pending ciphertext into `dst` (old content dropped).
     void take_output(std::string& dst) {
-        const std::size_t n = BIO_ctrl_pending(_out);
-        dst.resize(n);
-        if (n > 0) {
-            BIO_read(_out, dst.data(), static_cast<int>(n));
-        }
+        dst.clear();
+        dst.swap(_out);  // dst's buffer is reused for the next records
     }
 
     bool established() const noexcept { return _established; }
@@ -324,7 +368,7 @@ private:
 
     ssl_ptr _ssl;
     BIO* _in = nullptr;   // owned by _ssl
-    BIO* _out = nullptr;  // owned by _ssl
+    std::string _out;  // ciphertext not yet taken (written by the string BIO)
     bool _established = false;
     bool _verifying = false;
     std::string _error;
