@@ -150,5 +150,28 @@ expect send_refused_journal 0 '"status":"expired".*Connection refused' -- cat re
 expect bad_route 2 "--route 'x.org': expected DOMAIN=HOST" -- \
     "$mx" send --recipients good.csv --message good.eml --from b@s.example --route x.org
 
+# Relay and TLS options: usage errors before anything is opened or sent.
+job=(--recipients good.csv --message good.eml --from b@s.example --progress off)
+expect relay_and_route 2 '--relay and --route cannot be combined' -- \
+    "$mx" send "${job[@]}" --relay 127.0.0.1:1 --route '*=127.0.0.1:1'
+expect auth_without_relay 2 '--auth-user is for --relay' -- "$mx" send "${job[@]}" --auth-user u --route '*=127.0.0.1:1'
+expect bad_relay 2 "--relay 'smtps://': expected \[smtp://\|smtps://\]HOST" -- "$mx" send "${job[@]}" --relay smtps://
+expect relay_closed_port 2 'relay 127.0.0.1:1: cannot connect: Connection refused \(nothing was sent\)' -- \
+    "$mx" send "${job[@]}" --relay 127.0.0.1:1 --journal relay.jsonl
+printf 'pw\n' >pw
+printf '[defaults]\ntls = "opportunistic"\n' >opp.toml
+expect auth_needs_tls 2 'credentials are only sent over TLS' -- \
+    "$mx" send "${job[@]}" --relay 127.0.0.1:1 --auth-user u --auth-password-file pw --config opp.toml
+printf '[defaults]\ntls = "sometimes"\n' >badtls.toml
+expect bad_tls_policy 2 'badtls.toml:2: \[defaults\] tls must be "disabled", "opportunistic", "required" or "verify"' -- \
+    "$mx" check-config badtls.toml
+printf 'not a certificate\n' >junk.pem
+printf '[defaults]\ntls_ca_file = "junk.pem"\n' >junkca.toml
+expect junk_ca_file 2 'junk.pem: cannot load CA certificates' -- \
+    "$mx" send "${job[@]}" --route '*=127.0.0.1:1' --config junkca.toml --journal junk.jsonl
+printf '[mx."*.example.net"]\ntls = "verify"\n' >mx.toml
+expect check_config_tls 0 'tls = "opportunistic".*' -- "$mx" check-config mx.toml
+expect check_config_mx 0 '\[mx."\*.example.net"\]' -- "$mx" check-config mx.toml
+
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]
