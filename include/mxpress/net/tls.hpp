@@ -367,8 +367,8 @@ private:
     }
 
     ssl_ptr _ssl;
-    BIO* _in = nullptr;   // owned by _ssl
-    std::string _out;  // ciphertext not yet taken (written by the string BIO)
+    BIO* _in = nullptr;  // owned by _ssl
+    std::string _out;    // ciphertext not yet taken (written by the string BIO)
     bool _established = false;
     bool _verifying = false;
     std::string _error;
