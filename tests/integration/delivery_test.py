@@ -220,7 +220,17 @@ class Delivery(unittest.TestCase):
             sender = subprocess.Popen([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
                                        "b@sender.test", "--dns", dns, "--mx-port", str(port), "--journal", jpath,
                                        "--config", cfg, "--progress", "off"], stdout=subprocess.PIPE, text=True)
-            time.sleep(1.0)  # the first attempts find the port closed
+            # The first attempt finds a server that hangs up at once; only
+            # then does the real one come up (waiting on the attempt, not on
+            # a clock: a slow start-up under TSan must not make the test moot).
+            import socket
+            with socket.socket() as early:
+                early.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                early.bind(("127.0.0.5", port))
+                early.listen(16)
+                early.settimeout(30)
+                conn, _ = early.accept()
+                conn.close()
             dump = peers.smtp_sink("127.0.0.5", port)
             out, _ = sender.communicate(timeout=60)
             self.assertEqual(sender.returncode, 0, out)

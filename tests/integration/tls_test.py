@@ -245,6 +245,25 @@ class Tls(unittest.TestCase):
             self.assertEqual(sink["messages"], 80)
 
 
+    def test_mxsink_names_bad_certificate_files(self):
+        with Peers() as peers:
+            c = certs(peers)
+            port = free_port("127.0.0.2")
+            cases = [
+                (["--tls-cert", f"{c}/missing.crt", "--tls-key", f"{c}/mx.key"], "missing.crt: cannot load the certificate"),
+                (["--tls-cert", f"{c}/mx.crt", "--tls-key", f"{c}/self.key"], "mismatch"),
+                (["--tls-cert", f"{c}/mx.crt"], "--tls-cert and --tls-key go together"),
+                (["--listen-tls", f"127.0.0.2:{port}"], "--listen-tls needs --tls-cert"),
+                (["--fault", "tls-drop"], "--fault tls-drop needs --tls-cert"),
+            ]
+            for args, expected in cases:
+                with self.subTest(expected=expected):
+                    p = subprocess.run([self.sink_binary(), "--listen", f"127.0.0.2:{port}", "--max-seconds", "5"] + args,
+                                       capture_output=True, text=True, timeout=30)
+                    self.assertEqual(p.returncode, 2, p.stderr)
+                    self.assertIn(expected, p.stderr)
+
+
 class Relay(unittest.TestCase):
     def test_relay_with_auth_over_starttls_and_implicit_tls(self):
         with Peers() as peers:
