@@ -13,26 +13,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import Peers, free_port, read_dumps  # noqa: E402
+from peers import SHORT_CONFIG, Peers, free_port, journal, read_dumps  # noqa: E402
 
 MXPRESS = None
 ROOT = None
 MX_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
-SHORT_CONFIG = """[defaults]
-retry_initial = "200ms"
-retry_max = "400ms"
-max_age = "3s"
-connect_timeout = "2s"
-"""
-
-
-def journal(path):
-    entries = collections.defaultdict(list)
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            o = json.loads(line)
-            entries[o["line"]].append(o)
-    return entries
 
 
 def write_job(peers, rows, template):

@@ -5,6 +5,7 @@ and an aiosmtpd submission server for relays. Every process is started here, on
 
 See ../shared/PEERS.md for how each peer behaves on this machine.
 """
+import collections
 import glob
 import json
 import os
@@ -15,6 +16,25 @@ import socket
 import subprocess
 import tempfile
 import time
+
+
+# Short retries so that "defer, then expire" ends within seconds.
+SHORT_CONFIG = """[defaults]
+retry_initial = "200ms"
+retry_max = "400ms"
+max_age = "3s"
+connect_timeout = "2s"
+"""
+
+
+def journal(path):
+    """Reads a journal: {line: [entries]} (a line with two entries is a bug)."""
+    entries = collections.defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            o = json.loads(line)
+            entries[o["line"]].append(o)
+    return entries
 
 
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
