@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,6 +63,12 @@ inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
     }
     return false;
 }
+
+// The journal could not be written (full disk, I/O error): the run cannot
+// go on, and says so with exit status 1.
+struct journal_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
 
 struct journal_entry {
     std::uint64_t line = 0;
@@ -144,7 +151,8 @@ public:
         }
     }
 
-    // Writes buffered lines. Throws mail::input_error when the disk refuses.
+    // Writes buffered lines. Throws journal_error when the disk refuses (a run
+    // failure, exit 1: not the user's input).
     void flush() {
         std::size_t done = 0;
         while (done < _buffer.size()) {
@@ -153,7 +161,7 @@ public:
                 if (errno == EINTR) {
                     continue;
                 }
-                throw mail::input_error(_path, 0, fmt::format("cannot write journal: {}", std::strerror(errno)));
+                throw journal_error(fmt::format("{}: cannot write journal: {}", _path, std::strerror(errno)));
             }
             done += static_cast<std::size_t>(n);
         }
@@ -164,7 +172,7 @@ public:
     void sync() {
         flush();
         if (::fdatasync(_fd) != 0 && errno != EINVAL) {
-            throw mail::input_error(_path, 0, fmt::format("cannot sync journal: {}", std::strerror(errno)));
+            throw journal_error(fmt::format("{}: cannot sync journal: {}", _path, std::strerror(errno)));
         }
     }
 

@@ -7,13 +7,20 @@
 // mailbox is full). Each shard runs on its own thread, pinned to a core.
 // The run ends when every shard has a final outcome for each recipient it
 // got; the journal then has exactly one final line per data row.
+// Failures never unwind past a joinable thread: shard_threads joins in its
+// destructor, a failed shard aborts its mailbox so the reader cannot block
+// on it, and errors reach main() as exceptions after every thread ended.
 #pragma once
 
 #include <pthread.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <exception>
+#include <map>
+#include <stdexcept>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -67,48 +74,121 @@ inline std::uint64_t domain_hash(std::string_view s) {
     return h;
 }
 
+// A shard failed (it could not start, or its journal writes failed): the run
+// cannot finish. main() reports it with exit status 1.
+struct run_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The shard threads: started together, each owning its shard, joined by
+// the destructor whatever happened (never a joinable thread unwound).
+class shard_threads {
+public:
+    shard_threads(unsigned n, const shard_options& so, const mail::message_template& tmpl, shared_journal& journal)
+        : _shards(n), _errors(n) {
+        for (unsigned i = 0; i < n; ++i) {
+            _stats.push_back(std::make_unique<shard_stats>());
+        }
+        const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+        // Each shard is built on its own thread: a SINGLE_ISSUER ring belongs
+        // to the thread that created it.
+        std::latch built(n);
+        for (unsigned i = 0; i < n; ++i) {
+            _threads.emplace_back([&, i]() {
+                try {
+                    _shards[i] = std::make_unique<shard>(i, so, tmpl, journal, *_stats[i]);
+                } catch (...) {
+                    _errors[i] = std::current_exception();
+                    _failed.store(true);
+                    built.count_down();
+                    _done.fetch_add(1);
+                    return;
+                }
+                built.count_down();
+                try {
+                    _shards[i]->run();
+                } catch (...) {
+                    _errors[i] = std::current_exception();
+                    _failed.store(true);
+                    _shards[i]->mailbox().abort();  // the reader must not block on it
+                }
+                _done.fetch_add(1);
+            });
+            cpu_set_t set;
+            CPU_ZERO(&set);
+            CPU_SET(i % cpus, &set);
+            pthread_setaffinity_np(_threads.back().native_handle(), sizeof set, &set);
+        }
+        built.wait();
+    }
+    shard_threads(const shard_threads&) = delete;
+    shard_threads& operator=(const shard_threads&) = delete;
+    ~shard_threads() {
+        close_input();
+        join();
+    }
+
+    unsigned size() const noexcept { return static_cast<unsigned>(_shards.size()); }
+    bool failed() const noexcept { return _failed.load(); }
+    unsigned done() const noexcept { return _done.load(); }
+    shard_stats& stats(unsigned i) { return *_stats[i]; }
+    shard& at(unsigned i) { return *_shards[i]; }
+
+    // Hands a batch to shard i. False when that shard failed (nothing taken).
+    bool push(unsigned i, shard::mail_batch&& batch) {
+        return _shards[i] != nullptr && _shards[i]->mailbox().push(std::move(batch));
+    }
+
+    void close_input() {
+        for (auto& s : _shards) {
+            if (s != nullptr) {
+                s->mailbox().close();
+            }
+        }
+    }
+
+    void join() {
+        for (std::thread& th : _threads) {
+            if (th.joinable()) {
+                th.join();
+            }
+        }
+    }
+
+    // After join(): the first shard failure, as a run_error.
+    void rethrow_failure() const {
+        for (std::size_t i = 0; i < _errors.size(); ++i) {
+            if (_errors[i]) {
+                try {
+                    std::rethrow_exception(_errors[i]);
+                } catch (const std::exception& e) {
+                    throw run_error(fmt::format("shard {} failed: {}", i, e.what()));
+                }
+            }
+        }
+    }
+
+private:
+    std::vector<std::unique_ptr<shard>> _shards;
+    std::vector<std::unique_ptr<shard_stats>> _stats;
+    std::vector<std::exception_ptr> _errors;  // written by thread i before _done counts it
+    std::vector<std::thread> _threads;
+    std::atomic<bool> _failed{false};
+    std::atomic<unsigned> _done{0};
+};
+
+// Reads the recipients, feeds the shards, waits for them. Throws run_error
+// when a shard failed, or what the reader threw (a read error on the
+// recipients file): in both cases after every shard thread has ended, with
+// the outcomes they reached in the journal.
 inline run_totals run_delivery(mail::recipients_reader& reader, const mail::message_template& tmpl,
                                shared_journal& journal, const journal_state& done, const runner_options& o) {
     const unsigned n = std::max(1u, o.threads);
-    std::vector<std::unique_ptr<shard_stats>> stats;
-    std::vector<std::unique_ptr<shard>> shards(n);
-    for (unsigned i = 0; i < n; ++i) {
-        stats.push_back(std::make_unique<shard_stats>());
-    }
     const auto start = std::chrono::steady_clock::now();
-    std::vector<std::thread> threads;
-    const unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
-    // Each shard is built on its own thread: a SINGLE_ISSUER ring belongs to
-    // the thread that created it.
-    std::latch built(n);
-    std::atomic<unsigned> shards_done{0};
-    for (unsigned i = 0; i < n; ++i) {
-        threads.emplace_back([&, i]() {
-            try {
-                shards[i] = std::make_unique<shard>(i, o.shard, tmpl, journal, *stats[i]);
-            } catch (const std::exception& e) {
-                std::fprintf(stderr, "mxpress: cannot start shard %u: %s\n", i, e.what());
-                std::_Exit(1);
-            }
-            built.count_down();
-            try {
-                shards[i]->run();
-            } catch (const std::exception& e) {
-                std::fprintf(stderr, "mxpress: shard %u failed: %s\n", i, e.what());
-                journal.sync();
-                std::_Exit(1);
-            }
-            shards_done.fetch_add(1);
-        });
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(i % cpus, &set);
-        pthread_setaffinity_np(threads.back().native_handle(), sizeof set, &set);
-    }
-    built.wait();
+    shard_threads shards(n, o.shard, tmpl, journal);
 
     run_totals t;
-    std::vector<std::vector<recipient*>> batches(n);
+    std::vector<shard::mail_batch> batches(n);
     std::string invalid_lines;
     mail::recipient_row row;
     auto record_invalid = [&](const mail::recipient_row& r, const std::string& why) {
@@ -125,12 +205,13 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     };
     auto progress_line = [&]() {
         std::uint64_t delivered = 0, bounced = 0, expired = 0, deferred = 0, in_flight = 0;
-        for (auto& s : stats) {
-            delivered += s->delivered.load(std::memory_order_relaxed);
-            bounced += s->bounced.load(std::memory_order_relaxed) + s->invalid.load(std::memory_order_relaxed);
-            expired += s->expired.load(std::memory_order_relaxed);
-            deferred += s->deferred.load(std::memory_order_relaxed);
-            in_flight += s->in_flight.load(std::memory_order_relaxed);
+        for (unsigned i = 0; i < n; ++i) {
+            const shard_stats& s = shards.stats(i);
+            delivered += s.delivered.load(std::memory_order_relaxed);
+            bounced += s.bounced.load(std::memory_order_relaxed) + s.invalid.load(std::memory_order_relaxed);
+            expired += s.expired.load(std::memory_order_relaxed);
+            deferred += s.deferred.load(std::memory_order_relaxed);
+            in_flight += s.in_flight.load(std::memory_order_relaxed);
         }
         const double secs =
             std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
@@ -144,77 +225,93 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                      static_cast<unsigned long long>(deferred), static_cast<unsigned long long>(in_flight), eta);
     };
     auto last_progress = start;
-    while (reader.next(row)) {
-        ++t.rows;
-        if (done.has_final(row.line)) {
-            ++t.skipped;
-            continue;
-        }
-        mail::checked_address a;
-        if (const std::string why = mail::check_row(row, a); !why.empty()) {
-            record_invalid(row, why);
-            continue;
-        }
-        auto* r = new recipient;
-        r->line = row.line;
-        r->domain_at = static_cast<std::uint32_t>(a.at + 1);
-        r->email = std::move(a.address);
-        r->smtputf8 = a.needs_smtputf8;
-        for (std::string_view f : *row.fields) {
-            r->values += f;
-            r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
-        }
-        const unsigned k = static_cast<unsigned>(domain_hash(r->domain_name()) % n);
-        batches[k].push_back(r);
-        if (batches[k].size() >= o.batch_size) {
-            shards[k]->mailbox().push(std::move(batches[k]));
-            batches[k] = {};
-        }
-        if (o.show_progress && (t.rows & 0xFFF) == 0) {
-            const auto now = std::chrono::steady_clock::now();
-            if (now - last_progress > std::chrono::milliseconds(500)) {
-                last_progress = now;
-                progress_line();
+    std::exception_ptr reader_error;
+    try {
+        while (!shards.failed() && reader.next(row)) {
+            ++t.rows;
+            if (done.has_final(row.line)) {
+                ++t.skipped;
+                continue;
+            }
+            mail::checked_address a;
+            if (const std::string why = mail::check_row(row, a); !why.empty()) {
+                record_invalid(row, why);
+                continue;
+            }
+            auto r = std::make_unique<recipient>();
+            r->line = row.line;
+            r->domain_at = static_cast<std::uint32_t>(a.at + 1);
+            r->email = std::move(a.address);
+            r->smtputf8 = a.needs_smtputf8;
+            for (std::string_view f : *row.fields) {
+                r->values += f;
+                r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
+            }
+            const unsigned k = static_cast<unsigned>(domain_hash(r->domain_name()) % n);
+            batches[k].push_back(std::move(r));
+            if (batches[k].size() >= o.batch_size) {
+                shards.push(k, std::move(batches[k]));
+                batches[k] = shard::mail_batch();
+            }
+            if (o.show_progress && (t.rows & 0xFFF) == 0) {
+                const auto now = std::chrono::steady_clock::now();
+                if (now - last_progress > std::chrono::milliseconds(500)) {
+                    last_progress = now;
+                    progress_line();
+                }
             }
         }
-    }
-    journal.write_batch(invalid_lines);
-    for (unsigned i = 0; i < n; ++i) {
-        if (!batches[i].empty()) {
-            shards[i]->mailbox().push(std::move(batches[i]));
+        journal.write_batch(invalid_lines);
+        for (unsigned i = 0; i < n; ++i) {
+            if (!batches[i].empty()) {
+                shards.push(i, std::move(batches[i]));
+            }
         }
-        shards[i]->mailbox().close();
+    } catch (...) {
+        // The recipients file could not be read on, or the journal not
+        // written: what the shards hold is still delivered and journaled.
+        reader_error = std::current_exception();
     }
+    shards.close_input();
     if (o.show_progress) {
         // Progress while the shards finish.
-        while (shards_done.load() < n) {
+        while (shards.done() < n) {
             std::this_thread::sleep_for(std::chrono::milliseconds(250));
             progress_line();
         }
         std::fputs("\r\033[K", stderr);
     }
-    for (std::thread& th : threads) {
-        th.join();
-    }
+    shards.join();
     journal.sync();
+    if (reader_error) {
+        std::rethrow_exception(reader_error);
+    }
+    shards.rethrow_failure();
     t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::map<std::string, std::uint64_t> failures;
+    std::map<std::pair<std::string, std::string>, failure_count> failures;
     for (unsigned i = 0; i < n; ++i) {
-        t.delivered += stats[i]->delivered;
-        t.bounced += stats[i]->bounced;
-        t.expired += stats[i]->expired;
-        t.invalid += stats[i]->invalid;  // messages that could not be rendered
-        t.deferred += stats[i]->deferred;
-        t.connections += stats[i]->connections_opened;
-        t.sent_bytes += stats[i]->sent_bytes;
-        t.tls_handshakes += stats[i]->tls_handshakes;
-        t.tls_resumed += stats[i]->tls_resumed;
-        t.tls_failures += stats[i]->tls_failures;
-        for (const auto& [k, v] : shards[i]->failure_counts) {
-            failures[k] += v;
+        const shard_stats& s = shards.stats(i);
+        t.delivered += s.delivered;
+        t.bounced += s.bounced;
+        t.expired += s.expired;
+        t.invalid += s.invalid;  // messages that could not be rendered
+        t.deferred += s.deferred;
+        t.connections += s.connections_opened;
+        t.sent_bytes += s.sent_bytes;
+        t.tls_handshakes += s.tls_handshakes;
+        t.tls_resumed += s.tls_resumed;
+        t.tls_failures += s.tls_failures;
+        for (const auto& [k, v] : shards.at(i).core().failures()) {
+            failure_count& f = failures[k];
+            if (f.count == 0) {
+                f.example = v.example;
+            }
+            f.count += v.count;
         }
     }
-    t.top_failures.assign(failures.begin(), failures.end());
+    for (const auto& [k, v] : failures) {
+        t.top_failures.emplace_back(k.first + "\t" + v.example, v.count);
+    }
     std::sort(t.top_failures.begin(), t.top_failures.end(),
               [](const auto& a, const auto& b) { return a.second > b.second; });
     if (t.top_failures.size() > 10) {

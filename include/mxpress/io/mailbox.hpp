@@ -37,14 +37,30 @@ public:
 
     int eventfd() const noexcept { return _eventfd; }
 
-    // Reader side: blocks while the mailbox is full.
-    void push(std::vector<T>&& batch) {
+    // Reader side: blocks while the mailbox is full. Returns false (and
+    // drops the batch) once the mailbox was aborted.
+    bool push(std::vector<T>&& batch) {
         {
             std::unique_lock lock(_mutex);
-            _space.wait(lock, [&] { return _batches.size() < _depth_max; });
+            _space.wait(lock, [&] { return _batches.size() < _depth_max || _aborted; });
+            if (_aborted) {
+                return false;
+            }
             _batches.push_back(std::move(batch));
         }
         wake();
+        return true;
+    }
+
+    // Shard side: the shard failed and takes nothing more; a reader blocked
+    // in push() returns at once.
+    void abort() {
+        {
+            std::lock_guard lock(_mutex);
+            _aborted = true;
+            _batches.clear();
+        }
+        _space.notify_all();
     }
 
     // Reader side: no more items will come.
@@ -79,6 +95,7 @@ private:
     std::condition_variable _space;
     std::deque<std::vector<T>> _batches;
     bool _closed = false;
+    bool _aborted = false;
 };
 
 }  // namespace mxpress::io

@@ -1,0 +1,404 @@
+// mxpress/engine/core.hpp — the delivery core: every delivery decision of a
+// shard, with no I/O in it.
+//
+// Events in (recipient_arrived, dns_answer, connected, received, input_lost,
+// send_done, tick), commands out (commands.hpp), outcomes to a sink, time
+// from set_now(). The io_uring shard (shard.hpp) and the simulator
+// (tests/sim) drive the same code. Which file owns which decision:
+//   core.hpp           intake, routing and MX answers, queues, retries and
+//                      expiry, outcomes, the scheduler, timers
+//   core_sessions.hpp  one connection's life: connect, TLS, SMTP events,
+//                      filling it with transactions, failures and teardown
+//   tls_decision.hpp   what a TLS policy means for a session
+//   retry.hpp          the backoff schedule
+//   domain.hpp, pool.hpp, connection.hpp   the state each of them keeps
+//
+// Invariants (check_invariants() verifies them; the simulator calls it):
+// - A recipient is owned by exactly one place: its domain's waiting list
+//   (lookup under way), a pool's work queue, a connection's slot (in a
+//   transaction), or the retry queue; it leaves only through the outcome
+//   sink, once, with a final outcome. `_pending` counts them.
+// - A pool never has more than connections_max connections, and one at a
+//   time until a session there worked (slow start).
+// - Every wait has a deadline; tick() acts on each one it finds passed.
+// - Nothing here blocks, allocates per byte, or reads the system clock.
+#pragma once
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/engine/commands.hpp"
+#include "mxpress/engine/connection.hpp"
+#include "mxpress/engine/domain.hpp"
+#include "mxpress/engine/options.hpp"
+#include "mxpress/engine/pool.hpp"
+#include "mxpress/engine/retry.hpp"
+#include "mxpress/engine/tls_decision.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "mxpress/net/dns.hpp"
+#include "mxpress/net/tls_channel.hpp"
+
+namespace mxpress::engine {
+
+// Failures of one domain with one reply code, for the summary. Keyed by
+// code, not text (bounces quote addresses): memory follows domains × codes.
+struct failure_count {
+    std::uint64_t count = 0;
+    std::string example;  // the first reply seen, on one line
+};
+
+class delivery_core {
+public:
+    // Named limits (not worth a config key).
+    static constexpr auto plaintext_after_tls_failure = std::chrono::minutes(10);
+    static constexpr auto reuse_check_after = std::chrono::seconds(1);
+    static constexpr auto mx_cache_lifetime = std::chrono::minutes(5);
+    static constexpr auto host_down_max = std::chrono::seconds(60);
+    static constexpr auto eviction_every = std::chrono::seconds(30);
+
+    // Borrowed: everything passed here must outlive the core.
+    delivery_core(const shard_options& options, mail::renderer& renderer, net::tls_channel_factory& tls,
+                  outcome_sink& sink, shard_stats& stats)
+        : _o(options), _renderer(renderer), _tls(tls), _sink(sink), _stats(stats) {}
+    delivery_core(const delivery_core&) = delete;
+    delivery_core& operator=(const delivery_core&) = delete;
+
+    // ---- time and commands ------------------------------------------------
+
+    void set_now(clock::time_point t) noexcept {
+        assert(t >= _now || _now == clock::time_point{});
+        _now = t;
+    }
+    clock::time_point now() const noexcept { return _now; }
+
+    // Moves the commands made since the last call onto `out` (cleared first).
+    void take_commands(std::vector<command>& out) {
+        out.clear();
+        out.swap(_commands);
+    }
+
+    // ---- events ---------------------------------------------------------------
+
+    // A recipient for this shard. Precondition: accepting().
+    void recipient_arrived(std::unique_ptr<recipient> r) {
+        assert(r != nullptr);
+        ++_pending;
+        domain_state& d = _domains.get(r->domain_name());
+        ++d.held;
+        r->domain = &d;
+        dispatch(std::move(r));
+    }
+
+    // No more recipients will arrive.
+    void input_closed() noexcept { _input_closed = true; }
+
+    // The answer to resolve_mx or resolve_host for `domain`.
+    void dns_answer(const std::string& domain, const net::mx_answer& ans) {
+        domain_state* d = _domains.find(domain);
+        if (d == nullptr || d->state != domain_state::status::resolving) {
+            return;  // not asked (a driver's duplicate): nothing waits for it
+        }
+        resolved(*d, ans);
+    }
+
+    // The following are in core_sessions.hpp.
+    void connected(conn_id id, int res);
+    void received(conn_id id, std::string_view bytes);
+    void input_lost(conn_id id, std::string_view why);
+    void send_done(conn_id id, int res, std::string& buffer);
+
+    // The clock moved: retries due, deadlines passed, idle connections.
+    void tick() {
+        std::vector<std::unique_ptr<recipient>> due;
+        _retries.pop_due(_now, due);
+        for (auto& r : due) {
+            dispatch(std::move(r));
+        }
+        check_deadlines();
+        close_idle(false);
+        if (_now - _last_eviction >= eviction_every) {
+            _last_eviction = _now;
+            evict_unused();
+        }
+    }
+
+    // Gives queued work to connections and opens new ones. Call after each
+    // batch of events (the shard: once per loop turn).
+    void schedule() {
+        while (!_dirty.empty()) {
+            mx_pool* p = _dirty.back();
+            _dirty.pop_back();
+            p->dirty = false;
+            schedule_pool(*p);
+        }
+        if (run_over()) {
+            close_idle(true);
+        }
+    }
+
+    // ---- state ----------------------------------------------------------------
+
+    bool accepting() const noexcept { return _pending < _o.pending_max; }
+    std::size_t pending() const noexcept { return _pending; }
+    std::size_t connections() const noexcept { return _conns.size(); }
+    bool finished() const noexcept { return _input_closed && _pending == 0 && _conns.empty(); }
+    const std::map<std::pair<std::string, std::string>, failure_count>& failures() const noexcept { return _failures; }
+
+    // The earliest time tick() has something to do (max when nothing waits).
+    clock::time_point next_wakeup() const {
+        clock::time_point t = _retries.next_due();
+        for (const auto& [id, c] : _conns) {
+            t = std::min(t, c->deadline);
+            if (c->state == conn_state::idle) {
+                t = std::min(t, c->idle_since + _o.idle_timeout);
+            }
+        }
+        return t;
+    }
+
+    // Walks every place a recipient can be and checks the counts and limits;
+    // returns what is wrong ("" when all holds). O(domains + pools + connections).
+    std::string check_invariants() const;
+
+    // Calls f(const connection&) for each connection (simulator checks).
+    template <class F>
+    void for_each_connection(F&& f) const {
+        for (const auto& [id, c] : _conns) {
+            f(*c);
+        }
+    }
+
+private:
+    bool run_over() const noexcept { return _input_closed && _pending == 0; }
+
+    // ---- routing and MX answers -----------------------------------------------
+
+    // Sends a recipient towards its next target, resolving first if needed.
+    void dispatch(std::unique_ptr<recipient> r) {
+        domain_state& d = *r->domain;
+        if (!r->started) {
+            r->started = true;
+            r->first_attempt = _now;
+        }
+        if (d.state == domain_state::status::ready && d.expires <= _now) {
+            d.state = domain_state::status::unresolved;
+        }
+        if (d.state == domain_state::status::ready) {
+            enqueue(std::move(r));
+            return;
+        }
+        d.waiting.push_back(std::move(r));
+        if (d.state == domain_state::status::resolving) {
+            return;
+        }
+        d.state = domain_state::status::resolving;
+        d.rt = find_route(_o.routes, d.name);
+        if (d.rt == nullptr) {
+            command c;
+            c.kind = command_kind::resolve_mx;
+            c.name = d.name;
+            _commands.push_back(std::move(c));
+            return;
+        }
+        net::ip_address a;
+        if (net::ip_address::parse(d.rt->address.empty() ? d.rt->host : d.rt->address, a)) {
+            net::mx_answer ans;
+            ans.status = net::dns_status::ok;
+            ans.targets.push_back(net::mx_target{d.rt->host, 0, {a}});
+            resolved(d, ans);
+            return;
+        }
+        command c;
+        c.kind = command_kind::resolve_host;
+        c.name = d.name;
+        c.host = d.rt->host;
+        _commands.push_back(std::move(c));
+    }
+
+    void resolved(domain_state& d, const net::mx_answer& ans) {
+        std::vector<std::unique_ptr<recipient>> waiting;
+        waiting.swap(d.waiting);
+        if (ans.status != net::dns_status::ok) {
+            d.state = domain_state::status::unresolved;
+            smtp::reply rep;
+            rep.code = 0;
+            rep.enhanced = ans.enhanced;
+            rep.text = ans.reason;
+            for (auto& r : waiting) {
+                if (ans.status == net::dns_status::permanent) {
+                    final_outcome(std::move(r), outcome_status::bounced, rep, "");
+                } else {
+                    defer(std::move(r), rep, "");
+                }
+            }
+            return;
+        }
+        release_targets(d);
+        const route* rt = d.rt;
+        const std::uint16_t port = rt != nullptr ? rt->port : _o.mx_port;
+        for (const net::mx_target& t : ans.targets) {
+            const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _o.cfg.tls_for(d.name, t.host);
+            const bool implicit = rt != nullptr && rt->implicit_tls;
+            for (const net::ip_address& a : t.addresses) {
+                mx_pool& p = _pools.get(a, port, t.host, tls, implicit);
+                ++p.domain_refs;
+                d.targets.push_back(&p);
+            }
+        }
+        d.state = domain_state::status::ready;
+        d.expires = _now + mx_cache_lifetime;
+        for (auto& r : waiting) {
+            enqueue(std::move(r));
+        }
+    }
+
+    void release_targets(domain_state& d) {
+        for (mx_pool* p : d.targets) {
+            assert(p->domain_refs > 0);
+            --p->domain_refs;
+        }
+        d.targets.clear();
+    }
+
+    // Puts a recipient in the work queue of its current target, skipping
+    // targets known to be down; when none is left, defers it.
+    void enqueue(std::unique_ptr<recipient> r) {
+        domain_state& d = *r->domain;
+        while (r->mx_index < d.targets.size() && d.targets[r->mx_index]->down_until > _now) {
+            ++r->mx_index;
+        }
+        if (r->mx_index >= d.targets.size()) {
+            smtp::reply rep = r->last_reply;
+            if (rep.code == 0 && rep.text.empty()) {
+                rep.enhanced = "4.4.1";
+                rep.text = "no MX host of " + d.name + " answered";
+            }
+            const std::string mx = r->last_mx;
+            defer(std::move(r), rep, mx);
+            return;
+        }
+        mx_pool& p = *d.targets[r->mx_index];
+        p.work.push_back(std::move(r));
+        mark_dirty(p);
+    }
+
+    void mark_dirty(mx_pool& p) {
+        if (!p.dirty) {
+            p.dirty = true;
+            _dirty.push_back(&p);
+        }
+    }
+
+    // ---- outcomes and retries -----------------------------------------------
+
+    void final_outcome(std::unique_ptr<recipient> r, outcome_status st, const smtp::reply& rep, std::string_view mx) {
+        _sink.final_outcome(*r, st, rep, mx, r->last_tls);
+        switch (st) {
+            case outcome_status::delivered: shard_stats::add(_stats.delivered); break;
+            case outcome_status::bounced: shard_stats::add(_stats.bounced); break;
+            case outcome_status::expired: shard_stats::add(_stats.expired); break;
+            case outcome_status::invalid: shard_stats::add(_stats.invalid); break;
+            default: break;
+        }
+        if (st != outcome_status::delivered) {
+            failure_count& f = _failures[{std::string(r->domain_name()), fmt::format("{} {}", rep.code, rep.enhanced)}];
+            if (f.count++ == 0) {
+                f.example = rep.one_line();
+            }
+        }
+        assert(r->domain->held > 0);
+        --r->domain->held;
+        assert(_pending > 0);
+        --_pending;
+    }
+
+    // A temporary failure: retry later with exponential backoff, or expire.
+    void defer(std::unique_ptr<recipient> r, const smtp::reply& rep, std::string_view mx) {
+        shard_stats::add(_stats.deferred);
+        r->last_reply = rep;
+        r->last_mx = mx;
+        const auto delay = retry_delay(_o.cfg, r->attempts);
+        if (_now + delay >= r->first_attempt + _o.cfg.max_age) {
+            const smtp::reply last = r->last_reply;
+            const std::string last_mx = r->last_mx;
+            final_outcome(std::move(r), outcome_status::expired, last, last_mx);
+            return;
+        }
+        r->not_before = _now + delay;
+        r->mx_index = 0;
+        const auto due = r->not_before;
+        _retries.push(due, std::move(r));
+    }
+
+    // ---- scheduling -----------------------------------------------------------
+
+    // ---- connections (core_sessions.hpp) --------------------------------------
+
+    connection* find(conn_id id) {
+        auto it = _conns.find(id);
+        return it == _conns.end() || it->second->state == conn_state::ended ? nullptr : it->second.get();
+    }
+    void schedule_pool(mx_pool& p);
+    void open_connection(mx_pool& p);
+    void close_idle(bool all_done);
+    void check_deadlines();
+    void receive_bytes(connection& c, std::string_view bytes);
+    void after_client_input(connection& c);
+    void handle_event(connection& c, const smtp::event& e);
+    void transaction_done(connection& c, const smtp::event& e);
+    void session_works(connection& c);
+    void fill(connection& c);
+    void pump(connection& c);
+    void update_deadline(connection& c);
+    void start_tls(connection& c);
+    void advance_handshake(connection& c);
+    void tls_failed(connection& c, const std::string& why);
+    void note_tls_failure(connection& c, const std::string& why);
+    void tls_unavailable(connection& c, const std::string& why);
+    void host_failed(mx_pool& p, const smtp::reply& why, bool force = false);
+    void connection_failed(connection& c, const std::string& why);
+    void teardown(connection& c);
+    void reap();
+
+    void evict_unused() {
+        _domains.evict_unused([this](domain_state& d) { release_targets(d); });
+        _pools.evict_unused();
+    }
+
+    const shard_options& _o;
+    mail::renderer& _renderer;
+    net::tls_channel_factory& _tls;
+    outcome_sink& _sink;
+    shard_stats& _stats;
+
+    clock::time_point _now{};
+    clock::time_point _last_eviction{};
+    bool _input_closed = false;
+    std::size_t _pending = 0;
+    conn_id _next_conn_id = 1;
+    std::vector<command> _commands;
+    domain_table _domains;
+    pool_table _pools;
+    std::unordered_map<conn_id, std::unique_ptr<connection>> _conns;
+    std::vector<mx_pool*> _dirty;
+    std::vector<conn_id> _ended;  // torn down during this event: freed by reap()
+    retry_queue _retries;
+    std::vector<std::string_view> _fields;  // reused for each render
+    std::map<std::pair<std::string, std::string>, failure_count> _failures;
+};
+
+}  // namespace mxpress::engine
+
+#include "mxpress/engine/core_sessions.hpp"

@@ -1,0 +1,607 @@
+// mxpress/engine/core_sessions.hpp — the delivery core's connections: one
+// SMTP session's life from connect to close (states in connection.hpp).
+// Included by core.hpp; not meant to be included alone.
+//
+// Promises:
+// - A connection has at most one send in flight; the client's output (or,
+//   with TLS, its records) waits until that send is done.
+// - TLS: the client's bytes go through the connection's channel; under
+//   `required` and `verify` the session carries no mail until TLS is up,
+//   and a failure moves the work on (next MX, then a retry) with the reason;
+//   under `opportunistic` a failed handshake gives that host plaintext for
+//   plaintext_after_tls_failure.
+// - A connection torn down during an event is freed (reap()) only when that
+//   event returns, so nothing below ever touches a freed connection.
+#pragma once
+
+#include <cstring>
+
+#include "mxpress/engine/core.hpp"
+
+namespace mxpress::engine {
+
+// ---- events -------------------------------------------------------------------
+
+inline void delivery_core::connected(conn_id id, int res) {
+    if (connection* c = find(id); c != nullptr && c->state == conn_state::connecting) {
+        if (res < 0) {
+            connection_failed(*c, fmt::format("connect to {}: {}", c->pool->key, std::strerror(-res)));
+        } else {
+            c->state = conn_state::opening;
+            if (c->pool->implicit_tls) {
+                start_tls(*c);
+            }
+            if (c->state != conn_state::ended) {
+                update_deadline(*c);
+            }
+        }
+    }
+    reap();
+}
+
+inline void delivery_core::received(conn_id id, std::string_view bytes) {
+    if (connection* c = find(id)) {
+        receive_bytes(*c, bytes);
+        after_client_input(*c);
+    }
+    reap();
+}
+
+inline void delivery_core::input_lost(conn_id id, std::string_view why) {
+    if (connection* c = find(id)) {
+        if (c->state == conn_state::tls_handshake) {
+            tls_failed(*c, fmt::format("connection lost during the TLS handshake: {}", why));
+        } else {
+            c->client.connection_lost(why);
+            after_client_input(*c);
+        }
+    }
+    reap();
+}
+
+inline void delivery_core::send_done(conn_id id, int res, std::string& buffer) {
+    if (connection* c = find(id)) {
+        assert(c->send_in_flight);
+        c->send_in_flight = false;
+        c->spare.swap(buffer);
+        if (res < 0) {
+            c->client.connection_lost(std::strerror(-res));
+            after_client_input(*c);
+        } else {
+            shard_stats::add(_stats.sent_bytes, static_cast<std::uint64_t>(res));
+            pump(*c);
+        }
+    }
+    reap();
+}
+
+// ---- scheduling ---------------------------------------------------------------
+
+inline void delivery_core::schedule_pool(mx_pool& p) {
+    // Idle connections take work first.
+    for (connection* c : p.conns) {
+        if (p.work.empty()) {
+            break;
+        }
+        if (c->state != conn_state::idle || c->client.current_state() != smtp::client::state::ready) {
+            continue;
+        }
+        c->state = conn_state::open;
+        if (_now - c->idle_since >= reuse_check_after) {
+            // Idle a while: RSET checks the session still works; its ready
+            // event puts the connection back to work.
+            c->client.reset();
+        } else {
+            fill(*c);
+        }
+        update_deadline(*c);
+        pump(*c);
+    }
+    if (p.work.empty() || p.down_until > _now) {
+        return;
+    }
+    std::size_t starting = 0;
+    for (const connection* c : p.conns) {
+        starting += c->state == conn_state::connecting || c->state == conn_state::tls_handshake ||
+                            c->state == conn_state::opening
+                        ? 1
+                        : 0;
+    }
+    const std::size_t limit = p.proven ? std::max<std::size_t>(1, _o.cfg.connections_max) : 1;
+    while (p.conns.size() < limit && starting < p.work.size()) {
+        open_connection(p);
+        ++starting;
+    }
+}
+
+inline void delivery_core::open_connection(mx_pool& p) {
+    const conn_id id = _next_conn_id++;
+    auto c = std::make_unique<connection>(id, &p, _o.cfg.helo_name, _o.cfg.smtp_timeouts);
+    if (!_o.auth_user.empty()) {
+        c->client.set_credentials(_o.auth_user, _o.auth_password);
+    }
+    if (p.implicit_tls) {
+        c->client.implicit_tls();
+    }
+    c->deadline = _now + _o.cfg.connect_timeout;
+    p.conns.push_back(c.get());
+    shard_stats::add(_stats.connections_opened);
+    command cmd;
+    cmd.kind = command_kind::connect;
+    cmd.conn = id;
+    cmd.addr = p.addr;
+    cmd.addr_len = p.addr_len;
+    _commands.push_back(std::move(cmd));
+    _conns.emplace(id, std::move(c));
+}
+
+inline void delivery_core::close_idle(bool all_done) {
+    for (auto& [id, cp] : _conns) {
+        connection& c = *cp;
+        if (c.state == conn_state::idle && c.client.current_state() == smtp::client::state::ready &&
+            (all_done || _now - c.idle_since >= _o.idle_timeout)) {
+            c.state = conn_state::closing;
+            c.client.quit();
+            update_deadline(c);
+            pump(c);
+        }
+    }
+    reap();
+}
+
+inline void delivery_core::check_deadlines() {
+    std::vector<conn_id> expired;
+    for (const auto& [id, c] : _conns) {
+        if (c->state != conn_state::ended && c->deadline <= _now) {
+            expired.push_back(id);
+        }
+    }
+    for (conn_id id : expired) {
+        connection* c = find(id);
+        if (c == nullptr) {
+            continue;  // torn down by an earlier one's failure
+        }
+        switch (c->state) {
+            case conn_state::tls_handshake:
+                tls_failed(*c,
+                           fmt::format("handshake timed out after {}", format_duration(_o.cfg.tls_handshake_timeout)));
+                break;
+            case conn_state::connecting:
+                connection_failed(*c, fmt::format("connect to {}: timed out", c->pool->key));
+                break;
+            default:
+                c->client.timed_out();
+                after_client_input(*c);
+                break;
+        }
+    }
+    reap();
+}
+
+// ---- bytes and SMTP events ------------------------------------------------------
+
+// Bytes from the socket: through TLS when it is on, then to the client.
+inline void delivery_core::receive_bytes(connection& c, std::string_view bytes) {
+    if (!c.tls) {
+        c.client.receive(bytes);
+        return;
+    }
+    c.tls->feed(bytes);
+    if (c.state == conn_state::tls_handshake) {
+        advance_handshake(c);
+        if (c.state == conn_state::ended || c.state == conn_state::tls_handshake) {
+            return;
+        }
+    }
+    c.plain.clear();
+    const net::tls_result r = c.tls->read(c.plain);
+    _tls.keep_sessions(c.pool->session_key, *c.tls);
+    if (!c.plain.empty()) {
+        c.client.receive(c.plain);
+    }
+    if (r == net::tls_result::closed) {
+        c.client.connection_lost("the server ended TLS");
+    } else if (r == net::tls_result::failed) {
+        c.client.connection_lost("TLS: " + c.tls->error());
+    }
+}
+
+inline void delivery_core::after_client_input(connection& c) {
+    if (c.state == conn_state::ended) {
+        return;
+    }
+    while (auto e = c.client.next_event()) {
+        handle_event(c, *e);
+        if (c.state == conn_state::ended) {
+            return;
+        }
+    }
+    fill(c);
+    update_deadline(c);
+    if (c.client.current_state() == smtp::client::state::closed) {
+        teardown(c);
+        return;
+    }
+    pump(c);
+}
+
+inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
+    mx_pool& p = *c.pool;
+    switch (e.kind) {
+        case smtp::event_kind::ready: {
+            if (c.state != conn_state::opening) {
+                break;  // after RSET: fill() gives it work
+            }
+            tls_situation s;
+            s.policy = p.tls;
+            s.tls_active = c.client.tls_active();
+            s.starttls_offered = c.client.caps().starttls;
+            s.plaintext_window = _now < p.plaintext_until;
+            switch (decide_tls(s)) {
+                case tls_step::send_mail: session_works(c); break;
+                case tls_step::starttls: c.client.starttls(); break;
+                case tls_step::give_up:
+                    tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) does not offer STARTTLS",
+                                                   to_string(p.tls), p.mx_name, p.key));
+                    break;
+            }
+            break;
+        }
+        case smtp::event_kind::transaction_done: transaction_done(c, e); break;
+        case smtp::event_kind::closed:
+            if (c.client.tls_handshake_pending() && c.state != conn_state::closing) {
+                // The session ended between STARTTLS and TLS (the client
+                // refuses plaintext that follows the 220): a TLS failure.
+                note_tls_failure(c, e.last_reply.one_line());
+            } else if (c.state == conn_state::opening) {
+                // Greeting or EHLO failed: this host is not taking mail now.
+                host_failed(p, e.last_reply);
+            }
+            break;
+        case smtp::event_kind::tls_start: start_tls(c); break;
+        case smtp::event_kind::tls_refused:
+            if (plaintext_after_refusal(p.tls)) {
+                session_works(c);
+            } else {
+                tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) refused STARTTLS: {}",
+                                               to_string(p.tls), p.mx_name, p.key, e.last_reply.one_line()));
+            }
+            break;
+    }
+}
+
+inline void delivery_core::transaction_done(connection& c, const smtp::event& e) {
+    connection::slot& sl = c.slots[e.tag & 1];
+    std::unique_ptr<recipient> r = std::move(sl.r);
+    if (r == nullptr) {
+        return;
+    }
+    mx_pool& p = *c.pool;
+    _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    r->last_tls = c.tls_version();
+    const smtp::reply& rep = e.result->recipients.at(0);
+    const bool closed = c.client.current_state() == smtp::client::state::closed;
+    if (rep.positive()) {
+        final_outcome(std::move(r), outcome_status::delivered, rep, p.mx_name);
+    } else if (rep.permanent()) {
+        final_outcome(std::move(r), outcome_status::bounced, rep, p.mx_name);
+    } else if (closed && c.client.transactions_completed() > 0 && !r->retried_fresh) {
+        // A reused session ended under this message (the server dropped it
+        // while idle, or said 421): once, a new connection to the same host
+        // takes it first.
+        r->retried_fresh = true;
+        p.work.push_front(std::move(r));
+        mark_dirty(p);
+    } else if (closed) {
+        // The session broke: try the next MX host now.
+        r->last_reply = rep;
+        r->last_mx = p.mx_name;
+        ++r->mx_index;
+        enqueue(std::move(r));
+    } else {
+        defer(std::move(r), rep, p.mx_name);
+    }
+}
+
+// The session can carry mail (TLS as the policy wants, or plaintext allowed).
+inline void delivery_core::session_works(connection& c) {
+    mx_pool& p = *c.pool;
+    c.state = conn_state::open;
+    p.down_until = {};
+    if (!p.proven) {
+        p.proven = true;
+        mark_dirty(p);  // open the rest now
+    }
+}
+
+// Gives the connection work while its session can take a transaction: one
+// when ready, a second one back to back once the first body is out. Without
+// work it goes idle (or says QUIT when the run is over).
+inline void delivery_core::fill(connection& c) {
+    mx_pool& p = *c.pool;
+    while ((c.state == conn_state::open || c.state == conn_state::idle) && c.client.can_start_transaction()) {
+        const bool ready = c.client.current_state() == smtp::client::state::ready;
+        const bool used_up = c.messages >= _o.cfg.messages_per_connection_max;
+        if (used_up || p.work.empty()) {
+            if (ready) {
+                if (used_up || run_over()) {
+                    c.state = conn_state::closing;
+                    c.client.quit();
+                } else if (c.state != conn_state::idle) {
+                    c.state = conn_state::idle;
+                    c.idle_since = _now;
+                }
+            }
+            return;
+        }
+        const unsigned k = c.slots[0].r == nullptr ? 0 : 1;
+        assert(c.slots[k].r == nullptr);
+        connection::slot& sl = c.slots[k];
+        std::unique_ptr<recipient> r = std::move(p.work.front());
+        p.work.pop_front();
+        c.state = conn_state::open;
+        ++r->attempts;
+        r->fields(_fields);
+        const mail::render_result rr = _renderer.render(_fields, sl.message);
+        if (!rr.ok()) {
+            smtp::reply rep;
+            rep.text = "cannot render: " + rr.error;
+            final_outcome(std::move(r), outcome_status::invalid, rep, "");
+            continue;
+        }
+        smtp::envelope env;
+        env.mail_from = _o.from;
+        env.rcpt_to.push_back(r->email);
+        env.eight_bit = rr.eight_bit;
+        env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
+        sl.r = std::move(r);
+        ++c.messages;
+        shard_stats::add(_stats.in_flight);
+        c.client.start_transaction(env, sl.message, k);
+        // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
+        while (auto e = c.client.next_event()) {
+            handle_event(c, *e);
+        }
+    }
+}
+
+// Starts a send when none is in flight and there is something to send.
+inline void delivery_core::pump(connection& c) {
+    if (c.state == conn_state::ended || c.state == conn_state::connecting || c.send_in_flight) {
+        return;
+    }
+    std::string& out = c.spare;
+    out.clear();
+    if (c.tls) {
+        // Everything the client wrote since the last send becomes records
+        // behind whatever the handshake queued.
+        if (c.state != conn_state::tls_handshake && c.client.has_output()) {
+            c.client.take_output(c.plain);
+            if (c.tls->write(c.plain) != net::tls_result::ok) {
+                teardown(c);
+                return;
+            }
+        }
+        if (!c.tls->has_output()) {
+            return;
+        }
+        c.tls->take_output(out);
+    } else {
+        if (!c.client.has_output()) {
+            return;
+        }
+        c.client.take_output(out);  // a swap, not a copy
+    }
+    c.send_in_flight = true;
+    command cmd;
+    cmd.kind = command_kind::send;
+    cmd.conn = c.id;
+    cmd.data = std::move(out);
+    _commands.push_back(std::move(cmd));
+}
+
+inline void delivery_core::update_deadline(connection& c) {
+    switch (c.state) {
+        case conn_state::connecting:
+        case conn_state::ended: return;  // the connect deadline stands
+        case conn_state::tls_handshake: c.deadline = c.tls_deadline; return;
+        default: {
+            const auto t = c.client.timeout();
+            c.deadline = t ? _now + *t : clock::time_point::max();
+        }
+    }
+}
+
+// ---- TLS ----------------------------------------------------------------------------
+
+// Starts the handshake: after the 220 to STARTTLS, or on connect (implicit TLS).
+inline void delivery_core::start_tls(connection& c) {
+    mx_pool& p = *c.pool;
+    try {
+        c.tls = _tls.open(net::tls_peer{p.session_key, p.mx_name, p.tls == tls_policy::verify});
+    } catch (const net::tls_error& e) {
+        tls_failed(c, e.what());
+        return;
+    }
+    c.state = conn_state::tls_handshake;
+    c.tls_deadline = _now + _o.cfg.tls_handshake_timeout;
+    advance_handshake(c);
+}
+
+inline void delivery_core::advance_handshake(connection& c) {
+    const net::tls_result r = c.tls->handshake();
+    if (r == net::tls_result::want_more) {
+        update_deadline(c);
+        pump(c);
+        return;
+    }
+    if (r != net::tls_result::ok) {
+        tls_failed(c, c.tls->error());
+        return;
+    }
+    c.state = conn_state::opening;
+    shard_stats::add(_stats.tls_handshakes);
+    if (c.tls->resumed()) {
+        shard_stats::add(_stats.tls_resumed);
+    }
+    _tls.keep_sessions(c.pool->session_key, *c.tls);
+    if (!c.pool->implicit_tls) {
+        c.client.tls_established();  // EHLO again, encrypted
+    }
+    update_deadline(c);
+    pump(c);
+}
+
+// A handshake failed or timed out (see note_tls_failure); the connection ends.
+inline void delivery_core::tls_failed(connection& c, const std::string& why) {
+    note_tls_failure(c, why);
+    teardown(c);
+}
+
+// What a TLS failure means for the pool. Opportunistic: this host gets
+// plaintext for a while and a new connection takes the work. Required or
+// verify: the work moves on (next MX, then a retry) with the reason.
+inline void delivery_core::note_tls_failure(connection& c, const std::string& why) {
+    shard_stats::add(_stats.tls_failures);
+    mx_pool& p = *c.pool;
+    c.state = conn_state::closing;
+    if (plaintext_after_handshake_failure(p.tls, p.implicit_tls)) {
+        p.plaintext_until = _now + plaintext_after_tls_failure;
+        mark_dirty(p);
+    } else {
+        smtp::reply rep;
+        rep.enhanced = "4.7.5";
+        rep.text = fmt::format("TLS with {} ({}) failed: {}", p.mx_name, p.key, why);
+        host_failed(p, rep, true);
+    }
+}
+
+// The session cannot carry mail under its policy (no STARTTLS, or it was
+// refused): no message goes; the work moves on with the reason.
+inline void delivery_core::tls_unavailable(connection& c, const std::string& why) {
+    smtp::reply rep;
+    rep.enhanced = "4.7.4";
+    rep.text = why;
+    c.state = conn_state::closing;
+    host_failed(*c.pool, rep, true);
+    c.client.quit();
+}
+
+// ---- failures and the end of a connection ------------------------------------------------
+
+// Connect failure or a refused session: mark the host down for a while and
+// move its queued work to each recipient's next MX. `force`: the failure is
+// the host's whatever other connections did (TLS).
+inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool force) {
+    bool others_alive = false;
+    for (const connection* c : p.conns) {
+        others_alive = others_alive || c->took_mail();
+    }
+    if (others_alive && !force) {
+        return;  // one bad connection; the host itself works
+    }
+    p.down_until = _now + std::min<std::chrono::milliseconds>(_o.cfg.retry_initial, host_down_max);
+    std::deque<std::unique_ptr<recipient>> work;
+    work.swap(p.work);
+    for (auto& r : work) {
+        ++r->attempts;  // this host was tried for it
+        r->last_reply = why;
+        r->last_mx = p.mx_name;
+        ++r->mx_index;
+        enqueue(std::move(r));
+    }
+}
+
+inline void delivery_core::connection_failed(connection& c, const std::string& why) {
+    smtp::reply rep;
+    rep.code = 0;
+    rep.enhanced = "4.4.1";
+    rep.text = why;
+    host_failed(*c.pool, rep);
+    teardown(c);
+}
+
+// Ends a connection: a close command goes out; the core forgets it when the
+// current event returns (reap).
+inline void delivery_core::teardown(connection& c) {
+    if (c.state == conn_state::ended) {
+        return;
+    }
+    c.state = conn_state::ended;
+    for (connection::slot& sl : c.slots) {
+        if (sl.r != nullptr) {
+            // Not expected (the client reports every transaction first),
+            // but never lose a recipient.
+            _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+            smtp::reply rep;
+            rep.enhanced = "4.4.2";
+            rep.text = "connection ended";
+            defer(std::move(sl.r), rep, c.pool->mx_name);
+        }
+    }
+    command cmd;
+    cmd.kind = command_kind::close;
+    cmd.conn = c.id;
+    _commands.push_back(std::move(cmd));
+    _ended.push_back(c.id);
+}
+
+inline void delivery_core::reap() {
+    for (conn_id id : _ended) {
+        auto it = _conns.find(id);
+        if (it == _conns.end()) {
+            continue;
+        }
+        mx_pool& p = *it->second->pool;
+        auto& v = p.conns;
+        v.erase(std::remove(v.begin(), v.end(), it->second.get()), v.end());
+        mark_dirty(p);
+        _conns.erase(it);
+    }
+    _ended.clear();
+}
+
+// ---- invariants ---------------------------------------------------------------------
+
+inline std::string delivery_core::check_invariants() const {
+    std::string problems;
+    std::size_t held = 0;
+    std::size_t held_by_domains = 0;
+    _domains.for_each([&](const domain_state& d) {
+        held += d.waiting.size();
+        held_by_domains += d.held;
+        if (!d.waiting.empty() && d.state != domain_state::status::resolving) {
+            problems += fmt::format("domain {} has waiting recipients but no lookup under way; ", d.name);
+        }
+    });
+    const std::size_t limit = std::max<std::size_t>(1, _o.cfg.connections_max);
+    _pools.for_each([&](const mx_pool& p) {
+        held += p.work.size();
+        std::size_t live = 0;
+        for (const connection* c : p.conns) {
+            live += c->state == conn_state::ended ? 0 : 1;
+        }
+        if (live > (p.proven ? limit : 1)) {
+            problems +=
+                fmt::format("pool {} has {} connections (limit {}); ", p.session_key, live, p.proven ? limit : 1);
+        }
+    });
+    for (const auto& [id, c] : _conns) {
+        for (const connection::slot& sl : c->slots) {
+            held += sl.r != nullptr ? 1 : 0;
+        }
+        if (std::find(c->pool->conns.begin(), c->pool->conns.end(), c.get()) == c->pool->conns.end()) {
+            problems += fmt::format("connection {} is missing from its pool; ", id);
+        }
+    }
+    held += _retries.size();
+    if (held != _pending) {
+        problems += fmt::format("{} recipients held in queues, {} pending; ", held, _pending);
+    }
+    if (held_by_domains != _pending) {
+        problems += fmt::format("domains count {} recipients, {} pending; ", held_by_domains, _pending);
+    }
+    return problems;
+}
+
+}  // namespace mxpress::engine

@@ -1,0 +1,80 @@
+// mxpress/engine/options.hpp — what a delivery shard is told at start, and
+// the counters it publishes while it runs.
+//
+// Promises:
+// - shard_options is plain data, copied into each shard: nothing in it is
+//   shared between threads once the shards run.
+// - shard_stats are relaxed atomics written by one shard and read by the
+//   reader thread (progress) and by the runner after the shards end.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mxpress/engine/config.hpp"
+
+namespace mxpress::engine {
+
+// A route that skips MX lookup: DOMAIN (or "*") delivered to HOST:PORT.
+struct route {
+    std::string domain;   // lowercase; "*" matches every domain
+    std::string host;     // IP literal or host name (also the name TLS checks)
+    std::string address;  // IP literal to use instead of resolving host (relays)
+    std::uint16_t port = 25;
+    bool implicit_tls = false;      // TLS from the first byte (port 465)
+    std::optional<tls_policy> tls;  // overrides the configured policy (relays)
+};
+
+// The route for `domain`: its own, else the "*" route, else null (MX lookup).
+inline const route* find_route(const std::vector<route>& routes, std::string_view domain) {
+    const route* star = nullptr;
+    for (const route& r : routes) {
+        if (r.domain == domain) {
+            return &r;
+        }
+        if (r.domain == "*") {
+            star = &r;
+        }
+    }
+    return star;
+}
+
+struct shard_options {
+    config cfg;
+    std::string dns_servers;  // c-ares CSV ("127.0.0.1:5353"); empty = resolv.conf
+    std::uint16_t mx_port = 25;
+    std::vector<route> routes;
+    std::string from;       // envelope sender
+    std::string auth_user;  // relay AUTH; empty: none
+    std::string auth_password;
+    std::size_t pending_max = 50'000;  // recipients a shard holds at once
+    std::chrono::milliseconds idle_timeout{2000};
+    std::chrono::milliseconds tick{50};
+};
+
+// Counters the reader thread reads while shards run.
+struct shard_stats {
+    std::atomic<std::uint64_t> delivered{0};
+    std::atomic<std::uint64_t> bounced{0};
+    std::atomic<std::uint64_t> expired{0};
+    std::atomic<std::uint64_t> invalid{0};   // rendering failed in the shard
+    std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> in_flight{0};
+    std::atomic<std::uint64_t> connections_opened{0};
+    std::atomic<std::uint64_t> sent_bytes{0};
+    std::atomic<std::uint64_t> tls_handshakes{0};  // completed
+    std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions
+    std::atomic<std::uint64_t> tls_failures{0};    // handshakes that failed or timed out
+
+    static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) noexcept {
+        counter.fetch_add(n, std::memory_order_relaxed);
+    }
+};
+
+}  // namespace mxpress::engine
