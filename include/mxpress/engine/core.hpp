@@ -172,6 +172,10 @@ public:
     // returns what is wrong ("" when all holds). O(domains + pools + connections).
     std::string check_invariants() const;
 
+    // Where the recipients are held right now, place by place (diagnostics
+    // for the simulator and for tests).
+    std::string describe_holdings() const;
+
     // Calls f(const connection&) for each connection (simulator checks).
     template <class F>
     void for_each_connection(F&& f) const {

@@ -97,13 +97,31 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
         update_deadline(*c);
         pump(*c);
     }
-    if (p.work.empty() || p.down_until > _now) {
+    if (p.work.empty()) {
         return;
     }
+    if (p.down_until > _now) {
+        if (p.conns.empty()) {
+            // Work reached a host that went down (a requeue after its session
+            // broke) and no connection here will take it: it moves on to the
+            // next MX, or to a retry, now. (Found by the simulator: it waited
+            // forever.)
+            std::deque<std::unique_ptr<recipient>> work;
+            work.swap(p.work);
+            for (auto& r : work) {
+                ++r->mx_index;
+                enqueue(std::move(r));
+            }
+        }
+        return;
+    }
+    // Connections about to take work: new ones, and reused ones checking
+    // their session with RSET. One more opens only for work beyond them.
     std::size_t starting = 0;
     for (const connection* c : p.conns) {
         starting += c->state == conn_state::connecting || c->state == conn_state::tls_handshake ||
-                            c->state == conn_state::opening
+                            c->state == conn_state::opening ||
+                            (c->state == conn_state::open && c->client.current_state() == smtp::client::state::rset)
                         ? 1
                         : 0;
     }
@@ -602,6 +620,30 @@ inline std::string delivery_core::check_invariants() const {
         problems += fmt::format("domains count {} recipients, {} pending; ", held_by_domains, _pending);
     }
     return problems;
+}
+
+inline std::string delivery_core::describe_holdings() const {
+    std::string out;
+    _domains.for_each([&](const domain_state& d) {
+        if (!d.waiting.empty()) {
+            out += fmt::format("domain {} ({}): {} waiting for a lookup; ", d.name, static_cast<int>(d.state),
+                               d.waiting.size());
+        }
+    });
+    _pools.for_each([&](const mx_pool& p) {
+        if (!p.work.empty() || !p.conns.empty()) {
+            out += fmt::format("pool {}: {} queued, {} connections, dirty {}, proven {}, down for {} ms; ",
+                               p.session_key, p.work.size(), p.conns.size(), p.dirty, p.proven,
+                               std::chrono::duration_cast<std::chrono::milliseconds>(p.down_until - _now).count());
+        }
+    });
+    for (const auto& [id, c] : _conns) {
+        out += fmt::format("connection {} ({}) busy {}; ", id, to_string(c->state), c->busy());
+    }
+    if (!_retries.empty()) {
+        out += fmt::format("{} in the retry queue; ", _retries.size());
+    }
+    return out;
 }
 
 }  // namespace mxpress::engine

@@ -1,0 +1,353 @@
+// Unit tests of the sans-I/O delivery core (engine/core.hpp): scripted
+// servers and a hand-moved clock, no sockets. Each test states a promise of
+// README (TLS policy, plaintext window, retries, limits, timeouts, idle
+// sessions) and fails when the core stops keeping it.
+#include "mxpress/engine/core.hpp"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sim/simulator.hpp"  // sim_tls_channel
+
+namespace {
+
+using namespace mxpress;
+using engine::clock;
+using engine::command_kind;
+using engine::conn_id;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr const char* ehlo_with_starttls = "250-mx.test\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n";
+constexpr const char* ehlo_plain = "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n";
+
+struct outcome {
+    engine::outcome_status status;
+    std::string enhanced;
+    std::string reply;
+    std::string tls;
+};
+
+// Drives one core: recipients in, commands recorded, replies scripted.
+class harness : engine::outcome_sink, net::tls_channel_factory {
+public:
+    explicit harness(engine::tls_policy policy = engine::tls_policy::opportunistic) {
+        o.cfg.helo_name = "sender.test";
+        o.cfg.tls = policy;
+        o.cfg.retry_initial = milliseconds(60'000);
+        o.cfg.retry_max = milliseconds(3'600'000);
+        o.cfg.max_age = milliseconds(24 * 3'600'000);
+        o.cfg.connections_max = 3;
+        o.from = "sender@sender.test";
+        o.routes.push_back(engine::route{"*", "127.0.0.2", "", 25, false, std::nullopt});
+        tmpl = mail::message_template::compile("Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n", "t.eml", {"email"});
+        mail::renderer_options ro;
+        ro.from = o.from;
+        renderer.emplace(tmpl, ro);
+        net::tls_channel_factory& f = *this;
+        engine::outcome_sink& s = *this;
+        core = std::make_unique<engine::delivery_core>(o, *renderer, f, s, stats);
+        now = clock::time_point{} + std::chrono::hours(1);
+        core->set_now(now);
+    }
+
+    void add(std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) {
+            auto r = std::make_unique<engine::recipient>();
+            r->line = next_line++;
+            r->email = "user" + std::to_string(r->line) + "@example.test";
+            r->domain_at = static_cast<std::uint32_t>(r->email.find('@') + 1);
+            r->values = r->email;
+            r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
+            core->recipient_arrived(std::move(r));
+        }
+        settle();
+    }
+    void close_input() {
+        core->input_closed();
+        settle();
+    }
+
+    // Moves the clock, ticking every 50 ms as the shard does.
+    void advance(milliseconds d) {
+        const auto end = now + d;
+        while (now < end) {
+            now = std::min(end, now + milliseconds(50));
+            core->set_now(now);
+            core->tick();
+            settle();
+        }
+    }
+
+    // The server's bytes on connection `id`.
+    void server(conn_id id, std::string_view bytes) {
+        core->received(id, bytes);
+        settle();
+    }
+    void connect_ok(conn_id id) {
+        core->connected(id, 0);
+        settle();
+    }
+    void refuse(conn_id id) {
+        core->connected(id, -ECONNREFUSED);
+        settle();
+    }
+    // Everything sent on `id` since the last call (send_done acknowledged).
+    std::string sent(conn_id id) {
+        std::string s;
+        s.swap(wire[id]);
+        return s;
+    }
+
+    std::vector<conn_id> connects;  // in order
+    std::vector<clock::time_point> connect_times;
+    std::map<conn_id, bool> closed;
+    std::map<conn_id, std::string> wire;
+    std::map<std::uint64_t, outcome> outcomes;
+    int tls_opened = 0;
+    sim::sim_tls_channel::mode tls_mode = sim::sim_tls_channel::mode::ok;
+
+    engine::shard_options o;
+    engine::shard_stats stats;
+    mail::message_template tmpl;
+    std::optional<mail::renderer> renderer;
+    std::unique_ptr<engine::delivery_core> core;
+    clock::time_point now;
+    std::uint64_t next_line = 2;
+
+private:
+    void settle() {
+        core->schedule();
+        for (;;) {
+            std::vector<engine::command> cmds;
+            core->take_commands(cmds);
+            if (cmds.empty()) {
+                return;
+            }
+            for (engine::command& c : cmds) {
+                switch (c.kind) {
+                    case command_kind::connect:
+                        connects.push_back(c.conn);
+                        connect_times.push_back(now);
+                        break;
+                    case command_kind::send: {
+                        wire[c.conn] += c.data;
+                        std::string back;
+                        core->send_done(c.conn, static_cast<int>(c.data.size()), back);
+                        break;
+                    }
+                    case command_kind::close: closed[c.conn] = true; break;
+                    default: break;
+                }
+            }
+            core->schedule();
+        }
+    }
+
+    void final_outcome(const engine::recipient& r, engine::outcome_status st, const smtp::reply& rep, std::string_view,
+                       std::string_view tls) override {
+        ASSERT_EQ(outcomes.count(r.line), 0u) << "second outcome for line " << r.line;
+        outcomes[r.line] = outcome{st, rep.enhanced, rep.one_line(), std::string(tls)};
+    }
+    std::unique_ptr<net::tls_channel> open(const net::tls_peer&) override {
+        ++tls_opened;
+        return std::make_unique<sim::sim_tls_channel>(tls_mode);
+    }
+    void keep_sessions(const std::string&, net::tls_channel&) override {}
+};
+
+// Greeting and EHLO on a connection the harness just connected.
+void open_session(harness& h, conn_id id, const char* ehlo) {
+    h.connect_ok(id);
+    h.server(id, "220 mx.test ESMTP\r\n");
+    EXPECT_EQ(h.sent(id), "EHLO sender.test\r\n");
+    h.server(id, ehlo);
+}
+
+TEST(Core, RequiredTlsNeverSendsMailToAServerWithoutStarttls) {
+    harness h(engine::tls_policy::required);
+    h.add(1);
+    ASSERT_EQ(h.connects.size(), 1u);
+    open_session(h, h.connects[0], ehlo_plain);
+    const std::string after = h.sent(h.connects[0]);
+    EXPECT_EQ(after.find("MAIL FROM"), std::string::npos) << after;
+    EXPECT_EQ(after, "QUIT\r\n");
+    h.server(h.connects[0], "221 bye\r\n");
+    EXPECT_TRUE(h.closed[h.connects[0]]);
+    EXPECT_EQ(h.core->pending(), 1u);  // deferred, not lost
+    h.advance(seconds(61));            // the retry: a new connection, again no mail
+    ASSERT_EQ(h.connects.size(), 2u);
+    open_session(h, h.connects[1], ehlo_plain);
+    EXPECT_EQ(h.sent(h.connects[1]), "QUIT\r\n");
+}
+
+TEST(Core, OpportunisticTlsFailureGivesTheHostPlaintextForTenMinutes) {
+    harness h(engine::tls_policy::opportunistic);
+    h.tls_mode = sim::sim_tls_channel::mode::fail;
+    h.add(1);
+    open_session(h, h.connects[0], ehlo_with_starttls);
+    EXPECT_EQ(h.sent(h.connects[0]), "STARTTLS\r\n");
+    h.server(h.connects[0], "220 go ahead\r\n");  // the handshake fails
+    EXPECT_TRUE(h.closed[h.connects[0]]);
+    EXPECT_EQ(h.stats.tls_failures.load(), 1u);
+    // The work is taken by a new connection, in plaintext although offered.
+    ASSERT_EQ(h.connects.size(), 2u);
+    open_session(h, h.connects[1], ehlo_with_starttls);
+    EXPECT_EQ(h.sent(h.connects[1]).rfind("MAIL FROM:<sender@sender.test>", 0), 0u);
+    h.server(h.connects[1], "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(h.connects[1]);
+    h.server(h.connects[1], "250 queued\r\n");
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+    EXPECT_EQ(h.outcomes[2].tls, "none");
+    // Still inside the window: a new session stays plaintext.
+    h.advance(seconds(5));  // idle QUIT on the old one
+    h.add(1);
+    ASSERT_EQ(h.connects.size(), 3u);
+    open_session(h, h.connects[2], ehlo_with_starttls);
+    EXPECT_EQ(h.sent(h.connects[2]).rfind("MAIL FROM", 0), 0u);
+    h.server(h.connects[2], "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(h.connects[2]);
+    h.server(h.connects[2], "250 queued\r\n");
+    // After ten minutes STARTTLS is tried again.
+    h.advance(std::chrono::minutes(10));
+    h.tls_mode = sim::sim_tls_channel::mode::ok;
+    h.add(1);
+    ASSERT_EQ(h.connects.size(), 4u);
+    open_session(h, h.connects[3], ehlo_with_starttls);
+    EXPECT_EQ(h.sent(h.connects[3]), "STARTTLS\r\n");
+}
+
+TEST(Core, RetriesDoubleFromRetryInitialUntilMaxAgeExpires) {
+    harness h;
+    h.o.cfg.max_age = milliseconds(20 * 60'000);
+    h.add(1);
+    // Every connection is refused at once; attempts come at 0, +1m, +2m,
+    // +4m, +8m, and the next would fall past max_age: expired.
+    std::size_t refused = 0;
+    for (int s = 0; s < 25 * 60 && h.core->pending() > 0; ++s) {
+        while (refused < h.connects.size()) {
+            h.refuse(h.connects[refused++]);
+        }
+        h.advance(seconds(1));
+    }
+    ASSERT_EQ(h.connect_times.size(), 5u);
+    const auto gap = [&](std::size_t k) {
+        return std::chrono::duration_cast<seconds>(h.connect_times[k + 1] - h.connect_times[k]).count();
+    };
+    EXPECT_NEAR(gap(0), 60, 1);
+    EXPECT_NEAR(gap(1), 120, 1);
+    EXPECT_NEAR(gap(2), 240, 1);
+    EXPECT_NEAR(gap(3), 480, 1);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::expired);
+    EXPECT_EQ(h.outcomes[2].enhanced, "4.4.1");
+}
+
+TEST(Core, SlowStartThenAtMostConnectionsMax) {
+    harness h;
+    h.add(20);
+    ASSERT_EQ(h.connects.size(), 1u);  // one until a session works
+    open_session(h, h.connects[0], ehlo_plain);
+    EXPECT_EQ(h.connects.size(), 3u);  // then up to connections_max
+    EXPECT_EQ(h.core->connections(), 3u);
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+TEST(Core, GreetingTimeoutEndsTheConnectionWithinOneTick) {
+    harness h;
+    h.o.cfg.smtp_timeouts.greeting = seconds(5);
+    h.add(1);
+    h.connect_ok(h.connects[0]);
+    h.advance(milliseconds(4900));
+    EXPECT_FALSE(h.closed[h.connects[0]]);
+    h.advance(milliseconds(150));
+    EXPECT_TRUE(h.closed[h.connects[0]]);
+    EXPECT_EQ(h.core->pending(), 1u);
+}
+
+TEST(Core, IdleSessionGetsRsetBeforeReuseAndQuitAfterIdleTimeout) {
+    harness h;
+    h.o.idle_timeout = milliseconds(3000);
+    h.add(1);
+    const conn_id c = h.connects[0];
+    open_session(h, c, ehlo_plain);
+    h.sent(c);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(c);
+    h.server(c, "250 queued\r\n");
+    h.advance(milliseconds(1500));  // idle longer than the reuse check
+    h.add(1);
+    EXPECT_EQ(h.sent(c), "RSET\r\n");
+    h.server(c, "250 ok\r\n");
+    EXPECT_EQ(h.sent(c).rfind("MAIL FROM", 0), 0u);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(c);
+    h.server(c, "250 queued\r\n");
+    h.advance(milliseconds(2900));
+    EXPECT_EQ(h.sent(c), "");
+    h.advance(milliseconds(200));
+    EXPECT_EQ(h.sent(c), "QUIT\r\n");
+    EXPECT_EQ(h.connects.size(), 1u);  // one session did it all
+}
+
+TEST(Core, NullMxBouncesAndDnsFailureDefers) {
+    harness h;
+    h.o.routes.clear();
+    h.add(2);
+    net::mx_answer null_mx;
+    null_mx.status = net::dns_status::permanent;
+    null_mx.enhanced = "5.1.10";
+    null_mx.reason = "example.test: null MX";
+    h.core->dns_answer("example.test", null_mx);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::bounced);
+    EXPECT_EQ(h.outcomes[3].enhanced, "5.1.10");
+    h.add(1);
+    net::mx_answer servfail;
+    servfail.status = net::dns_status::temporary;
+    servfail.enhanced = "4.4.3";
+    servfail.reason = "SERVFAIL";
+    h.core->dns_answer("example.test", servfail);
+    EXPECT_EQ(h.outcomes.count(4), 0u);
+    EXPECT_EQ(h.core->pending(), 1u);
+}
+
+TEST(Core, ReusedSessionDroppedUnderAMessageRetriesOnceOnANewConnection) {
+    harness h;
+    h.o.cfg.connections_max = 1;
+    h.add(2);
+    const conn_id c = h.connects[0];
+    open_session(h, c, ehlo_plain);
+    h.sent(c);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    // The body of line 2, then line 3 pipelined behind it on the same session.
+    const std::string wire = h.sent(c);
+    EXPECT_NE(wire.find("MAIL FROM", wire.find("\r\n.\r\n")), std::string::npos) << wire;
+    h.server(c, "250 queued\r\n");                  // line 2 delivered
+    h.core->input_lost(c, "closed by the server");  // dropped under line 3
+    h.advance(milliseconds(50));
+    EXPECT_EQ(h.outcomes.count(3), 0u);  // not deferred for a minute:
+    ASSERT_EQ(h.connects.size(), 2u);    // a new connection takes it now
+    open_session(h, h.connects[1], ehlo_plain);
+    h.server(h.connects[1], "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.server(h.connects[1], "250 queued\r\n");
+    EXPECT_EQ(h.outcomes[3].status, engine::outcome_status::delivered);
+}
+
+// A fixed seed of the whole simulator, small enough for the unit suite; the
+// larger seeds run as their own ctest entries.
+TEST(Core, SimulatorSeedHoldsEveryInvariant) {
+    sim::world_options w;
+    w.seed = 42;
+    w.recipients = 3000;
+    w.domains = 60;
+    sim::simulator s(w);
+    const sim::run_report r = s.run();
+    EXPECT_EQ(r.violation, "");
+    EXPECT_EQ(r.delivered + r.bounced + r.expired + r.invalid, w.recipients);
+    EXPECT_GT(r.delivered, w.recipients / 2);
+}
+
+}  // namespace

@@ -1,0 +1,282 @@
+// tests/sim/sim_server.hpp — a simulated SMTP server session for the
+// delivery core's simulator: bytes in, reply bytes out, faults drawn from a
+// seeded generator. No sockets, no clock of its own.
+//
+// Promises:
+// - It speaks enough ESMTP for the core's client: greeting, EHLO/HELO,
+//   PIPELINING (every complete line in a chunk is answered in order),
+//   STARTTLS, MAIL, RCPT, DATA with a dot-terminated body, RSET, NOOP, QUIT.
+// - Every fault is decided by the server's profile and the world's seeded
+//   generator, so a seed replays exactly.
+// - It records what a receiver would: each message it accepted (250 to the
+//   final dot), with its recipient and whether the session was encrypted.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mxpress::sim {
+
+// How one simulated MX host behaves. Probabilities are per command.
+struct server_profile {
+    bool offers_starttls = true;
+    bool starttls_refused = false;      // 454 to STARTTLS
+    double tls_handshake_fail = 0;      // the handshake fails
+    bool tls_handshake_stalls = false;  // the handshake never completes
+    bool connect_blackhole = false;     // connect never completes (until the core gives up)
+    std::int64_t refuse_until_ms = 0;   // connections refused before this simulated time
+    double greeting_421 = 0;            // "421 too busy" at the greeting
+    double mail_4xx = 0;
+    double rcpt_4xx = 0;
+    double rcpt_5xx = 0;
+    double dot_4xx = 0;
+    double dot_5xx = 0;
+    double mid_421 = 0;              // 421 to MAIL, then the connection ends
+    double drop_in_body = 0;         // the connection drops while the body arrives
+    double drop_after_dot = 0;       // the message is taken, the connection drops before the reply
+    double stall = 0;                // stops answering for good (per command)
+    std::uint32_t max_sessions = 0;  // 0: no limit; over it: 421 at the greeting
+};
+
+struct accepted_message {
+    std::string rcpt;
+    bool tls = false;
+    bool reply_sent = false;  // false: taken, then the connection dropped (a duplicate may follow)
+};
+
+class server_session {
+public:
+    enum class after { keep_open, close };
+
+    server_session(const server_profile& p, std::mt19937_64& rng, bool tls_from_start)
+        : _p(p), _rng(rng), _tls(tls_from_start) {}
+
+    // The greeting; close when the server turns the client away.
+    after greet(std::string& out, bool over_limit) {
+        if (over_limit || chance(_p.greeting_421)) {
+            out += "421 4.7.0 sim: too many connections, try later\r\n";
+            return after::close;
+        }
+        out += "220 sim ESMTP\r\n";
+        return after::keep_open;
+    }
+
+    // Bytes from the client (plaintext: TLS is simulated as identity).
+    // Appends replies to `out`; close when the server ends the connection.
+    after receive(std::string_view bytes, std::string& out, std::vector<accepted_message>& accepted) {
+        if (_stalled) {
+            return after::keep_open;
+        }
+        _in.append(bytes);
+        after result = after::keep_open;
+        std::size_t pos = 0;
+        while (result == after::keep_open && !_stalled) {
+            if (_in_body) {
+                _body.append(_in, pos);
+                pos = _in.size();
+                const std::size_t from = _body_scanned >= 4 ? _body_scanned - 4 : 0;
+                const std::size_t end = _body.find("\r\n.\r\n", from);
+                if (end == std::string::npos) {
+                    _body_scanned = _body.size();
+                    if (chance(_p.drop_in_body)) {
+                        result = after::close;
+                    }
+                    break;
+                }
+                _in = _body.substr(end + 5);  // pipelined commands behind the dot
+                pos = 0;
+                _body.resize(end + 2);
+                _in_body = false;
+                result = end_of_data(out, accepted);
+                continue;
+            }
+            const std::size_t eol = _in.find("\r\n", pos);
+            if (eol == std::string::npos) {
+                break;
+            }
+            const std::string line = _in.substr(pos, eol - pos);
+            pos = eol + 2;
+            if (chance(_p.stall)) {
+                _stalled = true;
+                break;
+            }
+            result = command(line, out);
+            if (_in_body) {
+                _body.clear();
+                _body_scanned = 0;
+            }
+        }
+        if (_in_body) {
+            _in.clear();  // all of it went into the body
+        } else {
+            _in.erase(0, pos);
+        }
+        return result;
+    }
+
+    bool tls() const noexcept { return _tls; }
+    // STARTTLS was answered 220: the next bytes are the handshake.
+    bool tls_pending() const noexcept { return _tls_pending; }
+    void tls_started() noexcept {
+        _tls_pending = false;
+        _tls = true;
+        _ehlo_seen = false;  // RFC 3207: the session starts over
+    }
+    // MAIL FROM arrived on a session without TLS.
+    std::uint64_t plaintext_mail() const noexcept { return _plaintext_mail; }
+
+private:
+    bool chance(double p) {
+        if (p <= 0) {
+            return false;
+        }
+        return std::uniform_real_distribution<double>(0, 1)(_rng) < p;
+    }
+
+    static bool starts_with_ci(std::string_view s, std::string_view prefix) {
+        if (s.size() < prefix.size()) {
+            return false;
+        }
+        for (std::size_t i = 0; i < prefix.size(); ++i) {
+            char a = s[i];
+            if (a >= 'a' && a <= 'z') {
+                a = static_cast<char>(a - 'a' + 'A');
+            }
+            if (a != prefix[i]) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    after command(const std::string& line, std::string& out) {
+        if (starts_with_ci(line, "EHLO")) {
+            _ehlo_seen = true;
+            out += "250-sim\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n";
+            if (_p.offers_starttls && !_tls) {
+                out += "250-STARTTLS\r\n";
+            }
+            out += "250 SIZE 10000000\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "HELO")) {
+            _ehlo_seen = true;
+            out += "250 sim\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "STARTTLS")) {
+            if (_tls || !_p.offers_starttls) {
+                out += "503 5.5.1 sim: no STARTTLS here\r\n";
+            } else if (_p.starttls_refused) {
+                out += "454 4.7.0 sim: TLS not available\r\n";
+            } else {
+                out += "220 2.0.0 sim: go ahead\r\n";
+                _tls_pending = true;
+            }
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "MAIL FROM:")) {
+            _rcpt.clear();
+            if (!_tls) {
+                ++_plaintext_mail;
+            }
+            if (chance(_p.mid_421)) {
+                out += "421 4.3.2 sim: shutting down\r\n";
+                return after::close;
+            }
+            if (chance(_p.mail_4xx)) {
+                out += "451 4.3.0 sim: try MAIL later\r\n";
+                _mail_ok = false;
+                return after::keep_open;
+            }
+            _mail_ok = true;
+            out += "250 2.1.0 ok\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "RCPT TO:<")) {
+            if (!_mail_ok) {
+                out += "503 5.5.1 sim: MAIL first\r\n";
+                return after::keep_open;
+            }
+            if (chance(_p.rcpt_5xx)) {
+                out += "550 5.1.1 sim: no such user\r\n";
+                return after::keep_open;
+            }
+            if (chance(_p.rcpt_4xx)) {
+                out += "450 4.2.1 sim: mailbox busy\r\n";
+                return after::keep_open;
+            }
+            const std::size_t end = line.find('>');
+            _rcpt = line.substr(9, end == std::string::npos ? std::string::npos : end - 9);
+            out += "250 2.1.5 ok\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "DATA")) {
+            if (!_mail_ok || _rcpt.empty()) {
+                out += "554 5.5.1 sim: no valid recipients\r\n";
+                return after::keep_open;
+            }
+            _in_body = true;
+            out += "354 go ahead\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "RSET")) {
+            _mail_ok = false;
+            _rcpt.clear();
+            out += "250 2.0.0 ok\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "NOOP")) {
+            out += "250 2.0.0 ok\r\n";
+            return after::keep_open;
+        }
+        if (starts_with_ci(line, "QUIT")) {
+            out += "221 2.0.0 bye\r\n";
+            return after::close;
+        }
+        out += "500 5.5.2 sim: unknown command\r\n";
+        return after::keep_open;
+    }
+
+    after end_of_data(std::string& out, std::vector<accepted_message>& accepted) {
+        const std::string rcpt = _rcpt;
+        _mail_ok = false;
+        _rcpt.clear();
+        if (chance(_p.dot_5xx)) {
+            out += "554 5.6.0 sim: message refused\r\n";
+            return after::keep_open;
+        }
+        if (chance(_p.dot_4xx)) {
+            out += "451 4.3.0 sim: try the message later\r\n";
+            return after::keep_open;
+        }
+        // The message must carry its own recipient (no mixed-up slots).
+        const bool own = _body.find("To: " + rcpt + "\r\n") != std::string::npos;
+        if (chance(_p.drop_after_dot)) {
+            accepted.push_back(accepted_message{own ? rcpt : "<wrong message for " + rcpt + ">", _tls, false});
+            return after::close;
+        }
+        accepted.push_back(accepted_message{own ? rcpt : "<wrong message for " + rcpt + ">", _tls, true});
+        out += "250 2.0.0 ok: queued\r\n";
+        return after::keep_open;
+    }
+
+    const server_profile& _p;
+    std::mt19937_64& _rng;
+    bool _tls = false;
+    bool _tls_pending = false;
+    bool _ehlo_seen = false;
+    bool _mail_ok = false;
+    bool _in_body = false;
+    bool _stalled = false;
+    std::uint64_t _plaintext_mail = 0;
+    std::string _rcpt;
+    std::string _in;
+    std::string _body;
+    std::size_t _body_scanned = 0;
+};
+
+}  // namespace mxpress::sim

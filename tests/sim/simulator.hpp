@@ -1,0 +1,327 @@
+// tests/sim/simulator.hpp — deterministic simulation of the delivery core.
+//
+// One seed builds a world (domains, their MX hosts, DNS behaviour, each
+// host's faults), feeds recipients to a real engine::delivery_core, plays
+// DNS and SMTP servers against its commands on a simulated clock, and checks
+// the invariants after every step. The same seed replays the same run.
+//
+// Invariants checked (a violation stops the run and names seed and step):
+// - the core's own bookkeeping (delivery_core::check_invariants: every
+//   recipient in exactly one place, connection limits) — every
+//   full_check_every steps and at the end;
+// - each recipient ends with exactly one final outcome, and only once;
+// - a delivered outcome was accepted by a server, carrying its own
+//   recipient (no mixed-up messages);
+// - no MAIL reaches a server in plaintext when its policy is required or
+//   verify;
+// - no server ever holds more sessions from us than connections_max;
+// - no connection's deadline is missed by more than one tick;
+// - the run ends (bounded steps and simulated time: nothing waits forever).
+//
+// Extending it: a new limit (rates, providers) adds its fault to
+// server_profile, its knob to world_options, and its check to full_check() or
+// check_deadlines() (after each tick).
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <queue>
+#include <random>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/engine/core.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "sim/sim_server.hpp"
+
+namespace mxpress::sim {
+
+using engine::clock;
+using std::chrono::milliseconds;
+
+struct world_options {
+    std::uint64_t seed = 1;
+    std::size_t recipients = 10'000;
+    std::size_t domains = 100;
+    double faulty_hosts = 0.3;  // share of MX hosts with a fault profile
+    double faulty_dns = 0.1;    // share of domains with a DNS fault
+    std::size_t pending_max = 5'000;
+    std::uint64_t steps_max = 50'000'000;
+    std::size_t full_check_every = 256;
+    bool verbose = false;
+};
+
+struct run_report {
+    std::uint64_t steps = 0;
+    std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0;
+    std::uint64_t connections = 0, tls_handshakes = 0, tls_failures = 0, accepted_without_reply = 0;
+    double simulated_seconds = 0;
+    std::string violation;  // empty: every invariant held
+};
+
+// TLS as identity: the handshake is decided by the server's profile.
+class sim_tls_channel final : public net::tls_channel {
+public:
+    enum class mode { ok, fail, stall };
+    explicit sim_tls_channel(mode m) : _mode(m) {}
+    net::tls_result handshake() override {
+        switch (_mode) {
+            case mode::ok: _done = true; return net::tls_result::ok;
+            case mode::fail: _error = "sim: handshake failure"; return net::tls_result::failed;
+            case mode::stall: return net::tls_result::want_more;
+        }
+        return net::tls_result::failed;
+    }
+    void feed(std::string_view c) override { _in.append(c); }
+    net::tls_result read(std::string& plain) override {
+        plain.append(_in);
+        _in.clear();
+        return net::tls_result::ok;
+    }
+    net::tls_result write(std::string_view plain) override {
+        _out.append(plain);
+        return net::tls_result::ok;
+    }
+    bool has_output() const noexcept override { return !_out.empty(); }
+    void take_output(std::string& dst) override {
+        dst.clear();
+        dst.swap(_out);
+    }
+    bool resumed() const noexcept override { return false; }
+    const char* version() const noexcept override { return _done ? "TLSv1.3" : "none"; }
+    const std::string& error() const noexcept override { return _error; }
+
+private:
+    mode _mode;
+    bool _done = false;
+    std::string _in, _out, _error;
+};
+
+class simulator final : private engine::outcome_sink, private net::tls_channel_factory {
+public:
+    explicit simulator(world_options w) : _w(w), _rng(w.seed), _start(clock::time_point{} + std::chrono::hours(1)) {
+        build_config();
+        build_world();
+        _tmpl = mail::message_template::compile(
+            "From: sender@sim.test\r\nTo: {{email}}\r\nSubject: hello {{name}}\r\n\r\nHello {{name}}, your code is "
+            "{{code}}.\r\n.leading dot\r\n",
+            "sim.eml", {"email", "name", "code"});
+        mail::renderer_options ro;
+        ro.from = "sender@sim.test";
+        _renderer.emplace(_tmpl, ro);
+        net::tls_channel_factory& tls = *this;
+        engine::outcome_sink& sink = *this;
+        _core = std::make_unique<engine::delivery_core>(_o, *_renderer, tls, sink, _stats);
+    }
+
+    run_report run();
+
+    const engine::shard_options& options() const noexcept { return _o; }
+
+private:
+    struct host {
+        std::string name;
+        net::ip_address addr;
+        server_profile profile;
+        std::uint32_t sessions = 0;  // open now
+        engine::tls_policy policy = engine::tls_policy::opportunistic;
+    };
+    enum class dns_kind { ok, nxdomain, null_mx, servfail_then_ok, timeout_then_ok };
+    struct domain {
+        std::string name;
+        std::vector<std::size_t> hosts;  // indexes into _hosts, by preference
+        dns_kind dns = dns_kind::ok;
+        std::uint32_t dns_failures_left = 0;
+    };
+    struct sim_conn {
+        std::size_t host = 0;
+        std::unique_ptr<server_session> server;
+        bool open = false;  // counted in the host's sessions
+    };
+    struct event {
+        clock::time_point at;
+        std::uint64_t seq;
+        std::function<void()> fn;
+        bool operator>(const event& o) const { return at != o.at ? at > o.at : seq > o.seq; }
+    };
+
+    // ---- world ----------------------------------------------------------------
+
+    std::uint32_t pick(std::uint32_t n) { return std::uniform_int_distribution<std::uint32_t>(0, n - 1)(_rng); }
+    double uniform() { return std::uniform_real_distribution<double>(0, 1)(_rng); }
+    milliseconds latency() { return milliseconds(1 + pick(20)); }
+
+    void build_config() {
+        engine::config& c = _o.cfg;
+        c.helo_name = "sim.test";
+        c.retry_initial = milliseconds(30'000);
+        c.retry_max = milliseconds(5 * 60'000);
+        c.max_age = milliseconds(40 * 60'000);
+        c.connections_max = 1 + pick(4);
+        c.messages_per_connection_max = 20 + pick(200);
+        c.connect_timeout = milliseconds(10'000);
+        c.tls_handshake_timeout = milliseconds(10'000);
+        smtp::timeouts t;
+        t.greeting = t.ehlo = t.mail = t.rcpt = t.data_init = t.data_block = t.data_term = t.other =
+            std::chrono::seconds(20);
+        c.smtp_timeouts = t;
+        c.mx_tls.emplace_back("*.req.sim", engine::tls_policy::required);
+        c.mx_tls.emplace_back("*.ver.sim", engine::tls_policy::verify);
+        c.mx_tls.emplace_back("*.off.sim", engine::tls_policy::disabled);
+        _o.from = "sender@sim.test";
+        _o.mx_port = 25;
+        _o.pending_max = _w.pending_max;
+        _o.idle_timeout = milliseconds(2000);
+        _o.tick = milliseconds(50);
+    }
+
+    server_profile random_fault() {
+        server_profile p;
+        switch (pick(12)) {
+            case 0: p.offers_starttls = false; break;
+            case 1: p.starttls_refused = true; break;
+            case 2: p.tls_handshake_fail = 0.5; break;
+            case 3: p.tls_handshake_stalls = true; break;
+            case 4: p.connect_blackhole = true; break;
+            case 5: p.refuse_until_ms = 60'000 + pick(20 * 60'000); break;
+            case 6: p.greeting_421 = 0.3; break;
+            case 7:
+                p.mail_4xx = 0.05;
+                p.rcpt_4xx = 0.05;
+                p.rcpt_5xx = 0.05;
+                break;
+            case 8:
+                p.dot_4xx = 0.05;
+                p.dot_5xx = 0.05;
+                p.mid_421 = 0.02;
+                break;
+            case 9:
+                p.drop_in_body = 0.02;
+                p.drop_after_dot = 0.02;
+                break;
+            case 10: p.stall = 0.01; break;
+            default: p.max_sessions = 1; break;
+        }
+        return p;
+    }
+
+    void build_world() {
+        static const char* const suffixes[] = {"sim", "sim", "sim", "req.sim", "ver.sim", "off.sim"};
+        for (std::size_t d = 0; d < _w.domains; ++d) {
+            domain dom;
+            const char* suffix = suffixes[pick(6)];
+            dom.name = fmt::format("d{}.{}", d, suffix);
+            const std::uint32_t mx_count = 1 + pick(3);
+            for (std::uint32_t m = 0; m < mx_count; ++m) {
+                host h;
+                h.name = fmt::format("mx{}.d{}.{}", m, d, suffix);
+                const std::size_t index = _hosts.size();
+                net::ip_address::parse(fmt::format("127.{}.{}.{}", 1 + index / 65536, (index / 256) % 256, index % 256),
+                                       h.addr);
+                h.policy = _o.cfg.tls_for(dom.name, h.name);
+                if (uniform() < _w.faulty_hosts) {
+                    h.profile = random_fault();
+                }
+                _host_by_name[h.name] = index;
+                _hosts.push_back(std::move(h));
+                dom.hosts.push_back(index);
+            }
+            if (uniform() < _w.faulty_dns) {
+                dom.dns = static_cast<dns_kind>(1 + pick(4));
+                dom.dns_failures_left = 1 + pick(3);
+            }
+            _domains.push_back(std::move(dom));
+        }
+    }
+
+    // ---- the core's side ---------------------------------------------------------
+
+    void final_outcome(const engine::recipient& r, engine::outcome_status st, const smtp::reply& rep,
+                       std::string_view mx, std::string_view /*tls*/) override {
+        std::uint32_t& n = _outcomes[r.line];
+        if (++n > 1) {
+            violation(fmt::format("recipient line {} ({}) got a second final outcome: {} {}", r.line, r.email,
+                                  engine::to_string(st), rep.one_line()));
+        }
+        switch (st) {
+            case engine::outcome_status::delivered:
+                ++_report.delivered;
+                if (_accepted_by_rcpt[r.email] == 0) {
+                    violation(fmt::format("line {} ({}) journaled delivered via {}, but no server took it", r.line,
+                                          r.email, mx));
+                }
+                break;
+            case engine::outcome_status::bounced: ++_report.bounced; break;
+            case engine::outcome_status::expired: ++_report.expired; break;
+            case engine::outcome_status::invalid: ++_report.invalid; break;
+            default: break;
+        }
+    }
+
+    std::unique_ptr<net::tls_channel> open(const net::tls_peer& peer) override {
+        const host& h = _hosts.at(_host_by_name.at(peer.server_name));
+        auto m = sim_tls_channel::mode::ok;
+        if (h.profile.tls_handshake_stalls) {
+            m = sim_tls_channel::mode::stall;
+        } else if (uniform() < h.profile.tls_handshake_fail) {
+            m = sim_tls_channel::mode::fail;
+        }
+        return std::make_unique<sim_tls_channel>(m);
+    }
+    void keep_sessions(const std::string&, net::tls_channel&) override {}
+
+    // ---- events ----------------------------------------------------------------------
+
+    void at(clock::time_point t, std::function<void()> fn) { _events.push(event{t, _seq++, std::move(fn)}); }
+
+    void execute_commands();
+    void dns(const engine::command& c);
+    void connect(const engine::command& c);
+    void send(engine::command& c);
+    void close(engine::conn_id id);
+    void server_output(engine::conn_id id, const std::string& out, server_session::after a);
+    void feed_recipients();
+    void check_deadlines();
+    void full_check();
+    void violation(std::string what) {
+        if (_report.violation.empty()) {
+            _report.violation = fmt::format("step {}, t={:.3f}s: {}", _report.steps, seconds_since_start(), what);
+        }
+    }
+    double seconds_since_start() const { return std::chrono::duration<double>(_core->now() - _start).count(); }
+
+    world_options _w;
+    std::mt19937_64 _rng;
+    clock::time_point _start;
+    engine::shard_options _o;
+    engine::shard_stats _stats;
+    mail::message_template _tmpl;
+    std::optional<mail::renderer> _renderer;
+    std::unique_ptr<engine::delivery_core> _core;
+    std::vector<host> _hosts;
+    std::unordered_map<std::string, std::size_t> _host_by_name;
+    std::vector<domain> _domains;
+    std::unordered_map<engine::conn_id, sim_conn> _conns;
+    std::priority_queue<event, std::vector<event>, std::greater<>> _events;
+    std::uint64_t _seq = 0;
+    std::size_t _fed = 0;
+    bool _input_closed = false;
+    std::vector<engine::command> _commands;
+    std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> final outcomes
+    std::unordered_map<std::string, std::uint32_t> _accepted_by_rcpt;  // address -> messages taken
+    std::vector<accepted_message> _accepted;
+    run_report _report;
+};
+
+}  // namespace mxpress::sim
+
+#include "sim/simulator_run.hpp"

@@ -1,0 +1,268 @@
+// tests/sim/simulator_run.hpp — the simulator's event loop and checks
+// (declared in simulator.hpp; not meant to be included alone).
+#pragma once
+
+#include <cassert>
+
+#include "sim/simulator.hpp"
+
+namespace mxpress::sim {
+
+inline run_report simulator::run() {
+    _core->set_now(_start);
+    feed_recipients();
+    _core->schedule();
+    execute_commands();
+    const auto tick = std::chrono::duration_cast<clock::duration>(_o.tick);
+    const auto time_limit = _start + _o.cfg.max_age + _o.cfg.retry_max + std::chrono::hours(1);
+    clock::time_point last_tick = _start;
+    while (!_core->finished() && _report.violation.empty()) {
+        if (++_report.steps > _w.steps_max) {
+            violation(fmt::format("not finished after {} steps", _w.steps_max));
+            break;
+        }
+        const clock::time_point next_event = _events.empty() ? clock::time_point::max() : _events.top().at;
+        // No tick comes before last_tick + tick: only then ask the core when
+        // it needs one (an O(connections) question).
+        const clock::time_point wake = next_event < last_tick + tick ? clock::time_point::max() : _core->next_wakeup();
+        clock::time_point tick_at = clock::time_point::max();
+        if (wake != clock::time_point::max()) {
+            // Ticks fall every `tick` from the start, as the shard's ring timer.
+            const auto k = (std::max(wake, last_tick + tick) - _start + tick - clock::duration(1)) / tick;
+            tick_at = _start + k * tick;
+        }
+        if (next_event == clock::time_point::max() && tick_at == clock::time_point::max()) {
+            violation(fmt::format("nothing left to happen, but the core holds {} recipients and {} connections: {}",
+                                  _core->pending(), _core->connections(), _core->describe_holdings()));
+            break;
+        }
+        if (tick_at <= next_event) {
+            _core->set_now(tick_at);
+            last_tick = tick_at;
+            _core->tick();
+            check_deadlines();
+        } else {
+            event e = _events.top();
+            _events.pop();
+            _core->set_now(e.at);
+            e.fn();
+        }
+        feed_recipients();
+        _core->schedule();
+        execute_commands();
+        if (_core->now() > time_limit) {
+            violation("the run outlived max_age and every retry: something waits forever");
+        }
+        if (_report.steps % _w.full_check_every == 0) {
+            full_check();
+        }
+    }
+    full_check();
+    for (std::size_t i = 0; i < _w.recipients && _report.violation.empty(); ++i) {
+        const std::uint64_t line = i + 2;
+        auto it = _outcomes.find(line);
+        if (it == _outcomes.end() || it->second != 1) {
+            violation(
+                fmt::format("line {} ended with {} final outcomes", line, it == _outcomes.end() ? 0 : it->second));
+        }
+    }
+    _report.connections = _stats.connections_opened.load();
+    _report.tls_handshakes = _stats.tls_handshakes.load();
+    _report.tls_failures = _stats.tls_failures.load();
+    _report.simulated_seconds = seconds_since_start();
+    return _report;
+}
+
+inline void simulator::feed_recipients() {
+    while (_fed < _w.recipients && _core->accepting()) {
+        // Skewed like real lists: half the recipients on a tenth of the domains.
+        const std::size_t n = _domains.size();
+        const std::size_t d = uniform() < 0.5 ? pick(static_cast<std::uint32_t>(std::max<std::size_t>(1, n / 10)))
+                                              : pick(static_cast<std::uint32_t>(n));
+        auto r = std::make_unique<engine::recipient>();
+        r->line = _fed + 2;
+        r->email = fmt::format("user{}@{}", _fed, _domains[d].name);
+        r->domain_at = static_cast<std::uint32_t>(r->email.find('@') + 1);
+        for (const std::string& f : {r->email, fmt::format("Name {}", _fed), fmt::format("C{:08}", _fed)}) {
+            r->values += f;
+            r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
+        }
+        ++_fed;
+        _core->recipient_arrived(std::move(r));
+    }
+    if (_fed == _w.recipients && !_input_closed) {
+        _input_closed = true;
+        _core->input_closed();
+    }
+}
+
+inline void simulator::execute_commands() {
+    for (;;) {
+        _core->take_commands(_commands);
+        if (_commands.empty()) {
+            return;
+        }
+        for (engine::command& c : _commands) {
+            switch (c.kind) {
+                case engine::command_kind::resolve_mx:
+                case engine::command_kind::resolve_host: dns(c); break;
+                case engine::command_kind::connect: connect(c); break;
+                case engine::command_kind::send: send(c); break;
+                case engine::command_kind::close: close(c.conn); break;
+            }
+        }
+    }
+}
+
+inline void simulator::dns(const engine::command& c) {
+    auto it = std::find_if(_domains.begin(), _domains.end(), [&](const domain& d) { return d.name == c.name; });
+    assert(it != _domains.end());
+    domain& d = *it;
+    net::mx_answer ans;
+    milliseconds delay = latency();
+    auto fail = [&](net::dns_status s, const char* enhanced, const char* why) {
+        ans.status = s;
+        ans.enhanced = enhanced;
+        ans.reason = fmt::format("{}: {}", d.name, why);
+    };
+    if (d.dns == dns_kind::nxdomain) {
+        fail(net::dns_status::permanent, "5.1.2", "sim: no such domain");
+    } else if (d.dns == dns_kind::null_mx) {
+        fail(net::dns_status::permanent, "5.1.10", "sim: null MX, accepts no mail");
+    } else if (d.dns_failures_left > 0) {
+        --d.dns_failures_left;
+        if (d.dns == dns_kind::timeout_then_ok) {
+            delay = milliseconds(5000);
+            fail(net::dns_status::temporary, "4.4.3", "sim: lookup timed out");
+        } else {
+            fail(net::dns_status::temporary, "4.4.3", "sim: SERVFAIL");
+        }
+    } else {
+        ans.status = net::dns_status::ok;
+        std::uint16_t pref = 10;
+        for (std::size_t h : d.hosts) {
+            ans.targets.push_back(net::mx_target{_hosts[h].name, pref, {_hosts[h].addr}});
+            pref = static_cast<std::uint16_t>(pref + 10);
+        }
+    }
+    at(_core->now() + delay, [this, name = c.name, ans]() { _core->dns_answer(name, ans); });
+}
+
+inline void simulator::connect(const engine::command& c) {
+    const auto* sa = reinterpret_cast<const sockaddr_in*>(&c.addr);
+    const std::uint32_t a = ntohl(sa->sin_addr.s_addr);
+    const std::size_t index = ((a >> 16) & 0xFF) * 65536 - 65536 + ((a >> 8) & 0xFF) * 256 + (a & 0xFF);
+    assert(index < _hosts.size());
+    host& h = _hosts[index];
+    const engine::conn_id id = c.conn;
+    if (h.profile.connect_blackhole) {
+        return;  // the core's connect deadline must end it
+    }
+    const auto t = _core->now() + latency();
+    if (_core->now() < _start + milliseconds(h.profile.refuse_until_ms)) {
+        at(t, [this, id]() { _core->connected(id, -ECONNREFUSED); });
+        return;
+    }
+    sim_conn& sc = _conns[id];
+    sc.host = index;
+    sc.server = std::make_unique<server_session>(h.profile, _rng, false);
+    sc.open = true;
+    ++h.sessions;
+    if (h.sessions > std::max<std::uint32_t>(1, _o.cfg.connections_max)) {
+        violation(fmt::format("{} holds {} sessions from us (connections_max {})", h.name, h.sessions,
+                              _o.cfg.connections_max));
+    }
+    at(t, [this, id]() {
+        _core->connected(id, 0);
+        auto it = _conns.find(id);
+        if (it == _conns.end()) {
+            return;
+        }
+        host& hh = _hosts[it->second.host];
+        std::string out;
+        const bool over = hh.profile.max_sessions != 0 && hh.sessions > hh.profile.max_sessions;
+        const auto after = it->second.server->greet(out, over);
+        server_output(id, out, after);
+    });
+}
+
+inline void simulator::send(engine::command& c) {
+    const engine::conn_id id = c.conn;
+    const int n = static_cast<int>(c.data.size());
+    at(_core->now() + milliseconds(1), [this, id, n]() {
+        std::string buffer;
+        _core->send_done(id, n, buffer);
+    });
+    at(_core->now() + latency(), [this, id, data = std::move(c.data)]() {
+        auto it = _conns.find(id);
+        if (it == _conns.end() || !it->second.open) {
+            return;  // the server side is gone
+        }
+        sim_conn& sc = it->second;
+        host& h = _hosts[sc.host];
+        if (sc.server->tls_pending()) {
+            sc.server->tls_started();  // the (simulated) handshake took no bytes
+        }
+        std::string out;
+        std::vector<accepted_message> accepted;
+        const auto after = sc.server->receive(data, out, accepted);
+        for (const accepted_message& m : accepted) {
+            if (m.rcpt.starts_with("<wrong")) {
+                violation(fmt::format("{} received a message that does not carry its recipient: {}", h.name, m.rcpt));
+            }
+            ++_accepted_by_rcpt[m.rcpt];
+            _report.accepted_without_reply += m.reply_sent ? 0 : 1;
+        }
+        if ((h.policy == engine::tls_policy::required || h.policy == engine::tls_policy::verify) &&
+            sc.server->plaintext_mail() > 0) {
+            violation(fmt::format("{} (policy {}) got MAIL FROM without TLS", h.name, engine::to_string(h.policy)));
+        }
+        server_output(id, out, after);
+    });
+}
+
+inline void simulator::server_output(engine::conn_id id, const std::string& out, server_session::after a) {
+    const auto t = _core->now() + latency();
+    if (!out.empty()) {
+        at(t, [this, id, out]() { _core->received(id, out); });
+    }
+    if (a == server_session::after::close) {
+        auto it = _conns.find(id);
+        if (it != _conns.end() && it->second.open) {
+            it->second.open = false;
+            --_hosts[it->second.host].sessions;
+        }
+        at(t + milliseconds(1), [this, id]() { _core->input_lost(id, "closed by the server"); });
+    }
+}
+
+inline void simulator::close(engine::conn_id id) {
+    auto it = _conns.find(id);
+    if (it == _conns.end()) {
+        return;
+    }
+    if (it->second.open) {
+        --_hosts[it->second.host].sessions;
+    }
+    _conns.erase(it);
+}
+
+// After a tick: every deadline that passed more than one tick ago was acted on.
+inline void simulator::check_deadlines() {
+    const auto tick = std::chrono::duration_cast<clock::duration>(_o.tick);
+    const auto now = _core->now();
+    _core->for_each_connection([&](const engine::connection& c) {
+        if (c.state != engine::conn_state::ended && c.deadline != clock::time_point::max() && c.deadline + tick < now) {
+            violation(fmt::format("connection {} ({}) missed its deadline by {} ms", c.id, engine::to_string(c.state),
+                                  std::chrono::duration_cast<milliseconds>(now - c.deadline).count()));
+        }
+    });
+}
+
+inline void simulator::full_check() {
+    if (const std::string p = _core->check_invariants(); !p.empty()) {
+        violation("core invariants: " + p);
+    }
+}
+
+}  // namespace mxpress::sim
