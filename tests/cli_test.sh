@@ -51,6 +51,9 @@ expect missing_template 2 'missing.eml: cannot open message template' -- \
 expect recipients_is_dir 2 'recipients file is a directory' -- "${send[@]}" --recipients "$tmp" --message good.eml
 expect bad_journal_dir 2 'nodir/j.jsonl: cannot open journal' -- \
     "${send[@]}" --recipients good.csv --message good.eml --journal nodir/j.jsonl
+# A full disk is a run failure (exit 1 naming the file), not a usage error.
+expect full_disk_journal 1 '/dev/full: cannot write journal: No space left' -- \
+    "${send[@]}" --recipients good.csv --message good.eml --journal /dev/full
 
 : >empty.csv
 expect empty_file 2 'empty.csv: file is empty' -- "${send[@]}" --recipients empty.csv --message good.eml

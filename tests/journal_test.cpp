@@ -2,6 +2,8 @@
 // Python's json module, an independent parser.
 #include "mxpress/engine/journal.hpp"
 
+#include "mxpress/engine/shared_journal.hpp"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -112,6 +114,54 @@ TEST(Journal, ForeignLineIsAnErrorNamingTheLine) {
 TEST(Journal, MissingJournalIsEmptyAndUnwritablePathIsAnError) {
     EXPECT_EQ(read_journal("/nonexistent/dir/j.jsonl").entries, 0u);
     EXPECT_THROW(journal_writer::open("/nonexistent/dir/j.jsonl", false), mxpress::mail::input_error);
+}
+
+// Shards hand lines to the writer thread; they reach the file in batch
+// order, whole, and at once (a crash loses only what was not handed over).
+TEST(Journal, SharedJournalWritesEveryBatchWholeAndInOrder) {
+    temp_dir dir;
+    const std::string path = dir.file("j.jsonl");
+    std::string expected;
+    {
+        shared_journal j(journal_writer::open(path, false));
+        for (int b = 0; b < 200; ++b) {
+            std::string lines;
+            for (int k = 0; k < 50; ++k) {
+                journal_entry e;
+                e.line = static_cast<std::uint64_t>(b * 50 + k + 2);
+                e.email = "a@b.test";
+                e.status = outcome_status::delivered;
+                append_journal_line(lines, e);
+            }
+            expected += lines;
+            j.write_batch(lines);
+            EXPECT_TRUE(lines.empty());
+        }
+        j.sync();
+        std::ifstream in(path, std::ios::binary);
+        const std::string got((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        EXPECT_EQ(got, expected);  // on disk at sync, before the journal closes
+    }
+}
+
+// A full disk is a run failure the shards hear about at their next batch
+// (exit 1 in main), not a usage error, and memory does not grow meanwhile.
+TEST(Journal, SharedJournalReportsAFullDisk) {
+    shared_journal j(journal_writer::open("/dev/full", false));
+    std::string lines(1024, 'x');
+    lines.back() = '\n';
+    bool threw = false;
+    for (int i = 0; i < 100'000 && !threw; ++i) {
+        std::string batch = lines;
+        try {
+            j.write_batch(batch);
+        } catch (const journal_error& e) {
+            threw = true;
+            EXPECT_NE(std::string(e.what()).find("/dev/full: cannot write journal"), std::string::npos) << e.what();
+        }
+    }
+    EXPECT_TRUE(threw);
+    EXPECT_THROW(j.sync(), journal_error);
 }
 
 TEST(Journal, FlatJsonParserDecodesEscapes) {

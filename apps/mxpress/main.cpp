@@ -1,6 +1,6 @@
 // apps/mxpress/main.cpp — the runner: `mxpress send|render|check-config`.
 //
-// Exit status (DESIGN.md): 0 when every recipient has a final outcome (or the
+// Exit status (README, Exit status): 0 when every recipient has a final outcome (or the
 // command did what was asked); 2 for usage or configuration errors, with a
 // message naming the file and line; 1 when a run could not finish.
 #include <chrono>

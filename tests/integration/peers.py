@@ -3,7 +3,7 @@ Postfix's smtp-sink and a private Postfix smtpd (TLS) as receivers, mxsink,
 and an aiosmtpd submission server for relays. Every process is started here, on
 127.0.0.0/8 only, and stopped by PID when the fixture ends.
 
-See ../shared/PEERS.md for how each peer behaves on this machine.
+Each helper below notes the traps of its peer on Debian 12.
 """
 import collections
 import glob
@@ -232,7 +232,7 @@ def postfix_smtpd(peers, host, port):
     recipient into one mbox file. Returns (mbox path, maillog path). Needs
     root (postfix start); stopped with postfix stop when the fixture ends.
 
-    Traps (beyond PEERS.md): inet_interfaces must name a configured address
+    Traps: inet_interfaces must name a configured address
     (127.0.0.2 is routable but not on lo, so "loopback-only" here, and the
     listener's own address in master.cf); postfix start/check print their
     errors only to a terminal or syslog: run `script -qc "postfix -c DIR

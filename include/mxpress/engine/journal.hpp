@@ -1,6 +1,6 @@
 // mxpress/engine/journal.hpp — the outcome journal: append-only JSON Lines.
 //
-// Contract (DESIGN.md): one object per line per outcome, at least
+// Contract (docs/ARCHITECTURE.md, The journal): one object per line per outcome, at least
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
 //    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3"}
 // Final statuses are delivered, bounced, expired and invalid; dry-run marks a
@@ -213,35 +213,6 @@ private:
     std::string _buffer;
 };
 
-// One journal written by several threads: each keeps its own buffer of
-// whole lines (append_journal_line) and hands it over with write_batch(),
-// so the lock is taken once per batch and lines never interleave.
-class shared_journal {
-public:
-    explicit shared_journal(journal_writer w) : _writer(std::move(w)) {}
-
-    // Appends the whole lines in `lines` and clears it.
-    void write_batch(std::string& lines) {
-        if (lines.empty()) {
-            return;
-        }
-        std::lock_guard lock(_mutex);
-        _writer.append_raw(lines);
-        lines.clear();
-    }
-
-    void sync() {
-        std::lock_guard lock(_mutex);
-        _writer.sync();
-    }
-
-    const std::string& path() const noexcept { return _writer.path(); }
-
-private:
-    std::mutex _mutex;
-    journal_writer _writer;
-};
-
 struct journal_state {
     std::vector<bool> final_lines;  // final_lines[N]: input line N has a final outcome
     std::uint64_t entries = 0;
@@ -257,6 +228,9 @@ struct journal_state {
 // and passed over; any other line that is not a valid entry is an error
 // naming the journal line, since resuming from a journal we cannot read
 // could send twice.
+// The longest journal line read back (a reply is at most a few KiB).
+inline constexpr std::size_t journal_line_bytes_max = 1 << 20;
+
 inline journal_state read_journal(const std::string& path) {
     journal_state st;
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -265,6 +239,11 @@ inline journal_state read_journal(const std::string& path) {
             return st;
         }
         throw mail::input_error(path, 0, fmt::format("cannot open journal: {}", std::strerror(errno)));
+    }
+    struct stat sb {};
+    if (::fstat(fd, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        ::close(fd);  // a device or a pipe (/dev/null, /dev/full) holds no outcomes to resume
+        return st;
     }
     std::string pending;
     std::vector<char> buf(1 << 20);
@@ -334,6 +313,12 @@ inline journal_state read_journal(const std::string& path) {
             const std::size_t nl = chunk.find('\n');
             if (nl == std::string_view::npos) {
                 pending.append(chunk);
+                if (pending.size() > journal_line_bytes_max) {
+                    ::close(fd);
+                    throw mail::input_error(path, journal_line + 1,
+                                            fmt::format("journal line is longer than {} bytes: not an mxpress journal",
+                                                        journal_line_bytes_max));
+                }
                 break;
             }
             if (pending.empty()) {

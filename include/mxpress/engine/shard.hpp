@@ -5,8 +5,9 @@
 //
 // Invariants:
 // - Everything here runs on the shard's thread; nothing is shared with other
-//   shards except the journal (locked once per batch) and the stats
-//   counters (relaxed atomics the reader thread prints).
+//   shards except the journal's queue (locked once per batch; the writer
+//   thread does the write()) and the stats counters (relaxed atomics the
+//   reader thread prints).
 // - Memory is bounded: the shard takes new recipients from its mailbox only
 //   while the core is accepting (it holds fewer than pending_max).
 // - A socket has at most one send in flight (the core asks for the next
@@ -41,6 +42,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/options.hpp"
 #include "mxpress/engine/recipient.hpp"
+#include "mxpress/engine/shared_journal.hpp"
 #include "mxpress/io/buffer_ring.hpp"
 #include "mxpress/io/mailbox.hpp"
 #include "mxpress/io/ring.hpp"

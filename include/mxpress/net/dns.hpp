@@ -206,12 +206,22 @@ public:
 
     bool busy() const noexcept { return _outstanding > 0 || !_queue.empty(); }
 
-    // Called from the shard's tick: lets c-ares time out queries.
+    // Called from the shard's tick: lets c-ares time out queries, and drops
+    // expired cache entries now and then, so the caches hold the live
+    // domains and hosts, not every one ever seen.
     void tick() {
         if (_outstanding > 0) {
             ares_process_fd(_channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
         }
+        const auto now = clock::now();
+        if (now - _last_prune >= prune_every) {
+            _last_prune = now;
+            std::erase_if(_cache, [&](const auto& kv) { return kv.second.expires <= now; });
+            std::erase_if(_hosts, [&](const auto& kv) { return kv.second.expires <= now; });
+        }
     }
+
+    std::size_t cached_entries() const noexcept { return _cache.size() + _hosts.size(); }
 
 private:
     struct watch : io::completion {
@@ -531,6 +541,8 @@ private:
     ares_channel _channel = nullptr;
     std::mt19937 _rng;
     std::unordered_map<int, watch*> _watches;
+    static constexpr auto prune_every = std::chrono::seconds(30);
+    clock::time_point _last_prune = clock::now();
     std::unordered_map<std::string, cached> _cache;
     std::unordered_map<std::string, cached_host> _hosts;          // host name -> addresses
     std::unordered_map<std::string, host_lookup*> _host_lookups;  // in flight
