@@ -432,6 +432,10 @@ int run_send(const send_options& o) {
     const std::string text = read_file(o.message, "message template");
     const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
+    // Deferred recipients are parked without their fields and read again
+    // from the file when they retry (a pipe keeps them in memory).
+    const std::optional<mail::row_source> rows = mail::row_source::make(o.recipients, reader.email_column());
+    ro.shard.rows = rows ? &*rows : nullptr;
     const engine::journal_state done = engine::read_journal(journal_path);
     if (!o.resume && done.entries + done.torn_lines > 0) {
         throw input_error(journal_path, 0,

@@ -95,6 +95,7 @@ public:
     void recipient_arrived(std::unique_ptr<recipient> r) {
         assert(r != nullptr);
         ++_pending;
+        _held_bytes += r->values.size();
         domain_state& d = _domains.get(r->domain_name());
         ++d.held;
         r->domain = &d;
@@ -124,6 +125,7 @@ public:
         std::vector<std::unique_ptr<recipient>> due;
         _retries.pop_due(_now, due);
         for (auto& r : due) {
+            unpark(*r);
             dispatch(std::move(r));
         }
         check_deadlines();
@@ -150,7 +152,12 @@ public:
 
     // ---- state ----------------------------------------------------------------
 
-    bool accepting() const noexcept { return _pending < _o.pending_max; }
+    // Room for more recipients (options.hpp: the intake bounds).
+    bool accepting() const noexcept {
+        return _pending - _retries.size() < _o.pending_max && _held_bytes < _o.pending_bytes_max &&
+               _retries.size() < _o.deferred_max;
+    }
+    std::size_t held_bytes() const noexcept { return _held_bytes; }
     std::size_t pending() const noexcept { return _pending; }
     std::size_t connections() const noexcept { return _conns.size(); }
     bool finished() const noexcept { return _input_closed && _pending == 0 && _conns.empty(); }
@@ -324,6 +331,8 @@ private:
         }
         assert(r->domain->held > 0);
         --r->domain->held;
+        assert(_held_bytes >= r->values.size());
+        _held_bytes -= r->values.size();
         assert(_pending > 0);
         --_pending;
     }
@@ -342,8 +351,31 @@ private:
         }
         r->not_before = _now + delay;
         r->mx_index = 0;
+        park(*r);
         const auto due = r->not_before;
         _retries.push(due, std::move(r));
+    }
+
+    // A recipient waiting for a retry keeps only what routes it; its merge
+    // fields are read again from the file when it is due.
+    void park(recipient& r) {
+        if (_o.rows == nullptr || r.parked || r.row_size == 0) {
+            return;
+        }
+        _held_bytes -= r.values.size();
+        std::string().swap(r.values);
+        std::vector<std::uint32_t>().swap(r.ends);
+        r.parked = true;
+    }
+
+    // Throws std::runtime_error when the file changed under the run.
+    void unpark(recipient& r) {
+        if (!r.parked) {
+            return;
+        }
+        _o.rows->read(r.row_offset, r.row_size, r.line, r.email, r.values, r.ends);
+        r.parked = false;
+        _held_bytes += r.values.size();
     }
 
     // ---- scheduling -----------------------------------------------------------
@@ -391,6 +423,7 @@ private:
     clock::time_point _last_eviction{};
     bool _input_closed = false;
     std::size_t _pending = 0;
+    std::size_t _held_bytes = 0;  // merge fields of the recipients held (not parked)
     conn_id _next_conn_id = 1;
     std::vector<command> _commands;
     domain_table _domains;

@@ -23,6 +23,9 @@ struct recipient {
     bool smtputf8 = false;
     std::string values;               // every merge field, concatenated
     std::vector<std::uint32_t> ends;  // end offset of each field in values
+    std::uint64_t row_offset = 0;     // the row's bytes in the recipients file:
+    std::uint32_t row_size = 0;       // a row_source reads them again after parking
+    bool parked = false;              // values dropped while it waits for a retry
 
     // Delivery state (shard-local).
     std::uint32_t attempts = 0;

@@ -240,6 +240,8 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             }
             auto r = std::make_unique<recipient>();
             r->line = row.line;
+            r->row_offset = row.offset;
+            r->row_size = static_cast<std::uint32_t>(row.size);
             r->domain_at = static_cast<std::uint32_t>(a.at + 1);
             r->email = std::move(a.address);
             r->smtputf8 = a.needs_smtputf8;

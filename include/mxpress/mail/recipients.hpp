@@ -32,6 +32,9 @@ struct recipient_row {
     const std::vector<std::string_view>* fields = nullptr;
     std::string_view email;
     std::string error;  // empty when the row is well-formed
+    // Where the row's bytes are in the file (a row_source reads them again).
+    std::uint64_t offset = 0;
+    std::uint64_t size = 0;
 
     bool valid() const noexcept { return error.empty(); }
 };
@@ -65,6 +68,7 @@ public:
     // be read any further.
     bool next(recipient_row& row) {
         for (;;) {
+            const std::uint64_t begin = _reader.bytes_consumed();
             try {
                 if (!_reader.next(_record)) {
                     return false;
@@ -76,6 +80,8 @@ public:
                 continue;
             }
             row.line = _record.line;
+            row.offset = begin;
+            row.size = _reader.bytes_consumed() - begin;
             row.error.clear();
             row.email = {};
             row.fields = &_record.fields;
