@@ -386,9 +386,6 @@ int run_send(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
-    if (o.config.empty()) {
-        ro.shard.cfg.helo_name = engine::default_helo_name();
-    }
     ro.shard.dns_servers = o.dns;
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
     ro.shard.routes = parse_routes(o.routes);
@@ -528,7 +525,14 @@ int run_render(const std::string& recipients, const std::string& message_path, s
     return exit_usage;
 }
 
-int run_check_config(const std::string& path) {
+int run_check_config(const std::string& path, bool keys) {
+    if (keys) {
+        std::fputs(engine::describe_keys_markdown().c_str(), stdout);
+        return exit_ok;
+    }
+    if (path.empty()) {
+        throw std::invalid_argument("check-config: FILE is required (or --keys for the table of keys)");
+    }
     const engine::config c = engine::load_config(path);
     std::fprintf(stdout, "%s: ok\n\n%s", path.c_str(), engine::describe(c).c_str());
     return exit_ok;
@@ -587,8 +591,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
 
     std::string c_path;
+    bool c_keys = false;
     auto* check = app.add_subcommand("check-config", "Validate a configuration file and print the effective settings");
-    check->add_option("FILE", c_path, "TOML configuration file")->required();
+    check->add_option("FILE", c_path, "TOML configuration file");
+    check->add_flag("--keys", c_keys, "Print every configuration key with its type, default and meaning (Markdown)");
 
     try {
         app.parse(argc, argv);
@@ -615,7 +621,7 @@ int main(int argc, char** argv) {
             return run_render(r_recipients, r_message, r_line, r_from);
         }
         if (*check) {
-            return run_check_config(c_path);
+            return run_check_config(c_path, c_keys);
         }
     } catch (const input_error& e) {
         std::fprintf(stderr, "mxpress: %s\n", e.describe().c_str());
