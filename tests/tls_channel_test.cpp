@@ -1,0 +1,163 @@
+// net::tls_channel wired back to back in memory: the handshake reported
+// once per side, plaintext held until it can be encrypted, failures that
+// stick, and every TLS write's result surfaced.
+#include "mxpress/net/tls_channel.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "test_util.hpp"
+
+using mxpress::net::tls_channel;
+using mxpress::net::tls_context;
+using mxpress::net::tls_stream;
+using state = tls_channel::state;
+
+namespace {
+
+// One end of the pipe: its channel, the plaintext it received, how often
+// it saw the handshake complete, and every ciphertext chunk it sent.
+struct end {
+    tls_channel channel;
+    std::string plain;
+    int established = 0;
+    std::string wire;  // all ciphertext this end produced
+
+    end(SSL_CTX* ctx, tls_stream::role r) : channel(ctx, r) {}
+
+    void note(tls_channel::progress p) { established += p.established_now ? 1 : 0; }
+};
+
+// Moves ciphertext both ways until neither side has any; at most `rounds`.
+void shuttle(end& a, end& b, int rounds = 10) {
+    std::string buf;
+    for (int i = 0; i < rounds && (a.channel.has_output() || b.channel.has_output()); ++i) {
+        a.channel.take_output(buf);
+        a.wire += buf;
+        b.note(b.channel.receive(buf, b.plain));
+        b.channel.take_output(buf);
+        b.wire += buf;
+        a.note(a.channel.receive(buf, a.plain));
+    }
+}
+
+class TlsChannelTest : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        dir = new mxpress::test::temp_dir();
+        const std::string cmd = std::string(MXPRESS_SOURCE_DIR) + "/scripts/make-test-certs " + dir->path();
+        ASSERT_EQ(std::system(cmd.c_str()), 0);
+    }
+    static void TearDownTestSuite() {
+        delete dir;
+        dir = nullptr;
+    }
+    static std::string file(const char* name) { return dir->file(name); }
+
+    static inline mxpress::test::temp_dir* dir = nullptr;
+};
+
+TEST_F(TlsChannelTest, HandshakeOnceAndPlaintextHeldUntilEncrypted) {
+    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
+    tls_context cctx = tls_context::client(file("ca.crt"));
+    end server(sctx.get(), tls_stream::role::server);
+    end client(cctx.get(), tls_stream::role::client);
+    client.channel.stream().set_server_name("mx.test");
+    client.channel.stream().verify_peer("mx.test");
+
+    client.note(client.channel.start());
+    server.note(server.channel.start());
+    EXPECT_TRUE(client.channel.has_output()) << "the ClientHello";
+    EXPECT_FALSE(server.channel.has_output());
+    // Written before TLS is up: held, never sent in the clear.
+    ASSERT_TRUE(client.channel.send("EHLO client.test\r\n"));
+    EXPECT_TRUE(client.channel.handshaking());
+
+    shuttle(client, server);
+    EXPECT_EQ(client.channel.current_state(), state::open) << client.channel.error();
+    EXPECT_EQ(server.channel.current_state(), state::open) << server.channel.error();
+    EXPECT_EQ(client.established, 1);
+    EXPECT_EQ(server.established, 1);
+    EXPECT_EQ(server.plain, "EHLO client.test\r\n");
+    EXPECT_EQ(client.wire.find("EHLO"), std::string::npos) << "plaintext on the wire";
+
+    ASSERT_TRUE(server.channel.send("250-mx.test\r\n"));
+    ASSERT_TRUE(server.channel.send("250 PIPELINING\r\n"));
+    ASSERT_TRUE(client.channel.send("MAIL FROM:<a@b.test>\r\n"));
+    shuttle(client, server);
+    EXPECT_EQ(client.plain, "250-mx.test\r\n250 PIPELINING\r\n");
+    EXPECT_EQ(server.plain, "EHLO client.test\r\nMAIL FROM:<a@b.test>\r\n");
+    EXPECT_EQ(client.established, 1) << "reported once";
+    EXPECT_STREQ(client.channel.stream().version(), "TLSv1.3");
+}
+
+TEST_F(TlsChannelTest, VerificationFailureSticks) {
+    tls_context sctx = tls_context::server(file("self.crt"), file("self.key"));
+    tls_context cctx = tls_context::client(file("ca.crt"));
+    end server(sctx.get(), tls_stream::role::server);
+    end client(cctx.get(), tls_stream::role::client);
+    client.channel.stream().verify_peer("mx.test");
+    client.note(client.channel.start());
+    ASSERT_TRUE(client.channel.send("AUTH PLAIN secret\r\n"));
+    shuttle(client, server);
+    EXPECT_EQ(client.channel.current_state(), state::failed);
+    EXPECT_NE(client.channel.error().find("certificate verification failed"), std::string::npos)
+        << client.channel.error();
+    EXPECT_EQ(client.established, 0);
+    EXPECT_EQ(client.wire.find("secret"), std::string::npos);
+    EXPECT_EQ(server.plain, "") << "held plaintext is dropped, not sent";
+    EXPECT_FALSE(client.channel.send("more"));
+    std::string plain;
+    EXPECT_EQ(client.channel.receive("anything", plain).now, state::failed);
+    EXPECT_TRUE(ERR_peek_error() == 0) << "error queue left behind";
+}
+
+TEST_F(TlsChannelTest, GarbageFailsTheHandshake) {
+    tls_context cctx = tls_context::client();
+    tls_channel client(cctx.get(), tls_stream::role::client);
+    EXPECT_EQ(client.start().now, state::handshaking);
+    std::string plain;
+    const tls_channel::progress p = client.receive("220 mail.example ESMTP ready\r\n", plain);
+    EXPECT_EQ(p.now, state::failed);
+    EXPECT_FALSE(p.established_now);
+    EXPECT_FALSE(client.error().empty());
+    EXPECT_EQ(plain, "");
+}
+
+TEST_F(TlsChannelTest, CloseNotifyClosesThePeer) {
+    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
+    tls_context cctx = tls_context::client(file("ca.crt"));
+    end server(sctx.get(), tls_stream::role::server);
+    end client(cctx.get(), tls_stream::role::client);
+    client.channel.start();
+    server.channel.start();
+    shuttle(client, server);
+    ASSERT_TRUE(server.channel.send("221 bye\r\n"));
+    server.channel.close();
+    shuttle(client, server);
+    EXPECT_EQ(client.plain, "221 bye\r\n") << "data before the alert still arrives";
+    EXPECT_EQ(client.channel.current_state(), state::closed);
+    EXPECT_FALSE(client.channel.send("QUIT\r\n")) << "nothing goes out after the peer closed";
+}
+
+// A write TLS refuses is a failure the owner sees (relay_check once
+// ignored one): after our own close_notify, nothing more can be written.
+TEST_F(TlsChannelTest, RefusedWriteFailsTheChannel) {
+    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
+    tls_context cctx = tls_context::client(file("ca.crt"));
+    end server(sctx.get(), tls_stream::role::server);
+    end client(cctx.get(), tls_stream::role::client);
+    client.channel.start();
+    server.channel.start();
+    shuttle(client, server);
+    ASSERT_TRUE(client.channel.open());
+    client.channel.close();
+    EXPECT_FALSE(client.channel.send("QUIT\r\n"));
+    EXPECT_EQ(client.channel.current_state(), state::failed);
+    EXPECT_FALSE(client.channel.error().empty());
+    EXPECT_TRUE(ERR_peek_error() == 0);
+}
+
+}  // namespace
