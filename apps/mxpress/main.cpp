@@ -26,6 +26,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
+#include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/mail/recipients.hpp"
@@ -358,24 +359,20 @@ engine::route parse_relay(const std::string& spec) {
 }
 
 // --relay HOST[:PORT]: every domain goes to the relay; 465 is implicit TLS,
-// anything else STARTTLS. Its TLS policy: an [mx."HOST"] entry, else
-// [defaults] tls when the file sets it, else verify. Credentials need TLS.
+// anything else STARTTLS. Its TLS policy: engine::relay_tls_policy.
+// Credentials need TLS (engine::decide_tls says so before connecting).
 engine::route relay_route(const send_options& o, const engine::config& cfg) {
     engine::route r = parse_relay(o.relay);
-    engine::tls_policy policy = cfg.tls_set ? cfg.tls : engine::tls_policy::verify;
-    for (const auto& [pattern, p] : cfg.mx_tls) {
-        if (engine::host_pattern_matches(pattern, r.host)) {
-            policy = p;
-            break;
-        }
+    engine::tls_situation s;
+    s.policy = engine::relay_tls_policy(cfg, r.host);
+    s.step = engine::tls_step::connect;
+    s.implicit_tls = r.implicit_tls;
+    s.credentials = !o.auth_user.empty();
+    s.peer = "the relay";
+    if (const engine::tls_decision d = engine::decide_tls(s); d.action == engine::tls_action::fail) {
+        throw std::invalid_argument("--auth-user: " + d.reason);
     }
-    if (!o.auth_user.empty() && policy != engine::tls_policy::required && policy != engine::tls_policy::verify) {
-        throw std::invalid_argument(fmt::format(
-            "--auth-user: credentials are only sent over TLS, but the relay's TLS policy is \"{}\" (use \"required\" "
-            "or \"verify\")",
-            engine::to_string(policy)));
-    }
-    r.tls = policy;
+    r.tls = s.policy;
     return r;
 }
 
