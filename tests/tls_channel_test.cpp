@@ -140,6 +140,9 @@ TEST_F(TlsChannelTest, CloseNotifyClosesThePeer) {
     EXPECT_EQ(client.plain, "221 bye\r\n") << "data before the alert still arrives";
     EXPECT_EQ(client.channel.current_state(), state::closed);
     EXPECT_FALSE(client.channel.send("QUIT\r\n")) << "nothing goes out after the peer closed";
+    std::string plain;
+    EXPECT_EQ(client.channel.receive("late junk", plain).now, state::closed) << "a closed channel stays closed";
+    EXPECT_EQ(plain, "");
 }
 
 // A write TLS refuses is a failure the owner sees (relay_check once
