@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <string>
 
 #include "test_util.hpp"
@@ -43,27 +42,28 @@ void shuttle(end& a, end& b, int rounds = 10) {
     }
 }
 
-class TlsChannelTest : public ::testing::Test {
-protected:
-    static void SetUpTestSuite() {
-        dir = new mxpress::test::temp_dir();
-        const std::string cmd = std::string(MXPRESS_SOURCE_DIR) + "/scripts/make-test-certs " + dir->path();
-        ASSERT_EQ(std::system(cmd.c_str()), 0);
-    }
-    static void TearDownTestSuite() {
-        delete dir;
-        dir = nullptr;
-    }
-    static std::string file(const char* name) { return dir->file(name); }
+std::string file(const char* name) {
+    return mxpress::test::test_cert(name);
+}
 
-    static inline mxpress::test::temp_dir* dir = nullptr;
-};
-
-TEST_F(TlsChannelTest, HandshakeOnceAndPlaintextHeldUntilEncrypted) {
+// A server for mx.test and a client that trusts the test CA, not connected yet.
+struct pipe_pair {
     tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
     tls_context cctx = tls_context::client(file("ca.crt"));
-    end server(sctx.get(), tls_stream::role::server);
-    end client(cctx.get(), tls_stream::role::client);
+    end server{sctx.get(), tls_stream::role::server};
+    end client{cctx.get(), tls_stream::role::client};
+
+    void connect() {
+        client.note(client.channel.start());
+        server.note(server.channel.start());
+        shuttle(client, server);
+    }
+};
+
+TEST(TlsChannel, HandshakeOnceAndPlaintextHeldUntilEncrypted) {
+    pipe_pair p;
+    end& server = p.server;
+    end& client = p.client;
     client.channel.stream().set_server_name("mx.test");
     client.channel.stream().verify_peer("mx.test");
 
@@ -93,7 +93,7 @@ TEST_F(TlsChannelTest, HandshakeOnceAndPlaintextHeldUntilEncrypted) {
     EXPECT_STREQ(client.channel.stream().version(), "TLSv1.3");
 }
 
-TEST_F(TlsChannelTest, VerificationFailureSticks) {
+TEST(TlsChannel, VerificationFailureSticks) {
     tls_context sctx = tls_context::server(file("self.crt"), file("self.key"));
     tls_context cctx = tls_context::client(file("ca.crt"));
     end server(sctx.get(), tls_stream::role::server);
@@ -114,7 +114,7 @@ TEST_F(TlsChannelTest, VerificationFailureSticks) {
     EXPECT_TRUE(ERR_peek_error() == 0) << "error queue left behind";
 }
 
-TEST_F(TlsChannelTest, GarbageFailsTheHandshake) {
+TEST(TlsChannel, GarbageFailsTheHandshake) {
     tls_context cctx = tls_context::client();
     tls_channel client(cctx.get(), tls_stream::role::client);
     EXPECT_EQ(client.start().now, state::handshaking);
@@ -126,14 +126,11 @@ TEST_F(TlsChannelTest, GarbageFailsTheHandshake) {
     EXPECT_EQ(plain, "");
 }
 
-TEST_F(TlsChannelTest, CloseNotifyClosesThePeer) {
-    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
-    tls_context cctx = tls_context::client(file("ca.crt"));
-    end server(sctx.get(), tls_stream::role::server);
-    end client(cctx.get(), tls_stream::role::client);
-    client.channel.start();
-    server.channel.start();
-    shuttle(client, server);
+TEST(TlsChannel, CloseNotifyClosesThePeer) {
+    pipe_pair p;
+    p.connect();
+    end& server = p.server;
+    end& client = p.client;
     ASSERT_TRUE(server.channel.send("221 bye\r\n"));
     server.channel.close();
     shuttle(client, server);
@@ -147,19 +144,15 @@ TEST_F(TlsChannelTest, CloseNotifyClosesThePeer) {
 
 // A write TLS refuses is a failure the owner sees (relay_check once
 // ignored one): after our own close_notify, nothing more can be written.
-TEST_F(TlsChannelTest, RefusedWriteFailsTheChannel) {
-    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
-    tls_context cctx = tls_context::client(file("ca.crt"));
-    end server(sctx.get(), tls_stream::role::server);
-    end client(cctx.get(), tls_stream::role::client);
-    client.channel.start();
-    server.channel.start();
-    shuttle(client, server);
-    ASSERT_TRUE(client.channel.open());
-    client.channel.close();
-    EXPECT_FALSE(client.channel.send("QUIT\r\n"));
-    EXPECT_EQ(client.channel.current_state(), state::failed);
-    EXPECT_FALSE(client.channel.error().empty());
+TEST(TlsChannel, RefusedWriteFailsTheChannel) {
+    pipe_pair p;
+    p.connect();
+    tls_channel& client = p.client.channel;
+    ASSERT_TRUE(client.open());
+    client.close();
+    EXPECT_FALSE(client.send("QUIT\r\n"));
+    EXPECT_EQ(client.current_state(), state::failed);
+    EXPECT_FALSE(client.error().empty());
     EXPECT_TRUE(ERR_peek_error() == 0);
 }
 
