@@ -73,6 +73,15 @@ printf '[defaults]\nconnections_max = "ten"\n' >type.toml
 expect config_wrong_type 2 'type.toml:2: \[defaults\] connections_max must be an integer' -- \
     "$mx" check-config type.toml
 expect check_config_ok 0 'connections_max = 10' -- "$mx" check-config /dev/null
+printf '[timeouts]\ngreeting = "500ms"\n' >ms.toml
+expect check_config_ms 0 'greeting = "500ms"' -- "$mx" check-config ms.toml
+printf '[defaults]\nmax_age = "1000000d"\n' >absurd.toml
+expect check_config_absurd 2 'absurd.toml:2: \[defaults\] max_age = "1000000d" is out of range \(1ms..365d\)' -- \
+    "$mx" check-config absurd.toml
+mkdir -p confdir
+expect config_is_dir 2 'confdir: cannot read configuration: it is a directory' -- \
+    "${send[@]}" --recipients good.csv --message good.eml --config confdir
+expect check_config_keys 0 '\| `\[defaults\] pending_max` \| integer' -- "$mx" check-config --keys
 
 # Bad rows: each becomes an invalid journal line, the run still succeeds.
 {

@@ -1,8 +1,13 @@
-// Tests for engine/config.hpp: defaults, overrides, and errors that name the
-// file, line and key.
+// Tests for engine/config.hpp: defaults, overrides, errors that name the
+// file, line and key, and the key table that drives them (every row parsed,
+// printed and documented in README).
 #include "mxpress/engine/config.hpp"
 
 #include <gtest/gtest.h>
+
+#include <map>
+#include <fstream>
+#include <sstream>
 
 namespace {
 
@@ -47,8 +52,10 @@ TEST(Config, Overrides) {
 
 TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
-              "c.toml:2: unknown key 'conections_max' in [defaults] (known: helo_name, retry_initial, retry_max, "
-              "max_age, connections_max, messages_per_connection_max, connect_timeout, tls, tls_ca_file)");
+              "c.toml:2: unknown key 'conections_max' in [defaults]; did you mean 'connections_max'? (known: "
+              "helo_name, retry_initial, retry_max, max_age, connections_max, messages_per_connection_max, "
+              "connect_timeout, idle_timeout, pending_max, host_skip_max, tls, tls_ca_file, tls_sessions_max, "
+              "tls_plaintext_after_failure)");
     EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
               "c.toml:3: [defaults] connections_max must be an integer");
     EXPECT_EQ(error_of("[defaults]\nconnections_max = 0\n"),
@@ -58,8 +65,8 @@ TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nmax_age = \"24 hours\"\n"),
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
-              "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [domain.\"…\"], "
-              "[mx.\"…\"])");
+              "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
+              "[domain.\"…\"], [mx.\"…\"])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
@@ -121,6 +128,192 @@ TEST(Config, Durations) {
     EXPECT_FALSE(parse_duration("m", d));
     EXPECT_FALSE(parse_duration("5x", d));
     EXPECT_EQ(format_duration(std::chrono::milliseconds(5'400'000)), "1h30m");
+}
+
+TEST(Config, TimeoutsKeepMilliseconds) {
+    const config c =
+        parse_config("[timeouts]\ngreeting = \"500ms\"\ndata_term = \"1m30s250ms\"\nquit = \"2s\"\n", "c.toml");
+    EXPECT_EQ(c.smtp_timeouts.greeting, milliseconds(500)) << "not truncated to 0 s";
+    EXPECT_EQ(c.smtp_timeouts.data_term, milliseconds(90'250));
+    EXPECT_EQ(c.smtp_timeouts.quit, std::chrono::seconds(2));
+    const std::string d = describe(c);
+    EXPECT_NE(d.find("greeting = \"500ms\""), std::string::npos) << d;
+    EXPECT_NE(d.find("data_term = \"1m30s250ms\""), std::string::npos) << d;
+
+    // The client arms what the config says.
+    mxpress::smtp::client client("h.example", c.smtp_timeouts);
+    EXPECT_EQ(client.timeout(), milliseconds(500));
+}
+
+TEST(Config, AbsurdDurationsAreErrors) {
+    EXPECT_EQ(error_of("[defaults]\nmax_age = \"1000000d\"\n"),
+              "c.toml:2: [defaults] max_age = \"1000000d\" is out of range (1ms..365d)");
+    EXPECT_EQ(error_of("[timeouts]\ngreeting = \"0s\"\n"),
+              "c.toml:2: [timeouts] greeting = \"0s\" is out of range (1ms..1d)");
+    EXPECT_EQ(error_of("[dns]\ntimeout = \"1h\"\n"), "c.toml:2: [dns] timeout = \"1h\" is out of range (1ms..1m)");
+    // Parts that would overflow 64 bits are malformed, not wrapped around.
+    EXPECT_EQ(error_of("[defaults]\nmax_age = \"99999999999999999999d\"\n"),
+              "c.toml:2: [defaults] max_age = \"99999999999999999999d\" is not a positive duration (use ms, s, m, h, "
+              "d: \"1h30m\")");
+    milliseconds d{};
+    EXPECT_FALSE(parse_duration("200000000000d", d)) << "2e11 days overflows the millisecond count";
+    EXPECT_FALSE(parse_duration("9000000000000000d9000000000000000d", d));
+    EXPECT_TRUE(parse_duration("365d", d));
+    EXPECT_EQ(d, std::chrono::days(365));
+    // Every key's maximum still fits a steady_clock deadline from now.
+    for (const config_key& k : config_keys) {
+        if (k.type == key_type::duration) {
+            EXPECT_LT(milliseconds(k.max), std::chrono::steady_clock::duration::max() / 2 -
+                                               std::chrono::steady_clock::now().time_since_epoch())
+                << k.name;
+        }
+    }
+}
+
+TEST(Config, OperatorKnobs) {
+    const config d = parse_config("", "c.toml");
+    EXPECT_EQ(d.pending_max, 50'000u);
+    EXPECT_EQ(d.idle_timeout, std::chrono::seconds(2));
+    EXPECT_EQ(d.tls_plaintext_after_failure, std::chrono::minutes(10));
+    EXPECT_EQ(d.tls_sessions_max, 8u);
+    EXPECT_EQ(d.dns_timeout, std::chrono::seconds(2));
+    EXPECT_EQ(d.dns_tries, 3u);
+    EXPECT_EQ(d.mx_cache_ttl, std::chrono::minutes(5));
+    EXPECT_EQ(d.dns_failure_cache_ttl, std::chrono::seconds(30));
+    EXPECT_EQ(d.host_skip_max, std::chrono::minutes(1));
+    EXPECT_EQ(d.smtp_timeouts.quit, std::chrono::minutes(5));
+    EXPECT_EQ(d.smtp_timeouts.ehlo, std::chrono::minutes(5));
+    EXPECT_EQ(d.smtp_timeouts.other, std::chrono::minutes(5));
+
+    const config c = parse_config(
+        "[defaults]\npending_max = 1000\nidle_timeout = \"250ms\"\ntls_plaintext_after_failure = \"1h\"\n"
+        "tls_sessions_max = 0\nhost_skip_max = \"5s\"\n"
+        "[timeouts]\nquit = \"10s\"\nehlo = \"1m\"\nother = \"20s\"\n"
+        "[dns]\ntimeout = \"500ms\"\ntries = 5\nmx_cache_ttl = \"1h\"\nfailure_cache_ttl = \"5s\"\n",
+        "c.toml");
+    EXPECT_EQ(c.pending_max, 1000u);
+    EXPECT_EQ(c.idle_timeout, milliseconds(250));
+    EXPECT_EQ(c.tls_plaintext_after_failure, std::chrono::hours(1));
+    EXPECT_EQ(c.tls_sessions_max, 0u);
+    EXPECT_EQ(c.host_skip_max, std::chrono::seconds(5));
+    EXPECT_EQ(c.smtp_timeouts.quit, std::chrono::seconds(10));
+    EXPECT_EQ(c.smtp_timeouts.ehlo, std::chrono::minutes(1));
+    EXPECT_EQ(c.smtp_timeouts.other, std::chrono::seconds(20));
+    EXPECT_EQ(c.dns_timeout, milliseconds(500));
+    EXPECT_EQ(c.dns_tries, 5u);
+    EXPECT_EQ(c.mx_cache_ttl, std::chrono::hours(1));
+    EXPECT_EQ(c.dns_failure_cache_ttl, std::chrono::seconds(5));
+    EXPECT_EQ(error_of("[dns]\ntries = 0\n"), "c.toml:2: [dns] tries = 0 is out of range (1..20)");
+    EXPECT_EQ(error_of("[dns]\ntimout = \"1s\"\n"),
+              "c.toml:2: unknown key 'timout' in [dns]; did you mean 'timeout'? (known: timeout, tries, mx_cache_ttl, "
+              "failure_cache_ttl)");
+}
+
+TEST(Config, WrongTypesNameTheKey) {
+    EXPECT_EQ(error_of("[defaults]\nhelo_name = 3\n"), "c.toml:2: [defaults] helo_name must be a host name string");
+    EXPECT_EQ(error_of("[defaults]\nhelo_name = \"a b\"\n"),
+              "c.toml:2: [defaults] helo_name must be a host name string");
+    EXPECT_EQ(error_of("[defaults]\ntls_ca_file = 1\n"), "c.toml:2: [defaults] tls_ca_file must be a file name string");
+    EXPECT_EQ(error_of("[defaults]\ntls = true\n"),
+              "c.toml:2: [defaults] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
+    EXPECT_EQ(error_of("[timeouts]\nquit = 5\n"),
+              "c.toml:2: [timeouts] quit must be a duration string such as \"30s\", \"5m\" or \"1h\"");
+    EXPECT_EQ(error_of("[defalts]\ntls = \"verify\"\n"),
+              "c.toml:1: unknown table or key 'defalts'; did you mean 'defaults'? (known tables: [defaults], "
+              "[timeouts], [dns], [domain.\"…\"], [mx.\"…\"])");
+}
+
+TEST(Config, TlsSetOnlyWhenTheFileSaysSo) {
+    EXPECT_FALSE(parse_config("", "c.toml").tls_set);
+    EXPECT_FALSE(parse_config("[defaults]\nretry_max = \"2h\"\n", "c.toml").tls_set);
+    const config c = parse_config("[defaults]\ntls = \"opportunistic\"\n", "c.toml");
+    EXPECT_TRUE(c.tls_set) << "the default value, but written in the file";
+    EXPECT_TRUE(c.is_set("defaults", "tls"));
+    EXPECT_FALSE(c.is_set("defaults", "retry_max"));
+}
+
+// The lines of describe() that name a key: "key = value".
+std::map<std::string, std::string> described(const config& c) {
+    std::map<std::string, std::string> out;
+    std::istringstream in(describe(c));
+    std::string section;
+    for (std::string line; std::getline(in, line);) {
+        if (line.starts_with("[")) {
+            section = line;
+        } else if (const std::size_t eq = line.find(" = "); eq != std::string::npos) {
+            std::string value = line.substr(eq + 3, line.find(" #") - eq - 3);
+            value.erase(value.find_last_not_of(' ') + 1);
+            out[section + " " + line.substr(0, eq)] = value;
+        }
+    }
+    return out;
+}
+
+// Each row is parsed into its own field and printed from it: setting one key
+// to a value other than its default changes that key's line and no other,
+// and check-config's output is a configuration that reads back the same.
+TEST(Config, EveryKeyRoundTripsThroughItsOwnField) {
+    const config defaults;
+    const auto before = described(defaults);
+    EXPECT_EQ(before.size(), std::size(config_keys));
+    EXPECT_EQ(describe(parse_config(describe(defaults), "c.toml")), describe(defaults)) << describe(defaults);
+    const std::string readable = std::string(MXPRESS_SOURCE_DIR) + "/README.md";
+    for (const config_key& k : config_keys) {
+        std::string value;
+        switch (k.type) {
+            case key_type::duration:
+                value = fmt::format("\"{}\"",
+                                    format_duration(milliseconds(k.max == 86'400'000 * 365LL ? k.max - 1000 : k.max)));
+                break;
+            case key_type::count: value = std::to_string(k.max); break;
+            case key_type::host_name: value = "\"other.example\""; break;
+            case key_type::file: value = fmt::format("\"{}\"", readable); break;
+            case key_type::tls_policy: value = "\"disabled\""; break;
+        }
+        std::string text = fmt::format("[{}]\n{} = {}\n", k.section, k.name, value);
+        if (k.name == "retry_initial") {
+            text += fmt::format("retry_max = {}\n", value);
+        }
+        const config c = parse_config(text, "c.toml");
+        auto after = described(c);
+        const std::string line = fmt::format("[{}] {}", k.section, k.name);
+        EXPECT_EQ(after[line], value) << line;
+        after[line] = before.at(line);
+        if (k.name == "retry_initial") {
+            after["[defaults] retry_max"] = before.at("[defaults] retry_max");
+        }
+        EXPECT_EQ(after, before) << "setting " << line << " changed another key";
+        EXPECT_TRUE(c.is_set(k.section, k.name));
+        EXPECT_EQ(describe(parse_config(describe(c), "c.toml")), describe(c)) << line;
+    }
+}
+
+// README's table of keys is the one config_keys prints; when a key changes,
+// paste the output of `mxpress check-config --keys` between the markers.
+TEST(Config, ReadmeTableMatchesTheKeyTable) {
+    std::ifstream in(std::string(MXPRESS_SOURCE_DIR) + "/README.md");
+    ASSERT_TRUE(in);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    const std::string readme = ss.str();
+    const std::string begin = "<!-- config-keys: generated by `mxpress check-config --keys` -->\n";
+    const std::string end = "<!-- config-keys end -->";
+    const std::size_t b = readme.find(begin);
+    const std::size_t e = readme.find(end);
+    ASSERT_NE(b, std::string::npos) << "README lacks: " << begin;
+    ASSERT_NE(e, std::string::npos) << "README lacks: " << end;
+    EXPECT_EQ(readme.substr(b + begin.size(), e - b - begin.size()), describe_keys_markdown())
+        << "README's table of configuration keys is stale: paste `mxpress check-config --keys`";
+}
+
+TEST(Config, DirectoryIsNotAConfiguration) {
+    const std::string dir = ::testing::TempDir();
+    try {
+        load_config(dir);
+        FAIL() << "a directory read as an empty configuration";
+    } catch (const input_error& e) {
+        EXPECT_EQ(e.describe(), dir + ": cannot read configuration: it is a directory");
+    }
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ struct outcome {
 };
 
 // Drives one core: recipients in, commands recorded, replies scripted.
-class harness : engine::outcome_sink, net::tls_channel_factory {
+class harness : engine::outcome_sink, net::secure_channel_factory {
 public:
     explicit harness(engine::tls_policy policy = engine::tls_policy::opportunistic) {
         o.cfg.helo_name = "sender.test";
@@ -48,7 +48,7 @@ public:
         mail::renderer_options ro;
         ro.from = o.from;
         renderer.emplace(tmpl, ro);
-        net::tls_channel_factory& f = *this;
+        net::secure_channel_factory& f = *this;
         engine::outcome_sink& s = *this;
         core = std::make_unique<engine::delivery_core>(o, *renderer, f, s, stats);
         now = clock::time_point{} + std::chrono::hours(1);
@@ -153,11 +153,11 @@ private:
         ASSERT_EQ(outcomes.count(r.line), 0u) << "second outcome for line " << r.line;
         outcomes[r.line] = outcome{st, rep.enhanced, rep.one_line(), std::string(tls)};
     }
-    std::unique_ptr<net::tls_channel> open(const net::tls_peer&) override {
+    std::unique_ptr<net::secure_channel> open(const net::tls_peer&) override {
         ++tls_opened;
         return std::make_unique<sim::sim_tls_channel>(tls_mode);
     }
-    void keep_sessions(const std::string&, net::tls_channel&) override {}
+    void keep_sessions(const std::string&, net::secure_channel&) override {}
 };
 
 // Greeting and EHLO on a connection the harness just connected.
@@ -270,7 +270,7 @@ TEST(Core, GreetingTimeoutEndsTheConnectionWithinOneTick) {
 
 TEST(Core, IdleSessionGetsRsetBeforeReuseAndQuitAfterIdleTimeout) {
     harness h;
-    h.o.idle_timeout = milliseconds(3000);
+    h.o.cfg.idle_timeout = milliseconds(3000);
     h.add(1);
     const conn_id c = h.connects[0];
     open_session(h, c, ehlo_plain);

@@ -63,6 +63,19 @@ inline std::string run(const std::string& cmd, int& status) {
     return out;
 }
 
+// A file of the throwaway CA and certificates that scripts/make-test-certs
+// makes, once per test binary (ca.crt, mx.crt, mx.key, self.crt, ...).
+inline std::string test_cert(const std::string& name) {
+    static const temp_dir dir;
+    static const int status =
+        std::system((std::string(MXPRESS_SOURCE_DIR) + "/scripts/make-test-certs " + dir.path()).c_str());
+    if (status != 0) {
+        std::fprintf(stderr, "scripts/make-test-certs failed\n");
+        std::abort();
+    }
+    return dir.file(name);
+}
+
 // Debian's interpreter, with its python3-* packages (not a pyenv shim).
 inline const char* python3() {
     return "/usr/bin/python3";

@@ -16,16 +16,7 @@ namespace {
 
 class TlsTest : public ::testing::Test {
 protected:
-    static void SetUpTestSuite() {
-        dir = new mxpress::test::temp_dir();
-        const std::string cmd = std::string(MXPRESS_SOURCE_DIR) + "/scripts/make-test-certs " + dir->path();
-        ASSERT_EQ(std::system(cmd.c_str()), 0);
-    }
-    static void TearDownTestSuite() {
-        delete dir;
-        dir = nullptr;
-    }
-    static std::string file(const char* name) { return dir->file(name); }
+    static std::string file(const char* name) { return mxpress::test::test_cert(name); }
 
     // Moves bytes both ways until neither side has output; at most `rounds`.
     static void shuttle(tls_stream& a, tls_stream& b, int rounds = 10) {
@@ -67,8 +58,6 @@ protected:
         }
         return result::want_more;
     }
-
-    static inline mxpress::test::temp_dir* dir = nullptr;
 };
 
 TEST_F(TlsTest, HandshakeAndDataBothWays) {

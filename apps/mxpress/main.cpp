@@ -26,6 +26,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
+#include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/mail/recipients.hpp"
@@ -358,24 +359,20 @@ engine::route parse_relay(const std::string& spec) {
 }
 
 // --relay HOST[:PORT]: every domain goes to the relay; 465 is implicit TLS,
-// anything else STARTTLS. Its TLS policy: an [mx."HOST"] entry, else
-// [defaults] tls when the file sets it, else verify. Credentials need TLS.
+// anything else STARTTLS. Its TLS policy: engine::relay_tls_policy.
+// Credentials need TLS (engine::decide_tls says so before connecting).
 engine::route relay_route(const send_options& o, const engine::config& cfg) {
     engine::route r = parse_relay(o.relay);
-    engine::tls_policy policy = cfg.tls_set ? cfg.tls : engine::tls_policy::verify;
-    for (const auto& [pattern, p] : cfg.mx_tls) {
-        if (engine::host_pattern_matches(pattern, r.host)) {
-            policy = p;
-            break;
-        }
+    engine::tls_situation s;
+    s.policy = engine::relay_tls_policy(cfg, r.host);
+    s.step = engine::tls_step::connect;
+    s.implicit_tls = r.implicit_tls;
+    s.credentials = !o.auth_user.empty();
+    s.peer = "the relay";
+    if (const engine::tls_decision d = engine::decide_tls(s); d.action == engine::tls_action::fail) {
+        throw std::invalid_argument("--auth-user: " + d.reason);
     }
-    if (!o.auth_user.empty() && policy != engine::tls_policy::required && policy != engine::tls_policy::verify) {
-        throw std::invalid_argument(fmt::format(
-            "--auth-user: credentials are only sent over TLS, but the relay's TLS policy is \"{}\" (use \"required\" "
-            "or \"verify\")",
-            engine::to_string(policy)));
-    }
-    r.tls = policy;
+    r.tls = s.policy;
     return r;
 }
 
@@ -386,9 +383,6 @@ int run_send(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
-    if (o.config.empty()) {
-        ro.shard.cfg.helo_name = engine::default_helo_name();
-    }
     ro.shard.dns_servers = o.dns;
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
     ro.shard.routes = parse_routes(o.routes);
@@ -532,7 +526,14 @@ int run_render(const std::string& recipients, const std::string& message_path, s
     return exit_usage;
 }
 
-int run_check_config(const std::string& path) {
+int run_check_config(const std::string& path, bool keys) {
+    if (keys) {
+        std::fputs(engine::describe_keys_markdown().c_str(), stdout);
+        return exit_ok;
+    }
+    if (path.empty()) {
+        throw std::invalid_argument("check-config: FILE is required (or --keys for the table of keys)");
+    }
     const engine::config c = engine::load_config(path);
     std::fprintf(stdout, "%s: ok\n\n%s", path.c_str(), engine::describe(c).c_str());
     return exit_ok;
@@ -591,8 +592,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
 
     std::string c_path;
+    bool c_keys = false;
     auto* check = app.add_subcommand("check-config", "Validate a configuration file and print the effective settings");
-    check->add_option("FILE", c_path, "TOML configuration file")->required();
+    check->add_option("FILE", c_path, "TOML configuration file");
+    check->add_flag("--keys", c_keys, "Print every configuration key with its type, default and meaning (Markdown)");
 
     try {
         app.parse(argc, argv);
@@ -619,7 +622,7 @@ int main(int argc, char** argv) {
             return run_render(r_recipients, r_message, r_line, r_from);
         }
         if (*check) {
-            return run_check_config(c_path);
+            return run_check_config(c_path, c_keys);
         }
     } catch (const input_error& e) {
         std::fprintf(stderr, "mxpress: %s\n", e.describe().c_str());

@@ -43,6 +43,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/net/tls.hpp"
+#include "mxpress/net/tls_channel.hpp"
 
 namespace {
 
@@ -50,6 +51,7 @@ std::atomic<bool> g_stop{false};
 std::atomic<std::uint64_t> g_messages{0};
 std::uint64_t g_exit_after = 0;
 
+using mxpress::net::tls_channel;
 using mxpress::net::tls_stream;
 
 // What every worker shares: TLS context and the fault to inject.
@@ -99,11 +101,10 @@ struct session {
     std::string out;          // plaintext replies not yet handed to TLS or the socket
     std::string sending_buf;  // bytes of the send in flight (ciphertext under TLS)
     std::size_t send_off = 0;
-    std::string plain_first;  // sent before anything else: the 220 to STARTTLS
-    std::unique_ptr<tls_stream> tls;
-    bool tls_handshaking = false;
-    bool stalled = false;  // --fault tls-stall: input is ignored from now on
-    std::string plain;     // decrypted input
+    std::string plain_first;           // sent before anything else: the 220 to STARTTLS
+    std::unique_ptr<tls_channel> tls;  // STARTTLS or implicit TLS, once it began
+    bool stalled = false;              // --fault tls-stall: input is ignored from now on
+    std::string plain;                 // decrypted input
     bool in_data = false;
     int data_match = 0;  // how much of "\r\n.\r\n" was seen
     std::uint32_t rcpts = 0;
@@ -213,8 +214,8 @@ private:
         w->_counters.connections.fetch_add(1, std::memory_order_relaxed);
         s->out = greeting;
         if (l->implicit_tls) {
-            s->tls = std::make_unique<tls_stream>(w->_settings.tls, tls_stream::role::server);
-            s->tls_handshaking = true;
+            s->tls = std::make_unique<tls_channel>(w->_settings.tls, tls_stream::role::server);
+            s->tls->start();
         }
         w->arm_recv(s);
         w->pump(s);
@@ -237,8 +238,9 @@ private:
             if (!s->plain_first.empty()) {
                 s->sending_buf.swap(s->plain_first);
             } else if (s->tls) {
-                if (!s->tls_handshaking && !s->out.empty()) {
-                    if (s->tls->write(s->out) != tls_stream::result::ok) {
+                // Replies written during the handshake wait in the channel.
+                if (!s->out.empty()) {
+                    if (!s->tls->send(s->out)) {
                         kill(s);
                         return;
                     }
@@ -312,27 +314,24 @@ private:
     }
 
     void consume_tls(session* s, std::string_view in) {
-        s->tls->feed(in);
-        if (s->tls_handshaking) {
-            const auto r = s->tls->handshake();
-            if (r == tls_stream::result::want_more) {
-                return;
-            }
-            if (r != tls_stream::result::ok) {
-                _counters.tls_failures.fetch_add(1, std::memory_order_relaxed);
-                kill(s);
-                return;
-            }
-            s->tls_handshaking = false;
+        s->plain.clear();
+        const tls_channel::progress p = s->tls->receive(in, s->plain);
+        if (p.established_now) {
             _counters.tls_handshakes.fetch_add(1, std::memory_order_relaxed);
-            if (s->tls->resumed()) {
+            if (s->tls->stream().resumed()) {
                 _counters.tls_resumed.fetch_add(1, std::memory_order_relaxed);
             }
         }
-        s->plain.clear();
-        const auto r = s->tls->read(s->plain);
+        if (p.now == tls_channel::state::handshaking) {
+            return;
+        }
+        if (p.now == tls_channel::state::failed && !s->tls->stream().established()) {
+            _counters.tls_failures.fetch_add(1, std::memory_order_relaxed);
+            kill(s);
+            return;
+        }
         consume(s, s->plain);
-        if (r != tls_stream::result::ok) {
+        if (p.now != tls_channel::state::open) {
             s->closing = true;  // close_notify or a broken record
         }
     }
@@ -360,7 +359,7 @@ private:
             }
             command(s, s->line);
             s->line.clear();
-            if (s->closing || s->tls_handshaking) {
+            if (s->closing || (s->tls && s->tls->handshaking())) {
                 // After the 220 to STARTTLS, plaintext that came with the
                 // command is dropped (RFC 3207 §5: it must not be trusted).
                 return;
@@ -460,8 +459,8 @@ private:
                 return;
             case sink_settings::fault::none: break;
         }
-        s->tls = std::make_unique<tls_stream>(_settings.tls, tls_stream::role::server);
-        s->tls_handshaking = true;
+        s->tls = std::make_unique<tls_channel>(_settings.tls, tls_stream::role::server);
+        s->tls->start();
         s->in_data = false;
         s->rcpts = 0;
     }

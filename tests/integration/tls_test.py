@@ -317,6 +317,36 @@ class Relay(unittest.TestCase):
             self.assertEqual(p.returncode, 2)
             self.assertIn("cannot connect", p.stderr)
 
+    def test_relay_honours_disabled_and_opportunistic_without_auth(self):
+        # The pre-flight decides TLS as the engine does: without credentials,
+        # "disabled" and "opportunistic" relay in plaintext to a relay that
+        # offers no STARTTLS (or breaks it), and only "required" refuses.
+        with Peers() as peers:
+            c = certs(peers)
+            sink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
+            plain_port, broken_port = free_port(), free_port()
+            mxsink(peers, sink, f"127.0.0.1:{plain_port}")
+            mxsink(peers, sink, f"127.0.0.1:{broken_port}", tls=(f"{c}/mx.crt", f"{c}/mx.key"), fault="tls-garbage")
+            recipients, message = job(peers, 20)
+            for policy, port in [("disabled", plain_port), ("opportunistic", plain_port),
+                                 ("opportunistic", broken_port)]:
+                with self.subTest(policy=policy, port=port):
+                    cfg = SHORT.replace("[defaults]\n", f'[defaults]\ntls = "{policy}"\n')
+                    p, jpath, s = send(peers, recipients, message, ["--relay", f"127.0.0.1:{port}"], config=cfg)
+                    self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                    j = journal(jpath)
+                    self.assertEqual(len(j), 20)
+                    for entries in j.values():
+                        self.assertEqual(entries[-1]["status"], "delivered", entries[-1])
+                        self.assertEqual(entries[-1]["tls"], "none", entries[-1])
+            for port in (plain_port, broken_port):
+                cfg = SHORT.replace("[defaults]\n", '[defaults]\ntls = "required"\n')
+                p, jpath, _ = send(peers, recipients, message, ["--relay", f"127.0.0.1:{port}"], config=cfg)
+                self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+                self.assertIn("TLS is required (required), but the relay does not offer STARTTLS"
+                              if port == plain_port else "TLS with the relay failed", p.stderr)
+                self.assertFalse(os.path.exists(jpath) and os.path.getsize(jpath) > 0)
+
 
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])

@@ -69,27 +69,41 @@ struct run_report {
 };
 
 // TLS as identity: the handshake is decided by the server's profile.
-class sim_tls_channel final : public net::tls_channel {
+class sim_tls_channel final : public net::secure_channel {
 public:
     enum class mode { ok, fail, stall };
     explicit sim_tls_channel(mode m) : _mode(m) {}
-    net::tls_result handshake() override {
+    progress start() override {
         switch (_mode) {
-            case mode::ok: _done = true; return net::tls_result::ok;
-            case mode::fail: _error = "sim: handshake failure"; return net::tls_result::failed;
-            case mode::stall: return net::tls_result::want_more;
+            case mode::ok:
+                _state = state::open;
+                _out.append(_held);
+                _held.clear();
+                return {_state, true};
+            case mode::fail:
+                _state = state::failed;
+                _error = "sim: handshake failure";
+                return {_state, false};
+            case mode::stall: return {_state, false};
         }
-        return net::tls_result::failed;
+        return {_state, false};
     }
-    void feed(std::string_view c) override { _in.append(c); }
-    net::tls_result read(std::string& plain) override {
-        plain.append(_in);
-        _in.clear();
-        return net::tls_result::ok;
+    progress receive(std::string_view ciphertext, std::string& plain) override {
+        if (_state == state::open) {
+            plain.append(ciphertext);
+        }
+        return {_state, false};
     }
-    net::tls_result write(std::string_view plain) override {
+    bool send(std::string_view plain) override {
+        if (_state == state::handshaking) {
+            _held.append(plain);
+            return true;
+        }
+        if (_state != state::open) {
+            return false;
+        }
         _out.append(plain);
-        return net::tls_result::ok;
+        return true;
     }
     bool has_output() const noexcept override { return !_out.empty(); }
     void take_output(std::string& dst) override {
@@ -97,16 +111,16 @@ public:
         dst.swap(_out);
     }
     bool resumed() const noexcept override { return false; }
-    const char* version() const noexcept override { return _done ? "TLSv1.3" : "none"; }
+    const char* version() const noexcept override { return _state == state::open ? "TLSv1.3" : "none"; }
     const std::string& error() const noexcept override { return _error; }
 
 private:
     mode _mode;
-    bool _done = false;
-    std::string _in, _out, _error;
+    state _state = state::handshaking;
+    std::string _held, _out, _error;
 };
 
-class simulator final : private engine::outcome_sink, private net::tls_channel_factory {
+class simulator final : private engine::outcome_sink, private net::secure_channel_factory {
 public:
     explicit simulator(world_options w) : _w(w), _rng(w.seed), _start(clock::time_point{} + std::chrono::hours(1)) {
         build_config();
@@ -118,7 +132,7 @@ public:
         mail::renderer_options ro;
         ro.from = "sender@sim.test";
         _renderer.emplace(_tmpl, ro);
-        net::tls_channel_factory& tls = *this;
+        net::secure_channel_factory& tls = *this;
         engine::outcome_sink& sink = *this;
         _core = std::make_unique<engine::delivery_core>(_o, *_renderer, tls, sink, _stats);
     }
@@ -179,8 +193,8 @@ private:
         c.mx_tls.emplace_back("*.off.sim", engine::tls_policy::disabled);
         _o.from = "sender@sim.test";
         _o.mx_port = 25;
-        _o.pending_max = _w.pending_max;
-        _o.idle_timeout = milliseconds(2000);
+        c.pending_max = static_cast<std::uint32_t>(_w.pending_max);
+        c.idle_timeout = milliseconds(2000);
         _o.tick = milliseconds(50);
     }
 
@@ -267,7 +281,7 @@ private:
         }
     }
 
-    std::unique_ptr<net::tls_channel> open(const net::tls_peer& peer) override {
+    std::unique_ptr<net::secure_channel> open(const net::tls_peer& peer) override {
         const host& h = _hosts.at(_host_by_name.at(peer.server_name));
         auto m = sim_tls_channel::mode::ok;
         if (h.profile.tls_handshake_stalls) {
@@ -277,7 +291,7 @@ private:
         }
         return std::make_unique<sim_tls_channel>(m);
     }
-    void keep_sessions(const std::string&, net::tls_channel&) override {}
+    void keep_sessions(const std::string&, net::secure_channel&) override {}
 
     // ---- events ----------------------------------------------------------------------
 

@@ -1,30 +1,25 @@
 // mxpress/engine/config.hpp — the run configuration (--config FILE.toml).
 //
-// Safe defaults are built in; a file only overrides them. Unknown tables or
-// keys and wrong types are errors naming the file, line and key, so that a
-// typo never silently leaves a default in force.
+// Every `key = value` setting is one row of `config_keys` below: its section,
+// name, type, default, limits, one-line doc and the field of `config` it
+// fills. That one row drives everything a key needs: the default a
+// `config{}` starts with, parsing and its errors, `mxpress check-config`
+// output and the key table in README (`mxpress check-config --keys` prints
+// it; a unit test checks that README's copy matches). Sections that are not
+// plain key = value tables ([domain."…"], [mx."…"]) have one row each in
+// `config_sections`, with their own parser and printer.
 //
-// [defaults]
-//   helo_name = "mail.example.org"       # EHLO name (default: this host's name)
-//   retry_initial = "1m"                 # first retry after a temporary failure
-//   retry_max = "1h"                     # longest wait between retries
-//   max_age = "24h"                      # give up (expired) after this long
-//   connections_max = 10                 # per MX host
-//   messages_per_connection_max = 1000   # then the connection is closed
-//   connect_timeout = "30s"
-//   tls = "opportunistic"                # disabled | opportunistic | required | verify
-//   tls_ca_file = "/path/ca.pem"         # trust for tls = "verify" (default: system CAs)
-// [domain."example.com"]                 # per destination domain (A-labels)
-//   tls = "required"
-// [mx."*.example.net"]                   # per MX host name: exact, or "*." + suffix
-//   tls = "verify"
-// [timeouts]                             # RFC 5321 §4.5.3.2 defaults
-//   greeting = "5m"  mail = "5m"  rcpt = "5m"  data_init = "2m"
-//   data_block = "3m"  data_term = "10m"  tls_handshake = "30s"
+// Promises:
+// - Safe defaults are built in; a file only overrides them.
+// - Unknown tables or keys, wrong types and values out of a key's range are
+//   errors naming the file, line and key (with the closest known key when a
+//   name looks like a typo), so that a typo never leaves a default in force.
+// - Durations are kept in milliseconds end to end ("500ms" stays 500 ms) and
+//   are bounded per key, so no deadline computed from them overflows a clock.
 //
 // TLS policy of a delivery: the [domain."…"] entry of the recipient's
 // domain, else the first [mx."…"] entry matching the MX host name (in file
-// order), else [defaults]. What each one means:
+// order), else [defaults] tls. What each one means:
 //   disabled       never STARTTLS
 //   opportunistic  STARTTLS when offered, certificate not checked (as MTAs do
 //                  for MX delivery); a failed handshake is retried in
@@ -33,16 +28,22 @@
 //   verify         required, and the chain must be trusted and name the MX host
 #pragma once
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
@@ -87,39 +88,13 @@ inline bool host_pattern_matches(std::string_view pattern, std::string_view host
 
 using milliseconds = std::chrono::milliseconds;
 
-struct config {
-    std::string helo_name;
-    milliseconds retry_initial{std::chrono::minutes(1)};
-    milliseconds retry_max{std::chrono::hours(1)};
-    milliseconds max_age{std::chrono::hours(24)};
-    std::uint32_t connections_max = 10;
-    std::uint32_t messages_per_connection_max = 1000;
-    milliseconds connect_timeout{std::chrono::seconds(30)};
-    smtp::timeouts smtp_timeouts{};
-    tls_policy tls = tls_policy::opportunistic;
-    bool tls_set = false;     // [defaults] tls was given (relays default to verify otherwise)
-    std::string tls_ca_file;  // empty: the system's CAs
-    milliseconds tls_handshake_timeout{std::chrono::seconds(30)};
-    std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
-    std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+// Longest duration parse_duration accepts at all (about 31,000 years): far
+// beyond every key's own limit, so that the sum of a duration's parts can
+// never overflow, and a too-long value gets the key's range error.
+inline constexpr std::uint64_t duration_parse_max_ms = 1'000'000'000'000'000ULL;
 
-    // The TLS policy for mail to `domain` through the MX host `mx_host`.
-    tls_policy tls_for(std::string_view domain, std::string_view mx_host) const {
-        for (const auto& [d, p] : domain_tls) {
-            if (detail::iequals(d, domain)) {
-                return p;
-            }
-        }
-        for (const auto& [pattern, p] : mx_tls) {
-            if (host_pattern_matches(pattern, mx_host)) {
-                return p;
-            }
-        }
-        return tls;
-    }
-};
-
-// Parses "90s", "5m", "1h30m", "250ms", "2d". Returns false when malformed.
+// Parses "90s", "5m", "1h30m", "250ms", "2d". Returns false when malformed
+// or longer than duration_parse_max_ms.
 inline bool parse_duration(std::string_view s, milliseconds& out) {
     if (s.empty()) {
         return false;
@@ -130,7 +105,7 @@ inline bool parse_duration(std::string_view s, milliseconds& out) {
         std::uint64_t n = 0;
         const std::size_t start = i;
         while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
-            if (n > 1'000'000'000ULL) {
+            if (n > duration_parse_max_ms) {
                 return false;
             }
             n = n * 10 + static_cast<std::uint64_t>(s[i] - '0');
@@ -155,12 +130,17 @@ inline bool parse_duration(std::string_view s, milliseconds& out) {
         } else {
             return false;  // a unit is required
         }
+        // n <= 1e18 and unit_ms <= 8.64e7: check before multiplying.
+        if (n > (duration_parse_max_ms - total) / unit_ms) {
+            return false;
+        }
         total += n * unit_ms;
     }
     out = milliseconds(static_cast<std::int64_t>(total));
     return true;
 }
 
+// The shortest exact spelling: 5400000 ms -> "1h30m", 500 ms -> "500ms".
 inline std::string format_duration(milliseconds d) {
     auto ms = static_cast<std::uint64_t>(d.count());
     if (ms == 0) {
@@ -187,6 +167,262 @@ inline std::string default_helo_name() {
     return buf;
 }
 
+// The effective settings. The defaults, limits and docs of the key = value
+// fields are in config_keys (one row each); a default-constructed config
+// holds those defaults.
+struct config {
+    config();
+
+    // [defaults]
+    std::string helo_name;
+    milliseconds retry_initial{};
+    milliseconds retry_max{};
+    milliseconds max_age{};
+    std::uint32_t connections_max = 0;
+    std::uint32_t messages_per_connection_max = 0;
+    milliseconds connect_timeout{};
+    milliseconds idle_timeout{};
+    std::uint32_t pending_max = 0;
+    milliseconds host_skip_max{};
+    tls_policy tls = tls_policy::opportunistic;
+    bool tls_set = false;     // [defaults] tls was given (relays default to verify otherwise)
+    std::string tls_ca_file;  // empty: the system's CAs
+    std::uint32_t tls_sessions_max = 0;
+    milliseconds tls_plaintext_after_failure{};
+    // [timeouts]
+    smtp::timeouts smtp_timeouts{};
+    milliseconds tls_handshake_timeout{};
+    // [dns]
+    milliseconds dns_timeout{};
+    std::uint32_t dns_tries = 0;
+    milliseconds mx_cache_ttl{};
+    milliseconds dns_failure_cache_ttl{};
+    // [domain."…"] and [mx."…"]
+    std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
+    std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+
+    // Which rows of config_keys the file set (bit i: row i).
+    std::uint64_t keys_set = 0;
+    bool is_set(std::string_view section, std::string_view name) const;
+
+    // The TLS policy for mail to `domain` through the MX host `mx_host`.
+    tls_policy tls_for(std::string_view domain, std::string_view mx_host) const {
+        for (const auto& [d, p] : domain_tls) {
+            if (detail::iequals(d, domain)) {
+                return p;
+            }
+        }
+        for (const auto& [pattern, p] : mx_tls) {
+            if (host_pattern_matches(pattern, mx_host)) {
+                return p;
+            }
+        }
+        return tls;
+    }
+};
+
+// ---- the key table ----------------------------------------------------------
+
+enum class key_type : std::uint8_t {
+    duration,    // "1h30m"; min and max in milliseconds
+    count,       // an integer in min..max
+    host_name,   // a string without spaces
+    file,        // a readable file name, or "" for none
+    tls_policy,  // "disabled" | "opportunistic" | "required" | "verify"
+};
+
+// Where a row's value lives: a reference into a config (mutable and const).
+template <class T>
+struct config_field {
+    T& (*ref)(config&) = nullptr;
+    const T& (*cref)(const config&) = nullptr;
+
+    // `f`: a captureless generic lambda, [](auto& c) -> auto& { return c.x; }.
+    template <class F>
+    static constexpr config_field of(F f) {
+        return {static_cast<T& (*)(config&)>(f), static_cast<const T& (*)(const config&)>(f)};
+    }
+};
+
+struct config_key {
+    std::string_view section;  // "defaults", "timeouts", "dns"
+    std::string_view name;     // as written in the file
+    key_type type;
+    std::string_view default_value;  // as written in a file, without quotes
+    std::string_view doc;            // one line
+    std::int64_t min = 0;            // duration (ms) or count limits
+    std::int64_t max = 0;
+    std::string (*computed_default)() = nullptr;  // when the default depends on the host
+    std::string_view computed_default_doc;        // what README says for it
+    config_field<milliseconds> duration{};
+    config_field<std::uint32_t> count{};
+    config_field<std::string> text{};  // host_name, file
+    config_field<engine::tls_policy> policy{};
+};
+
+namespace detail_config {
+
+constexpr std::int64_t ms_of(std::chrono::milliseconds d) {
+    return d.count();
+}
+
+constexpr config_key row(std::string_view section, std::string_view name, key_type type, std::string_view def,
+                         std::string_view doc, std::int64_t lo = 0, std::int64_t hi = 0) {
+    config_key k{};
+    k.section = section;
+    k.name = name;
+    k.type = type;
+    k.default_value = def;
+    k.doc = doc;
+    k.min = lo;
+    k.max = hi;
+    return k;
+}
+
+template <class F>
+constexpr config_key duration_key(std::string_view section, std::string_view name, std::string_view def,
+                                  milliseconds lo, milliseconds hi, std::string_view doc, F f) {
+    config_key k = row(section, name, key_type::duration, def, doc, ms_of(lo), ms_of(hi));
+    k.duration = config_field<milliseconds>::of(f);
+    return k;
+}
+
+template <class F>
+constexpr config_key count_key(std::string_view section, std::string_view name, std::string_view def, std::int64_t lo,
+                               std::int64_t hi, std::string_view doc, F f) {
+    config_key k = row(section, name, key_type::count, def, doc, lo, hi);
+    k.count = config_field<std::uint32_t>::of(f);
+    return k;
+}
+
+template <class F>
+constexpr config_key text_key(std::string_view section, std::string_view name, key_type type, std::string_view def,
+                              std::string_view doc, F f) {
+    config_key k = row(section, name, type, def, doc);
+    k.text = config_field<std::string>::of(f);
+    return k;
+}
+
+template <class F>
+constexpr config_key policy_key(std::string_view section, std::string_view name, std::string_view def,
+                                std::string_view doc, F f) {
+    config_key k = row(section, name, key_type::tls_policy, def, doc);
+    k.policy = config_field<engine::tls_policy>::of(f);
+    return k;
+}
+
+using std::chrono::days;
+using std::chrono::hours;
+using std::chrono::minutes;
+using std::chrono::seconds;
+constexpr milliseconds ms1{1};
+
+constexpr config_key helo_name_key() {
+    config_key k = text_key(
+        "defaults", "helo_name", key_type::host_name, "", "name sent with EHLO",
+        [](auto& c) -> auto& { return c.helo_name; });
+    k.computed_default = &default_helo_name;
+    k.computed_default_doc = "this host's name";
+    return k;
+}
+
+// Every key = value setting, in the order check-config and README show them.
+// To add one: a field in `config`, a row here (README's table then follows
+// from `mxpress check-config --keys`), and the code that reads the field.
+inline constexpr config_key all_keys[] = {
+    // clang-format off
+    helo_name_key(),
+    duration_key("defaults", "retry_initial", "1m", ms1, days(365),
+        "first retry after a temporary failure; the wait doubles up to retry_max",
+        [](auto& c) -> auto& { return c.retry_initial; }),
+    duration_key("defaults", "retry_max", "1h", ms1, days(365),
+        "longest wait between two retries",
+        [](auto& c) -> auto& { return c.retry_max; }),
+    duration_key("defaults", "max_age", "24h", ms1, days(365),
+        "a recipient not delivered this long after its first attempt is expired",
+        [](auto& c) -> auto& { return c.max_age; }),
+    count_key("defaults", "connections_max", "10", 1, 10'000,
+        "connections per MX address (and port and TLS policy)",
+        [](auto& c) -> auto& { return c.connections_max; }),
+    count_key("defaults", "messages_per_connection_max", "1000", 1, 100'000'000,
+        "messages over one connection, then it is closed and a new one opened",
+        [](auto& c) -> auto& { return c.messages_per_connection_max; }),
+    duration_key("defaults", "connect_timeout", "30s", ms1, hours(1),
+        "TCP connect to an MX host or relay",
+        [](auto& c) -> auto& { return c.connect_timeout; }),
+    duration_key("defaults", "idle_timeout", "2s", ms1, hours(1),
+        "a pooled connection without work this long is closed with QUIT",
+        [](auto& c) -> auto& { return c.idle_timeout; }),
+    count_key("defaults", "pending_max", "50000", 1, 10'000'000,
+        "recipients one shard holds (queued, in flight, waiting to retry); the reader waits beyond",
+        [](auto& c) -> auto& { return c.pending_max; }),
+    duration_key("defaults", "host_skip_max", "1m", ms1, days(1),
+        "a host that refused or dropped a session is skipped for min(retry_initial, this)",
+        [](auto& c) -> auto& { return c.host_skip_max; }),
+    policy_key("defaults", "tls", "opportunistic",
+        "disabled | opportunistic | required | verify (see TLS and relays)",
+        [](auto& c) -> auto& { return c.tls; }),
+    text_key("defaults", "tls_ca_file", key_type::file, "",
+        "CA certificates (PEM) for tls = \"verify\"; empty: the system CAs",
+        [](auto& c) -> auto& { return c.tls_ca_file; }),
+    count_key("defaults", "tls_sessions_max", "8", 0, 1024,
+        "TLS sessions kept per pool for resumption (0: every handshake is a full one)",
+        [](auto& c) -> auto& { return c.tls_sessions_max; }),
+    duration_key("defaults", "tls_plaintext_after_failure", "10m", ms1,
+        days(30),
+        "opportunistic: a host whose TLS handshake failed gets plaintext this long",
+        [](auto& c) -> auto& { return c.tls_plaintext_after_failure; }),
+    duration_key("timeouts", "greeting", "5m", ms1, days(1),
+        "the server's 220 greeting (RFC 5321 4.5.3.2.1)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.greeting; }),
+    duration_key("timeouts", "ehlo", "5m", ms1, days(1),
+        "the reply to EHLO or HELO",
+        [](auto& c) -> auto& { return c.smtp_timeouts.ehlo; }),
+    duration_key("timeouts", "mail", "5m", ms1, days(1),
+        "the reply to MAIL FROM (4.5.3.2.2)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.mail; }),
+    duration_key("timeouts", "rcpt", "5m", ms1, days(1),
+        "the reply to RCPT TO (4.5.3.2.3)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.rcpt; }),
+    duration_key("timeouts", "data_init", "2m", ms1, days(1),
+        "the 354 reply to DATA (4.5.3.2.4)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.data_init; }),
+    duration_key("timeouts", "data_block", "3m", ms1, days(1),
+        "each send of message data (4.5.3.2.5)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.data_block; }),
+    duration_key("timeouts", "data_term", "10m", ms1, days(1),
+        "the reply to the final \".\" (4.5.3.2.6)",
+        [](auto& c) -> auto& { return c.smtp_timeouts.data_term; }),
+    duration_key("timeouts", "other", "5m", ms1, days(1),
+        "the reply to RSET, NOOP, STARTTLS or AUTH",
+        [](auto& c) -> auto& { return c.smtp_timeouts.other; }),
+    duration_key("timeouts", "quit", "5m", ms1, days(1),
+        "the reply to QUIT",
+        [](auto& c) -> auto& { return c.smtp_timeouts.quit; }),
+    duration_key("timeouts", "tls_handshake", "30s", ms1, hours(1),
+        "the whole TLS handshake",
+        [](auto& c) -> auto& { return c.tls_handshake_timeout; }),
+    duration_key("dns", "timeout", "2s", ms1, minutes(1),
+        "first wait for a DNS answer before asking again (c-ares doubles it per round)",
+        [](auto& c) -> auto& { return c.dns_timeout; }),
+    count_key("dns", "tries", "3", 1, 20,
+        "rounds of asking per DNS query (every server once per round)",
+        [](auto& c) -> auto& { return c.dns_tries; }),
+    duration_key("dns", "mx_cache_ttl", "5m", ms1, days(1),
+        "how long an MX answer and its host addresses are used (c-ares 1.18 gives no TTL)",
+        [](auto& c) -> auto& { return c.mx_cache_ttl; }),
+    duration_key("dns", "failure_cache_ttl", "30s", ms1, hours(1),
+        "how long a failed lookup (SERVFAIL, timeout) is remembered before asking again",
+        [](auto& c) -> auto& { return c.dns_failure_cache_ttl; }),
+    // clang-format on
+};
+}  // namespace detail_config
+
+// Every key = value setting (the rows above), in the order check-config
+// and README show them.
+inline constexpr auto& config_keys = detail_config::all_keys;
+static_assert(std::size(config_keys) <= 64, "config::keys_set has one bit per row");
+
 namespace detail_config {
 
 inline std::uint64_t line_of(const toml::node& n) {
@@ -197,41 +433,142 @@ inline std::uint64_t line_of(const toml::node& n) {
     throw mail::input_error(file, line_of(n), what);
 }
 
-inline milliseconds get_duration(const std::string& file, std::string_view table, std::string_view key,
-                                 const toml::node& n) {
-    const auto* s = n.as_string();
-    milliseconds d{};
-    if (s == nullptr) {
-        fail(file, n, fmt::format("[{}] {} must be a duration string such as \"30s\", \"5m\" or \"1h\"", table, key));
+inline std::string range_of(const config_key& k) {
+    if (k.type == key_type::duration) {
+        return fmt::format("{}..{}", format_duration(milliseconds(k.min)), format_duration(milliseconds(k.max)));
     }
-    if (!parse_duration(s->get(), d) || d.count() == 0) {
-        fail(file, n,
-             fmt::format("[{}] {} = \"{}\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")", table, key,
-                         s->get()));
-    }
-    return d;
+    return fmt::format("{}..{}", k.min, k.max);
 }
 
-inline std::uint32_t get_count(const std::string& file, std::string_view table, std::string_view key,
-                               const toml::node& n, std::int64_t lo, std::int64_t hi) {
-    const auto* v = n.as_integer();
-    if (v == nullptr) {
-        fail(file, n, fmt::format("[{}] {} must be an integer", table, key));
+// Levenshtein distance, for "did you mean": names are short, so O(n*m).
+inline std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) {
+        row[j] = j;
     }
-    if (v->get() < lo || v->get() > hi) {
-        fail(file, n, fmt::format("[{}] {} = {} is out of range ({}..{})", table, key, v->get(), lo, hi));
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diagonal = above;
+        }
     }
-    return static_cast<std::uint32_t>(v->get());
+    return row[b.size()];
 }
 
-inline tls_policy get_tls_policy(const std::string& file, const std::string& table, const toml::node& n) {
-    const auto* s = n.as_string();
-    tls_policy p{};
-    if (s == nullptr || !parse_tls_policy(s->get(), p)) {
-        fail(file, n,
-             fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", table));
+// " (did you mean 'x'?)" when one known name is within two edits of `name`.
+inline std::string suggestion(std::string_view name, const std::vector<std::string_view>& known) {
+    constexpr std::size_t typo_edits_max = 2;
+    std::string_view best;
+    std::size_t best_distance = typo_edits_max + 1;
+    for (std::string_view k : known) {
+        const std::size_t d = edit_distance(name, k);
+        if (d < best_distance) {
+            best = k;
+            best_distance = d;
+        }
     }
-    return p;
+    return best.empty() ? std::string() : fmt::format("; did you mean '{}'?", best);
+}
+
+inline std::string type_error(const config_key& k);
+
+// Sets row `k` of `c` from `text` as written in a file (the default, or a
+// TOML string or integer already unwrapped). Returns an error, or "".
+inline std::string assign(const config_key& k, config& c, std::string_view text, std::int64_t integer) {
+    switch (k.type) {
+        case key_type::duration: {
+            milliseconds d{};
+            if (!parse_duration(text, d)) {
+                return fmt::format("[{}] {} = \"{}\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")",
+                                   k.section, k.name, text);
+            }
+            if (d.count() < k.min || d.count() > k.max) {
+                return fmt::format("[{}] {} = \"{}\" is out of range ({})", k.section, k.name, text, range_of(k));
+            }
+            k.duration.ref(c) = d;
+            return {};
+        }
+        case key_type::count:
+            if (integer < k.min || integer > k.max) {
+                return fmt::format("[{}] {} = {} is out of range ({})", k.section, k.name, integer, range_of(k));
+            }
+            k.count.ref(c) = static_cast<std::uint32_t>(integer);
+            return {};
+        case key_type::host_name:
+            if (text.empty() || text.find_first_of(" \t\r\n") != std::string_view::npos) {
+                return fmt::format("[{}] {} must be a host name string", k.section, k.name);
+            }
+            k.text.ref(c) = std::string(text);
+            return {};
+        case key_type::file:
+            if (!text.empty()) {
+                std::ifstream probe{std::string(text)};
+                if (!probe) {
+                    return fmt::format("[{}] {}: cannot read {}: {}", k.section, k.name, text, std::strerror(errno));
+                }
+            }
+            k.text.ref(c) = std::string(text);
+            return {};
+        case key_type::tls_policy: return parse_tls_policy(text, k.policy.ref(c)) ? std::string() : type_error(k);
+    }
+    return "unknown key type";
+}
+
+// What a row says when the TOML value has the wrong type.
+inline std::string type_error(const config_key& k) {
+    switch (k.type) {
+        case key_type::duration:
+            return fmt::format("[{}] {} must be a duration string such as \"30s\", \"5m\" or \"1h\"", k.section,
+                               k.name);
+        case key_type::count: return fmt::format("[{}] {} must be an integer", k.section, k.name);
+        case key_type::host_name: return fmt::format("[{}] {} must be a host name string", k.section, k.name);
+        case key_type::file: return fmt::format("[{}] {} must be a file name string", k.section, k.name);
+        case key_type::tls_policy:
+            return fmt::format("[{}] {} must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", k.section,
+                               k.name);
+    }
+    return "unknown key type";
+}
+
+// A row's value from the file, checked against its type and limits.
+inline void assign_from(const std::string& file, const config_key& k, config& c, const toml::node& n) {
+    std::string error;
+    if (k.type == key_type::count) {
+        const auto* v = n.as_integer();
+        error = v != nullptr ? assign(k, c, {}, v->get()) : type_error(k);
+    } else {
+        const auto* s = n.as_string();
+        error = s != nullptr ? assign(k, c, s->get(), 0) : type_error(k);
+    }
+    if (!error.empty()) {
+        fail(file, n, error);
+    }
+}
+
+// A row's value as check-config prints it: valid TOML.
+inline std::string value_text(const config_key& k, const config& c) {
+    switch (k.type) {
+        case key_type::duration: return fmt::format("\"{}\"", format_duration(k.duration.cref(c)));
+        case key_type::count: return std::to_string(k.count.cref(c));
+        case key_type::host_name:
+        case key_type::file: return fmt::format("\"{}\"", k.text.cref(c));
+        case key_type::tls_policy: return fmt::format("\"{}\"", to_string(k.policy.cref(c)));
+    }
+    return {};
+}
+
+inline const char* type_name(key_type t) {
+    switch (t) {
+        case key_type::duration: return "duration";
+        case key_type::count: return "integer";
+        case key_type::host_name: return "host name";
+        case key_type::file: return "file name";
+        case key_type::tls_policy: return "TLS policy";
+    }
+    return "?";
 }
 
 // [domain."x"] or [mx."pattern"]: a table of tables with only `tls` for now.
@@ -265,116 +602,170 @@ inline void get_tls_entries(const std::string& file, std::string_view kind, cons
                      fmt::format("unknown key '{}' in [{}] (known: tls; quote a dotted name: [{}.\"example.com\"])",
                                  key.str(), table, kind));
             }
-            out.emplace_back(name, get_tls_policy(file, table, value));
+            const auto* s = value.as_string();
+            tls_policy p{};
+            if (s == nullptr || !parse_tls_policy(s->get(), p)) {
+                fail(
+                    file, value,
+                    fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", table));
+            }
+            out.emplace_back(name, p);
         }
+    }
+}
+
+inline void describe_tls_entries(std::string& out, std::string_view kind,
+                                 const std::vector<std::pair<std::string, tls_policy>>& entries) {
+    for (const auto& [name, p] : entries) {
+        out += fmt::format("\n[{}.\"{}\"]\ntls = \"{}\"\n", kind, name, to_string(p));
     }
 }
 
 }  // namespace detail_config
 
+// A section that is not a plain key = value table: it has its own parser
+// (given the section's node, after the key rows are read) and printer.
+struct config_section {
+    std::string_view name;    // the top-level TOML key
+    std::string_view syntax;  // how errors and docs name it: [domain."…"]
+    std::string_view doc;
+    void (*parse)(config&, const toml::node&, const std::string& file);
+    void (*describe)(const config&, std::string& out);
+};
+
+inline const config_section config_sections[] = {
+    {"domain", "[domain.\"…\"]", "per recipient domain (A-labels; quote dotted names): tls",
+     [](config& c, const toml::node& n, const std::string& file) {
+         detail_config::get_tls_entries(file, "domain", n, c.domain_tls);
+     },
+     [](const config& c, std::string& out) { detail_config::describe_tls_entries(out, "domain", c.domain_tls); }},
+    {"mx", "[mx.\"…\"]", "per MX host name, exact or \"*.\" and a suffix, first match wins: tls",
+     [](config& c, const toml::node& n, const std::string& file) {
+         detail_config::get_tls_entries(file, "mx", n, c.mx_tls);
+     },
+     [](const config& c, std::string& out) { detail_config::describe_tls_entries(out, "mx", c.mx_tls); }},
+    // HOOK: a section parsed by its own header (e.g. [dkim]) is one row
+    // here, {name, syntax, doc, parse, describe}, with its settings as one
+    // field of `config` (e.g. `dkim_config dkim;`). Nothing else changes:
+    // the unknown-table error, check-config and README's table follow.
+};
+
+namespace detail_config {
+
+// The plain key = value sections, in table order, each once.
+inline std::vector<std::string_view> key_sections() {
+    std::vector<std::string_view> out;
+    for (const config_key& k : config_keys) {
+        if (std::find(out.begin(), out.end(), k.section) == out.end()) {
+            out.push_back(k.section);
+        }
+    }
+    return out;
+}
+
+inline std::size_t row_of(const config_key& k) {
+    return static_cast<std::size_t>(&k - &config_keys[0]);
+}
+
+}  // namespace detail_config
+
+inline config::config() {
+    for (const config_key& k : config_keys) {
+        const std::string def = k.computed_default != nullptr ? k.computed_default() : std::string(k.default_value);
+        std::int64_t integer = 0;
+        if (k.type == key_type::count) {
+            std::from_chars(def.data(), def.data() + def.size(), integer);
+        }
+        const std::string error = detail_config::assign(k, *this, def, integer);
+        assert(error.empty() && "every default is valid for its own key");
+        (void)error;
+    }
+}
+
+inline bool config::is_set(std::string_view section, std::string_view name) const {
+    for (const config_key& k : config_keys) {
+        if (k.section == section && k.name == name) {
+            return (keys_set >> detail_config::row_of(k) & 1) != 0;
+        }
+    }
+    assert(false && "is_set asks for a key of config_keys");
+    return false;
+}
+
 // Parses configuration text; `file` names it in errors. Throws mail::input_error.
 inline config parse_config(std::string_view text, const std::string& file) {
     using namespace detail_config;
     config c;
-    c.helo_name = default_helo_name();
     toml::table root;
     try {
         root = toml::parse(text, std::string_view(file));
     } catch (const toml::parse_error& e) {
         throw mail::input_error(file, e.source().begin.line, fmt::format("TOML syntax: {}", e.description()));
     }
+    const std::vector<std::string_view> sections = key_sections();
     for (auto&& [key, node] : root) {
         const std::string_view k = key.str();
-        if (k != "defaults" && k != "timeouts" && k != "domain" && k != "mx") {
+        const bool plain = std::find(sections.begin(), sections.end(), k) != sections.end();
+        const bool special = std::any_of(std::begin(config_sections), std::end(config_sections),
+                                         [&](const config_section& s) { return s.name == k; });
+        if (!plain && !special) {
+            std::vector<std::string_view> known = sections;
+            std::string list;
+            for (std::string_view s : sections) {
+                list += fmt::format("{}[{}]", list.empty() ? "" : ", ", s);
+            }
+            for (const config_section& s : config_sections) {
+                known.push_back(s.name);
+                list += fmt::format(", {}", s.syntax);
+            }
             fail(file, node,
-                 fmt::format("unknown table or key '{}' (known tables: [defaults], [timeouts], [domain.\"…\"], "
-                             "[mx.\"…\"])",
-                             k));
+                 fmt::format("unknown table or key '{}'{} (known tables: {})", k, suggestion(k, known), list));
         }
         if (!node.is_table()) {
             fail(file, node, fmt::format("'{}' must be a table: [{}]", k, k));
         }
     }
-    if (const auto* defaults = root["defaults"].as_table()) {
-        for (auto&& [key, node] : *defaults) {
-            const std::string_view k = key.str();
-            if (k == "helo_name") {
-                const auto* s = node.as_string();
-                if (s == nullptr || s->get().empty() || s->get().find_first_of(" \t\r\n") != std::string::npos) {
-                    fail(file, node, "[defaults] helo_name must be a host name string");
+    for (std::string_view section : sections) {
+        const auto* table = root[section].as_table();
+        if (table == nullptr) {
+            continue;
+        }
+        for (auto&& [key, node] : *table) {
+            const std::string_view name = key.str();
+            const config_key* row = nullptr;
+            std::vector<std::string_view> known;
+            for (const config_key& k : config_keys) {
+                if (k.section != section) {
+                    continue;
                 }
-                c.helo_name = s->get();
-            } else if (k == "retry_initial") {
-                c.retry_initial = get_duration(file, "defaults", k, node);
-            } else if (k == "retry_max") {
-                c.retry_max = get_duration(file, "defaults", k, node);
-            } else if (k == "max_age") {
-                c.max_age = get_duration(file, "defaults", k, node);
-            } else if (k == "connect_timeout") {
-                c.connect_timeout = get_duration(file, "defaults", k, node);
-            } else if (k == "connections_max") {
-                c.connections_max = get_count(file, "defaults", k, node, 1, 10'000);
-            } else if (k == "messages_per_connection_max") {
-                c.messages_per_connection_max = get_count(file, "defaults", k, node, 1, 100'000'000);
-            } else if (k == "tls") {
-                c.tls = get_tls_policy(file, "defaults", node);
-                c.tls_set = true;
-            } else if (k == "tls_ca_file") {
-                const auto* s = node.as_string();
-                if (s == nullptr || s->get().empty()) {
-                    fail(file, node, "[defaults] tls_ca_file must be a file name");
+                known.push_back(k.name);
+                if (k.name == name) {
+                    row = &k;
                 }
-                std::ifstream probe(s->get());
-                if (!probe) {
-                    fail(file, node,
-                         fmt::format("[defaults] tls_ca_file: cannot read {}: {}", s->get(), std::strerror(errno)));
-                }
-                c.tls_ca_file = s->get();
-            } else {
-                fail(file, node,
-                     fmt::format("unknown key '{}' in [defaults] (known: helo_name, retry_initial, retry_max, "
-                                 "max_age, connections_max, messages_per_connection_max, connect_timeout, tls, "
-                                 "tls_ca_file)",
-                                 k));
             }
-        }
-        if (c.retry_initial > c.retry_max) {
-            throw mail::input_error(file, line_of(*defaults), "[defaults] retry_initial is longer than retry_max");
-        }
-    }
-    if (const auto* t = root["timeouts"].as_table()) {
-        for (auto&& [key, node] : *t) {
-            const std::string_view k = key.str();
-            const auto secs = [&]() {
-                return std::chrono::duration_cast<std::chrono::seconds>(get_duration(file, "timeouts", k, node));
-            };
-            if (k == "greeting") {
-                c.smtp_timeouts.greeting = secs();
-            } else if (k == "mail") {
-                c.smtp_timeouts.mail = secs();
-            } else if (k == "rcpt") {
-                c.smtp_timeouts.rcpt = secs();
-            } else if (k == "data_init") {
-                c.smtp_timeouts.data_init = secs();
-            } else if (k == "data_block") {
-                c.smtp_timeouts.data_block = secs();
-            } else if (k == "data_term") {
-                c.smtp_timeouts.data_term = secs();
-            } else if (k == "tls_handshake") {
-                c.tls_handshake_timeout = get_duration(file, "timeouts", k, node);
-            } else {
+            if (row == nullptr) {
+                std::string list;
+                for (std::string_view n : known) {
+                    list += fmt::format("{}{}", list.empty() ? "" : ", ", n);
+                }
                 fail(file, node,
-                     fmt::format("unknown key '{}' in [timeouts] (known: greeting, mail, rcpt, data_init, "
-                                 "data_block, data_term, tls_handshake)",
-                                 k));
+                     fmt::format("unknown key '{}' in [{}]{} (known: {})", name, section, suggestion(name, known),
+                                 list));
             }
+            assign_from(file, *row, c, node);
+            c.keys_set |= std::uint64_t{1} << row_of(*row);
         }
     }
-    if (const auto* n = root.get("domain")) {
-        get_tls_entries(file, "domain", *n, c.domain_tls);
+    if (c.retry_initial > c.retry_max) {
+        const auto* defaults = root["defaults"].as_table();
+        throw mail::input_error(file, defaults != nullptr ? line_of(*defaults) : 0,
+                                "[defaults] retry_initial is longer than retry_max");
     }
-    if (const auto* n = root.get("mx")) {
-        get_tls_entries(file, "mx", *n, c.mx_tls);
+    c.tls_set = c.is_set("defaults", "tls");
+    for (const config_section& s : config_sections) {
+        if (const auto* n = root.get(s.name)) {
+            s.parse(c, *n, file);
+        }
     }
     return c;
 }
@@ -385,29 +776,62 @@ inline config load_config(const std::string& path) {
     if (!in) {
         throw mail::input_error(path, 0, fmt::format("cannot open configuration: {}", std::strerror(errno)));
     }
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        throw mail::input_error(path, 0, "cannot read configuration: it is a directory");
+    }
     std::ostringstream ss;
     ss << in.rdbuf();
+    if (in.bad()) {
+        throw mail::input_error(path, 0, fmt::format("cannot read configuration: {}", std::strerror(errno)));
+    }
     return parse_config(ss.str(), path);
 }
 
+// The effective settings as a configuration file: every key with its value
+// and, as a comment, its doc.
 inline std::string describe(const config& c) {
-    std::string out = fmt::format(
-        "[defaults]\nhelo_name = \"{}\"\nretry_initial = \"{}\"\nretry_max = \"{}\"\nmax_age = \"{}\"\n"
-        "connections_max = {}\nmessages_per_connection_max = {}\nconnect_timeout = \"{}\"\ntls = \"{}\"\n"
-        "tls_ca_file = \"{}\"\n\n"
-        "[timeouts]\ngreeting = \"{}\"\nmail = \"{}\"\nrcpt = \"{}\"\ndata_init = \"{}\"\ndata_block = \"{}\"\n"
-        "data_term = \"{}\"\ntls_handshake = \"{}\"\n",
-        c.helo_name, format_duration(c.retry_initial), format_duration(c.retry_max), format_duration(c.max_age),
-        c.connections_max, c.messages_per_connection_max, format_duration(c.connect_timeout), to_string(c.tls),
-        c.tls_ca_file.empty() ? "(system CAs)" : c.tls_ca_file, format_duration(c.smtp_timeouts.greeting),
-        format_duration(c.smtp_timeouts.mail), format_duration(c.smtp_timeouts.rcpt),
-        format_duration(c.smtp_timeouts.data_init), format_duration(c.smtp_timeouts.data_block),
-        format_duration(c.smtp_timeouts.data_term), format_duration(c.tls_handshake_timeout));
-    for (const auto& [d, p] : c.domain_tls) {
-        out += fmt::format("\n[domain.\"{}\"]\ntls = \"{}\"\n", d, to_string(p));
+    constexpr std::size_t comment_column = 40;
+    std::string out;
+    std::string_view section;
+    for (const config_key& k : config_keys) {
+        if (k.section != section) {
+            out += fmt::format("{}[{}]\n", section.empty() ? "" : "\n", k.section);
+            section = k.section;
+        }
+        const std::string line = fmt::format("{} = {}", k.name, detail_config::value_text(k, c));
+        out += fmt::format("{:<{}} # {}\n", line, comment_column - 1, k.doc);
     }
-    for (const auto& [m, p] : c.mx_tls) {
-        out += fmt::format("\n[mx.\"{}\"]\ntls = \"{}\"\n", m, to_string(p));
+    for (const config_section& s : config_sections) {
+        s.describe(c, out);
+    }
+    return out;
+}
+
+// README's table of keys (Markdown), from config_keys and config_sections.
+inline std::string describe_keys_markdown() {
+    std::string out = "| key | type | default | meaning |\n|---|---|---|---|\n";
+    for (const config_key& k : config_keys) {
+        std::string def;
+        if (k.computed_default != nullptr) {
+            def = k.computed_default_doc;
+        } else if (k.type == key_type::count) {
+            def = fmt::format("`{}`", k.default_value);
+        } else {
+            def = fmt::format("`\"{}\"`", k.default_value);
+        }
+        std::string type = detail_config::type_name(k.type);
+        if (k.type == key_type::duration || k.type == key_type::count) {
+            type += fmt::format(" ({})", detail_config::range_of(k));
+        }
+        std::string doc(k.doc);
+        for (std::size_t pos = 0; (pos = doc.find('|', pos)) != std::string::npos; pos += 2) {
+            doc.replace(pos, 1, "\\|");
+        }
+        out += fmt::format("| `[{}] {}` | {} | {} | {} |\n", k.section, k.name, type, def, doc);
+    }
+    for (const config_section& s : config_sections) {
+        out += fmt::format("| `{}` | table | | {} |\n", s.syntax, s.doc);
     }
     return out;
 }

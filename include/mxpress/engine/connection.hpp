@@ -27,7 +27,7 @@
 #include <string>
 
 #include "mxpress/engine/recipient.hpp"
-#include "mxpress/net/tls_channel.hpp"
+#include "mxpress/net/secure_channel.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
@@ -72,12 +72,13 @@ struct connection {
     mx_pool* pool;  // borrowed: the pool outlives its connections
     conn_state state = conn_state::connecting;
     smtp::client client;
-    std::unique_ptr<net::tls_channel> tls;
+    std::unique_ptr<net::secure_channel> tls;
     bool send_in_flight = false;
     clock::time_point idle_since{};
     clock::time_point deadline = clock::time_point::max();  // of the current wait
     clock::time_point tls_deadline{};                       // of the handshake
-    std::string plain;                                      // decrypted input / plaintext output, reused
+    std::string plain;                                      // decrypted input, reused
+    std::string plain_out;                                  // the client's output on its way into TLS, reused
     std::string spare;           // the send buffer the driver gave back, reused for the next send
     slot slots[2];               // the index is the client's tag
     std::uint32_t messages = 0;  // transactions started on this connection

@@ -48,7 +48,7 @@
 #include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/net/dns.hpp"
-#include "mxpress/net/tls_channel.hpp"
+#include "mxpress/net/secure_channel.hpp"
 
 namespace mxpress::engine {
 
@@ -62,14 +62,11 @@ struct failure_count {
 class delivery_core {
 public:
     // Named limits (not worth a config key).
-    static constexpr auto plaintext_after_tls_failure = std::chrono::minutes(10);
     static constexpr auto reuse_check_after = std::chrono::seconds(1);
-    static constexpr auto mx_cache_lifetime = std::chrono::minutes(5);
-    static constexpr auto host_down_max = std::chrono::seconds(60);
     static constexpr auto eviction_every = std::chrono::seconds(30);
 
     // Borrowed: everything passed here must outlive the core.
-    delivery_core(const shard_options& options, mail::renderer& renderer, net::tls_channel_factory& tls,
+    delivery_core(const shard_options& options, mail::renderer& renderer, net::secure_channel_factory& tls,
                   outcome_sink& sink, shard_stats& stats)
         : _o(options), _renderer(renderer), _tls(tls), _sink(sink), _stats(stats) {}
     delivery_core(const delivery_core&) = delete;
@@ -154,7 +151,7 @@ public:
 
     // Room for more recipients (options.hpp: the intake bounds).
     bool accepting() const noexcept {
-        return _pending - _retries.size() < _o.pending_max && _held_bytes < _o.pending_bytes_max &&
+        return _pending - _retries.size() < _o.cfg.pending_max && _held_bytes < _o.pending_bytes_max &&
                _retries.size() < _o.deferred_max;
     }
     std::size_t held_bytes() const noexcept { return _held_bytes; }
@@ -169,7 +166,7 @@ public:
         for (const auto& [id, c] : _conns) {
             t = std::min(t, c->deadline);
             if (c->state == conn_state::idle) {
-                t = std::min(t, c->idle_since + _o.idle_timeout);
+                t = std::min(t, c->idle_since + _o.cfg.idle_timeout);
             }
         }
         return t;
@@ -269,7 +266,7 @@ private:
             }
         }
         d.state = domain_state::status::ready;
-        d.expires = _now + mx_cache_lifetime;
+        d.expires = _now + _o.cfg.mx_cache_ttl;
         for (auto& r : waiting) {
             enqueue(std::move(r));
         }
@@ -399,10 +396,11 @@ private:
     void pump(connection& c);
     void update_deadline(connection& c);
     void start_tls(connection& c);
-    void advance_handshake(connection& c);
+    void handshake_progress(connection& c, net::secure_channel::progress p);
+    tls_decision decide(const connection& c, tls_step step, std::string_view detail = {}) const;
     void tls_failed(connection& c, const std::string& why);
     void note_tls_failure(connection& c, const std::string& why);
-    void tls_unavailable(connection& c, const std::string& why);
+    void tls_unavailable(connection& c, const tls_decision& d);
     void host_failed(mx_pool& p, const smtp::reply& why, bool force = false);
     void connection_failed(connection& c, const std::string& why);
     void teardown(connection& c);
@@ -415,7 +413,7 @@ private:
 
     const shard_options& _o;
     mail::renderer& _renderer;
-    net::tls_channel_factory& _tls;
+    net::secure_channel_factory& _tls;
     outcome_sink& _sink;
     shard_stats& _stats;
 

@@ -9,7 +9,8 @@
 //   `required` and `verify` the session carries no mail until TLS is up,
 //   and a failure moves the work on (next MX, then a retry) with the reason;
 //   under `opportunistic` a failed handshake gives that host plaintext for
-//   plaintext_after_tls_failure.
+//   tls_plaintext_after_failure. What each policy means is decide_tls()'s
+//   (tls_decision.hpp), the one function the relay pre-flight uses too.
 // - A connection torn down during an event is freed (reap()) only when that
 //   event returns, so nothing below ever touches a freed connection.
 #pragma once
@@ -157,7 +158,7 @@ inline void delivery_core::close_idle(bool all_done) {
     for (auto& [id, cp] : _conns) {
         connection& c = *cp;
         if (c.state == conn_state::idle && c.client.current_state() == smtp::client::state::ready &&
-            (all_done || _now - c.idle_since >= _o.idle_timeout)) {
+            (all_done || _now - c.idle_since >= _o.cfg.idle_timeout)) {
             c.state = conn_state::closing;
             c.client.quit();
             update_deadline(c);
@@ -204,22 +205,21 @@ inline void delivery_core::receive_bytes(connection& c, std::string_view bytes) 
         c.client.receive(bytes);
         return;
     }
-    c.tls->feed(bytes);
+    c.plain.clear();
+    const net::secure_channel::progress p = c.tls->receive(bytes, c.plain);
     if (c.state == conn_state::tls_handshake) {
-        advance_handshake(c);
+        handshake_progress(c, p);
         if (c.state == conn_state::ended || c.state == conn_state::tls_handshake) {
             return;
         }
     }
-    c.plain.clear();
-    const net::tls_result r = c.tls->read(c.plain);
     _tls.keep_sessions(c.pool->session_key, *c.tls);
     if (!c.plain.empty()) {
         c.client.receive(c.plain);
     }
-    if (r == net::tls_result::closed) {
+    if (p.now == net::secure_channel::state::closed) {
         c.client.connection_lost("the server ended TLS");
-    } else if (r == net::tls_result::failed) {
+    } else if (p.now == net::secure_channel::state::failed) {
         c.client.connection_lost("TLS: " + c.tls->error());
     }
 }
@@ -250,18 +250,16 @@ inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
             if (c.state != conn_state::opening) {
                 break;  // after RSET: fill() gives it work
             }
-            tls_situation s;
-            s.policy = p.tls;
-            s.tls_active = c.client.tls_active();
-            s.starttls_offered = c.client.caps().starttls;
-            s.plaintext_window = _now < p.plaintext_until;
-            switch (decide_tls(s)) {
-                case tls_step::send_mail: session_works(c); break;
-                case tls_step::starttls: c.client.starttls(); break;
-                case tls_step::give_up:
-                    tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) does not offer STARTTLS",
-                                                   to_string(p.tls), p.mx_name, p.key));
-                    break;
+            if (c.client.tls_active()) {
+                session_works(c);  // the EHLO after the handshake (or implicit TLS)
+                break;
+            }
+            const tls_decision d = decide(c, tls_step::ehlo);
+            switch (d.action) {
+                case tls_action::start_tls: c.client.starttls(); break;
+                case tls_action::proceed_tls:
+                case tls_action::proceed_plaintext: session_works(c); break;
+                default: tls_unavailable(c, d); break;
             }
             break;
         }
@@ -277,14 +275,15 @@ inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
             }
             break;
         case smtp::event_kind::tls_start: start_tls(c); break;
-        case smtp::event_kind::tls_refused:
-            if (plaintext_after_refusal(p.tls)) {
+        case smtp::event_kind::tls_refused: {
+            const tls_decision d = decide(c, tls_step::starttls_refused, e.last_reply.one_line());
+            if (d.action == tls_action::proceed_plaintext) {
                 session_works(c);
             } else {
-                tls_unavailable(c, fmt::format("TLS is required ({}), but {} ({}) refused STARTTLS: {}",
-                                               to_string(p.tls), p.mx_name, p.key, e.last_reply.one_line()));
+                tls_unavailable(c, d);
             }
             break;
+        }
     }
 }
 
@@ -392,10 +391,10 @@ inline void delivery_core::pump(connection& c) {
     out.clear();
     if (c.tls) {
         // Everything the client wrote since the last send becomes records
-        // behind whatever the handshake queued.
-        if (c.state != conn_state::tls_handshake && c.client.has_output()) {
-            c.client.take_output(c.plain);
-            if (c.tls->write(c.plain) != net::tls_result::ok) {
+        // behind whatever the handshake queued (held until it completes).
+        if (c.client.has_output()) {
+            c.client.take_output(c.plain_out);
+            if (!c.tls->send(c.plain_out)) {
                 teardown(c);
                 return;
             }
@@ -443,18 +442,19 @@ inline void delivery_core::start_tls(connection& c) {
     }
     c.state = conn_state::tls_handshake;
     c.tls_deadline = _now + _o.cfg.tls_handshake_timeout;
-    advance_handshake(c);
+    handshake_progress(c, c.tls->start());
 }
 
-inline void delivery_core::advance_handshake(connection& c) {
-    const net::tls_result r = c.tls->handshake();
-    if (r == net::tls_result::want_more) {
-        update_deadline(c);
-        pump(c);
+// After the channel moved the handshake on: done, failed, or still running.
+inline void delivery_core::handshake_progress(connection& c, net::secure_channel::progress p) {
+    using state = net::secure_channel::state;
+    if (p.now == state::failed || p.now == state::closed) {
+        tls_failed(c, c.tls->error().empty() ? "the server ended the connection" : c.tls->error());
         return;
     }
-    if (r != net::tls_result::ok) {
-        tls_failed(c, c.tls->error());
+    if (!p.established_now) {
+        update_deadline(c);
+        pump(c);  // the handshake's next flight
         return;
     }
     c.state = conn_state::opening;
@@ -470,6 +470,22 @@ inline void delivery_core::advance_handshake(connection& c) {
     pump(c);
 }
 
+// The policy's word on this connection at `step` (tls_decision.hpp).
+inline tls_decision delivery_core::decide(const connection& c, tls_step step, std::string_view detail) const {
+    const mx_pool& p = *c.pool;
+    const std::string peer = fmt::format("{} ({})", p.mx_name, p.key);
+    tls_situation s;
+    s.policy = p.tls;
+    s.step = step;
+    s.implicit_tls = p.implicit_tls;
+    s.credentials = !_o.auth_user.empty();
+    s.starttls_offered = c.client.caps().starttls;
+    s.plaintext_window = _now < p.plaintext_until;
+    s.peer = peer;
+    s.detail = detail;
+    return decide_tls(s);
+}
+
 // A handshake failed or timed out (see note_tls_failure); the connection ends.
 inline void delivery_core::tls_failed(connection& c, const std::string& why) {
     note_tls_failure(c, why);
@@ -482,24 +498,25 @@ inline void delivery_core::tls_failed(connection& c, const std::string& why) {
 inline void delivery_core::note_tls_failure(connection& c, const std::string& why) {
     shard_stats::add(_stats.tls_failures);
     mx_pool& p = *c.pool;
+    const tls_decision d = decide(c, tls_step::handshake_failed, why);
     c.state = conn_state::closing;
-    if (plaintext_after_handshake_failure(p.tls, p.implicit_tls)) {
-        p.plaintext_until = _now + plaintext_after_tls_failure;
+    if (d.action == tls_action::reconnect_plaintext) {
+        p.plaintext_until = _now + _o.cfg.tls_plaintext_after_failure;
         mark_dirty(p);
     } else {
         smtp::reply rep;
-        rep.enhanced = "4.7.5";
-        rep.text = fmt::format("TLS with {} ({}) failed: {}", p.mx_name, p.key, why);
+        rep.enhanced = std::string(d.enhanced);
+        rep.text = d.reason;
         host_failed(p, rep, true);
     }
 }
 
 // The session cannot carry mail under its policy (no STARTTLS, or it was
 // refused): no message goes; the work moves on with the reason.
-inline void delivery_core::tls_unavailable(connection& c, const std::string& why) {
+inline void delivery_core::tls_unavailable(connection& c, const tls_decision& d) {
     smtp::reply rep;
-    rep.enhanced = "4.7.4";
-    rep.text = why;
+    rep.enhanced = d.enhanced.empty() ? std::string("4.7.4") : std::string(d.enhanced);
+    rep.text = d.reason;
     c.state = conn_state::closing;
     host_failed(*c.pool, rep, true);
     c.client.quit();
@@ -518,7 +535,7 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
     if (others_alive && !force) {
         return;  // one bad connection; the host itself works
     }
-    p.down_until = _now + std::min<std::chrono::milliseconds>(_o.cfg.retry_initial, host_down_max);
+    p.down_until = _now + std::min<std::chrono::milliseconds>(_o.cfg.retry_initial, _o.cfg.host_skip_max);
     std::deque<std::unique_ptr<recipient>> work;
     work.swap(p.work);
     for (auto& r : work) {

@@ -55,17 +55,15 @@ struct shard_options {
     std::string auth_user;  // relay AUTH; empty: none
     std::string auth_password;
     // Intake bounds, per shard. A shard takes recipients from its mailbox
-    // only while it holds fewer than pending_max that are not waiting for a
+    // only while it holds fewer than cfg.pending_max that are not waiting for a
     // retry, their merge fields take fewer than pending_bytes_max, and fewer
     // than deferred_max wait for a retry. Recipients waiting for a retry do
     // not count against pending_max, so one dead domain cannot hold up the
     // others (head-of-line blocking); with `rows` they also drop their merge
     // fields (parked) and read them again from the file when they retry.
-    std::size_t pending_max = 50'000;
     std::size_t pending_bytes_max = 64 * 1024 * 1024;
     std::size_t deferred_max = 1'000'000;
     const mail::row_source* rows = nullptr;  // borrowed; null: fields stay in memory
-    std::chrono::milliseconds idle_timeout{2000};
     std::chrono::milliseconds tick{50};
 };
 

@@ -9,7 +9,7 @@
 //   thread does the write()) and the stats counters (relaxed atomics the
 //   reader thread prints).
 // - Memory is bounded: the shard takes new recipients from its mailbox only
-//   while the core is accepting (it holds fewer than pending_max).
+//   while the core is accepting (options.hpp: the intake bounds).
 // - A socket has at most one send in flight (the core asks for the next
 //   only after send_done); a partial send is finished here before the core
 //   hears of it.
@@ -49,7 +49,7 @@
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/net/dns.hpp"
-#include "mxpress/net/tls_channel.hpp"
+#include "mxpress/net/secure_channel.hpp"
 
 namespace mxpress::engine {
 
@@ -72,7 +72,7 @@ public:
           _ring(ring_entries),
           _resolver(_ring, resolver_options(options)),
           _renderer(tmpl, renderer_options(options)),
-          _tls(options.cfg.tls_ca_file),
+          _tls(options.cfg.tls_ca_file, options.cfg.tls_sessions_max),
           _core(_options, _renderer, _tls, *this, stats) {
         try {
             // Multishot receive from one shared pool of buffers: one SQE per
@@ -135,6 +135,10 @@ private:
     static net::resolver::options resolver_options(const shard_options& o) {
         net::resolver::options r;
         r.servers = o.dns_servers;
+        r.timeout_ms = static_cast<int>(o.cfg.dns_timeout.count());
+        r.tries = static_cast<int>(o.cfg.dns_tries);
+        r.positive_ttl = std::chrono::duration_cast<std::chrono::seconds>(o.cfg.mx_cache_ttl);
+        r.negative_ttl = std::chrono::duration_cast<std::chrono::seconds>(o.cfg.dns_failure_cache_ttl);
         return r;
     }
     static mail::renderer_options renderer_options(const shard_options& o) {

@@ -1,56 +1,142 @@
-// mxpress/engine/tls_decision.hpp — the one place that decides what a TLS
-// policy means for a session, used by the delivery core and by the relay
-// pre-flight alike.
+// mxpress/engine/tls_decision.hpp — what a session does about TLS, decided
+// in one place for the delivery engine and the relay pre-flight alike.
 //
-// Promises:
-// - decide_tls() is a pure function of the policy and what is known of the
-//   session; it never sends anything itself.
-// - Under `required` and `verify` no mail is ever sent without TLS: the only
-//   outcomes there are "start TLS" and "give up".
+// decide_tls() takes the configured policy, what the server offered and how
+// the last TLS step went, and says what to do: start TLS, go on over TLS, go
+// on in plaintext, try again on a new plaintext connection, defer the mail,
+// or fail (a configuration that can never be honoured). Pure: no I/O, no
+// clock, no state; the caller applies the action.
+//
+// Promises (the policy contract README states under "TLS and relays"):
+// - disabled: never STARTTLS; plaintext whatever the server offers.
+// - opportunistic: STARTTLS when offered (and the host is not in its
+//   plaintext window after a failed handshake); a refused STARTTLS goes on
+//   in plaintext; a failed handshake makes the connection useless, so the
+//   mail goes on a new plaintext connection (implicit TLS has no plaintext
+//   to fall back to: deferred).
+// - required and verify: never one byte of message data without TLS. No
+//   STARTTLS or a refused one defers with 4.7.4, a failed handshake with
+//   4.7.5, each with the reason.
+// - Credentials (AUTH) need TLS whatever the policy says: with a policy
+//   that allows plaintext, the session fails before it connects.
 #pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
 
 #include "mxpress/engine/config.hpp"
 
 namespace mxpress::engine {
 
-enum class tls_step {
-    send_mail,  // carry on as the session is (TLS already on, or plaintext allowed)
-    starttls,   // send STARTTLS now
-    give_up,    // the policy forbids mail over this session: close it, the work moves on
+// The step of the session at which TLS is decided.
+enum class tls_step : std::uint8_t {
+    connect,           // before the first byte
+    ehlo,              // the server's EHLO reply is in: what does it offer?
+    starttls_refused,  // the server answered STARTTLS with an error
+    handshake_done,    // the handshake completed
+    handshake_failed,  // the handshake failed, timed out or was dropped
 };
 
 struct tls_situation {
     tls_policy policy = tls_policy::opportunistic;
-    bool tls_active = false;        // TLS is on (implicit TLS, or after STARTTLS)
-    bool starttls_offered = false;  // the server's EHLO lists STARTTLS
-    bool plaintext_window = false;  // opportunistic TLS failed here lately: plaintext for now
+    tls_step step = tls_step::connect;
+    bool implicit_tls = false;      // TLS from the first byte (port 465)
+    bool credentials = false;       // AUTH follows: TLS is a must
+    bool starttls_offered = false;  // the EHLO reply listed STARTTLS
+    bool plaintext_window = false;  // opportunistic TLS failed at this host lately
+    std::string_view peer;          // for reasons: "mx.example (192.0.2.1:25)"
+    std::string_view detail;        // the refusal's reply or the handshake's error
 };
 
-// After the EHLO of a session: what the policy says to do next.
-inline tls_step decide_tls(const tls_situation& s) noexcept {
-    if (s.tls_active) {
-        return tls_step::send_mail;
+enum class tls_action : std::uint8_t {
+    start_tls,            // send STARTTLS, or (implicit TLS) begin the handshake
+    proceed_tls,          // carry the mail over the TLS session
+    proceed_plaintext,    // carry the mail in plaintext on this connection
+    reconnect_plaintext,  // this connection is spent; a new plaintext one may carry the mail
+    defer,                // no mail this way now: a temporary failure with `enhanced` and `reason`
+    fail,                 // the configuration can never work: `reason` says why
+};
+
+struct tls_decision {
+    tls_action action = tls_action::defer;
+    std::string_view enhanced;  // "4.7.4" or "4.7.5" for defer, else empty
+    std::string reason;         // for defer and fail
+};
+
+inline const char* to_string(tls_action a) noexcept {
+    switch (a) {
+        case tls_action::start_tls: return "start_tls";
+        case tls_action::proceed_tls: return "proceed_tls";
+        case tls_action::proceed_plaintext: return "proceed_plaintext";
+        case tls_action::reconnect_plaintext: return "reconnect_plaintext";
+        case tls_action::defer: return "defer";
+        case tls_action::fail: return "fail";
     }
-    switch (s.policy) {
-        case tls_policy::disabled: return tls_step::send_mail;
-        case tls_policy::opportunistic:
-            return s.starttls_offered && !s.plaintext_window ? tls_step::starttls : tls_step::send_mail;
-        case tls_policy::required:
-        case tls_policy::verify: return s.starttls_offered ? tls_step::starttls : tls_step::give_up;
-    }
-    return tls_step::give_up;
+    return "?";
 }
 
-// The server refused STARTTLS (a 4xx/5xx reply to it): may the session
-// still carry mail in plaintext?
-inline bool plaintext_after_refusal(tls_policy p) noexcept {
-    return p == tls_policy::opportunistic || p == tls_policy::disabled;
+// True when the policy (or credentials) forbids message data in plaintext.
+inline bool tls_mandatory(tls_policy p, bool credentials) noexcept {
+    return credentials || p == tls_policy::required || p == tls_policy::verify;
 }
 
-// A TLS handshake failed: does the host get plaintext for a while (true), or
-// is it a failure of the host for this policy (false)?
-inline bool plaintext_after_handshake_failure(tls_policy p, bool implicit_tls) noexcept {
-    return p == tls_policy::opportunistic && !implicit_tls;
+// The policy for a relay (--relay HOST): its [mx."HOST"] entry, else
+// [defaults] tls when the file sets it, else verify (a submission server
+// must prove who it is before it gets credentials or mail).
+inline tls_policy relay_tls_policy(const config& cfg, std::string_view host) {
+    for (const auto& [pattern, p] : cfg.mx_tls) {
+        if (host_pattern_matches(pattern, host)) {
+            return p;
+        }
+    }
+    return cfg.tls_set ? cfg.tls : tls_policy::verify;
+}
+
+inline tls_decision decide_tls(const tls_situation& s) {
+    const bool mandatory = tls_mandatory(s.policy, s.credentials);
+    switch (s.step) {
+        case tls_step::connect:
+            if (s.credentials && s.policy != tls_policy::required && s.policy != tls_policy::verify) {
+                return {tls_action::fail,
+                        {},
+                        fmt::format("credentials are only sent over TLS, but the TLS policy for {} is \"{}\" (use "
+                                    "\"required\" or \"verify\")",
+                                    s.peer, to_string(s.policy))};
+            }
+            return {s.implicit_tls ? tls_action::start_tls : tls_action::proceed_plaintext, {}, {}};
+        case tls_step::ehlo:
+            if (s.implicit_tls) {
+                return {tls_action::proceed_tls, {}, {}};  // already under TLS
+            }
+            if (s.policy == tls_policy::disabled && !s.credentials) {
+                return {tls_action::proceed_plaintext, {}, {}};
+            }
+            if (s.starttls_offered && (mandatory || !s.plaintext_window)) {
+                return {tls_action::start_tls, {}, {}};
+            }
+            if (!mandatory) {
+                return {tls_action::proceed_plaintext, {}, {}};
+            }
+            return {tls_action::defer, "4.7.4",
+                    fmt::format("TLS is required ({}), but {} does not offer STARTTLS", to_string(s.policy), s.peer)};
+        case tls_step::starttls_refused:
+            if (!mandatory) {
+                return {tls_action::proceed_plaintext, {}, {}};
+            }
+            return {tls_action::defer, "4.7.4",
+                    fmt::format("TLS is required ({}), but {} refused STARTTLS: {}", to_string(s.policy), s.peer,
+                                s.detail)};
+        case tls_step::handshake_done: return {tls_action::proceed_tls, {}, {}};
+        case tls_step::handshake_failed:
+            if (!mandatory && !s.implicit_tls) {
+                return {tls_action::reconnect_plaintext, {}, {}};
+            }
+            return {tls_action::defer, "4.7.5", fmt::format("TLS with {} failed: {}", s.peer, s.detail)};
+    }
+    return {tls_action::defer, "4.7.5", "unknown TLS step"};
 }
 
 }  // namespace mxpress::engine

@@ -1,142 +1,165 @@
-// mxpress/net/tls_channel.hpp — TLS as the delivery core sees it: bytes in,
-// bytes out, behind an interface, so that the core runs the same code over
-// OpenSSL (the shard) and over a simulated channel (the simulator).
+// mxpress/net/tls_channel.hpp — one TLS connection over a byte pipe: the
+// glue between a socket (or a test's memory) and a plaintext protocol.
+//
+// A tls_channel owns a tls_stream (net/tls.hpp) and the state around it that
+// every user of TLS over completion I/O needs: is the handshake still
+// running, did it just complete, is the channel open, closed or failed, and
+// what plaintext was written before it could be encrypted. The owner moves
+// bytes: ciphertext from the peer goes into receive(), plaintext comes out;
+// plaintext goes into send(); ciphertext to put on the wire comes out of
+// take_output() (send it before waiting for more input). Nothing here
+// touches a socket or a clock: handshake deadlines are the owner's.
 //
 // Promises:
-// - A channel is a pure transform: ciphertext from the peer goes in with
-//   feed(), plaintext comes out of read(); plaintext goes in with write(),
-//   ciphertext comes out of take_output(). Nothing here touches a socket.
-// - Session resumption lives behind the factory: a channel opened for a
-//   session key resumes the newest resumable session kept under that key,
-//   and keep_sessions() files what the server handed out. The core never
-//   sees an SSL_SESSION.
-// - Every failure says why (error()), with OpenSSL's error queue drained.
+// - Every TLS call's result is checked: a failed handshake, read or write
+//   moves the channel to `failed` with OpenSSL's reason in error(), and it
+//   stays there (later calls do nothing and report `failed`).
+// - Plaintext sent while the handshake runs is held and encrypted, in order,
+//   as soon as the handshake completes; none is ever sent in the clear.
+// - receive() reports the completion of the handshake exactly once
+//   (progress::established_now), so the owner can count it and tell its
+//   protocol (e.g. smtp::client::tls_established()).
+// - Ciphertext comes out in the order TLS produced it; the owner keeps at
+//   most one send in flight per connection so records stay in order.
+//
+// Lifetime: borrows the SSL_CTX (through SSL_new's reference).
 #pragma once
 
-#include <cstddef>
-#include <deque>
-#include <memory>
+#include <cassert>
+#include <cstdint>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <utility>
 
 #include "mxpress/net/tls.hpp"
 
 namespace mxpress::net {
 
-enum class tls_result {
-    ok,         // done (handshake complete, or every byte handled)
-    want_more,  // needs more ciphertext from the peer (send take_output() first)
-    closed,     // the peer sent close_notify
-    failed,     // fatal: error() says why
-};
-
-// One TLS connection, client side.
 class tls_channel {
 public:
-    virtual ~tls_channel() = default;
-    virtual tls_result handshake() = 0;
-    virtual void feed(std::string_view ciphertext) = 0;
-    virtual tls_result read(std::string& plain) = 0;  // appends
-    virtual tls_result write(std::string_view plain) = 0;
-    virtual bool has_output() const noexcept = 0;
-    virtual void take_output(std::string& dst) = 0;  // swaps: dst's old buffer is reused
-    virtual bool resumed() const noexcept = 0;
-    virtual const char* version() const noexcept = 0;  // static string; "none" before the handshake
-    virtual const std::string& error() const noexcept = 0;
-};
+    enum class state : std::uint8_t {
+        handshaking,  // start() or receive() will drive it
+        open,         // plaintext flows both ways
+        closed,       // the peer sent close_notify
+        failed,       // fatal; error() says why
+    };
 
-// What a new channel needs to know about its peer.
-struct tls_peer {
-    std::string session_key;  // sessions are kept and resumed per key (the pool)
-    std::string server_name;  // SNI (skipped for IP literals)
-    bool verify = false;      // check the chain and that the certificate names server_name
-};
+    // What a call did: the state after it, and whether the handshake
+    // completed during it.
+    struct progress {
+        state now = state::handshaking;
+        bool established_now = false;
+    };
 
-class tls_channel_factory {
-public:
-    virtual ~tls_channel_factory() = default;
-    // Throws tls_error when the channel cannot be set up.
-    virtual std::unique_ptr<tls_channel> open(const tls_peer& peer) = 0;
-    // Files the sessions the server handed out on `channel` under its key.
-    virtual void keep_sessions(const std::string& session_key, tls_channel& channel) = 0;
-};
+    tls_channel(SSL_CTX* ctx, tls_stream::role r) : _tls(ctx, r) {}
+    tls_channel(const tls_channel&) = delete;
+    tls_channel& operator=(const tls_channel&) = delete;
 
-// ---- OpenSSL ---------------------------------------------------------------
+    // The stream, for what happens before start() (set_server_name,
+    // verify_peer, set_session) and for sessions, version and resumed().
+    tls_stream& stream() noexcept { return _tls; }
+    const tls_stream& stream() const noexcept { return _tls; }
 
-class openssl_channel final : public tls_channel {
-public:
-    openssl_channel(SSL_CTX* ctx, const tls_peer& peer) : _stream(ctx, tls_stream::role::client) {
-        _stream.set_server_name(peer.server_name);
-        if (peer.verify) {
-            _stream.verify_peer(peer.server_name);
+    // Begins the handshake. A client queues its ClientHello (take_output);
+    // a server waits for the peer's.
+    progress start() {
+        assert(_state == state::handshaking && "start() once, before any input");
+        return advance();
+    }
+
+    // Ciphertext from the peer: advances the handshake, then appends the
+    // plaintext it carried to `plain`.
+    progress receive(std::string_view ciphertext, std::string& plain) {
+        if (_state != state::handshaking && _state != state::open) {
+            return {_state, false};
+        }
+        try {
+            _tls.feed(ciphertext);
+        } catch (const tls_error& e) {
+            return fail(e.what());
+        }
+        progress p{_state, false};
+        if (_state == state::handshaking) {
+            p = advance();
+            if (_state != state::open) {
+                return p;
+            }
+        }
+        switch (_tls.read(plain)) {
+            case tls_stream::result::ok:
+            case tls_stream::result::want_more: break;
+            case tls_stream::result::closed: _state = state::closed; break;
+            case tls_stream::result::failed: fail(_tls.error()); break;
+        }
+        p.now = _state;
+        return p;
+    }
+
+    // Plaintext for the peer: encrypted now when open, held while the
+    // handshake runs. Returns false when the channel cannot carry it
+    // (failed or closed; error() says why when it failed).
+    bool send(std::string_view plain) {
+        if (_state == state::handshaking) {
+            _held.append(plain);
+            return true;
+        }
+        return _state == state::open && write(plain);
+    }
+
+    // Queues a close_notify alert when open (best effort).
+    void close() {
+        if (_state == state::open) {
+            _tls.shutdown();
         }
     }
-    tls_result handshake() override { return convert(_stream.handshake()); }
-    void feed(std::string_view ciphertext) override { _stream.feed(ciphertext); }
-    tls_result read(std::string& plain) override { return convert(_stream.read(plain)); }
-    tls_result write(std::string_view plain) override { return convert(_stream.write(plain)); }
-    bool has_output() const noexcept override { return _stream.has_output(); }
-    void take_output(std::string& dst) override { _stream.take_output(dst); }
-    bool resumed() const noexcept override { return _stream.resumed(); }
-    const char* version() const noexcept override { return _stream.version(); }
-    const std::string& error() const noexcept override { return _stream.error(); }
 
-    tls_stream& stream() noexcept { return _stream; }
+    bool has_output() const noexcept { return _tls.has_output(); }
+    // Moves the ciphertext to send into `dst` (its old content is dropped).
+    void take_output(std::string& dst) { _tls.take_output(dst); }
+
+    state current_state() const noexcept { return _state; }
+    bool handshaking() const noexcept { return _state == state::handshaking; }
+    bool open() const noexcept { return _state == state::open; }
+    bool failed() const noexcept { return _state == state::failed; }
+    const std::string& error() const noexcept { return _error; }
 
 private:
-    static tls_result convert(tls_stream::result r) noexcept {
-        switch (r) {
-            case tls_stream::result::ok: return tls_result::ok;
-            case tls_stream::result::want_more: return tls_result::want_more;
-            case tls_stream::result::closed: return tls_result::closed;
-            case tls_stream::result::failed: return tls_result::failed;
+    progress advance() {
+        switch (_tls.handshake()) {
+            case tls_stream::result::want_more: return {_state, false};
+            case tls_stream::result::ok: break;
+            case tls_stream::result::closed:
+            case tls_stream::result::failed: return fail(_tls.error());
         }
-        return tls_result::failed;
+        _state = state::open;
+        if (!_held.empty()) {
+            std::string held;
+            held.swap(_held);
+            write(held);
+        }
+        return {_state, true};
     }
 
-    tls_stream _stream;
-};
-
-// One per shard: the SSL_CTX and the sessions kept per key stay on the
-// shard's thread.
-class openssl_channel_factory final : public tls_channel_factory {
-public:
-    explicit openssl_channel_factory(const std::string& ca_file, std::size_t sessions_per_key_max = 8)
-        : _ctx(tls_context::client(ca_file)), _sessions_max(sessions_per_key_max) {}
-
-    std::unique_ptr<tls_channel> open(const tls_peer& peer) override {
-        auto ch = std::make_unique<openssl_channel>(_ctx.get(), peer);
-        // OpenSSL makes a TLS 1.3 session single-use once a resumption with
-        // it completes, so new connections take the newest one still
-        // resumable; connections started together may share it.
-        if (auto it = _sessions.find(peer.session_key); it != _sessions.end()) {
-            auto& v = it->second;
-            while (!v.empty() && SSL_SESSION_is_resumable(v.back().get()) != 1) {
-                v.pop_back();
-            }
-            if (!v.empty()) {
-                ch->stream().set_session(v.back().get());
-            }
+    bool write(std::string_view plain) {
+        assert(_state == state::open);
+        if (_tls.write(plain) != tls_stream::result::ok) {
+            fail(_tls.error());
+            return false;
         }
-        return ch;
+        return true;
     }
 
-    void keep_sessions(const std::string& session_key, tls_channel& channel) override {
-        auto& stream = static_cast<openssl_channel&>(channel).stream();
-        while (auto s = stream.take_new_session()) {
-            auto& v = _sessions[session_key];
-            v.push_back(std::move(s));
-            if (v.size() > _sessions_max) {
-                v.pop_front();
-            }
-        }
+    progress fail(std::string why) {
+        _state = state::failed;
+        _error = why.empty() ? std::string("TLS failed") : std::move(why);
+        _held.clear();
+        return {_state, false};
     }
 
-private:
-    tls_context _ctx;
-    std::size_t _sessions_max;
-    std::unordered_map<std::string, std::deque<ssl_session_ptr>> _sessions;  // newest last
+    tls_stream _tls;
+    state _state = state::handshaking;
+    std::string _held;  // plaintext sent during the handshake
+    std::string _error;
 };
 
 }  // namespace mxpress::net

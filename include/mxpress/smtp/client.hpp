@@ -48,16 +48,18 @@
 
 namespace mxpress::smtp {
 
-// RFC 5321 §4.5.3.2 timeouts, as data: the engine arms them.
+// RFC 5321 §4.5.3.2 timeouts, as data: the engine arms them. Milliseconds,
+// so that a configured "500ms" is what the engine waits.
 struct timeouts {
-    std::chrono::seconds greeting{300};    // §4.5.3.2.1 initial 220
-    std::chrono::seconds ehlo{300};        // not in the RFC; as MAIL
-    std::chrono::seconds mail{300};        // §4.5.3.2.2
-    std::chrono::seconds rcpt{300};        // §4.5.3.2.3
-    std::chrono::seconds data_init{120};   // §4.5.3.2.4 reply to DATA
-    std::chrono::seconds data_block{180};  // §4.5.3.2.5 each send of body data
-    std::chrono::seconds data_term{600};   // §4.5.3.2.6 reply to the final "."
-    std::chrono::seconds other{300};       // RSET, STARTTLS, QUIT, NOOP
+    std::chrono::milliseconds greeting{std::chrono::minutes(5)};    // §4.5.3.2.1 initial 220
+    std::chrono::milliseconds ehlo{std::chrono::minutes(5)};        // not in the RFC; as MAIL
+    std::chrono::milliseconds mail{std::chrono::minutes(5)};        // §4.5.3.2.2
+    std::chrono::milliseconds rcpt{std::chrono::minutes(5)};        // §4.5.3.2.3
+    std::chrono::milliseconds data_init{std::chrono::minutes(2)};   // §4.5.3.2.4 reply to DATA
+    std::chrono::milliseconds data_block{std::chrono::minutes(3)};  // §4.5.3.2.5 each send of body data
+    std::chrono::milliseconds data_term{std::chrono::minutes(10)};  // §4.5.3.2.6 reply to the final "."
+    std::chrono::milliseconds other{std::chrono::minutes(5)};       // RSET, STARTTLS, AUTH, NOOP
+    std::chrono::milliseconds quit{std::chrono::minutes(5)};        // the 221 to QUIT
 };
 
 struct capabilities {
@@ -267,7 +269,7 @@ public:
     }
 
     // Deadline for the current wait, per RFC 5321 §4.5.3.2; nullopt when idle.
-    std::optional<std::chrono::seconds> timeout() const noexcept {
+    std::optional<std::chrono::milliseconds> timeout() const noexcept {
         switch (_state) {
             case state::greeting: return _timeouts.greeting;
             case state::ehlo:
@@ -285,8 +287,8 @@ public:
                 }
             case state::auth:
             case state::starttls:
-            case state::rset:
-            case state::quit: return _timeouts.other;
+            case state::rset: return _timeouts.other;
+            case state::quit: return _timeouts.quit;
             case state::ready:
             case state::tls_handshake:
             case state::closed: return std::nullopt;

@@ -1,0 +1,133 @@
+// mxpress/net/secure_channel.hpp — TLS as the delivery core sees it: the
+// tls_channel interface (net/tls_channel.hpp) behind a virtual one, so the
+// core runs the same code over OpenSSL (the shard) and over a simulated
+// channel (the simulator, tests/sim).
+//
+// Promises:
+// - secure_channel has tls_channel's contract: start() begins the
+//   handshake, receive() drives it and decrypts, send() encrypts (held while
+//   the handshake runs), take_output() gives the ciphertext; failures are
+//   sticky and say why.
+// - Session resumption lives behind the factory: a channel opened for a
+//   session key resumes the newest resumable session kept under that key,
+//   and keep_sessions() files what the server handed out. The core never
+//   sees an SSL_SESSION.
+#pragma once
+
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "mxpress/net/tls.hpp"
+#include "mxpress/net/tls_channel.hpp"
+
+namespace mxpress::net {
+
+class secure_channel {
+public:
+    using state = tls_channel::state;
+    using progress = tls_channel::progress;
+
+    virtual ~secure_channel() = default;
+    virtual progress start() = 0;
+    virtual progress receive(std::string_view ciphertext, std::string& plain) = 0;
+    virtual bool send(std::string_view plain) = 0;
+    virtual bool has_output() const noexcept = 0;
+    virtual void take_output(std::string& dst) = 0;
+    virtual bool resumed() const noexcept = 0;
+    virtual const char* version() const noexcept = 0;  // static string; "none" before the handshake
+    virtual const std::string& error() const noexcept = 0;
+};
+
+// What a new channel needs to know about its peer.
+struct tls_peer {
+    std::string session_key;  // sessions are kept and resumed per key (the pool)
+    std::string server_name;  // SNI (skipped for IP literals)
+    bool verify = false;      // check the chain and that the certificate names server_name
+};
+
+class secure_channel_factory {
+public:
+    virtual ~secure_channel_factory() = default;
+    // Throws tls_error when the channel cannot be set up.
+    virtual std::unique_ptr<secure_channel> open(const tls_peer& peer) = 0;
+    // Files the sessions the server handed out on `channel` under its key.
+    virtual void keep_sessions(const std::string& session_key, secure_channel& channel) = 0;
+};
+
+// ---- OpenSSL ---------------------------------------------------------------
+
+class openssl_channel final : public secure_channel {
+public:
+    openssl_channel(SSL_CTX* ctx, const tls_peer& peer) : _ch(ctx, tls_stream::role::client) {
+        _ch.stream().set_server_name(peer.server_name);
+        if (peer.verify) {
+            _ch.stream().verify_peer(peer.server_name);
+        }
+    }
+    progress start() override { return _ch.start(); }
+    progress receive(std::string_view ciphertext, std::string& plain) override {
+        return _ch.receive(ciphertext, plain);
+    }
+    bool send(std::string_view plain) override { return _ch.send(plain); }
+    bool has_output() const noexcept override { return _ch.has_output(); }
+    void take_output(std::string& dst) override { _ch.take_output(dst); }
+    bool resumed() const noexcept override { return _ch.stream().resumed(); }
+    const char* version() const noexcept override { return _ch.stream().version(); }
+    const std::string& error() const noexcept override { return _ch.error(); }
+
+    tls_stream& stream() noexcept { return _ch.stream(); }
+
+private:
+    tls_channel _ch;
+};
+
+// One per shard: the SSL_CTX and the sessions kept per key stay on the
+// shard's thread.
+class openssl_channel_factory final : public secure_channel_factory {
+public:
+    // sessions_per_key_max: 0 turns resumption off.
+    openssl_channel_factory(const std::string& ca_file, std::size_t sessions_per_key_max)
+        : _ctx(tls_context::client(ca_file)), _sessions_max(sessions_per_key_max) {}
+
+    std::unique_ptr<secure_channel> open(const tls_peer& peer) override {
+        auto ch = std::make_unique<openssl_channel>(_ctx.get(), peer);
+        // OpenSSL makes a TLS 1.3 session single-use once a resumption with
+        // it completes, so new connections take the newest one still
+        // resumable; connections started together may share it.
+        if (auto it = _sessions.find(peer.session_key); it != _sessions.end()) {
+            auto& v = it->second;
+            while (!v.empty() && SSL_SESSION_is_resumable(v.back().get()) != 1) {
+                v.pop_back();
+            }
+            if (!v.empty()) {
+                ch->stream().set_session(v.back().get());
+            }
+        }
+        return ch;
+    }
+
+    void keep_sessions(const std::string& session_key, secure_channel& channel) override {
+        auto& stream = static_cast<openssl_channel&>(channel).stream();
+        while (auto s = stream.take_new_session()) {
+            if (_sessions_max == 0) {
+                continue;
+            }
+            auto& v = _sessions[session_key];
+            v.push_back(std::move(s));
+            if (v.size() > _sessions_max) {
+                v.pop_front();
+            }
+        }
+    }
+
+private:
+    tls_context _ctx;
+    std::size_t _sessions_max;
+    std::unordered_map<std::string, std::deque<ssl_session_ptr>> _sessions;  // newest last
+};
+
+}  // namespace mxpress::net
