@@ -354,7 +354,7 @@ inline constexpr config_key all_keys[] = {
         "a pooled connection without work this long is closed with QUIT",
         [](auto& c) -> auto& { return c.idle_timeout; }),
     count_key("defaults", "pending_max", "50000", 1, 10'000'000,
-        "recipients one shard holds (queued, in flight, waiting to retry); the reader waits beyond",
+        "recipients one shard holds queued and in flight (not those waiting to retry); the reader waits beyond",
         [](auto& c) -> auto& { return c.pending_max; }),
     duration_key("defaults", "host_skip_max", "1m", ms1, days(1),
         "a host that refused or dropped a session is skipped for min(retry_initial, this)",

@@ -59,7 +59,12 @@ struct run_totals {
 struct runner_options {
     shard_options shard;
     unsigned threads = 1;
+    // A batch for a shard's mailbox closes at batch_size rows or
+    // batch_bytes_max bytes of merge fields, whichever comes first: with a
+    // mailbox of mailbox_batches_max, what waits for a shard is bounded in
+    // bytes too, however large the rows.
     std::uint64_t batch_size = 256;
+    std::size_t batch_bytes_max = 256 * 1024;
     bool show_progress = false;
 };
 
@@ -189,6 +194,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
 
     run_totals t;
     std::vector<shard::mail_batch> batches(n);
+    std::vector<std::size_t> batch_bytes(n, 0);
     std::string invalid_lines;
     mail::recipient_row row;
     auto record_invalid = [&](const mail::recipient_row& r, const std::string& why) {
@@ -250,10 +256,12 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
             }
             const unsigned k = static_cast<unsigned>(domain_hash(r->domain_name()) % n);
+            batch_bytes[k] += r->values.size();
             batches[k].push_back(std::move(r));
-            if (batches[k].size() >= o.batch_size) {
+            if (batches[k].size() >= o.batch_size || batch_bytes[k] >= o.batch_bytes_max) {
                 shards.push(k, std::move(batches[k]));
                 batches[k] = shard::mail_batch();
+                batch_bytes[k] = 0;
             }
             if (o.show_progress && (t.rows & 0xFFF) == 0) {
                 const auto now = std::chrono::steady_clock::now();

@@ -1,0 +1,164 @@
+#!/usr/bin/python3
+"""Integration tests of a large backlog: a dead destination must not hold up
+the others (head-of-line blocking), and memory must follow bytes, not rows.
+Real peers on loopback: mxsink receives; the dead domain's MX refuses
+connections (nothing listens there).
+
+  backlog_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import threading  # noqa: E402
+
+from peers import Peers, free_port, journal, mxsink, read_dumps  # noqa: E402
+
+MXPRESS = None
+
+
+def shard_of(domain, shards):
+    """The runner's shard for a domain: 64-bit FNV-1a of its name, modulo."""
+    h = 1469598103934665603
+    for b in domain.encode():
+        h ^= b
+        h = (h * 1099511628211) % (1 << 64)
+    return h % shards
+
+
+def domain_on(shard, shards, prefix):
+    return next(f"{prefix}{i}.test" for i in range(1000) if shard_of(f"{prefix}{i}.test", shards) == shard)
+
+
+def count_statuses(jpath):
+    """{status: count}; fails when a line has more than one entry."""
+    counts = {}
+    for line, entries in journal(jpath).items():
+        assert len(entries) == 1, f"line {line} has {len(entries)} entries"
+        counts[entries[0]["status"]] = counts.get(entries[0]["status"], 0) + 1
+    return counts
+
+
+class Backlog(unittest.TestCase):
+    def run_backlog(self, peers, rows_dead, rows_healthy, field_bytes, config):
+        """Dead rows first, then healthy rows on the dead domain's shard and on
+        the other one. Returns (process, seconds until every healthy row was
+        journaled delivered, journal path, peak RSS KiB)."""
+        port = free_port("127.0.0.2")
+        dead_port = free_port("127.0.0.9")
+        mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+        dead = domain_on(0, 2, "dead")
+        same = domain_on(0, 2, "same")
+        other = domain_on(1, 2, "other")
+        filler = "x" * field_bytes
+        recipients = peers.path("r.csv")
+        with open(recipients, "w") as f:
+            f.write("email,code,pad\n")
+            for k in range(rows_dead):
+                f.write(f"u{k}@{dead},D{k},{filler}\n")
+            for k in range(rows_healthy):
+                f.write(f"h{k}@{same if k % 2 == 0 else other},H{k},{filler}\n")
+        message = peers.path("m.eml")
+        with open(message, "w") as f:
+            f.write("Subject: code {{code}}\n\nhello\n")
+        cfg = peers.path("c.toml")
+        with open(cfg, "w") as f:
+            f.write(config)
+        jpath = peers.path("j.jsonl")
+        args = ["/usr/bin/time", "-f", "@@RSS %M", MXPRESS, "send", "--recipients", recipients, "--message", message,
+                "--from", "b@sender.test", "--threads", "2", "--config", cfg, "--journal", jpath, "--progress", "off",
+                "--route", f"{dead}=127.0.0.9:{dead_port}", "--route", f"{same}=127.0.0.2:{port}",
+                "--route", f"{other}=127.0.0.2:{port}"]
+        start = time.monotonic()
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        healthy_done = None
+        while p.poll() is None and time.monotonic() - start < 120:
+            if healthy_done is None and os.path.exists(jpath):
+                with open(jpath, errors="replace") as f:
+                    delivered = sum(1 for line in f if '"status":"delivered"' in line)
+                if delivered >= rows_healthy:
+                    healthy_done = time.monotonic() - start
+            time.sleep(0.1)
+        out, err = p.communicate(timeout=120)
+        rss = int([l for l in err.splitlines() if l.startswith("@@RSS")][-1].split()[1])
+        if healthy_done is None:
+            healthy_done = time.monotonic() - start
+        return p, out, err, healthy_done, jpath, rss
+
+    def test_healthy_domains_are_not_held_up_by_a_dead_one(self):
+        # 6,000 recipients on a domain whose MX refuses connections, more than
+        # the shard holds at once (pending_max 5,000), ahead of 1,000 on a
+        # healthy domain on the same shard and 1,000 on the other shard. The
+        # dead ones expire after max_age (8 s); the healthy ones must not wait
+        # for that.
+        with Peers() as peers:
+            config = ('[defaults]\npending_max = 5000\nretry_initial = "8s"\nretry_max = "8s"\n'
+                      'max_age = "9s"\nconnect_timeout = "2s"\n')
+            p, out, err, healthy_done, jpath, _ = self.run_backlog(peers, 6000, 2000, 10, config)
+            self.assertEqual(p.returncode, 0, err)
+            self.assertEqual(count_statuses(jpath), {"delivered": 2000, "expired": 6000}, out)
+            self.assertLess(healthy_done, 5.0, f"the healthy recipients waited {healthy_done:.1f} s behind the dead ones")
+
+    def test_memory_follows_bytes_not_rows(self):
+        # 10,000 rows of 50 KB (a 500 MB file) on a dead domain: a shard holds
+        # at most pending_bytes_max (64 MiB) of fields plus its mailbox
+        # (2 x 64 batches of at most 256 KiB); deferred rows are parked
+        # without their fields and read again from the file for the retry.
+        # README states the bound: about 100 MiB per shard above the base.
+        with Peers() as peers:
+            config = ('[defaults]\nretry_initial = "3s"\nretry_max = "3s"\nmax_age = "4s"\nconnect_timeout = "2s"\n')
+            p, out, err, _, jpath, rss = self.run_backlog(peers, 10000, 200, 50 * 1024, config)
+            self.assertEqual(p.returncode, 0, err)
+            self.assertEqual(count_statuses(jpath), {"delivered": 200, "expired": 10000}, out)
+            print(f"peak RSS {rss // 1024} MB for a 500 MB recipients file", file=sys.stderr)
+            self.assertLess(rss, 320 * 1024, f"peak RSS {rss // 1024} MB for a 500 MB file")
+
+    def test_parked_recipients_are_sent_with_their_own_fields(self):
+        # The MX is down at first: every recipient is deferred and parked
+        # (its fields dropped), then read again from the file when its retry
+        # is due. At the receiver (smtp-sink dumps) each message must carry
+        # its own recipient's code, exactly once.
+        with Peers() as peers:
+            port = free_port("127.0.0.3")
+            recipients = peers.path("r.csv")
+            codes = {f"p{k}@late.test": f"C{k:05d}-{(k * 7919) % 100000:05d}" for k in range(300)}
+            with open(recipients, "w") as f:
+                f.write("email,code\n")
+                for email, code in codes.items():
+                    f.write(f'{email},"{code}"\n')
+            message = peers.path("m.eml")
+            with open(message, "w") as f:
+                f.write("Subject: code {{code}}\n\nYour code is {{code}} for {{email}}.\n")
+            cfg = peers.path("c.toml")
+            with open(cfg, "w") as f:
+                f.write('[defaults]\nretry_initial = "2s"\nretry_max = "2s"\nmax_age = "30s"\n'
+                        'connect_timeout = "2s"\n')
+            jpath = peers.path("j.jsonl")
+            dumps = []
+            late = threading.Timer(1.0, lambda: dumps.append(peers.smtp_sink("127.0.0.3", port)))
+            late.start()
+            p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                "b@sender.test", "--config", cfg, "--journal", jpath, "--progress", "off",
+                                "--route", f"late.test=127.0.0.3:{port}"], capture_output=True, text=True,
+                               timeout=60)
+            late.join()
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertEqual(count_statuses(jpath), {"delivered": 300}, p.stdout)
+            self.assertTrue(all(e[0]["attempts"] >= 2 for e in journal(jpath).values()), "all were deferred first")
+            got = {}
+            for rcpts, text in read_dumps(dumps[0]):
+                self.assertEqual(len(rcpts), 1)
+                self.assertNotIn(rcpts[0], got, "a recipient got two messages")
+                got[rcpts[0]] = text
+            self.assertEqual(set(got), set(codes))
+            for email, text in got.items():
+                self.assertIn(f"Your code is {codes[email]} for {email}.", text)
+
+
+if __name__ == "__main__":
+    MXPRESS = os.path.abspath(sys.argv[1])
+    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
