@@ -268,6 +268,29 @@ TEST(Core, GreetingTimeoutEndsTheConnectionWithinOneTick) {
     EXPECT_EQ(h.core->pending(), 1u);
 }
 
+// RFC 5321 §4.5.3.2: each send of the body within data_block, then the
+// reply to the final dot within data_term. A server that answers the dot
+// after 4 s is within data_term (10 s) though past data_block (2 s).
+TEST(Core, TheReplyToTheFinalDotWaitsDataTermNotDataBlock) {
+    harness h;
+    h.o.cfg.smtp_timeouts.data_block = seconds(2);
+    h.o.cfg.smtp_timeouts.data_term = seconds(10);
+    h.add(1);
+    const conn_id c = h.connects[0];
+    open_session(h, c, ehlo_plain);
+    h.sent(c);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_NE(h.sent(c).find("\r\n.\r\n"), std::string::npos);  // the body went out
+    h.advance(milliseconds(4000));
+    EXPECT_FALSE(h.closed[c]) << "timed out on data_block while waiting for the reply to the dot";
+    h.server(c, "250 queued\r\n");
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+    h.add(1);  // and data_term does end a server that never answers
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.advance(milliseconds(10'100));
+    EXPECT_TRUE(h.closed[c]);
+}
+
 TEST(Core, IdleSessionGetsRsetBeforeReuseAndQuitAfterIdleTimeout) {
     harness h;
     h.o.cfg.idle_timeout = milliseconds(3000);

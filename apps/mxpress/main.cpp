@@ -26,6 +26,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
+#include "mxpress/io/unique_fd.hpp"
 #include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/message_template.hpp"
@@ -73,27 +74,16 @@ std::string read_file(const std::string& path, const char* what) {
     return ss.str();
 }
 
-// RAII file descriptor for the recipients file.
-struct fd_guard {
-    int fd = -1;
-    ~fd_guard() {
-        if (fd >= 0) {
-            ::close(fd);
-        }
-    }
-};
-
-int open_recipients(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+mxpress::io::unique_fd open_recipients(const std::string& path) {
+    mxpress::io::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
         throw input_error(path, 0, fmt::format("cannot open recipients file: {}", std::strerror(errno)));
     }
     struct stat st {};
-    if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        ::close(fd);
+    if (::fstat(fd.get(), &st) == 0 && S_ISDIR(st.st_mode)) {
         throw input_error(path, 0, "recipients file is a directory");
     }
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_SEQUENTIAL);
     return fd;
 }
 
@@ -148,8 +138,8 @@ int run_dry_run(const send_options& o) {
     if (!o.config.empty()) {
         cfg = engine::load_config(o.config);
     }
-    fd_guard rfd{open_recipients(o.recipients)};
-    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), o.recipients);
+    const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
     const std::string text = read_file(o.message, "message template");
     const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
 
@@ -421,8 +411,8 @@ int run_send(const send_options& o) {
     ro.threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ro.show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
 
-    fd_guard rfd{open_recipients(o.recipients)};
-    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), o.recipients);
+    const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
     const std::string text = read_file(o.message, "message template");
     const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
@@ -485,8 +475,8 @@ int run_send(const send_options& o) {
 int run_render(const std::string& recipients, const std::string& message_path, std::uint64_t line,
                const std::string& from) {
     const auto sender = check_sender(from);
-    fd_guard rfd{open_recipients(recipients)};
-    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.fd), recipients);
+    const mxpress::io::unique_fd rfd = open_recipients(recipients);
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), recipients);
     const std::string text = read_file(message_path, "message template");
     const mail::message_template tmpl = mail::message_template::compile(text, message_path, reader.columns());
     mail::renderer_options ropts;

@@ -70,6 +70,9 @@ inline void delivery_core::send_done(conn_id id, int res, std::string& buffer) {
             after_client_input(*c);
         } else {
             shard_stats::add(_stats.sent_bytes, static_cast<std::uint64_t>(res));
+            // The wait changes with the send: after the final dot went out,
+            // RFC 5321's data_term (10 min), not data_block, runs.
+            update_deadline(*c);
             pump(*c);
         }
     }

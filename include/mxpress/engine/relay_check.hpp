@@ -35,6 +35,7 @@
 #include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/net/tls_channel.hpp"
 #include "mxpress/smtp/client.hpp"
+#include "mxpress/io/unique_fd.hpp"
 
 namespace mxpress::engine {
 
@@ -59,18 +60,6 @@ struct relay_check_result {
 
 namespace detail_relay {
 
-struct fd_closer {
-    int fd = -1;
-    fd_closer() = default;
-    fd_closer(const fd_closer&) = delete;
-    fd_closer& operator=(const fd_closer&) = delete;
-    ~fd_closer() {
-        if (fd >= 0) {
-            ::close(fd);
-        }
-    }
-};
-
 using clock_t = std::chrono::steady_clock;
 
 inline int ms_left(clock_t::time_point deadline) {
@@ -80,7 +69,7 @@ inline int ms_left(clock_t::time_point deadline) {
 
 // Connects to the first address of host:port that answers. Returns the
 // error ("" on success); `address` is the IP literal that answered.
-inline std::string connect_to(const relay_check_options& o, clock_t::time_point deadline, fd_closer& sock,
+inline std::string connect_to(const relay_check_options& o, clock_t::time_point deadline, io::unique_fd& sock,
                               std::string& address) {
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
@@ -91,14 +80,14 @@ inline std::string connect_to(const relay_check_options& o, clock_t::time_point 
     }
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> ai_guard(ai, &::freeaddrinfo);
     std::string connect_error = "no address";
-    for (addrinfo* a = ai; a != nullptr && sock.fd < 0; a = a->ai_next) {
-        const int fd = ::socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0) {
+    for (addrinfo* a = ai; a != nullptr && !sock; a = a->ai_next) {
+        io::unique_fd candidate(::socket(a->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        const int fd = candidate.get();
+        if (!candidate) {
             continue;
         }
         if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0 && errno != EINPROGRESS) {
             connect_error = std::strerror(errno);
-            ::close(fd);
             continue;
         }
         pollfd p{fd, POLLOUT, 0};
@@ -107,16 +96,15 @@ inline std::string connect_to(const relay_check_options& o, clock_t::time_point 
         if (::poll(&p, 1, ms_left(deadline)) != 1 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 ||
             err != 0) {
             connect_error = err != 0 ? std::strerror(err) : "timed out";
-            ::close(fd);
             continue;
         }
-        sock.fd = fd;
+        sock = std::move(candidate);
         char host[NI_MAXHOST];
         if (::getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof host, nullptr, 0, NI_NUMERICHOST) == 0) {
             address = host;
         }
     }
-    return sock.fd >= 0 ? std::string() : "cannot connect: " + connect_error;
+    return sock ? std::string() : "cannot connect: " + connect_error;
 }
 
 // How one session ended.
@@ -304,12 +292,12 @@ inline relay_check_result check_relay(const relay_check_options& o) {
     // engine would then deliver in plaintext on a new connection.
     bool plaintext_window = false;
     for (;;) {
-        detail_relay::fd_closer sock;
+        io::unique_fd sock;
         std::string error = detail_relay::connect_to(o, deadline, sock, res.address);
         detail_relay::session_end end = detail_relay::session_end::failed;
         if (error.empty()) {
             res.tls_version.clear();
-            end = detail_relay::run_session(o, deadline, sock.fd, plaintext_window, ctx, res, error);
+            end = detail_relay::run_session(o, deadline, sock.get(), plaintext_window, ctx, res, error);
         }
         if (end == detail_relay::session_end::retry_plaintext && !plaintext_window) {
             plaintext_window = true;
