@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import SHORT_CONFIG, Peers, free_port, journal, read_dumps  # noqa: E402
+from peers import SHORT_CONFIG, Peers, free_port, journal, read_dumps, run_tests  # noqa: E402
 
 MXPRESS = None
 ROOT = None
@@ -320,4 +320,4 @@ class Sink(unittest.TestCase):
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
     ROOT = os.path.abspath(sys.argv[2])
-    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
+    run_tests(sys.argv[3:])

@@ -3,7 +3,9 @@ Postfix's smtp-sink and a private Postfix smtpd (TLS) as receivers, mxsink,
 and an aiosmtpd submission server for relays. Every process is started here, on
 127.0.0.0/8 only, and stopped by PID when the fixture ends.
 
-See ../shared/PEERS.md for how each peer behaves on this machine.
+Each test file ends with run_tests(): a run where a test was skipped exits
+with SKIP_EXIT (77), which tests/CMakeLists.txt declares as ctest's
+SKIP_RETURN_CODE, so a skip shows as "Skipped", never as "Passed".
 """
 import collections
 import glob
@@ -15,7 +17,30 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
+import unittest
+
+# Exit status of a run in which a test was skipped (and none failed): ctest's
+# SKIP_RETURN_CODE for every integration test (the automake convention).
+SKIP_EXIT = 77
+
+
+def run_tests(argv):
+    """Runs the unittest cases named in argv (all when none); exits 1 on a
+    failure or error, SKIP_EXIT when a test was skipped, else 0."""
+    program = unittest.main(module="__main__", argv=[sys.argv[0]] + list(argv), verbosity=2, exit=False)
+    result = program.result
+    if not result.wasSuccessful():
+        sys.exit(1)
+    if result.testsRun == 0:
+        print("no test ran", file=sys.stderr)
+        sys.exit(1)
+    if result.skipped:
+        for test, reason in result.skipped:
+            print(f"SKIPPED {test.id()}: {reason}", file=sys.stderr)
+        sys.exit(SKIP_EXIT)
+    sys.exit(0)
 
 
 # Short retries so that "defer, then expire" ends within seconds.

@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peers import (SHORT_CONFIG as SHORT, Peers, certs, free_port, journal, mxsink, postfix_smtpd,  # noqa: E402
-                   read_dumps, relay_messages, relay_peer, stop_and_read_stats)
+                   read_dumps, relay_messages, relay_peer, run_tests, stop_and_read_stats)
 
 MXPRESS = None
 ROOT = None
@@ -321,4 +321,4 @@ class Relay(unittest.TestCase):
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
     ROOT = os.path.abspath(sys.argv[2])
-    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
+    run_tests(sys.argv[3:])
