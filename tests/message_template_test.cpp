@@ -155,6 +155,12 @@ TEST(MessageTemplate, UnknownFieldIsAnErrorNamingFieldAndLine) {
     EXPECT_EQ(compile_error("Subject: x\n\n{{}}\n"), "m.eml:3: empty merge field '{{}}'");
 }
 
+// Found by fuzz_template: Content-Type went out as written, 8-bit included.
+TEST(MessageTemplate, NonAsciiContentTypeIsAnError) {
+    EXPECT_EQ(compile_error("Subject: x\nContent-Type: text/plain; name=\"caf\xC3\xA9\"\n\nb\n"),
+              "m.eml:2: non-ASCII text is not allowed in Content-Type");
+}
+
 TEST(MessageTemplate, MissingBlankLineBetweenHeadersAndBody) {
     EXPECT_EQ(compile_error("Subject: hi\nDear friend,\nmore\n"),
               "m.eml:2: expected a header line 'Name: value' or a blank line ending the headers (is the blank "
