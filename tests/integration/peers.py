@@ -348,7 +348,7 @@ def postfix_smtpd(peers, host, port):
     recipient into one mbox file. Returns (mbox path, maillog path). Needs
     root (postfix start); stopped with postfix stop when the fixture ends.
 
-    Traps (beyond PEERS.md): inet_interfaces must name a configured address
+    Traps: inet_interfaces must name a configured address
     (127.0.0.2 is routable but not on lo, so "loopback-only" here, and the
     listener's own address in master.cf); postfix start/check print their
     errors only to a terminal or syslog: run `script -qc "postfix -c DIR
