@@ -1,13 +1,59 @@
 // Fuzzes the template compiler and renderer: the input is a template; the
 // columns are fixed; each compiled template is rendered with values that
 // hold CR/LF, non-ASCII and long runs. Whatever renders must keep its
-// promise: no merge value starts a header line.
+// promises (check_message): CRLF line ends, lines of at most 998 octets,
+// ASCII headers without SMTPUTF8, and no merge value starts a header line.
 #include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "mxpress/mail/message_template.hpp"
+
+namespace {
+
+// RFC 5322 §2.1.1: a line is at most 998 octets before its CRLF.
+constexpr std::size_t line_octets_max = 998;
+
+// What every rendered message promises: CRLF line ends only (no bare CR or
+// LF), lines of at most 998 octets, header lines in ASCII unless the row
+// needs SMTPUTF8, a blank line after the headers, and (when the template
+// does not write it itself) no header line made by a merge value.
+void check_message(std::string_view out, const mxpress::mail::render_result& res, bool check_injection) {
+    const std::size_t end = out.find("\r\n\r\n");
+    if (end == std::string_view::npos) {
+        std::abort();  // no blank line between headers and body
+    }
+    const std::string_view headers = out.substr(0, end + 2);
+    std::size_t line_start = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+        const char ch = out[i];
+        if (ch == '\r' && (i + 1 == out.size() || out[i + 1] != '\n')) {
+            std::abort();  // bare CR
+        }
+        if (ch == '\n') {
+            if (i == 0 || out[i - 1] != '\r') {
+                std::abort();  // bare LF
+            }
+            if (i - 1 - line_start > line_octets_max) {
+                std::abort();  // line over 998 octets
+            }
+            line_start = i + 1;
+        }
+        if (i < headers.size() && static_cast<unsigned char>(ch) >= 0x80 && !res.needs_smtputf8) {
+            std::abort();  // 8-bit header text without SMTPUTF8
+        }
+    }
+    if (line_start != out.size()) {
+        std::abort();  // the last line has no CRLF
+    }
+    if (check_injection &&
+        (headers.find("\r\nInjected:") != std::string_view::npos || headers.starts_with("Injected:"))) {
+        std::abort();
+    }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const std::string_view text(reinterpret_cast<const char*>(data), size);
@@ -23,13 +69,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const std::vector<std::string_view> fields(values.begin(), values.end());
         std::string out;
         const auto res = r.render(fields, out);
-        // Only meaningful when the template itself does not write that header.
-        if (res.ok() && text.find("njected") == std::string_view::npos) {
-            const std::size_t end = out.find("\r\n\r\n");
-            const std::string_view headers = std::string_view(out).substr(0, end);
-            if (headers.find("\r\nInjected:") != std::string_view::npos || headers.starts_with("Injected:")) {
-                std::abort();
-            }
+        if (res.ok()) {
+            check_message(out, res, text.find("njected") == std::string_view::npos);
         }
     } catch (const mxpress::mail::input_error&) {
     }

@@ -40,6 +40,32 @@ TEST(Address, NonAsciiLocalPartNeedsSmtputf8) {
     EXPECT_TRUE(a.needs_smtputf8);
 }
 
+// The limits are inclusive: exactly 64 octets of local part, 63 of a label
+// and 254 of the whole address are accepted; one more is refused.
+TEST(Address, AcceptsExactlyTheLimits) {
+    const std::string local64(64, 'l');
+    const auto at_local_limit = check_address(local64 + "@example.org");
+    ASSERT_TRUE(at_local_limit.valid()) << at_local_limit.error;
+    EXPECT_EQ(at_local_limit.local_part(), local64);
+    EXPECT_EQ(check_address("l" + local64 + "@example.org").error, "local part longer than 64 octets");
+
+    const std::string label63(63, 'c');
+    const auto at_label_limit = check_address("a@" + label63 + ".org");
+    ASSERT_TRUE(at_label_limit.valid()) << at_label_limit.error;
+    EXPECT_EQ(check_address("a@c" + label63 + ".org").error, "domain label longer than 63 octets");
+
+    // 64 + 1 + (63 + 1 + 63 + 1 + 57 + 4) = 254 octets.
+    const std::string domain189 = label63 + "." + label63 + "." + std::string(57, 'c') + ".org";
+    const std::string address254 = local64 + "@" + domain189;
+    ASSERT_EQ(address254.size(), 254u);
+    const auto at_path_limit = check_address(address254);
+    ASSERT_TRUE(at_path_limit.valid()) << at_path_limit.error;
+    EXPECT_EQ(at_path_limit.address, address254);
+    const std::string address255 = local64 + "@" + label63 + "." + label63 + "." + std::string(58, 'c') + ".org";
+    ASSERT_EQ(address255.size(), 255u);
+    EXPECT_EQ(check_address(address255).error, "address longer than 254 octets");
+}
+
 TEST(Address, Rejections) {
     struct bad {
         const char* in;

@@ -40,12 +40,19 @@ expect bad_from 2 "--from 'nope': address has no '@'" -- "$mx" send --dry-run --
 
 expect missing_recipients 2 'missing.csv: cannot open recipients file: No such file or directory' -- \
     "${send[@]}" --recipients missing.csv --message good.eml
-chmod 000 good.eml 2>/dev/null
-if [ "$(id -u)" -ne 0 ]; then
-    expect unreadable_template 2 'good.eml: cannot open message template: Permission denied' -- \
-        "${send[@]}" --recipients good.csv --message good.eml
+# An unreadable template. Root reads any file whatever its mode, so as root
+# (CI) this one call runs as nobody, in a folder nobody may enter.
+mkdir perm
+cp good.csv perm/good.csv
+cp good.eml perm/secret.eml
+chmod 000 perm/secret.eml
+as_unprivileged=()
+if [ "$(id -u)" -eq 0 ]; then
+    chmod 755 "$tmp" perm
+    as_unprivileged=(setpriv --reuid=nobody --regid=nogroup --clear-groups --)
 fi
-chmod 644 good.eml
+expect unreadable_template 2 'secret.eml: cannot open message template: Permission denied' -- \
+    "${as_unprivileged[@]}" "${send[@]}" --recipients perm/good.csv --message perm/secret.eml
 expect missing_template 2 'missing.eml: cannot open message template' -- \
     "${send[@]}" --recipients good.csv --message missing.eml
 expect recipients_is_dir 2 'recipients file is a directory' -- "${send[@]}" --recipients "$tmp" --message good.eml

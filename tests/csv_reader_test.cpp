@@ -112,6 +112,34 @@ TEST(CsvReader, OverlongRecordIsSkippedToItsEnd) {
     EXPECT_EQ(rows[3], (row{5, {"c@x.org", "ok"}, csv_error::none}));
 }
 
+// Found by fuzz_csv: skipping an overlong record used to toggle on every
+// '"', so a stray quote in an unquoted field (or junk after a closing quote)
+// swallowed the line end, and a bare CR did not end the record: the records
+// after it depended on how the input was cut into reads.
+TEST(CsvReader, OverlongRecordEndsWhereAWholeReadEndsIt) {
+    const std::string long_field(300, 'n');
+    std::string text = "email,name\n";
+    text += "a@x.org," + long_field + "\"stray,x\n";      // stray quote
+    text += "b@x.org,\"" + long_field + "\"junk\"x\r\n";  // junk after the closing quote
+    text += "c@x.org," + long_field + "\r";               // a bare CR ends the record
+    text += "d@x.org,\"" + long_field + "\"\"\r\n\"\n";   // "" then a line end inside quotes
+    text += "e@x.org,ok\n";
+    csv_limits whole;
+    whole.record_bytes_max = 256;
+    const auto expected = parse(text, whole);
+    ASSERT_EQ(expected.size(), 6u);
+    EXPECT_EQ(expected[1], (row{2, {}, csv_error::record_too_long}));
+    EXPECT_EQ(expected[2], (row{3, {}, csv_error::record_too_long}));
+    EXPECT_EQ(expected[3], (row{4, {}, csv_error::record_too_long}));
+    EXPECT_EQ(expected[4], (row{5, {}, csv_error::record_too_long}));
+    EXPECT_EQ(expected[5], (row{7, {"e@x.org", "ok"}, csv_error::none}));
+    for (std::size_t chunk = 1; chunk <= 64; ++chunk) {
+        csv_limits limits = whole;
+        limits.read_chunk_bytes = chunk;
+        EXPECT_EQ(parse(text, limits), expected) << "chunk size " << chunk;
+    }
+}
+
 TEST(CsvReader, OneMegabyteLineWithDefaultLimitsIsOneInvalidRow) {
     std::string text = "email,blob\n";
     text += "a@x.org," + std::string(2u << 20, 'z') + "\n";

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <regex>
 #include <set>
 
 #include "test_util.hpp"
@@ -74,18 +75,43 @@ std::string python_decode(const std::string& message, const std::string& names) 
     return out;
 }
 
+// The Message-ID header line of a rendered message ("" when there is none).
+std::string message_id_line(const std::string& message) {
+    const std::size_t b = message.find("\r\nMessage-ID: ");
+    if (b == std::string::npos) {
+        return "";
+    }
+    const std::size_t e = message.find("\r\n", b + 2);
+    return message.substr(b + 2, e - b - 2);
+}
+
 TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
-    const std::string out =
-        render("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n", {"a@x.org", "Ann", "Oslo"});
-    EXPECT_EQ(out,
+    const auto t = message_template::compile("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n",
+                                             "m.eml", columns);
+    renderer r(t, options());
+    std::string out;
+    ASSERT_TRUE(r.render({"a@x.org", "Ann", "Oslo"}, out).ok());
+    // Message-ID: RFC 5322 msg-id with a dot-atom left of '@' and the
+    // sender's domain right of it; its value is the renderer's own business.
+    const std::string id = message_id_line(out);
+    const std::regex id_form(R"(Message-ID: <[0-9A-Za-z]+(\.[0-9A-Za-z]+)*@sender\.example>)");
+    EXPECT_TRUE(std::regex_match(id, id_form)) << id;
+    std::string rest = out;
+    rest.replace(rest.find(id), id.size(), "Message-ID: (checked above)");
+    EXPECT_EQ(rest,
               "Subject: Hi Ann\r\n"
               "To: <a@x.org>\r\n"
               "From: <bounce@sender.example>\r\n"
               "Date: Wed, 18 Nov 2026 11:06:40 +0000\r\n"
-              "Message-ID: <top2v4.16.1@sender.example>\r\n"
+              "Message-ID: (checked above)\r\n"
               "MIME-Version: 1.0\r\n"
               "\r\n"
               "Hello Ann in Oslo.\r\n");
+    // The next message from the same renderer, same row, same second: a new id.
+    std::string again;
+    ASSERT_TRUE(r.render({"a@x.org", "Ann", "Oslo"}, again).ok());
+    EXPECT_TRUE(std::regex_match(message_id_line(again), id_form)) << message_id_line(again);
+    EXPECT_NE(message_id_line(again), id);
 }
 
 TEST(MessageTemplate, KeepsTemplateDateMessageIdMimeVersionAndFrom) {
@@ -127,6 +153,12 @@ TEST(MessageTemplate, UnknownFieldIsAnErrorNamingFieldAndLine) {
     EXPECT_EQ(compile_error("Subject: x\n\nDear {{name\n}}\n"),
               "m.eml:3: '{{' without a closing '}}' on the same line");
     EXPECT_EQ(compile_error("Subject: x\n\n{{}}\n"), "m.eml:3: empty merge field '{{}}'");
+}
+
+// Found by fuzz_template: Content-Type went out as written, 8-bit included.
+TEST(MessageTemplate, NonAsciiContentTypeIsAnError) {
+    EXPECT_EQ(compile_error("Subject: x\nContent-Type: text/plain; name=\"caf\xC3\xA9\"\n\nb\n"),
+              "m.eml:2: non-ASCII text is not allowed in Content-Type");
 }
 
 TEST(MessageTemplate, MissingBlankLineBetweenHeadersAndBody) {

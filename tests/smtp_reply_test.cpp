@@ -50,9 +50,15 @@ TEST(SmtpReply, SingleAndMultiLineWithEnhancedCodes) {
 TEST(SmtpReply, ByteByByteGivesTheSameReplies) {
     const std::string data = "220 ready\r\n250-a\r\n250 b\r\n354 go ahead\r\n421 4.3.2 bye\r\n";
     const auto whole = feed_all(data, data.size());
+    // The whole parse must succeed first: two empty parses would compare equal.
+    ASSERT_EQ(whole.error, "");
+    ASSERT_EQ(whole.replies.size(), 4u);
+    EXPECT_EQ(whole.replies[1].text, "a\nb");
+    EXPECT_EQ(whole.replies[3].enhanced, "4.3.2");
     for (std::size_t step = 1; step < 8; ++step) {
         const auto cut = feed_all(data, step);
-        ASSERT_EQ(cut.replies.size(), whole.replies.size());
+        ASSERT_EQ(cut.error, "") << "step " << step;
+        ASSERT_EQ(cut.replies.size(), whole.replies.size()) << "step " << step;
         for (std::size_t i = 0; i < cut.replies.size(); ++i) {
             EXPECT_EQ(cut.replies[i].code, whole.replies[i].code);
             EXPECT_EQ(cut.replies[i].text, whole.replies[i].text);

@@ -13,13 +13,18 @@
 // counts handshakes and resumed sessions. --fault makes STARTTLS fail on
 // purpose, for the client's fallback paths.
 //
+// With --record FILE it also writes one JSON line per message it accepts
+// (see message_recorder), so that tests check at the receiver that each
+// recipient got exactly one message, carrying its own fields.
+//
 //   mxsink --listen 127.0.0.2:2525 [--listen ...] [--threads N]
 //          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
-//          [--fault tls-garbage|tls-drop|tls-stall]
+//          [--fault tls-garbage|tls-drop|tls-stall] [--record FILE]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -33,6 +38,7 @@
 #include <string>
 #include <thread>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <unordered_set>
 #include <vector>
@@ -41,6 +47,7 @@
 #include <fmt/format.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/detail/json.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/net/tls.hpp"
 #include "mxpress/net/tls_channel.hpp"
@@ -54,10 +61,118 @@ std::uint64_t g_exit_after = 0;
 using mxpress::net::tls_channel;
 using mxpress::net::tls_stream;
 
+// --record FILE: one JSON object per line for each message accepted, written
+// before its 250 reply is queued:
+//   {"rcpt":["a@x.test"],"size":1234,"sha256":"…","to":"…","code":"…"}
+// size and sha256 are of the message as the client meant it (dots
+// un-stuffed, CRLF line ends, without the final "."), so a test can compare
+// them with `mxpress render`; "to" and "code" are the unfolded values of the
+// To: and X-Row-Code: headers ("" when absent), the recipient's own fields.
+// Shared by every worker (a mutex per line); flushed when it is destroyed.
+class message_recorder {
+public:
+    static constexpr std::string_view code_header = "X-Row-Code";
+
+    explicit message_recorder(const std::string& path) : _file(std::fopen(path.c_str(), "w"), &std::fclose) {
+        if (!_file) {
+            throw std::invalid_argument(fmt::format("--record {}: {}", path, std::strerror(errno)));
+        }
+    }
+
+    void record(const std::vector<std::string>& rcpts, std::string_view message) {
+        std::string line = "{\"rcpt\":[";
+        for (std::size_t k = 0; k < rcpts.size(); ++k) {
+            if (k > 0) {
+                line += ',';
+            }
+            mxpress::detail::append_json_string(line, rcpts[k]);
+        }
+        line += fmt::format("],\"size\":{},\"sha256\":\"{}\",\"to\":", message.size(), sha256_hex(message));
+        mxpress::detail::append_json_string(line, header_value(message, "To"));
+        line += ",\"code\":";
+        mxpress::detail::append_json_string(line, header_value(message, code_header));
+        line += "}\n";
+        const std::lock_guard<std::mutex> lock(_mutex);
+        std::fwrite(line.data(), 1, line.size(), _file.get());
+    }
+
+    // The message from DATA's bytes up to and including the final ".\r\n":
+    // the terminator dropped and each line's leading dot removed (RFC 5321
+    // §4.5.2).
+    static std::string unstuff(std::string_view data) {
+        if (data.ends_with(".\r\n")) {
+            data.remove_suffix(3);
+        }
+        std::string out;
+        out.reserve(data.size());
+        bool line_start = true;
+        for (const char ch : data) {
+            if (!(line_start && ch == '.')) {
+                out += ch;
+            }
+            line_start = ch == '\n';
+        }
+        return out;
+    }
+
+private:
+    static std::string sha256_hex(std::string_view data) {
+        unsigned char digest[EVP_MAX_MD_SIZE];
+        unsigned int n = 0;
+        if (EVP_Digest(data.data(), data.size(), digest, &n, EVP_sha256(), nullptr) != 1) {
+            throw std::runtime_error("SHA-256 failed");
+        }
+        std::string hex;
+        for (unsigned int k = 0; k < n; ++k) {
+            hex += fmt::format("{:02x}", digest[k]);
+        }
+        return hex;
+    }
+
+    // The unfolded value of the first header called `name` (any case), trimmed.
+    static std::string header_value(std::string_view message, std::string_view name) {
+        std::string value;
+        bool in_wanted = false;
+        std::size_t pos = 0;
+        while (pos < message.size()) {
+            std::size_t end = message.find("\r\n", pos);
+            if (end == std::string_view::npos) {
+                end = message.size();
+            }
+            const std::string_view line = message.substr(pos, end - pos);
+            pos = end + 2;
+            if (line.empty()) {
+                break;  // end of the headers
+            }
+            if (line.front() == ' ' || line.front() == '\t') {
+                if (in_wanted) {
+                    value += line;
+                }
+                continue;
+            }
+            if (in_wanted) {
+                break;
+            }
+            const std::size_t colon = line.find(':');
+            if (colon != std::string_view::npos && mxpress::detail::iequals(line.substr(0, colon), name)) {
+                in_wanted = true;
+                value = line.substr(colon + 1);
+            }
+        }
+        const std::size_t b = value.find_first_not_of(" \t");
+        const std::size_t e = value.find_last_not_of(" \t");
+        return b == std::string::npos ? std::string() : value.substr(b, e - b + 1);
+    }
+
+    std::mutex _mutex;
+    std::unique_ptr<FILE, decltype(&std::fclose)> _file;
+};
+
 // What every worker shares: TLS context and the fault to inject.
 struct sink_settings {
     SSL_CTX* tls = nullptr;  // null: no STARTTLS offered, no TLS listeners
     enum class fault { none, tls_garbage, tls_drop, tls_stall } fault = fault::none;
+    message_recorder* recorder = nullptr;  // null: no --record
 };
 
 void on_signal(int) {
@@ -109,6 +224,9 @@ struct session {
     int data_match = 0;  // how much of "\r\n.\r\n" was seen
     std::uint32_t rcpts = 0;
     std::uint64_t messages_sent_counted = 0;
+    // --record only: the transaction's recipients and DATA bytes so far.
+    std::vector<std::string> rcpt_addrs;
+    std::string data;
 };
 
 // Owns every session and listener of a worker. Declared before the ring in
@@ -372,6 +490,7 @@ private:
     std::size_t scan_data(session* s, std::string_view in, std::size_t i) {
         static constexpr char end_marker[] = "\r\n.\r\n";
         const std::size_t start = i;
+        bool complete = false;
         while (i < in.size()) {
             if (s->data_match == 0) {
                 const void* p = std::memchr(in.data() + i, '\r', in.size() - i);
@@ -390,6 +509,7 @@ private:
                     _counters.messages.fetch_add(1, std::memory_order_relaxed);
                     g_messages.fetch_add(1, std::memory_order_relaxed);
                     s->out += "250 2.0.0 Ok: queued\r\n";
+                    complete = true;
                     break;
                 }
             } else {
@@ -397,6 +517,14 @@ private:
             }
         }
         _counters.bytes.fetch_add(i - start, std::memory_order_relaxed);
+        if (_settings.recorder != nullptr) {
+            s->data.append(in.substr(start, i - start));
+            if (complete) {
+                _settings.recorder->record(s->rcpt_addrs, message_recorder::unstuff(s->data));
+                s->data.clear();
+                s->rcpt_addrs.clear();
+            }
+        }
         return i;
     }
 
@@ -409,9 +537,13 @@ private:
             s->out += "250 mxsink\r\n";
         } else if (iequals(verb, "MAIL")) {
             s->rcpts = 0;
+            s->rcpt_addrs.clear();
             s->out += "250 2.1.0 Ok\r\n";
         } else if (iequals(verb, "RCPT")) {
             ++s->rcpts;
+            if (_settings.recorder != nullptr) {
+                s->rcpt_addrs.emplace_back(rcpt_address(line));
+            }
             _counters.recipients.fetch_add(1, std::memory_order_relaxed);
             s->out += "250 2.1.5 Ok\r\n";
         } else if (iequals(verb, "DATA")) {
@@ -424,6 +556,7 @@ private:
             }
         } else if (iequals(verb, "RSET")) {
             s->rcpts = 0;
+            s->rcpt_addrs.clear();
             s->out += "250 2.0.0 Ok\r\n";
         } else if (iequals(verb, "NOOP")) {
             s->out += "250 2.0.0 Ok\r\n";
@@ -435,6 +568,17 @@ private:
         } else {
             s->out += "502 5.5.2 Error: command not recognized\r\n";
         }
+    }
+
+    // The address of "RCPT TO:<addr> params" (what follows "TO:" without <>).
+    static std::string rcpt_address(std::string_view line) {
+        const std::size_t lt = line.find('<');
+        const std::size_t gt = line.find('>', lt == std::string_view::npos ? 0 : lt);
+        if (lt != std::string_view::npos && gt != std::string_view::npos) {
+            return std::string(line.substr(lt + 1, gt - lt - 1));
+        }
+        const std::size_t colon = line.find(':');
+        return std::string(colon == std::string_view::npos ? line : line.substr(colon + 1));
     }
 
     void starttls(session* s) {
@@ -523,6 +667,7 @@ int main(int argc, char** argv) {
     std::string tls_cert;
     std::string tls_key;
     std::string fault = "none";
+    std::string record_path;
     app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable); offers STARTTLS with --tls-cert");
     app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (like port 465; needs --tls-cert)");
     app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
@@ -532,6 +677,8 @@ int main(int argc, char** argv) {
                    "tls-stall: answer STARTTLS then never answer the handshake")
         ->check(CLI::IsMember({"none", "tls-garbage", "tls-drop", "tls-stall"}))
         ->capture_default_str();
+    app.add_option("--record", record_path,
+                   "Write one JSON line per message: recipients, size, SHA-256 and the To: and X-Row-Code: values");
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
     app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
@@ -544,6 +691,7 @@ int main(int argc, char** argv) {
     std::vector<sockaddr_in> addrs;
     std::vector<sockaddr_in> tls_addrs;
     std::optional<mxpress::net::tls_context> tls;
+    std::optional<message_recorder> recorder;
     sink_settings settings;
     try {
         if (listen.empty() && listen_tls.empty()) {
@@ -571,6 +719,10 @@ int main(int argc, char** argv) {
                                                 : sink_settings::fault::none;
         if (settings.fault != sink_settings::fault::none && settings.tls == nullptr) {
             throw std::invalid_argument("--fault " + fault + " needs --tls-cert and --tls-key (STARTTLS)");
+        }
+        if (!record_path.empty()) {
+            recorder.emplace(record_path);
+            settings.recorder = &*recorder;
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "mxsink: %s\n", e.what());

@@ -16,7 +16,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import threading  # noqa: E402
 
-from peers import Peers, free_port, journal, mxsink, read_dumps  # noqa: E402
+from peers import Peers, free_port, journal, mxsink, read_dumps, run_tests  # noqa: E402
 
 MXPRESS = None
 
@@ -161,4 +161,4 @@ class Backlog(unittest.TestCase):
 
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
-    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
+    run_tests(sys.argv[3:])

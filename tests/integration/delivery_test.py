@@ -2,32 +2,43 @@
 """Integration tests of `mxpress send` against real peers on loopback:
 dnsmasq answering MX and A queries, Postfix's smtp-sink receiving.
 
+Every test checks at the receiver (smtp-sink's dumps, mxsink's --record)
+that each recipient got exactly one message carrying its own row code and
+nobody else got anything: peers.assert_exactly_once.
+
   delivery_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
 import collections
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from peers import SHORT_CONFIG, Peers, free_port, journal, read_dumps  # noqa: E402
+from peers import (CODED_TEMPLATE, SHORT_CONFIG, Peers, assert_exactly_once, dump_arrivals, free_port,  # noqa: E402
+                   journal, read_dumps, read_record, row_codes, run_tests, write_coded_recipients)
 
 MXPRESS = None
 ROOT = None
 MX_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
 
-def write_job(peers, rows, template):
-    """Writes the recipients file (header included in `rows`) and the template."""
+def write_job(peers, emails, template=CODED_TEMPLATE):
+    """Writes the recipients file (email,name,code) and the template; returns
+    (recipients, message, {email: code})."""
     recipients, message = peers.path("r.csv"), peers.path("m.eml")
-    with open(recipients, "w", encoding="utf-8") as f:
-        f.write(rows)
+    codes = write_coded_recipients(recipients, emails)
     with open(message, "w", encoding="utf-8") as f:
         f.write(template)
-    return recipients, message
+    return recipients, message, codes
+
+
+def arrivals(*dump_dirs):
+    return [a for d in dump_dirs for a in dump_arrivals(d)]
 
 
 def run_send(peers, recipients, message, dns, port, extra=(), config=SHORT_CONFIG):
@@ -72,7 +83,20 @@ class Delivery(unittest.TestCase):
                 f.write("someone@backup.test,Back,Up,There,basic\n")
                 f.write("not-an-address,Bad,Row,X,basic\n")
                 f.write("short@d001.test,Too,Few\n")
-            message = os.path.join(ROOT, "bench/templates/plain-2k.eml")
+            # A code column (each row's own value, checked at the receiver).
+            with open(recipients, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            emails = [l.split(",", 1)[0] for l in lines[1:]]
+            codes = row_codes(emails)
+            with open(recipients, "w", encoding="utf-8") as f:
+                f.write(lines[0] + ",code\n")
+                for e, l in zip(emails, lines[1:]):
+                    f.write(f"{l},{codes[e]}\n" if l.count(",") >= 4 else l + "\n")
+            message = peers.path("m.eml")
+            with open(os.path.join(ROOT, "bench/templates/plain-2k.eml"), encoding="utf-8") as f:
+                template = f.read()
+            with open(message, "w", encoding="utf-8") as f:
+                f.write("X-Row-Code: {{code}}\n" + template)
 
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
@@ -115,6 +139,10 @@ class Delivery(unittest.TestCase):
             delivered = {e for e, o in by_email.items() if o["status"] == "delivered"}
             self.assertEqual(set(arrived), delivered, "none missing, none extra")
             self.assertEqual(max(arrived.values()), 1, "no duplicates")
+            expected = {e: c for e, c in codes.items() if e.startswith("user")}
+            expected.update({e: codes[e] for e in ("someone@implicit.test", "someone@backup.test")})
+            self.assertEqual(len(expected), 20002)
+            assert_exactly_once(self, arrivals(*dumps), expected)
             with open(peers.path("summary.json")) as f:
                 s = json.load(f)
             self.assertEqual(s["delivered"], 20002)
@@ -123,9 +151,9 @@ class Delivery(unittest.TestCase):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             # smtp-sink: -f rejects with 5xx, -r with 4xx (see its manual).
-            peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt"], dump=False)  # 5xx to RCPT
-            peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt"], dump=False)  # 4xx to RCPT
-            peers.smtp_sink("127.0.0.4", port, flags=["-q", "data"], dump=False)  # hangs up at DATA
+            dumps = [peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt"]),  # 5xx to RCPT
+                     peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt"]),  # 4xx to RCPT
+                     peers.smtp_sink("127.0.0.4", port, flags=["-q", "data"])]  # hangs up at DATA
             dump = peers.smtp_sink("127.0.0.5", port)
             dns = peers.dnsmasq([
                 "mx-host=hard.test,mxa.test,10", "host-record=mxa.test,127.0.0.2",
@@ -136,15 +164,9 @@ class Delivery(unittest.TestCase):
                 "mx-host=chain.test,mxd.test,20", "host-record=mxd.test,127.0.0.5",
                 "mx-host=dead.test,mxr.test,10",
             ])
-            recipients = peers.path("r.csv")
-            with open(recipients, "w") as f:
-                f.write("email,name\n")
-                for k in range(5):
-                    f.write(f"h{k}@hard.test,H\ns{k}@soft.test,S\nd{k}@drop.test,D\nc{k}@chain.test,C\n"
-                            f"x{k}@dead.test,X\n")
-            message = peers.path("m.eml")
-            with open(message, "w") as f:
-                f.write("Subject: hi {{name}}\n\nhello\n")
+            recipients, message, codes = write_job(
+                peers, [f"{u}{k}@{d}.test" for k in range(5)
+                        for u, d in (("h", "hard"), ("s", "soft"), ("d", "drop"), ("c", "chain"), ("x", "dead"))])
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             j = journal(jpath)
@@ -163,23 +185,23 @@ class Delivery(unittest.TestCase):
                     self.assertGreater(o["attempts"], 1, "retried before expiring")
                 if domain == "dead.test":
                     self.assertIn("refused", o["reply"].lower(), o)
-            self.assertEqual(len(read_dumps(dump)), 5, "chain.test delivered through its backup MX")
+            # Only chain.test's five, through its backup MX; nothing from the others.
+            assert_exactly_once(self, arrivals(dump, *dumps), {e: c for e, c in codes.items() if "@chain." in e})
 
     def test_custom_replies_and_slow_server(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
-            peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt", "-B", "550 5.1.1 custom hard reject"], dump=False)
-            peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt", "-b", "451 4.7.1 custom soft reject"], dump=False)
-            # 4 s before each RCPT reply. Without -p, smtp-sink answers pipelined
-            # commands out of order while it waits (DATA's 503 before RCPT's 250).
-            peers.smtp_sink("127.0.0.4", port, flags=["-p", "-W", "rcpt:4"], dump=False)
+            dumps = [peers.smtp_sink("127.0.0.2", port, flags=["-f", "rcpt", "-B", "550 5.1.1 custom hard reject"]),
+                     peers.smtp_sink("127.0.0.3", port, flags=["-r", "rcpt", "-b", "451 4.7.1 custom soft reject"]),
+                     # 4 s before each RCPT reply. Without -p, smtp-sink answers pipelined
+                     # commands out of order while it waits (DATA's 503 before RCPT's 250).
+                     peers.smtp_sink("127.0.0.4", port, flags=["-p", "-W", "rcpt:4"])]
             dns = peers.dnsmasq([
                 "mx-host=hard.test,mxa.test,10", "host-record=mxa.test,127.0.0.2",
                 "mx-host=soft.test,mxb.test,10", "host-record=mxb.test,127.0.0.3",
                 "mx-host=slow.test,mxc.test,10", "host-record=mxc.test,127.0.0.4",
             ])
-            recipients, message = write_job(peers, "email,name\nh@hard.test,H\ns@soft.test,S\nw@slow.test,W\n",
-                                            "Subject: hi {{name}}\n\nhello\n")
+            recipients, message, _ = write_job(peers, ["h@hard.test", "s@soft.test", "w@slow.test"])
             p, jpath = run_send(peers, recipients, message, dns, port,
                                 config=SHORT_CONFIG + "[timeouts]\nrcpt = \"1s\"\nmail = \"1s\"\n")
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
@@ -191,13 +213,13 @@ class Delivery(unittest.TestCase):
             self.assertEqual(by_email["s@soft.test"]["reply"], "custom soft reject")
             self.assertEqual(by_email["w@slow.test"]["status"], "expired", by_email["w@slow.test"])
             self.assertIn("timeout waiting for the reply to RCPT TO", by_email["w@slow.test"]["reply"])
+            assert_exactly_once(self, arrivals(*dumps), {})
 
     def test_server_that_comes_up_late_gets_the_mail_on_retry(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             dns = peers.dnsmasq(["mx-host=late.test,mx.late.test,10", "host-record=mx.late.test,127.0.0.5"])
-            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@late.test,N{k}\n" for k in range(10)),
-                                            "Subject: hi {{name}}\n\nhello\n")
+            recipients, message, codes = write_job(peers, [f"u{k}@late.test" for k in range(10)])
             cfg = peers.path("late.toml")
             with open(cfg, "w") as f:
                 f.write('[defaults]\nretry_initial = "300ms"\nretry_max = "600ms"\nmax_age = "20s"\n')
@@ -223,57 +245,68 @@ class Delivery(unittest.TestCase):
             self.assertEqual(len(j), 10)
             for entries in j.values():
                 self.assertEqual(entries[0]["status"], "delivered", entries)
-                self.assertGreaterEqual(entries[0]["attempts"], 1)
+                # The dropped session counts for every queued row: then the retry.
+                self.assertGreaterEqual(entries[0]["attempts"], 2, entries)
             self.assertIn("deferrals", out)
             self.assertNotIn(" 0 deferrals", out, "the first attempts were deferred")
-            self.assertEqual(len(read_dumps(dump)), 10)
+            assert_exactly_once(self, arrivals(dump), codes)
 
     def test_ipv6_mx_and_route(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("[::1]", port)
             dns = peers.dnsmasq(["mx-host=v6.test,mx6.test,10", "host-record=mx6.test,::1"])
-            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@v6.test,N{k}\nr{k}@routed.test,R{k}\n" for k in range(5)),
-                                            "Subject: hi {{name}}\n\nhello\n")
+            recipients, message, codes = write_job(peers, [f"{u}{k}@{d}.test" for k in range(5)
+                                                           for u, d in (("u", "v6"), ("r", "routed"))])
             p, jpath = run_send(peers, recipients, message, dns, port, extra=["--route", f"routed.test=[::1]:{port}"])
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             j = journal(jpath)
             self.assertEqual(len(j), 10)
             for entries in j.values():
                 self.assertEqual(entries[0]["status"], "delivered", entries)
-            self.assertEqual(len(read_dumps(dump)), 10)
+            assert_exactly_once(self, arrivals(dump), codes)
 
     def test_message_that_cannot_be_rendered_is_invalid_not_lost(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("127.0.0.2", port)
             dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
-            recipients, message = write_job(peers, "email,name\nok@r.test,plain\nbad@r.test,Zoë\nok2@r.test,fine\n",
-                                            "List-Id: <{{name}}.list.example>\nSubject: hi\n\nhello\n")  # List-Id must be ASCII
+            recipients, message, codes = write_job(peers, ["ok@r.test", "bad@r.test", "ok2@r.test"],
+                                                   "To: <{{email}}>\nX-Row-Code: {{code}}\nList-Id: <{{name}}.list.example>\n"
+                                                   "Subject: hi\n\nhello\n")
+            with open(recipients, encoding="utf-8") as f:
+                rows = f.read().replace("Name 1,", "Zoë,")  # List-Id must be ASCII
+            with open(recipients, "w", encoding="utf-8") as f:
+                f.write(rows)
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             self.assertIn("2 delivered, 0 bounced, 0 expired, 1 invalid", p.stdout)
             by_email = {e[0]["email"]: e[0] for e in journal(jpath).values()}
             self.assertEqual(by_email["bad@r.test"]["status"], "invalid")
             self.assertIn("non-ASCII text is not allowed", by_email["bad@r.test"]["reply"])
-            self.assertEqual(len(read_dumps(dump)), 2)
+            del codes["bad@r.test"]
+            assert_exactly_once(self, arrivals(dump), codes)
 
     def test_resume_sends_nothing_twice(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
             dump = peers.smtp_sink("127.0.0.2", port)
             dns = peers.dnsmasq(["mx-host=r.test,mx.r.test,10", "host-record=mx.r.test,127.0.0.2"])
-            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@r.test,N{k}\n" for k in range(50)),
-                                            "Subject: hi {{name}}\n\nhello\n")
+            recipients, message, codes = write_job(peers, [f"u{k}@r.test" for k in range(50)])
             p, jpath = run_send(peers, recipients, message, dns, port)
             self.assertEqual(p.returncode, 0, p.stderr)
+            assert_exactly_once(self, arrivals(dump), codes)
+            # Set the first run's messages aside: the dump then holds the resumed run's only.
+            first_run = peers.path("first-run")
+            shutil.move(dump, first_run)
+            os.makedirs(dump)
+            os.chmod(dump, 0o777)
             with open(jpath) as f:
                 lines = f.read().splitlines()
             # Cut the journal as an interrupted run leaves it: lines 2..21 delivered.
             kept = [l for l in lines if json.loads(l)["line"] <= 21]
             with open(jpath, "w") as f:
                 f.write("\n".join(kept) + "\n")
-            before = len(read_dumps(dump))
             cfg = peers.path("short.toml")
             p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
                                 "b@sender.test", "--dns", dns, "--mx-port", str(port), "--journal", jpath,
@@ -281,7 +314,8 @@ class Delivery(unittest.TestCase):
                                capture_output=True, text=True, timeout=60)
             self.assertEqual(p.returncode, 0, p.stderr)
             self.assertIn("20 already final", p.stdout)
-            self.assertEqual(len(read_dumps(dump)) - before, 30, "only the 30 rows without an outcome")
+            # Only the 30 rows without an outcome (lines 22..51: u20..u49), each once.
+            assert_exactly_once(self, arrivals(dump), {f"u{k}@r.test": codes[f"u{k}@r.test"] for k in range(20, 50)})
             j = journal(jpath)
             self.assertEqual(len(j), 50)
             self.assertTrue(all(len(v) == 1 for v in j.values()))
@@ -291,17 +325,20 @@ class Sink(unittest.TestCase):
     def test_mxsink_counts_and_exits_after_n_messages(self):
         with Peers() as peers:
             port = free_port("127.0.0.2")
-            stats = peers.path("stats.json")
+            stats, record = peers.path("stats.json"), peers.path("record.jsonl")
             mxsink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
             sink = subprocess.Popen([mxsink, "--listen", f"127.0.0.2:{port}", "--listen", f"127.0.0.3:{port}",
                                      "--threads", "2", "--stats-json", stats, "--exit-after-messages", "1000",
-                                     "--max-seconds", "60"])
+                                     "--max-seconds", "60", "--record", record])
             peers.procs.append(sink)
             from peers import wait_tcp
             wait_tcp("127.0.0.2", port)
             wait_tcp("127.0.0.3", port)
-            recipients, message = write_job(peers, "email,name\n" + "".join(f"u{k}@d{k % 2}.test,N{k}\n" for k in range(1000)),
-                                            "Subject: hi {{name}}\n\n.leading dot\nhello\n")
+            # Date and Message-ID fixed by the template: `mxpress render` then
+            # gives the exact bytes each recipient should get.
+            recipients, message, codes = write_job(
+                peers, [f"u{k}@d{k % 2}.test" for k in range(1000)],
+                "Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <{{code}}@sender.test>\n" + CODED_TEMPLATE)
             jpath = peers.path("j.jsonl")
             p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
                                 "b@sender.test", "--route", f"d0.test=127.0.0.2:{port}", "--route",
@@ -315,9 +352,20 @@ class Sink(unittest.TestCase):
             self.assertEqual(s["messages"], 1000)
             self.assertEqual(s["recipients"], 1000)
             self.assertGreaterEqual(s["connections"], 2)
+            received = read_record(record)
+            assert_exactly_once(self, received, codes)
+            # Byte for byte what render shows, dots un-stuffed ("." lines), for a sample of rows.
+            by_rcpt = {r["rcpt"][0]: r for r in received}
+            for line in (2, 3, 500, 1001):
+                want = subprocess.run([MXPRESS, "render", "--recipients", recipients, "--message", message,
+                                       "--from", "b@sender.test", "--line", str(line)],
+                                      capture_output=True, check=True).stdout
+                got = by_rcpt[f"u{line - 2}@d{(line - 2) % 2}.test"]
+                self.assertEqual((got["size"], got["sha256"]), (len(want), hashlib.sha256(want).hexdigest()),
+                                 want.decode())
 
 
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
     ROOT = os.path.abspath(sys.argv[2])
-    unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
+    run_tests(sys.argv[3:])

@@ -4,10 +4,18 @@ and an aiosmtpd submission server for relays. Every process is started here, on
 127.0.0.0/8 only, and stopped by PID when the fixture ends.
 
 Each helper below notes the traps of its peer on Debian 12.
+
+Each test file ends with run_tests(): a run where a test was skipped exits
+with SKIP_EXIT (77), which tests/CMakeLists.txt declares as ctest's
+SKIP_RETURN_CODE, so a skip shows as "Skipped", never as "Passed".
 """
 import collections
+import email.parser
+import email.policy
 import glob
+import hashlib
 import json
+import mailbox
 import os
 import pwd
 import shutil
@@ -15,7 +23,30 @@ import signal
 import socket
 import subprocess
 import tempfile
+import sys
 import time
+import unittest
+
+# Exit status of a run in which a test was skipped (and none failed): ctest's
+# SKIP_RETURN_CODE for every integration test (the automake convention).
+SKIP_EXIT = 77
+
+
+def run_tests(argv):
+    """Runs the unittest cases named in argv (all when none); exits 1 on a
+    failure or error, SKIP_EXIT when a test was skipped, else 0."""
+    program = unittest.main(module="__main__", argv=[sys.argv[0]] + list(argv), verbosity=2, exit=False)
+    result = program.result
+    if not result.wasSuccessful():
+        sys.exit(1)
+    if result.testsRun == 0:
+        print("no test ran", file=sys.stderr)
+        sys.exit(1)
+    if result.skipped:
+        for test, reason in result.skipped:
+            print(f"SKIPPED {test.id()}: {reason}", file=sys.stderr)
+        sys.exit(SKIP_EXIT)
+    sys.exit(0)
 
 
 # Short retries so that "defer, then expire" ends within seconds.
@@ -153,9 +184,11 @@ def certs(peers):
 
 
 def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1):
-    """Starts mxsink; tls = (cert, key). Returns the path of its --stats-json."""
-    stats = peers.path(f"mxsink-{listen.replace(':', '_')}.json")
-    args = [binary, "--listen", listen, "--threads", str(threads), "--stats-json", stats]
+    """Starts mxsink; tls = (cert, key). Returns the path of its --stats-json;
+    what it received is in record_of(that path) (see read_record)."""
+    stats = peers.path(f"mxsink-{listen.replace(':', '_')}-{len(peers.procs)}.json")
+    args = [binary, "--listen", listen, "--threads", str(threads), "--stats-json", stats,
+            "--record", record_of(stats)]
     for l in listen_tls:
         args += ["--listen-tls", l]
     if tls:
@@ -167,6 +200,71 @@ def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1
     host, port = listen.rsplit(":", 1)
     wait_tcp(host, int(port))
     return stats
+
+
+def record_of(stats_path):
+    """The --record file of the mxsink started by mxsink() with these stats."""
+    return stats_path[:-len(".json")] + ".record.jsonl"
+
+
+def read_record(path):
+    """mxsink --record lines: one dict per message (rcpt, size, sha256, to, code)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def dump_arrivals(dump_dir):
+    """smtp-sink dumps as read_record's dicts (no size or hash: smtp-sink
+    rewrites line ends). An empty dump file (a transaction the client gave up
+    before DATA, e.g. on a slow RCPT reply) carries no message."""
+    out = []
+    for rcpts, text in read_dumps(dump_dir):
+        if not text:
+            continue
+        headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
+        out.append({"rcpt": rcpts, "to": " ".join((headers["To"] or "").split()),
+                    "code": (headers["X-Row-Code"] or "").strip(), "text": text})
+    return out
+
+
+def row_codes(emails, seed=0):
+    """A unique code per recipient ({email: code}) for the X-Row-Code header
+    and the template body: what only that recipient's message may carry."""
+    return {e: hashlib.sha256(f"{seed}:{k}:{e}".encode()).hexdigest()[:12] for k, e in enumerate(emails)}
+
+
+# A template that carries each row's own fields where the receiver records
+# them: its address in To:, its code in X-Row-Code: and in the body.
+CODED_TEMPLATE = ("To: <{{email}}>\nX-Row-Code: {{code}}\nSubject: hi {{name}}\n\n"
+                  ".leading dot\nhello {{name}}, your code is {{code}}\n")
+
+
+def write_coded_recipients(path, emails, seed=0):
+    """Writes a recipients file (email,name,code) for CODED_TEMPLATE; returns
+    the codes ({email: code})."""
+    codes = row_codes(emails, seed)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("email,name,code\n")
+        for k, e in enumerate(emails):
+            f.write(f"{e},Name {k},{codes[e]}\n")
+    return codes
+
+
+def assert_exactly_once(test, arrivals, expected):
+    """Checks at the receiver: each recipient in `expected` ({email: code})
+    got exactly one message, addressed To: it and carrying its own code, and
+    nobody else got anything. `arrivals` comes from read_record or
+    dump_arrivals (several receivers: add the lists)."""
+    got = collections.defaultdict(list)
+    for a in arrivals:
+        test.assertEqual(len(a["rcpt"]), 1, f"one recipient per message: {a}")
+        got[a["rcpt"][0]].append(a)
+    test.assertEqual(sorted(set(got) - set(expected)), [], "messages for recipients that should get none")
+    test.assertEqual(sorted(set(expected) - set(got)), [], "recipients without a message")
+    test.assertEqual({r: len(v) for r, v in got.items() if len(v) > 1}, {}, "recipients with more than one message")
+    for rcpt, (a,) in got.items():
+        test.assertIn(f"<{rcpt}>", a["to"], f"To: of {rcpt}'s message")
+        test.assertEqual(a["code"], expected[rcpt], f"{rcpt} got another row's message")
 
 
 def stop_and_read_stats(peers, stats_path):
@@ -193,6 +291,26 @@ def relay_peer(peers, port, mode, user, password_file):
     if p.stdout.readline().strip() != "ready":
         raise RuntimeError("relay_peer.py did not start")
     return out
+
+
+def relay_arrivals(out):
+    """What relay_peer accepted, as read_record's dicts."""
+    arrivals = []
+    for m in relay_messages(out):
+        headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(m["data"])
+        arrivals.append({"rcpt": m["rcpt_tos"], "to": " ".join((headers["To"] or "").split()),
+                         "code": (headers["X-Row-Code"] or "").strip()})
+    return arrivals
+
+
+def mbox_arrivals(path):
+    """What a Postfix virtual mailbox holds, as read_record's dicts (the
+    recipient from Delivered-To:)."""
+    arrivals = []
+    for m in mailbox.mbox(path, create=False):
+        arrivals.append({"rcpt": m.get_all("Delivered-To", []), "to": " ".join((m["To"] or "").split()),
+                         "code": (m["X-Row-Code"] or "").strip(), "text": m.as_string()})
+    return arrivals
 
 
 def relay_messages(out):

@@ -236,45 +236,80 @@ private:
         return true;
     }
 
+    // Where a skip over an overlong record stands, as parse_record would
+    // see it: a '"' opens a quoted field only at the start of a field (in an
+    // unquoted field it is a stray quote, after a closing quote junk), and
+    // the record ends at LF, CR or CRLF outside quotes. The same input then
+    // gives the same records however it was cut into reads.
+    enum class skip_state { field_start, unquoted, quoted, quote_in_quoted, after_cr };
+
     void start_skip() {
-        // Decide the quote state at the cut point by scanning what we hold.
-        bool in_quote = false;
-        std::uint64_t newlines = 0;
-        for (std::size_t i = _begin; i < _end; ++i) {
+        // The held bytes are scanned from the record's start by continue_skip.
+        _skip_active = true;
+        _skip_state = skip_state::field_start;
+        _skip_line = _line;
+    }
+
+    // Scans buf[i, end) for the end of the record; returns the index after
+    // it, or `end` with the state saved when the record goes on.
+    std::size_t scan_skip(std::size_t i, std::size_t end, bool& done) {
+        done = false;
+        for (; i < end; ++i) {
             const char c = _buffer[i];
-            if (c == '"') {
-                in_quote = !in_quote;
-            } else if (c == '\n' && in_quote) {
-                ++newlines;
+            switch (_skip_state) {
+                case skip_state::after_cr:
+                    done = true;  // CR ended the record; a LF right after it belongs to it
+                    return c == '\n' ? i + 1 : i;
+                case skip_state::quoted:
+                    if (c == '"') {
+                        _skip_state = skip_state::quote_in_quoted;
+                    } else if (c == '\n') {
+                        ++_line;
+                    }
+                    continue;
+                case skip_state::field_start:
+                    if (c == '"') {
+                        _skip_state = skip_state::quoted;
+                        continue;
+                    }
+                    break;
+                case skip_state::quote_in_quoted:
+                    if (c == '"') {
+                        _skip_state = skip_state::quoted;  // "" inside quotes
+                        continue;
+                    }
+                    break;
+                case skip_state::unquoted: break;
+            }
+            // Outside quotes: unquoted text, junk after a closing quote, or a
+            // stray quote, up to a separator or a line end.
+            if (c == ',') {
+                _skip_state = skip_state::field_start;
+            } else if (c == '\n') {
+                ++_line;
+                done = true;
+                return i + 1;
+            } else if (c == '\r') {
+                ++_line;
+                _skip_state = skip_state::after_cr;
+            } else {
+                _skip_state = skip_state::unquoted;
             }
         }
-        _skip_active = true;
-        _skip_in_quote = in_quote;
-        _skip_line = _line;
-        _line += newlines;
-        _consumed_total += _end - _begin;
-        _begin = 0;
-        _end = 0;
+        return end;
     }
 
     // Continues a skip over an overlong record. Returns true once the end of
     // the record was found (or input ended).
     bool continue_skip() {
         while (true) {
-            for (std::size_t i = _begin; i < _end; ++i) {
-                const char c = _buffer[i];
-                if (c == '"') {
-                    _skip_in_quote = !_skip_in_quote;
-                } else if (c == '\n') {
-                    ++_line;
-                    if (!_skip_in_quote) {
-                        _consumed_total += i + 1 - _begin;
-                        _begin = i + 1;
-                        return true;
-                    }
-                }
+            bool done = false;
+            const std::size_t stop = scan_skip(_begin, _end, done);
+            _consumed_total += stop - _begin;
+            _begin = stop;
+            if (done) {
+                return true;
             }
-            _consumed_total += _end - _begin;
             _begin = 0;
             _end = 0;
             const long n = _read(_buffer.data(), _limits.read_chunk_bytes);
@@ -479,7 +514,7 @@ private:
     bool _eof = false;
     bool _skipping_bom = true;
     bool _skip_active = false;
-    bool _skip_in_quote = false;
+    skip_state _skip_state = skip_state::field_start;
     std::uint64_t _skip_line = 0;
 };
 

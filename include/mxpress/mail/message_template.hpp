@@ -411,6 +411,11 @@ private:
                     throw input_error(_file, h.line, "merge fields are not allowed in Content-Type");
                 }
                 _content_type = std::string(literal_text(h.value));
+                // A structured header; emitted as it is (emit_content_type),
+                // so an 8-bit value would reach the wire without SMTPUTF8.
+                if (!detail::all_ascii(_content_type)) {
+                    throw input_error(_file, h.line, "non-ASCII text is not allowed in Content-Type");
+                }
                 if (detail::to_lower_copy(_content_type).starts_with("multipart/")) {
                     _body_is_authors = true;
                 }
