@@ -21,6 +21,7 @@
 // [timeouts]                             # RFC 5321 §4.5.3.2 defaults
 //   greeting = "5m"  mail = "5m"  rcpt = "5m"  data_init = "2m"
 //   data_block = "3m"  data_term = "10m"  tls_handshake = "30s"
+// [dkim] and [[dkim.key]]                # signing: see engine/dkim_config.hpp
 //
 // TLS policy of a delivery: the [domain."…"] entry of the recipient's
 // domain, else the first [mx."…"] entry matching the MX host name (in file
@@ -48,6 +49,7 @@
 #include <toml++/toml.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/dkim_config.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/smtp/client.hpp"
 
@@ -102,6 +104,7 @@ struct config {
     milliseconds tls_handshake_timeout{std::chrono::seconds(30)};
     std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+    mail::dkim::settings dkim;                                   // no keys: unsigned
 
     // The TLS policy for mail to `domain` through the MX host `mx_host`.
     tls_policy tls_for(std::string_view domain, std::string_view mx_host) const {
@@ -285,10 +288,10 @@ inline config parse_config(std::string_view text, const std::string& file) {
     }
     for (auto&& [key, node] : root) {
         const std::string_view k = key.str();
-        if (k != "defaults" && k != "timeouts" && k != "domain" && k != "mx") {
+        if (k != "defaults" && k != "timeouts" && k != "domain" && k != "mx" && k != "dkim") {
             fail(file, node,
                  fmt::format("unknown table or key '{}' (known tables: [defaults], [timeouts], [domain.\"…\"], "
-                             "[mx.\"…\"])",
+                             "[mx.\"…\"], [dkim])",
                              k));
         }
         if (!node.is_table()) {
@@ -376,6 +379,9 @@ inline config parse_config(std::string_view text, const std::string& file) {
     if (const auto* n = root.get("mx")) {
         get_tls_entries(file, "mx", *n, c.mx_tls);
     }
+    if (const auto* n = root.get("dkim")) {
+        parse_dkim_table(file, *n, c.dkim);
+    }
     return c;
 }
 
@@ -409,6 +415,7 @@ inline std::string describe(const config& c) {
     for (const auto& [m, p] : c.mx_tls) {
         out += fmt::format("\n[mx.\"{}\"]\ntls = \"{}\"\n", m, to_string(p));
     }
+    out += describe_dkim(c.dkim);
     return out;
 }
 
