@@ -441,6 +441,16 @@ public:
                 throw std::runtime_error(fmt::format("{}: cannot parse DKIM key: {}", k.file, openssl_errors()));
             }
             pkey_ctx_ptr ctx(nullptr, &EVP_PKEY_CTX_free);
+            md_ctx_ptr ed_init(nullptr, &EVP_MD_CTX_free);
+            if (k.alg == algorithm::ed25519_sha256) {
+                // Initialized once; each message signs with a copy (a one-shot
+                // EVP_DigestSign cannot be reused, and init fetches the algorithm).
+                ed_init.reset(EVP_MD_CTX_new());
+                if (!ed_init || EVP_DigestSignInit(ed_init.get(), nullptr, nullptr, nullptr, pkey.get()) != 1) {
+                    throw std::runtime_error(
+                        fmt::format("{}: cannot set up Ed25519 signing: {}", k.file, openssl_errors()));
+                }
+            }
             if (k.alg == algorithm::rsa_sha256) {
                 // One context per key, initialized once: RSASSA-PKCS1-v1_5 over a SHA-256 digest.
                 ctx.reset(EVP_PKEY_CTX_new(pkey.get(), nullptr));
@@ -451,7 +461,7 @@ public:
                         fmt::format("{}: cannot set up RSA signing: {}", k.file, openssl_errors()));
                 }
             }
-            _signing.push_back(signing_key{&k, std::move(pkey), std::move(ctx)});
+            _signing.push_back(signing_key{&k, std::move(pkey), std::move(ctx), std::move(ed_init)});
         }
     }
 
@@ -563,8 +573,7 @@ public:
                 }
             } else {
                 // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the header data.
-                EVP_MD_CTX_reset(_sign_md.get());
-                if (EVP_DigestSignInit(_sign_md.get(), nullptr, nullptr, nullptr, k->pkey.get()) != 1 ||
+                if (EVP_MD_CTX_copy_ex(_sign_md.get(), k->ed_init.get()) != 1 ||
                     EVP_DigestSign(_sign_md.get(), sig, &sig_len, digest, digest_len) != 1) {
                     return fmt::format("DKIM: Ed25519 signing with {} failed: {}", k->spec->file, openssl_errors());
                 }
@@ -581,7 +590,8 @@ private:
     struct signing_key {
         const loaded_key* spec;
         pkey_ptr pkey;
-        pkey_ctx_ptr ctx;  // RSA only
+        pkey_ctx_ptr ctx;    // RSA only: sign context, initialized once
+        md_ctx_ptr ed_init;  // Ed25519 only: DigestSign context, initialized once
     };
 
     void append_canonical_header(std::string& out, const header_field& f) const {
