@@ -328,6 +328,18 @@ inline void canonicalize_body(std::string& out, std::string_view body, canonical
             eol = body.size();
         }
         const std::size_t line_start = out.size();
+        const std::string_view line = body.substr(i, eol - i);
+        if (line.find('\t') == std::string_view::npos && line.find("  ") == std::string_view::npos &&
+            !line.ends_with(' ')) {
+            // The common line: nothing to change, copied at once.
+            out += line;
+            out += "\r\n";
+            if (!line.empty()) {
+                last_nonempty_end = out.size();
+            }
+            i = has_crlf ? eol + 2 : body.size();
+            continue;
+        }
         bool pending_space = false;
         for (std::size_t k = i; k < eol; ++k) {
             const char ch = body[k];
