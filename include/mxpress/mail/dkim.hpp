@@ -22,6 +22,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -62,6 +63,7 @@ constexpr unsigned rsa_bits_min = 1024;      // RFC 8301 §3.2: verifiers may re
 constexpr unsigned rsa_bits_advised = 2048;  // below this a warning
 constexpr std::size_t key_file_bytes_max = 64 * 1024;
 constexpr std::size_t signature_line_octets = 76;  // folding width of DKIM-Signature lines
+constexpr unsigned sha256_bytes = 32;
 
 // The header fields signed by default: those a receiver shows or acts on.
 inline std::vector<std::string> default_signed_headers() {
@@ -533,6 +535,7 @@ public:
         if (EVP_Digest(_canon.data(), _canon.size(), digest, &digest_len, EVP_sha256(), nullptr) != 1) {
             return "DKIM: SHA-256 failed: " + openssl_errors();
         }
+        assert(digest_len == sha256_bytes);
         _bh.clear();
         append_base64(_bh, std::string_view(reinterpret_cast<const char*>(digest), digest_len));
 
@@ -559,12 +562,14 @@ public:
             return "DKIM: SHA-256 failed: " + openssl_errors();
         }
 
+        assert(!_chosen.empty());
         for (const signing_key* k : _chosen) {
             const std::size_t header_begin = out.size();
             append_signature_header(out, *k->spec, now);
             // The signature header itself, b= empty, without its CRLF.
             _canon.clear();
             const std::string_view sig_header = std::string_view(out).substr(header_begin);
+            assert(sig_header.starts_with("DKIM-Signature:") && sig_header.ends_with("b="));
             if (ks.header_canon == canonicalization::relaxed) {
                 const std::size_t colon = sig_header.find(':');
                 canonicalize_header_relaxed(_canon, sig_header.substr(0, colon), sig_header.substr(colon + 1));
@@ -590,6 +595,7 @@ public:
                     return fmt::format("DKIM: Ed25519 signing with {} failed: {}", k->spec->file, openssl_errors());
                 }
             }
+            assert(digest_len == sha256_bytes && sig_len > 0 && sig_len <= sizeof sig);
             _b.clear();
             append_base64(_b, std::string_view(reinterpret_cast<const char*>(sig), sig_len));
             append_folded_b(out, _b);
