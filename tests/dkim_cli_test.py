@@ -106,6 +106,17 @@ def main():
     v = subprocess.run(["/usr/bin/python3", VERIFY, "records", "tampered.eml"], capture_output=True, text=True)
     check("tampered message fails", v.returncode == 1 and "FAIL" in v.stdout, v.stdout)
 
+    # check-config shows the effective [dkim]; dkim-record needs a key or a config.
+    p = run("check-config", "dkim.toml")
+    check("check-config shows [dkim]", p.returncode == 0 and b'selector = "e2026a"' in p.stdout and
+          b'canonicalization = "relaxed/relaxed"' in p.stdout and b'expiration = "604800s"' in p.stdout, p.stdout)
+    p = run("dkim-record")
+    check("dkim-record without a key", p.returncode == 2 and b"needs --key FILE or --config FILE" in p.stderr,
+          p.stderr)
+    p = run("dkim-record", "--key", "ed.pem", "--domain", "town.example", "--selector", "e2026a")
+    check("dkim-record --key", p.returncode == 0 and p.stdout.decode().strip() ==
+          f'e2026a._domainkey.town.example. IN TXT ( "{records["e2026a._domainkey.town.example"]}" )', p.stdout)
+
     # A dry run signs every row.
     p = run("send", "--dry-run", "--recipients", "r.csv", "--message", "m.eml", "--from", "bounce@town.example",
             "--config", "dkim.toml", "--progress", "off")
