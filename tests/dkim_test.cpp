@@ -330,3 +330,61 @@ TEST(MessageId, StablePerRowWithARunKeyAndFreshWithout) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(DkimPrefix, HashablePrefixEndsAfterALineWithText) {
+    EXPECT_EQ(dkim::hashable_prefix("Dear all,\r\n\r\nHello "), "Dear all,\r\n");
+    EXPECT_EQ(dkim::hashable_prefix("a\r\n \t\r\n\r\nb"), "a\r\n");
+    EXPECT_EQ(dkim::hashable_prefix("  \r\n\r\nx"), "");
+    EXPECT_EQ(dkim::hashable_prefix("Hi "), "");
+    EXPECT_EQ(dkim::hashable_prefix(""), "");
+}
+
+// A body hashed from the cached prefix state signs exactly as one hashed
+// whole, in both body canonicalizations, whatever follows the prefix.
+TEST(DkimPrefix, ClonedPrefixStateSignsLikeAWholeBody) {
+    keys_fixture f;
+    for (const char* canon : {"relaxed/relaxed", "simple/simple"}) {
+        const auto ks = load(f.settings(canon));
+        dkim::signer whole(ks);
+        dkim::signer cached(ks);
+        const std::string head = "From: a@sender.example\r\nSubject: x\r\n\r\n";
+        const std::string prefix = "Dear reader,\r\n  spaced\t line \r\n\r\nlast fixed\r\n";
+        for (const std::string rest : {"", "\r\n", "\r\n\r\n \r\n", "x\r\n", " tail  \r\n\r\n", "more"}) {
+            const std::string m = head + prefix + rest;
+            std::string a;
+            std::string b;
+            ASSERT_EQ(whole.sign(m, fixed_clock(), a), "");
+            ASSERT_EQ(cached.sign(m, fixed_clock(), b, dkim::hashable_prefix(prefix)), "");
+            EXPECT_EQ(a, b) << canon << " rest=[" << rest << "]";
+        }
+        EXPECT_EQ(cached.prefix_hits(), 6u);
+        // A body that does not start with the prefix is hashed whole.
+        std::string a;
+        std::string b;
+        ASSERT_EQ(whole.sign(head + "other\r\n", fixed_clock(), a), "");
+        ASSERT_EQ(cached.sign(head + "other\r\n", fixed_clock(), b, prefix), "");
+        EXPECT_EQ(a, b);
+        EXPECT_EQ(cached.prefix_hits(), 6u);
+    }
+}
+
+TEST(DkimPrefix, RendererUsesTheTemplatesFixedBodyStart) {
+    keys_fixture f;
+    const auto t =
+        message_template::compile("From: n@sender.example\n\nDear reader,\n\nHello {{name}}\n", "m.eml", columns);
+    renderer_options o;
+    o.from = "bounce@sender.example";
+    o.dkim = load(f.settings("relaxed/relaxed"));
+    renderer r(t, o);
+    std::string out;
+    ASSERT_TRUE(r.render({"a@x.org", "Ann", ""}, out).ok());
+    ASSERT_TRUE(r.render({"b@x.org", "Bo", ""}, out).ok());
+    EXPECT_EQ(r.dkim_prefix_hits(), 2u);
+    int status = 0;
+    const std::string report = verify(*o.dkim, {out}, status);
+    EXPECT_EQ(status, 0) << report;
+}
+
+}  // namespace

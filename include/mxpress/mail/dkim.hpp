@@ -301,7 +301,9 @@ inline void canonicalize_header_relaxed(std::string& out, std::string_view name,
 }
 
 // Appends the canonical body to `out`. `body` is CRLF text (may be empty).
-inline void canonicalize_body(std::string& out, std::string_view body, canonicalization c) {
+// `tail`: `body` continues a body whose part before it (line-aligned, its
+// last line not empty) was canonicalized apart, so an empty tail adds nothing.
+inline void canonicalize_body(std::string& out, std::string_view body, canonicalization c, bool tail = false) {
     if (c == canonicalization::simple) {
         // Trailing empty lines removed; an empty body becomes one CRLF.
         std::size_t n = body.size();
@@ -309,7 +311,9 @@ inline void canonicalize_body(std::string& out, std::string_view body, canonical
             n -= 2;
         }
         if (n == 0 || (n == 2 && body.substr(0, 2) == "\r\n")) {
-            out += "\r\n";
+            if (!tail) {
+                out += "\r\n";
+            }
             return;
         }
         out.append(body.data(), n);
@@ -436,6 +440,23 @@ inline bool aligned(std::string_view d, std::string_view from) {
            detail::iequals(from.substr(from.size() - d.size()), d);
 }
 
+// The longest start of `literal` (body text before its first merge field,
+// CRLF lines) whose canonical form does not depend on what follows: whole
+// lines, ending with a line that holds more than whitespace. Empty if none.
+inline std::string_view hashable_prefix(std::string_view literal) {
+    std::size_t end = literal.rfind("\r\n");  // end of the candidate last line
+    while (end != std::string_view::npos) {
+        const std::size_t before = end == 0 ? std::string_view::npos : literal.rfind("\r\n", end - 1);
+        const std::size_t line_begin = before == std::string_view::npos ? 0 : before + 2;
+        const std::string_view line = literal.substr(line_begin, end - line_begin);
+        if (line.find_first_not_of(" \t") != std::string_view::npos) {
+            return literal.substr(0, end + 2);
+        }
+        end = before;
+    }
+    return {};
+}
+
 // ---- signing -----------------------------------------------------------------
 
 // Signs messages with a key_set. Not thread-safe: one per thread.
@@ -445,8 +466,10 @@ public:
         : _keys(std::move(keys)),
           _hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _copy(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
-          _sign_md(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
-        if (!_hash || !_copy || !_sign_md) {
+          _sign_md(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
+          _body_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
+          _prefix_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+        if (!_hash || !_copy || !_sign_md || !_body_hash || !_prefix_hash) {
             throw std::bad_alloc();
         }
         for (const loaded_key& k : _keys->keys) {
@@ -480,11 +503,17 @@ public:
     }
 
     const key_set& keys() const noexcept { return *_keys; }
+    // Bodies whose hash started from the cached prefix state (for tests).
+    std::uint64_t prefix_hits() const noexcept { return _prefix_hits; }
 
     // Computes the DKIM-Signature header(s) for `message` (headers, empty
     // line, body; CRLF line ends) and appends them to `out`. `now` goes in t=.
-    // Returns an empty string, or why the message cannot be signed.
-    std::string sign(std::string_view message, std::time_t now, std::string& out) {
+    // `body_prefix`: text every body of the batch starts with (see
+    // hashable_prefix); its hash state is kept and cloned, so only the rest of
+    // each body is canonicalized and hashed. A body that does not start with
+    // it is hashed whole. Returns an empty string, or why the message cannot
+    // be signed.
+    std::string sign(std::string_view message, std::time_t now, std::string& out, std::string_view body_prefix = {}) {
         std::size_t body_at = 0;
         std::string_view head;
         if (message.starts_with("\r\n")) {
@@ -528,11 +557,30 @@ public:
 
         // Body hash: once for all signatures.
         const key_set& ks = *_keys;
+        const std::string_view body = message.substr(body_at);
+        std::size_t hashed_raw = 0;  // body octets covered by the cached prefix state
+        if (!body_prefix.empty() && body.starts_with(body_prefix)) {
+            if (!_prefix_ready || _prefix_text != body_prefix) {
+                _prefix_text.assign(body_prefix);
+                _canon.clear();
+                canonicalize_body(_canon, _prefix_text, ks.body_canon);
+                _prefix_ready = EVP_DigestInit_ex(_prefix_hash.get(), EVP_sha256(), nullptr) == 1 &&
+                                EVP_DigestUpdate(_prefix_hash.get(), _canon.data(), _canon.size()) == 1;
+            }
+            if (_prefix_ready && EVP_MD_CTX_copy_ex(_body_hash.get(), _prefix_hash.get()) == 1) {
+                hashed_raw = body_prefix.size();
+                ++_prefix_hits;
+            }
+        }
+        if (hashed_raw == 0 && EVP_DigestInit_ex(_body_hash.get(), EVP_sha256(), nullptr) != 1) {
+            return "DKIM: SHA-256 failed: " + openssl_errors();
+        }
         _canon.clear();
-        canonicalize_body(_canon, message.substr(body_at), ks.body_canon);
+        canonicalize_body(_canon, body.substr(hashed_raw), ks.body_canon, hashed_raw != 0);
         unsigned char digest[EVP_MAX_MD_SIZE];
         unsigned digest_len = 0;
-        if (EVP_Digest(_canon.data(), _canon.size(), digest, &digest_len, EVP_sha256(), nullptr) != 1) {
+        if (EVP_DigestUpdate(_body_hash.get(), _canon.data(), _canon.size()) != 1 ||
+            EVP_DigestFinal_ex(_body_hash.get(), digest, &digest_len) != 1) {
             return "DKIM: SHA-256 failed: " + openssl_errors();
         }
         assert(digest_len == sha256_bytes);
@@ -681,9 +729,14 @@ private:
 
     std::shared_ptr<const key_set> _keys;
     std::vector<signing_key> _signing;
-    md_ctx_ptr _hash;     // SHA-256 over the signed header fields
-    md_ctx_ptr _copy;     // that state plus one DKIM-Signature header
-    md_ctx_ptr _sign_md;  // Ed25519 one-shot signing
+    md_ctx_ptr _hash;         // SHA-256 over the signed header fields
+    md_ctx_ptr _copy;         // that state plus one DKIM-Signature header
+    md_ctx_ptr _sign_md;      // Ed25519 one-shot signing
+    md_ctx_ptr _body_hash;    // SHA-256 over the canonical body
+    md_ctx_ptr _prefix_hash;  // SHA-256 state after the canonical body prefix
+    std::string _prefix_text;
+    bool _prefix_ready = false;
+    std::uint64_t _prefix_hits = 0;
     std::vector<header_field> _fields;
     std::vector<const signing_key*> _chosen;
     std::vector<std::string_view> _h_names;

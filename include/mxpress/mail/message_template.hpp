@@ -510,6 +510,11 @@ public:
         _id_random = seed;
         if (_options.dkim) {
             _signer.emplace(_options.dkim);
+            // The body's text before its first merge field is the same in every
+            // message: its hash state is computed once and cloned.
+            if (!t.body().empty() && !t.body().front().is_field()) {
+                _body_prefix = dkim::hashable_prefix(t.literal(t.body().front()));
+            }
         }
         // Headers without merge fields are rendered once, here.
         _static.resize(t.headers().size());
@@ -531,6 +536,9 @@ public:
         return render(fields, out, 0);
     }
 
+    // Bodies signed from the cached hash of the template's fixed body start.
+    std::uint64_t dkim_prefix_hits() const noexcept { return _signer ? _signer->prefix_hits() : 0; }
+
     // The same for the recipient of row `row` (its line in the recipients
     // file): with a run key, its Message-ID is the same on every call.
     render_result render(const std::vector<std::string_view>& fields, std::string& out, std::uint64_t row) {
@@ -539,7 +547,7 @@ public:
             return r;
         }
         _signatures.clear();
-        r.error = _signer->sign(out, _now, _signatures);
+        r.error = _signer->sign(out, _now, _signatures, _body_prefix);
         if (r.ok()) {
             out.insert(0, _signatures);
         }
@@ -876,6 +884,7 @@ private:
     std::uint64_t _id_random = 0;
     std::uint64_t _id_counter = 0;
     std::optional<dkim::signer> _signer;
+    std::string_view _body_prefix;  // borrowed from the template: see dkim::hashable_prefix
     std::string _signatures;
     std::time_t _now = 0;  // the clock reading of the message being rendered
 };
