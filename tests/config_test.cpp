@@ -66,7 +66,7 @@ TEST(Config, Errors) {
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
               "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
-              "[domain.\"…\"], [mx.\"…\"])");
+              "[domain.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
@@ -220,7 +220,7 @@ TEST(Config, WrongTypesNameTheKey) {
               "c.toml:2: [timeouts] quit must be a duration string such as \"30s\", \"5m\" or \"1h\"");
     EXPECT_EQ(error_of("[defalts]\ntls = \"verify\"\n"),
               "c.toml:1: unknown table or key 'defalts'; did you mean 'defaults'? (known tables: [defaults], "
-              "[timeouts], [dns], [domain.\"…\"], [mx.\"…\"])");
+              "[timeouts], [dns], [domain.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
 }
 
 TEST(Config, TlsSetOnlyWhenTheFileSaysSo) {

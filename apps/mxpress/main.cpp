@@ -1,4 +1,4 @@
-// apps/mxpress/main.cpp — the runner: `mxpress send|render|check-config`.
+// apps/mxpress/main.cpp — the runner: `mxpress send|render|check-config|dkim-record`.
 //
 // Exit status (README, Exit status): 0 when every recipient has a final outcome (or the
 // command did what was asked); 2 for usage or configuration errors, with a
@@ -6,7 +6,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <climits>
+#include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -29,6 +32,7 @@
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/address.hpp"
+#include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/message_template.hpp"
 #include "mxpress/mail/recipients.hpp"
 
@@ -59,6 +63,17 @@ struct send_options {
     bool dry_run = false;
     std::string progress = "auto";
     std::string summary_json;
+    std::string list_unsubscribe;
+};
+
+// What `render` takes besides the row.
+struct render_options {
+    std::string recipients;
+    std::string message;
+    std::string from = "mxpress@localhost.localdomain";
+    std::string config;
+    std::string list_unsubscribe;
+    std::uint64_t line = 0;
 };
 
 std::string read_file(const std::string& path, const char* what) {
@@ -132,6 +147,60 @@ mail::checked_address check_sender(const std::string& from) {
     return a;
 }
 
+// Loads the [dkim] keys of `cfg` (null when it has none); warnings go to stderr.
+std::shared_ptr<const mail::dkim::key_set> load_dkim(const engine::config& cfg) {
+    if (!cfg.dkim.enabled()) {
+        return nullptr;
+    }
+    std::vector<std::string> warnings;
+    auto keys = mail::dkim::load_keys(cfg.dkim, warnings);
+    for (const std::string& w : warnings) {
+        std::fprintf(stderr, "mxpress: %s\n", w.c_str());
+    }
+    return keys;
+}
+
+// Compiles the template; --list-unsubscribe URL adds List-Unsubscribe and
+// (RFC 8058 one-click) List-Unsubscribe-Post. A template with its own https
+// List-Unsubscribe gets the Post header too.
+mail::message_template compile_template(const std::string& text, const std::string& path,
+                                        const std::vector<std::string>& columns, const std::string& unsubscribe) {
+    mail::message_template t = mail::message_template::compile(text, path, columns);
+    if (!unsubscribe.empty()) {
+        if (t.has_header("list-unsubscribe")) {
+            throw input_error(path, 0, "--list-unsubscribe given, but the template has its own List-Unsubscribe");
+        }
+        if (!unsubscribe.starts_with("https://") || unsubscribe.find_first_of(" <>\"") != std::string::npos) {
+            throw std::invalid_argument(fmt::format(
+                "--list-unsubscribe '{}': one-click unsubscribe (RFC 8058) needs an https:// URL without spaces or "
+                "angle brackets",
+                unsubscribe));
+        }
+        t.add_header("List-Unsubscribe", "<" + unsubscribe + ">", columns);
+    }
+    bool https = false;
+    for (const auto& h : t.headers()) {
+        if (h.lower_name == "list-unsubscribe") {
+            for (const auto& seg : h.value) {
+                https = https || (!seg.is_field() && t.literal(seg).find("<https://") != std::string_view::npos);
+            }
+        }
+    }
+    if (https && !t.has_header("list-unsubscribe-post")) {
+        t.add_header("List-Unsubscribe-Post", "List-Unsubscribe=One-Click", columns);
+    }
+    return t;
+}
+
+// The run key of stable Message-IDs: the same template, recipients file and
+// sender give the same IDs, in `render`, a dry run, a send and its --resume.
+std::uint64_t message_id_run_key(const std::string& template_text, const std::string& recipients,
+                                 const std::string& from) {
+    char resolved[PATH_MAX];
+    const std::string path = ::realpath(recipients.c_str(), resolved) != nullptr ? resolved : recipients;
+    return mail::run_key({template_text, path, from});
+}
+
 int run_dry_run(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::config cfg;
@@ -141,7 +210,8 @@ int run_dry_run(const send_options& o) {
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
     const std::string text = read_file(o.message, "message template");
-    const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
+    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
+    const auto dkim_keys = load_dkim(cfg);
 
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "dry-run.jsonl") : o.journal;
     engine::journal_state done;
@@ -161,6 +231,8 @@ int run_dry_run(const send_options& o) {
 
     mail::renderer_options ropts;
     ropts.from = sender.address;
+    ropts.dkim = dkim_keys;
+    ropts.message_id_run_key = message_id_run_key(text, o.recipients, sender.address);
     mail::renderer renderer(tmpl, ropts);
 
     const bool show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
@@ -199,7 +271,7 @@ int run_dry_run(const send_options& o) {
             record_invalid(row, why);
             continue;
         }
-        const mail::render_result r = renderer.render(*row.fields, message);
+        const mail::render_result r = renderer.render(*row.fields, message, row.line);
         if (!r.ok()) {
             record_invalid(row, "cannot render: " + r.error);
             continue;
@@ -414,7 +486,11 @@ int run_send(const send_options& o) {
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
     const std::string text = read_file(o.message, "message template");
-    const mail::message_template tmpl = mail::message_template::compile(text, o.message, reader.columns());
+    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
+    // Every shard signs with the same keys (each keeps its own OpenSSL
+    // contexts) and gives each row the same Message-ID on every attempt.
+    ro.shard.dkim = load_dkim(ro.shard.cfg);
+    ro.shard.message_id_run_key = message_id_run_key(text, o.recipients, sender.address);
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
     // Deferred recipients are parked without their fields and read again
     // from the file when they retry (a pipe keeps them in memory).
@@ -472,15 +548,19 @@ int run_send(const send_options& o) {
     return exit_ok;
 }
 
-int run_render(const std::string& recipients, const std::string& message_path, std::uint64_t line,
-               const std::string& from) {
-    const auto sender = check_sender(from);
+int run_render(const render_options& o) {
+    const std::string& recipients = o.recipients;
+    const std::uint64_t line = o.line;
+    const auto sender = check_sender(o.from);
+    const engine::config cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
     const mxpress::io::unique_fd rfd = open_recipients(recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), recipients);
-    const std::string text = read_file(message_path, "message template");
-    const mail::message_template tmpl = mail::message_template::compile(text, message_path, reader.columns());
+    const std::string text = read_file(o.message, "message template");
+    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
     mail::renderer_options ropts;
     ropts.from = sender.address;
+    ropts.dkim = load_dkim(cfg);
+    ropts.message_id_run_key = message_id_run_key(text, recipients, sender.address);
     mail::renderer renderer(tmpl, ropts);
     mail::recipient_row row;
     while (reader.next(row)) {
@@ -502,7 +582,7 @@ int run_render(const std::string& recipients, const std::string& message_path, s
             return exit_unfinished;
         }
         std::string out;
-        const auto r = renderer.render(*row.fields, out);
+        const auto r = renderer.render(*row.fields, out, row.line);
         if (!r.ok()) {
             std::fprintf(stderr, "%s:%llu: cannot render: %s\n", recipients.c_str(),
                          static_cast<unsigned long long>(line), r.error.c_str());
@@ -514,6 +594,44 @@ int run_render(const std::string& recipients, const std::string& message_path, s
     std::fprintf(stderr, "%s: no recipient row starts at line %llu (line 1 is the header)\n", recipients.c_str(),
                  static_cast<unsigned long long>(line));
     return exit_usage;
+}
+
+// `dkim-record`: the TXT record(s) to publish for a key file, or for every
+// key of a configuration.
+int run_dkim_record(const std::string& key_file, const std::string& config_path, const std::string& domain,
+                    const std::string& selector) {
+    std::vector<mail::dkim::loaded_key> keys;
+    std::vector<std::string> warnings;
+    if (!key_file.empty()) {
+        mail::dkim::loaded_key k = mail::dkim::load_key(key_file, warnings);
+        k.domain = domain;
+        k.selector = selector;
+        keys.push_back(std::move(k));
+    } else {
+        const engine::config cfg = engine::load_config(config_path);
+        if (!cfg.dkim.enabled()) {
+            throw input_error(config_path, 0, "no [[dkim.key]] in this configuration");
+        }
+        keys = mail::dkim::load_keys(cfg.dkim, warnings)->keys;
+    }
+    for (const std::string& w : warnings) {
+        std::fprintf(stderr, "mxpress: %s\n", w.c_str());
+    }
+    for (const mail::dkim::loaded_key& k : keys) {
+        const std::string value = mail::dkim::txt_record(k);
+        if (k.selector.empty() || k.domain.empty()) {
+            std::fprintf(stdout, "%s\n", value.c_str());
+            continue;
+        }
+        // Zone-file form, split into strings of at most 255 octets (RFC 1035 §3.3.14).
+        std::string strings;
+        for (std::size_t i = 0; i < value.size(); i += 255) {
+            strings += fmt::format("{}\"{}\"", strings.empty() ? "" : " ", value.substr(i, 255));
+        }
+        std::fprintf(stdout, "%s._domainkey.%s. IN TXT ( %s )\n", k.selector.c_str(), k.domain.c_str(),
+                     strings.c_str());
+    }
+    return exit_ok;
 }
 
 int run_check_config(const std::string& path, bool keys) {
@@ -567,19 +685,32 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"auto", "on", "off"}))
         ->default_val("auto");
     send->add_option("--summary-json", so.summary_json, "Write a machine-readable summary here");
+    send->add_option("--list-unsubscribe", so.list_unsubscribe,
+                     "https URL ({{field}} allowed): adds List-Unsubscribe and one-click List-Unsubscribe-Post");
 
-    std::string r_recipients;
-    std::string r_message;
-    std::string r_from = "mxpress@localhost.localdomain";
-    std::uint64_t r_line = 0;
+    render_options ro;
     auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
-    render->add_option("--recipients", r_recipients, "Recipients CSV")->required();
-    render->add_option("--message", r_message, "Message template")->required();
-    render->add_option("--line", r_line, "Line of the recipients file where the row starts (header = line 1)")
+    render->add_option("--recipients", ro.recipients, "Recipients CSV")->required();
+    render->add_option("--message", ro.message, "Message template")->required();
+    render->add_option("--line", ro.line, "Line of the recipients file where the row starts (header = line 1)")
         ->required()
         ->check(CLI::PositiveNumber);
-    render->add_option("--from", r_from, "Envelope sender (used for From: and Message-ID when missing)")
+    render->add_option("--from", ro.from, "Envelope sender (used for From: and Message-ID when missing)")
         ->capture_default_str();
+    render->add_option("--config", ro.config, "TOML configuration: with [dkim], the message is shown signed");
+    render->add_option("--list-unsubscribe", ro.list_unsubscribe, "As for send");
+
+    std::string d_key;
+    std::string d_config;
+    std::string d_domain;
+    std::string d_selector;
+    auto* dkim_record = app.add_subcommand("dkim-record", "Print the DNS TXT record that publishes a DKIM key");
+    auto* d_key_opt = dkim_record->add_option("--key", d_key, "PEM private key (RSA or Ed25519)");
+    auto* d_config_opt = dkim_record->add_option("--config", d_config, "Every [[dkim.key]] of this configuration");
+    d_key_opt->excludes(d_config_opt);
+    dkim_record->add_option("--domain", d_domain, "d= domain, for the record's name (with --key)")->needs(d_key_opt);
+    dkim_record->add_option("--selector", d_selector, "s= selector, for the record's name (with --key)")
+        ->needs(d_key_opt);
 
     std::string c_path;
     bool c_keys = false;
@@ -609,7 +740,13 @@ int main(int argc, char** argv) {
             return run_send(so);
         }
         if (*render) {
-            return run_render(r_recipients, r_message, r_line, r_from);
+            return run_render(ro);
+        }
+        if (*dkim_record) {
+            if (d_key.empty() && d_config.empty()) {
+                throw std::invalid_argument("dkim-record needs --key FILE or --config FILE");
+            }
+            return run_dkim_record(d_key, d_config, mxpress::detail::to_lower_copy(d_domain), d_selector);
         }
         if (*check) {
             return run_check_config(c_path, c_keys);

@@ -49,6 +49,7 @@
 #include <toml++/toml.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/dkim_config.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/smtp/client.hpp"
 
@@ -200,6 +201,7 @@ struct config {
     // [domain."…"] and [mx."…"]
     std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+    mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
 
     // Which rows of config_keys the file set (bit i: row i).
     std::uint64_t keys_set = 0;
@@ -644,10 +646,15 @@ inline const config_section config_sections[] = {
          detail_config::get_tls_entries(file, "mx", n, c.mx_tls);
      },
      [](const config& c, std::string& out) { detail_config::describe_tls_entries(out, "mx", c.mx_tls); }},
-    // HOOK: a section parsed by its own header (e.g. [dkim]) is one row
-    // here, {name, syntax, doc, parse, describe}, with its settings as one
-    // field of `config` (e.g. `dkim_config dkim;`). Nothing else changes:
-    // the unknown-table error, check-config and README's table follow.
+    {"dkim", "[dkim] and [[dkim.key]]",
+     "DKIM signing: canonicalization, headers, oversign, expiration; keys by domain and selector "
+     "(engine/dkim_config.hpp)",
+     [](config& c, const toml::node& n, const std::string& file) { parse_dkim_table(file, n, c.dkim); },
+     [](const config& c, std::string& out) { out += describe_dkim(c.dkim); }},
+    // A section parsed by its own header is one row here, {name, syntax,
+    // doc, parse, describe}, with its settings as one field of `config`.
+    // Nothing else changes: the unknown-table error, check-config and
+    // README's table follow.
 };
 
 namespace detail_config {

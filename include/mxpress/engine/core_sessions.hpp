@@ -362,7 +362,7 @@ inline void delivery_core::fill(connection& c) {
         c.state = conn_state::open;
         ++r->attempts;
         r->fields(_fields);
-        const mail::render_result rr = _renderer.render(_fields, sl.message);
+        const mail::render_result rr = _renderer.render(_fields, sl.message, r->line);
         if (!rr.ok()) {
             smtp::reply rep;
             rep.text = "cannot render: " + rr.error;

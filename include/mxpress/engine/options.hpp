@@ -12,12 +12,14 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "mxpress/engine/config.hpp"
+#include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/row_source.hpp"
 
 namespace mxpress::engine {
@@ -51,8 +53,10 @@ struct shard_options {
     std::string dns_servers;  // c-ares CSV ("127.0.0.1:5353"); empty = resolv.conf
     std::uint16_t mx_port = 25;
     std::vector<route> routes;
-    std::string from;       // envelope sender
-    std::string auth_user;  // relay AUTH; empty: none
+    std::string from;                                 // envelope sender
+    std::shared_ptr<const mail::dkim::key_set> dkim;  // signing keys; null: unsigned
+    std::uint64_t message_id_run_key = 0;             // stable Message-IDs per row; 0: a fresh one per attempt
+    std::string auth_user;                            // relay AUTH; empty: none
     std::string auth_password;
     // Intake bounds, per shard. A shard takes recipients from its mailbox
     // only while it holds fewer than cfg.pending_max that are not waiting for a

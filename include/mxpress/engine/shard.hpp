@@ -144,6 +144,8 @@ private:
     static mail::renderer_options renderer_options(const shard_options& o) {
         mail::renderer_options r;
         r.from = o.from;
+        r.dkim = o.dkim;
+        r.message_id_run_key = o.message_id_run_key;
         return r;
     }
 

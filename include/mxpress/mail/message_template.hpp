@@ -18,12 +18,19 @@
 // - A body whose template declares Content-Transfer-Encoding, or a multipart
 //   Content-Type, is the author's: merged as is, and a line over 998 octets
 //   makes the row invalid rather than corrupting the MIME structure.
+// - Given a run key and the recipient's row, the Message-ID is derived from
+//   both: the same on every attempt and after --resume, distinct per row.
+// - With DKIM keys the rendered message is signed last (mail/dkim.hpp): the
+//   DKIM-Signature headers go first, over exactly the bytes that follow.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <ctime>
+#include <initializer_list>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -34,6 +41,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/utf8.hpp"
 #include "mxpress/mail/address.hpp"
+#include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/mail/mime.hpp"
 
@@ -89,6 +97,23 @@ public:
         t._file = std::move(file_name);
         t.parse(text, columns);
         return t;
+    }
+
+    // Adds a header after the template's own (e.g. List-Unsubscribe from the
+    // command line); `value` may hold {{field}} references. Throws input_error.
+    void add_header(std::string_view name, std::string_view value, const std::vector<std::string>& columns) {
+        header h;
+        h.name = std::string(name);
+        h.lower_name = detail::to_lower_copy(h.name);
+        h.kind = classify(h.lower_name);
+        segment(value, 0, columns, h.value);
+        for (const template_segment& s : h.value) {
+            h.has_fields = h.has_fields || s.is_field();
+        }
+        if (h.kind == header_kind::address && !split_mailboxes(h)) {
+            h.mailboxes.clear();
+        }
+        _headers.push_back(std::move(h));
     }
 
     const std::vector<header>& headers() const noexcept { return _headers; }
@@ -455,7 +480,25 @@ struct renderer_options {
     // Clock for Date and Message-ID; tests fix it.
     std::time_t (*clock)() = []() { return std::time(nullptr); };
     std::uint64_t message_id_seed = 0;  // 0: random
+    // Non-zero: Message-ID = <RUN.ROW@domain> for render(fields, out, row),
+    // stable across attempts and runs that share the key (see run_key()).
+    std::uint64_t message_id_run_key = 0;
+    std::shared_ptr<const dkim::key_set> dkim;  // null: messages go unsigned
 };
+
+// A 64-bit key for stable Message-IDs from what identifies a run (FNV-1a
+// over the parts): the same template, recipients and journal give the same
+// key, so a resumed run repeats its Message-IDs.
+inline std::uint64_t run_key(std::initializer_list<std::string_view> parts) {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    for (std::string_view p : parts) {
+        for (char c : p) {
+            h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+        }
+        h = (h ^ 0xFFu) * 0x100000001b3ULL;  // separator: ("ab","c") != ("a","bc")
+    }
+    return h == 0 ? 1 : h;
+}
 
 // Renders messages from a compiled template into caller-owned buffers.
 // One renderer per thread; it keeps scratch buffers between calls.
@@ -470,6 +513,14 @@ public:
             seed = (std::uint64_t{rd()} << 32) ^ rd();
         }
         _id_random = seed;
+        if (_options.dkim) {
+            _signer.emplace(_options.dkim);
+            // The body's text before its first merge field is the same in every
+            // message: its hash state is computed once and cloned.
+            if (!t.body().empty() && !t.body().front().is_field()) {
+                _body_prefix = dkim::hashable_prefix(t.literal(t.body().front()));
+            }
+        }
         // Headers without merge fields are rendered once, here.
         _static.resize(t.headers().size());
         _static_error.resize(t.headers().size());
@@ -487,6 +538,29 @@ public:
 
     // Renders the message for one recipient into `out` (cleared first).
     render_result render(const std::vector<std::string_view>& fields, std::string& out) {
+        return render(fields, out, 0);
+    }
+
+    // Bodies signed from the cached hash of the template's fixed body start.
+    std::uint64_t dkim_prefix_hits() const noexcept { return _signer ? _signer->prefix_hits() : 0; }
+
+    // The same for the recipient of row `row` (its line in the recipients
+    // file): with a run key, its Message-ID is the same on every call.
+    render_result render(const std::vector<std::string_view>& fields, std::string& out, std::uint64_t row) {
+        render_result r = render_unsigned(fields, out, row);
+        if (!r.ok() || !_signer) {
+            return r;
+        }
+        _signatures.clear();
+        r.error = _signer->sign(out, _now, _signatures, _body_prefix);
+        if (r.ok()) {
+            out.insert(0, _signatures);
+        }
+        return r;
+    }
+
+private:
+    render_result render_unsigned(const std::vector<std::string_view>& fields, std::string& out, std::uint64_t row) {
         render_result r;
         out.clear();
         r.needs_smtputf8 = _static_smtputf8;
@@ -509,6 +583,7 @@ public:
             }
         }
         const std::time_t now = _options.clock();
+        _now = now;
         if (!_template->has_from()) {
             out += "From: <";
             out += _options.from;
@@ -526,7 +601,13 @@ public:
         }
         if (!_template->has_message_id()) {
             out += "Message-ID: <";
-            append_message_id(out, now);
+            if (row != 0 && _options.message_id_run_key != 0) {
+                put_base36(out, _options.message_id_run_key);
+                out += '.';
+                put_base36(out, row);
+            } else {
+                append_message_id(out, now);
+            }
             out += "@";
             out += _from_domain;
             out += ">\r\n";
@@ -538,7 +619,6 @@ public:
         return r;
     }
 
-private:
     static void append_value(std::string& out, std::string_view v) {
         // In a header a value's line ends become spaces: no header injection.
         std::size_t i = 0;
@@ -759,6 +839,19 @@ private:
         append_folded_header(out, "Content-Type", _value);
     }
 
+    static void put_base36(std::string& out, std::uint64_t v) {
+        static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+        char tmp[16];
+        std::size_t k = 0;
+        do {
+            tmp[k++] = digits[v % 36];
+            v /= 36;
+        } while (v != 0);
+        while (k > 0) {
+            out += tmp[--k];
+        }
+    }
+
     void append_message_id(std::string& out, std::time_t now) {
         static constexpr char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
         char buf[64];
@@ -795,6 +888,10 @@ private:
     std::time_t _date_time = 0;
     std::uint64_t _id_random = 0;
     std::uint64_t _id_counter = 0;
+    std::optional<dkim::signer> _signer;
+    std::string_view _body_prefix;  // borrowed from the template: see dkim::hashable_prefix
+    std::string _signatures;
+    std::time_t _now = 0;  // the clock reading of the message being rendered
 };
 
 }  // namespace mxpress::mail
