@@ -4,7 +4,7 @@
 
 #include <gtest/gtest.h>
 
-#include <regex>
+#include <cctype>
 #include <set>
 
 #include "test_util.hpp"
@@ -85,6 +85,32 @@ std::string message_id_line(const std::string& message) {
     return message.substr(b + 2, e - b - 2);
 }
 
+// "Message-ID: <dot-atom@sender.example>" with a dot-atom of letters and
+// digits (what the renderer makes; checked by hand: std::regex trips GCC 12's
+// -Wmaybe-uninitialized under the sanitizers).
+bool is_message_id_line(const std::string& line) {
+    const std::string head = "Message-ID: <";
+    const std::string tail = "@sender.example>";
+    if (line.size() <= head.size() + tail.size() || !line.starts_with(head) || !line.ends_with(tail)) {
+        return false;
+    }
+    const std::string atom = line.substr(head.size(), line.size() - head.size() - tail.size());
+    bool part_empty = true;
+    for (char ch : atom) {
+        if (ch == '.') {
+            if (part_empty) {
+                return false;
+            }
+            part_empty = true;
+        } else if (std::isalnum(static_cast<unsigned char>(ch))) {
+            part_empty = false;
+        } else {
+            return false;
+        }
+    }
+    return !part_empty;
+}
+
 TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
     const auto t = message_template::compile("Subject: Hi {{name}}\nTo: <{{email}}>\n\nHello {{ name }} in {{CITY}}.\n",
                                              "m.eml", columns);
@@ -94,8 +120,9 @@ TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
     // Message-ID: RFC 5322 msg-id with a dot-atom left of '@' and the
     // sender's domain right of it; its value is the renderer's own business.
     const std::string id = message_id_line(out);
-    const std::regex id_form(R"(Message-ID: <[0-9A-Za-z]+(\.[0-9A-Za-z]+)*@sender\.example>)");
-    EXPECT_TRUE(std::regex_match(id, id_form)) << id;
+    EXPECT_TRUE(is_message_id_line(id)) << id;
+    EXPECT_FALSE(is_message_id_line("Message-ID: <a..b@sender.example>"));
+    EXPECT_FALSE(is_message_id_line("Message-ID: <a b@sender.example>"));
     std::string rest = out;
     rest.replace(rest.find(id), id.size(), "Message-ID: (checked above)");
     EXPECT_EQ(rest,
@@ -110,7 +137,7 @@ TEST(MessageTemplate, RendersFieldsAndAddsMissingHeaders) {
     // The next message from the same renderer, same row, same second: a new id.
     std::string again;
     ASSERT_TRUE(r.render({"a@x.org", "Ann", "Oslo"}, again).ok());
-    EXPECT_TRUE(std::regex_match(message_id_line(again), id_form)) << message_id_line(again);
+    EXPECT_TRUE(is_message_id_line(message_id_line(again))) << message_id_line(again);
     EXPECT_NE(message_id_line(again), id);
 }
 

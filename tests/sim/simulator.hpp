@@ -185,7 +185,7 @@ private:
         c.connect_timeout = milliseconds(10'000);
         c.tls_handshake_timeout = milliseconds(10'000);
         smtp::timeouts t;
-        t.greeting = t.ehlo = t.mail = t.rcpt = t.data_init = t.data_block = t.data_term = t.other =
+        t.greeting = t.ehlo = t.mail = t.rcpt = t.data_init = t.data_block = t.data_term = t.other = t.quit =
             std::chrono::seconds(20);
         c.smtp_timeouts = t;
         c.mx_tls.emplace_back("*.req.sim", engine::tls_policy::required);
