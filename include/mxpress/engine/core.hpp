@@ -7,8 +7,10 @@
 // (tests/sim) drive the same code. Which file owns which decision:
 //   core.hpp           intake, routing and MX answers, queues, retries and
 //                      expiry, outcomes, the scheduler, timers
-//   core_sessions.hpp  one connection's life: connect, TLS, SMTP events,
-//                      filling it with transactions, failures and teardown
+//   core_sessions.hpp  one connection's life: connect, SMTP events, filling
+//                      it with transactions, failures and teardown
+//   core_tls.hpp       a connection's TLS: handshake, and the policy's word
+//   core_checks.hpp    check_invariants() and describe_holdings()
 //   tls_decision.hpp   what a TLS policy means for a session
 //   retry.hpp          the backoff schedule
 //   domain.hpp, pool.hpp, connection.hpp   the state each of them keeps
@@ -436,4 +438,6 @@ private:
 
 }  // namespace mxpress::engine
 
+#include "mxpress/engine/core_checks.hpp"
 #include "mxpress/engine/core_sessions.hpp"
+#include "mxpress/engine/core_tls.hpp"
