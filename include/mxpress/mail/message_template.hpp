@@ -65,7 +65,11 @@ enum class header_kind : std::uint8_t {
 struct render_result {
     bool eight_bit = false;       // body sent as 8bit: needs BODY=8BITMIME
     bool needs_smtputf8 = false;  // raw UTF-8 in an address header
-    std::string error;            // non-empty: this recipient's message can't be rendered
+    // The template owns its transfer encoding, the body is 8-bit and the
+    // session has no 8BITMIME: the message cannot go to this server as it
+    // is (RFC 6152; a bounce with 5.6.3, not a row error).
+    bool needs_8bitmime = false;
+    std::string error;  // non-empty: this recipient's message can't be rendered
     bool ok() const noexcept { return error.empty(); }
 };
 
@@ -541,6 +545,10 @@ public:
         return render(fields, out, 0);
     }
 
+    // Whether the next renders may send an 8-bit body as 8bit (the session
+    // offers 8BITMIME); otherwise it goes quoted-printable (RFC 6152).
+    void allow_eight_bit(bool allowed) noexcept { _options.eight_bit_allowed = allowed; }
+
     // Bodies signed from the cached hash of the template's fixed body start.
     std::uint64_t dkim_prefix_hits() const noexcept { return _signer ? _signer->prefix_hits() : 0; }
 
@@ -796,6 +804,13 @@ private:
         if (_template->body_is_authors()) {
             if (longest > line_max) {
                 r.error = "body has a line over 998 octets and its Content-Transfer-Encoding is the template's";
+                return;
+            }
+            if (!ascii && !_options.eight_bit_allowed) {
+                r.needs_8bitmime = true;
+                r.error =
+                    "the body is 8-bit, its Content-Transfer-Encoding is the template's, and the server does not "
+                    "offer 8BITMIME";
                 return;
             }
             r.eight_bit = !ascii;
