@@ -35,7 +35,8 @@ struct outcome {
 // Drives one core: recipients in, commands recorded, replies scripted.
 class harness : engine::outcome_sink, net::secure_channel_factory {
 public:
-    explicit harness(engine::tls_policy policy = engine::tls_policy::opportunistic) {
+    explicit harness(engine::tls_policy policy = engine::tls_policy::opportunistic,
+                     std::string_view message = "Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n") {
         o.cfg.helo_name = "sender.test";
         o.cfg.tls = policy;
         o.cfg.retry_initial = milliseconds(60'000);
@@ -44,7 +45,7 @@ public:
         o.cfg.connections_max = 3;
         o.from = "sender@sender.test";
         o.routes.push_back(engine::route{"*", "127.0.0.2", "", 25, false, std::nullopt});
-        tmpl = mail::message_template::compile("Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n", "t.eml", {"email"});
+        tmpl = mail::message_template::compile(message, "t.eml", {"email"});
         mail::renderer_options ro;
         ro.from = o.from;
         renderer.emplace(tmpl, ro);
@@ -374,3 +375,86 @@ TEST(Core, SimulatorSeedHoldsEveryInvariant) {
 }
 
 }  // namespace
+
+// RFC 6152: an 8-bit body goes as 8bit only to a server that offers
+// 8BITMIME (with BODY=8BITMIME); to any other it goes quoted-printable.
+TEST(Core, EightBitBodyIsDowngradedForAServerWithout8BitMime) {
+    const char* text =
+        "Subject: hi\r\nTo: {{email}}\r\n\r\nGr\xC3\xBC\xC3\x9F"
+        "e aus K\xC3\xB6ln.\r\n";
+    for (const bool offers : {false, true}) {
+        harness h(engine::tls_policy::opportunistic, text);
+        h.add(1);
+        const conn_id c = h.connects[0];
+        open_session(
+            h, c, offers ? "250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n" : "250-mx.test\r\n250 PIPELINING\r\n");
+        const std::string mail = h.sent(c);
+        EXPECT_EQ(mail.find("BODY=8BITMIME") != std::string::npos, offers) << mail;
+        h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+        const std::string body = h.sent(c);
+        if (offers) {
+            EXPECT_NE(body.find("Content-Transfer-Encoding: 8bit\r\n"), std::string::npos) << body;
+            EXPECT_NE(body.find("Gr\xC3\xBC\xC3\x9F"
+                                "e"),
+                      std::string::npos)
+                << body;
+        } else {
+            EXPECT_NE(body.find("Content-Transfer-Encoding: quoted-printable\r\n"), std::string::npos) << body;
+            EXPECT_NE(body.find("Gr=C3=BC=C3=9Fe aus K=C3=B6ln."), std::string::npos) << body;
+            for (const char ch : body) {
+                ASSERT_LT(static_cast<unsigned char>(ch), 0x80u) << "raw 8-bit to a server without 8BITMIME";
+            }
+        }
+        h.server(c, "250 queued\r\n");
+        EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+    }
+}
+
+// A template that sets its own Content-Transfer-Encoding cannot be
+// re-encoded: to a server without 8BITMIME it bounces 5.6.3, unsent.
+TEST(Core, TemplateOwned8BitBodyBouncesWithout8BitMime) {
+    harness h(engine::tls_policy::opportunistic,
+              "Subject: hi\r\nTo: {{email}}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+              "Content-Transfer-Encoding: 8bit\r\n\r\nGr\xC3\xBC\xC3\x9F"
+              "e\r\n");
+    h.add(1);
+    const conn_id c = h.connects[0];
+    open_session(h, c, "250-mx.test\r\n250 PIPELINING\r\n");
+    EXPECT_EQ(h.sent(c).find("MAIL FROM"), std::string::npos);
+    ASSERT_EQ(h.outcomes.count(2), 1u);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::bounced);
+    EXPECT_EQ(h.outcomes[2].enhanced, "5.6.3");
+    EXPECT_NE(h.outcomes[2].reply.find("8BITMIME"), std::string::npos) << h.outcomes[2].reply;
+}
+
+// A host that serves one session and refuses more at the greeting (421, as
+// Postfix's smtpd_client_connection_count_limit does) is not hammered: the
+// pool stays at the sessions that work and asks for one more only after
+// probe_wait_first, doubling while refused.
+TEST(Core, SessionRefusedAtTheGreetingLowersConcurrencyAndBacksOff) {
+    harness h;
+    h.add(20);
+    open_session(h, h.connects[0], ehlo_plain);
+    ASSERT_EQ(h.connects.size(), 3u);
+    for (std::size_t k = 1; k < 3; ++k) {
+        h.connect_ok(h.connects[k]);
+        h.server(h.connects[k], "421 4.7.0 mx.test Error: too many connections from 127.0.0.1\r\n");
+        EXPECT_TRUE(h.closed[h.connects[k]]);
+    }
+    EXPECT_EQ(h.connects.size(), 3u) << "reconnected at once after a refusal";
+    EXPECT_EQ(h.core->pending(), 20u) << "the refusal deferred nothing: the working session carries the queue";
+    h.advance(milliseconds(4900));
+    EXPECT_EQ(h.connects.size(), 3u);
+    h.advance(milliseconds(200));
+    ASSERT_EQ(h.connects.size(), 4u) << "one probe after probe_wait_first";
+    h.connect_ok(h.connects[3]);
+    h.server(h.connects[3], "421 4.7.0 too many connections\r\n");
+    h.advance(milliseconds(9800));
+    EXPECT_EQ(h.connects.size(), 4u) << "the second wait doubles";
+    h.advance(milliseconds(300));
+    ASSERT_EQ(h.connects.size(), 5u);
+    // This probe gets a session: the pool may grow again.
+    open_session(h, h.connects[4], ehlo_plain);
+    EXPECT_EQ(h.core->connections(), 2u);
+    EXPECT_EQ(h.core->check_invariants(), "");
+}

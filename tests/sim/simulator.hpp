@@ -15,6 +15,8 @@
 // - no MAIL reaches a server in plaintext when its policy is required or
 //   verify;
 // - no server ever holds more sessions from us than connections_max;
+// - a host at its session limit (421 at the greeting) is not hammered: a
+//   few refusals a minute beyond the first burst (refusals_over_burst_max);
 // - no connection's deadline is missed by more than one tick;
 // - the run ends (bounded steps and simulated time: nothing waits forever).
 //
@@ -27,6 +29,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -148,7 +151,13 @@ private:
         server_profile profile;
         std::uint32_t sessions = 0;  // open now
         engine::tls_policy policy = engine::tls_policy::opportunistic;
+        std::deque<clock::time_point> refused;  // sessions refused over max_sessions, last refusal_window
     };
+    // A host at its session limit is not hammered: at most this many
+    // refusals over max_sessions in any refusal_window (the first burst of
+    // up to connections_max, then a few spaced probes).
+    static constexpr auto refusal_window = std::chrono::seconds(60);
+    static constexpr std::size_t refusals_over_burst_max = 6;
     enum class dns_kind { ok, nxdomain, null_mx, servfail_then_ok, timeout_then_ok };
     struct domain {
         std::string name;

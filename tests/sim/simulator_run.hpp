@@ -181,6 +181,17 @@ inline void simulator::connect(const engine::command& c) {
         host& hh = _hosts[it->second.host];
         std::string out;
         const bool over = hh.profile.max_sessions != 0 && hh.sessions > hh.profile.max_sessions;
+        if (over) {
+            hh.refused.push_back(_core->now());
+            while (hh.refused.front() + refusal_window < _core->now()) {
+                hh.refused.pop_front();
+            }
+            const std::size_t allowed = std::max<std::size_t>(1, _o.cfg.connections_max) + refusals_over_burst_max;
+            if (hh.refused.size() > allowed) {
+                violation(fmt::format("{} (max_sessions {}) refused {} sessions within {} s (at most {})", hh.name,
+                                      hh.profile.max_sessions, hh.refused.size(), refusal_window.count(), allowed));
+            }
+        }
         const auto after = it->second.server->greet(out, over);
         server_output(id, out, after);
     });

@@ -31,8 +31,10 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
+#include <queue>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -66,6 +68,10 @@ public:
     // Named limits (not worth a config key).
     static constexpr auto reuse_check_after = std::chrono::seconds(1);
     static constexpr auto eviction_every = std::chrono::seconds(30);
+    // A host that refused a session beyond the ones it serves is asked for
+    // one more after this, doubling while it keeps refusing.
+    static constexpr std::chrono::milliseconds probe_wait_first = std::chrono::seconds(5);
+    static constexpr std::chrono::milliseconds probe_wait_max = std::chrono::minutes(10);
 
     // Borrowed: everything passed here must outlive the core.
     delivery_core(const shard_options& options, mail::renderer& renderer, net::secure_channel_factory& tls,
@@ -127,6 +133,12 @@ public:
             unpark(*r);
             dispatch(std::move(r));
         }
+        while (!_probes.empty() && _probes.top().first <= _now) {
+            if (mx_pool* p = _pools.find(_probes.top().second); p != nullptr && p->ceiling != 0 && !p->work.empty()) {
+                mark_dirty(*p);
+            }
+            _probes.pop();
+        }
         check_deadlines();
         close_idle(false);
         if (_now - _last_eviction >= eviction_every) {
@@ -165,6 +177,9 @@ public:
     // The earliest time tick() has something to do (max when nothing waits).
     clock::time_point next_wakeup() const {
         clock::time_point t = _retries.next_due();
+        if (!_probes.empty()) {
+            t = std::min(t, _probes.top().first);
+        }
         for (const auto& [id, c] : _conns) {
             t = std::min(t, c->deadline);
             if (c->state == conn_state::idle) {
@@ -405,6 +420,8 @@ private:
     void tls_unavailable(connection& c, const tls_decision& d);
     void host_failed(mx_pool& p, const smtp::reply& why, bool force = false);
     void connection_failed(connection& c, const std::string& why);
+    void learn_ceiling(mx_pool& p);
+    void plan_probe(mx_pool& p);
     void teardown(connection& c);
     void reap();
 
@@ -430,6 +447,11 @@ private:
     pool_table _pools;
     std::unordered_map<conn_id, std::unique_ptr<connection>> _conns;
     std::vector<mx_pool*> _dirty;
+    // Pools that learned a connection ceiling, by when they may probe for
+    // one more (a pool evicted meanwhile is skipped: looked up by key).
+    std::priority_queue<std::pair<clock::time_point, std::string>,
+                        std::vector<std::pair<clock::time_point, std::string>>, std::greater<>>
+        _probes;
     std::vector<conn_id> _ended;  // torn down during this event: freed by reap()
     retry_queue _retries;
     std::vector<std::string_view> _fields;  // reused for each render

@@ -129,7 +129,10 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
                         ? 1
                         : 0;
     }
-    const std::size_t limit = p.proven ? std::max<std::size_t>(1, _o.cfg.connections_max) : 1;
+    std::size_t limit = p.proven ? std::max<std::size_t>(1, _o.cfg.connections_max) : 1;
+    if (p.ceiling != 0) {
+        limit = std::min(limit, p.ceiling + (_now >= p.probe_after ? 1 : 0));
+    }
     while (p.conns.size() < limit && starting < p.work.size()) {
         open_connection(p);
         ++starting;
@@ -328,6 +331,23 @@ inline void delivery_core::session_works(connection& c) {
     mx_pool& p = *c.pool;
     c.state = conn_state::open;
     p.down_until = {};
+    if (p.ceiling != 0) {
+        std::size_t working = 0;
+        for (const connection* o : p.conns) {
+            working += o->took_mail() ? 1 : 0;
+        }
+        if (working > p.ceiling) {
+            // A probe got a session: the limit is higher than learned.
+            p.ceiling = working;
+            p.probe_wait = probe_wait_first;
+            if (p.ceiling >= _o.cfg.connections_max) {
+                p.ceiling = 0;
+                p.probe_wait = {};
+            } else {
+                plan_probe(p);
+            }
+        }
+    }
     if (!p.proven) {
         p.proven = true;
         mark_dirty(p);  // open the rest now
@@ -362,11 +382,21 @@ inline void delivery_core::fill(connection& c) {
         c.state = conn_state::open;
         ++r->attempts;
         r->fields(_fields);
+        // Rendered for this session: without 8BITMIME an 8-bit body goes
+        // quoted-printable (RFC 6152 forbids raw 8-bit to such a server).
+        _renderer.allow_eight_bit(c.client.caps().eight_bit_mime);
         const mail::render_result rr = _renderer.render(_fields, sl.message, r->line);
         if (!rr.ok()) {
             smtp::reply rep;
-            rep.text = "cannot render: " + rr.error;
-            final_outcome(std::move(r), outcome_status::invalid, rep, "");
+            if (rr.needs_8bitmime) {
+                rep.code = 554;
+                rep.enhanced = "5.6.3";
+                rep.text = rr.error;
+                final_outcome(std::move(r), outcome_status::bounced, rep, p.mx_name);
+            } else {
+                rep.text = "cannot render: " + rr.error;
+                final_outcome(std::move(r), outcome_status::invalid, rep, "");
+            }
             continue;
         }
         smtp::envelope env;
@@ -443,7 +473,11 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
         others_alive = others_alive || c->took_mail();
     }
     if (others_alive && !force) {
-        return;  // one bad connection; the host itself works
+        // The host works but refused one more session: it limits
+        // connections (Postfix's smtpd_client_connection_count_limit, the big
+        // providers' 421 4.7.0). Stay at what works; probe again later.
+        learn_ceiling(p);
+        return;
     }
     p.down_until = _now + std::min<std::chrono::milliseconds>(_o.cfg.retry_initial, _o.cfg.host_skip_max);
     std::deque<std::unique_ptr<recipient>> work;
@@ -455,6 +489,26 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
         ++r->mx_index;
         enqueue(std::move(r));
     }
+}
+
+inline void delivery_core::learn_ceiling(mx_pool& p) {
+    std::size_t working = 0;
+    for (const connection* c : p.conns) {
+        working += c->took_mail() ? 1 : 0;
+    }
+    assert(working > 0);
+    const bool waiting = p.ceiling != 0 && _now < p.probe_after;
+    p.ceiling = working;
+    if (waiting) {
+        return;  // one more of the burst that opened before the first refusal
+    }
+    p.probe_wait = p.probe_wait.count() == 0 ? probe_wait_first : std::min(p.probe_wait * 2, probe_wait_max);
+    plan_probe(p);
+}
+
+inline void delivery_core::plan_probe(mx_pool& p) {
+    p.probe_after = _now + p.probe_wait;
+    _probes.emplace(p.probe_after, p.session_key);
 }
 
 inline void delivery_core::connection_failed(connection& c, const std::string& why) {

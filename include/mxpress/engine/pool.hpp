@@ -50,6 +50,14 @@ struct mx_pool {
     // start): a dead host costs one connect, and the others resume the
     // first one's TLS session instead of each doing a full handshake.
     bool proven = false;
+    // A connection limit learned from the receiver: a session refused at its
+    // greeting (421, or a refused connect) while others here carry mail sets
+    // the ceiling to the sessions that work. One more is tried (a probe) only
+    // after probe_after; each refusal doubles the wait, each probe that works
+    // raises the ceiling by one. 0: no limit learned.
+    std::size_t ceiling = 0;
+    clock::time_point probe_after{};
+    std::chrono::milliseconds probe_wait{0};
 };
 
 class pool_table {
@@ -77,6 +85,11 @@ public:
             it->second = std::move(p);
         }
         return *it->second;
+    }
+
+    mx_pool* find(const std::string& session_key) {
+        auto it = _pools.find(session_key);
+        return it == _pools.end() ? nullptr : it->second.get();
     }
 
     // Frees every pool nothing refers to.
