@@ -54,7 +54,8 @@ TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
               "c.toml:2: unknown key 'conections_max' in [defaults]; did you mean 'connections_max'? (known: "
               "helo_name, retry_initial, retry_max, max_age, connections_max, messages_per_connection_max, "
-              "connect_timeout, idle_timeout, pending_max, host_skip_max, tls, tls_ca_file, tls_sessions_max, "
+              "connect_timeout, idle_timeout, pending_max, host_skip_max, in_doubt_retries, tls, tls_ca_file, "
+              "tls_sessions_max, "
               "tls_plaintext_after_failure)");
     EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
               "c.toml:3: [defaults] connections_max must be an integer");
@@ -181,7 +182,7 @@ TEST(Config, OperatorKnobs) {
     EXPECT_EQ(d.mx_cache_ttl, std::chrono::minutes(5));
     EXPECT_EQ(d.dns_failure_cache_ttl, std::chrono::seconds(30));
     EXPECT_EQ(d.host_skip_max, std::chrono::minutes(1));
-    EXPECT_EQ(d.smtp_timeouts.quit, std::chrono::minutes(5));
+    EXPECT_EQ(d.smtp_timeouts.quit, std::chrono::seconds(5));
     EXPECT_EQ(d.smtp_timeouts.ehlo, std::chrono::minutes(5));
     EXPECT_EQ(d.smtp_timeouts.other, std::chrono::minutes(5));
 

@@ -93,6 +93,10 @@ public:
         core->connected(id, 0);
         settle();
     }
+    void drop(conn_id id) {
+        core->input_lost(id, "closed by the server");
+        settle();
+    }
     void refuse(conn_id id) {
         core->connected(id, -ECONNREFUSED);
         settle();
@@ -370,7 +374,7 @@ TEST(Core, SimulatorSeedHoldsEveryInvariant) {
     sim::simulator s(w);
     const sim::run_report r = s.run();
     EXPECT_EQ(r.violation, "");
-    EXPECT_EQ(r.delivered + r.bounced + r.expired + r.invalid, w.recipients);
+    EXPECT_EQ(r.delivered + r.bounced + r.expired + r.invalid + r.in_doubt, w.recipients);
     EXPECT_GT(r.delivered, w.recipients / 2);
 }
 
@@ -457,4 +461,29 @@ TEST(Core, SessionRefusedAtTheGreetingLowersConcurrencyAndBacksOff) {
     open_session(h, h.connects[4], ehlo_plain);
     EXPECT_EQ(h.core->connections(), 2u);
     EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+// A server that takes the message and drops the session before its reply
+// may hold a copy: one more attempt (in_doubt_retries = 1), then the row is
+// in-doubt, not retried until max_age (4 copies in 30 s before).
+TEST(Core, MessageTakenButUnconfirmedIsRetriedOnceThenInDoubt) {
+    harness h;
+    h.o.cfg.in_doubt_retries = 1;
+    h.add(1);
+    for (std::size_t k = 0; k < 2; ++k) {
+        ASSERT_EQ(h.connects.size(), k + 1);
+        const conn_id c = h.connects[k];
+        open_session(h, c, ehlo_plain);
+        h.sent(c);
+        h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+        EXPECT_NE(h.sent(c).find("\r\n.\r\n"), std::string::npos);
+        h.drop(c);
+        h.advance(seconds(61));
+    }
+    h.advance(std::chrono::minutes(30));
+    EXPECT_EQ(h.connects.size(), 2u) << "retried after the second unconfirmed copy";
+    ASSERT_EQ(h.outcomes.count(2), 1u);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::in_doubt);
+    EXPECT_NE(h.outcomes[2].reply.find("may have arrived"), std::string::npos) << h.outcomes[2].reply;
+    EXPECT_EQ(h.stats.in_doubt.load(), 1u);
 }

@@ -515,6 +515,12 @@ int run_send(const send_options& o) {
         t.expired, t.invalid, t.deferred, t.connections, t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path);
+    if (t.in_doubt > 0) {
+        summary += fmt::format(
+            "in doubt: {} (the server took the message but the session ended before its reply, on every attempt "
+            "allowed: it may have arrived; status \"in-doubt\" in the journal)\n",
+            t.in_doubt);
+    }
     for (const auto& [key, count] : t.top_failures) {
         const std::size_t tab = key.find('\t');
         summary += fmt::format("  {} x {}: {}\n", count, key.substr(0, tab), key.substr(tab + 1));
@@ -523,10 +529,11 @@ int run_send(const send_options& o) {
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
             "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
-            "\"invalid\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{},\"tls_resumed\":{},"
+            "\"in_doubt\":{},\"invalid\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{},\"tls_resumed\":{"
+            "},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"top_failures\":[",
-            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.invalid, t.deferred, t.connections,
+            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.deferred, t.connections,
             t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
             peak_rss_bytes());
         bool first = true;

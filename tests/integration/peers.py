@@ -293,6 +293,20 @@ def relay_peer(peers, port, mode, user, password_file):
     return out
 
 
+def strict_peer(peers, host, port):
+    """aiosmtpd in strict ASCII mode: no 8BITMIME, 500 to 8-bit data. Returns
+    the directory where it writes each message it accepts."""
+    out = peers.path(f"strict-{port}")
+    os.makedirs(out)
+    args = ["/usr/bin/python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "strict_peer.py"),
+            "--host", host, "--port", str(port), "--out", out]
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peers.procs.append(p)
+    if p.stdout.readline().strip() != "ready":
+        raise RuntimeError("strict_peer.py did not start")
+    return out
+
+
 def relay_arrivals(out):
     """What relay_peer accepted, as read_record's dicts."""
     arrivals = []
@@ -344,10 +358,11 @@ postlog   unix-dgram n - n - 1  postlogd
 """
 
 
-def postfix_smtpd(peers, host, port):
+def postfix_smtpd(peers, host, port, extra=""):
     """A private Postfix (its own config and queue directories; /etc/postfix
     untouched) receiving on host:port with STARTTLS offered, delivering every
-    recipient into one mbox file. Returns (mbox path, maillog path). Needs
+    recipient into one mbox file; `extra` lines are added to main.cf (its
+    limits). Returns (mbox path, maillog path). Needs
     root (postfix start); stopped with postfix stop when the fixture ends.
 
     Traps: inet_interfaces must name a configured address
@@ -393,7 +408,7 @@ maillog_file_prefixes = {d}
 alias_maps =
 alias_database =
 biff = no
-""")
+""" + extra)
     with open(os.path.join(d, "master.cf"), "w") as f:
         f.write(f"{host}:{port} inet n - n - - smtpd\n" + POSTFIX_SERVICES)
     started = subprocess.run(["postfix", "-c", d, "start"], capture_output=True, text=True)

@@ -31,14 +31,16 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
     if (!quiet) {
         std::printf(
             "seed %llu: ok: %zu recipients, %zu domains, connections_max %u: %llu delivered, %llu bounced, "
-            "%llu expired, %llu invalid; %llu connections, %llu TLS handshakes, %llu TLS failures, %llu taken "
+            "%llu expired, %llu invalid, %llu in doubt; %llu connections, %llu TLS handshakes, %llu TLS failures, %llu "
+            "taken "
             "without a reply; %llu steps, %.0f s simulated in %.2f s\n",
             static_cast<unsigned long long>(w.seed), w.recipients, w.domains, s.options().cfg.connections_max,
             static_cast<unsigned long long>(r.delivered), static_cast<unsigned long long>(r.bounced),
             static_cast<unsigned long long>(r.expired), static_cast<unsigned long long>(r.invalid),
-            static_cast<unsigned long long>(r.connections), static_cast<unsigned long long>(r.tls_handshakes),
-            static_cast<unsigned long long>(r.tls_failures), static_cast<unsigned long long>(r.accepted_without_reply),
-            static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
+            static_cast<unsigned long long>(r.in_doubt), static_cast<unsigned long long>(r.connections),
+            static_cast<unsigned long long>(r.tls_handshakes), static_cast<unsigned long long>(r.tls_failures),
+            static_cast<unsigned long long>(r.accepted_without_reply), static_cast<unsigned long long>(r.steps),
+            r.simulated_seconds, cpu);
     }
     return 0;
 }

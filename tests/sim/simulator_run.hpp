@@ -221,7 +221,10 @@ inline void simulator::send(engine::command& c) {
             if (m.rcpt.starts_with("<wrong")) {
                 violation(fmt::format("{} received a message that does not carry its recipient: {}", h.name, m.rcpt));
             }
-            ++_accepted_by_rcpt[m.rcpt];
+            if (++_accepted_by_rcpt[m.rcpt] > 1 + _o.cfg.in_doubt_retries) {
+                violation(fmt::format("{} took the message for {} {} times (in_doubt_retries {})", h.name, m.rcpt,
+                                      _accepted_by_rcpt[m.rcpt], _o.cfg.in_doubt_retries));
+            }
             _report.accepted_without_reply += m.reply_sent ? 0 : 1;
         }
         if ((h.policy == engine::tls_policy::required || h.policy == engine::tls_policy::verify) &&

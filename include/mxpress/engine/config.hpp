@@ -185,6 +185,7 @@ struct config {
     milliseconds idle_timeout{};
     std::uint32_t pending_max = 0;
     milliseconds host_skip_max{};
+    std::uint32_t in_doubt_retries = 0;
     tls_policy tls = tls_policy::opportunistic;
     bool tls_set = false;     // [defaults] tls was given (relays default to verify otherwise)
     std::string tls_ca_file;  // empty: the system's CAs
@@ -361,6 +362,9 @@ inline constexpr config_key all_keys[] = {
     duration_key("defaults", "host_skip_max", "1m", ms1, days(1),
         "a host that refused or dropped a session is skipped for min(retry_initial, this)",
         [](auto& c) -> auto& { return c.host_skip_max; }),
+    count_key("defaults", "in_doubt_retries", "1", 0, 10,
+        "new attempts for a message the server took but never confirmed (the session ended after its final \".\"); then the row is in-doubt",
+        [](auto& c) -> auto& { return c.in_doubt_retries; }),
     policy_key("defaults", "tls", "opportunistic",
         "disabled | opportunistic | required | verify (see TLS and relays)",
         [](auto& c) -> auto& { return c.tls; }),
@@ -398,7 +402,7 @@ inline constexpr config_key all_keys[] = {
     duration_key("timeouts", "other", "5m", ms1, days(1),
         "the reply to RSET, NOOP, STARTTLS or AUTH",
         [](auto& c) -> auto& { return c.smtp_timeouts.other; }),
-    duration_key("timeouts", "quit", "5m", ms1, days(1),
+    duration_key("timeouts", "quit", "5s", ms1, days(1),
         "the reply to QUIT",
         [](auto& c) -> auto& { return c.smtp_timeouts.quit; }),
     duration_key("timeouts", "tls_handshake", "30s", ms1, hours(1),

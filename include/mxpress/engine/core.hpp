@@ -335,6 +335,7 @@ private:
             case outcome_status::bounced: shard_stats::add(_stats.bounced); break;
             case outcome_status::expired: shard_stats::add(_stats.expired); break;
             case outcome_status::invalid: shard_stats::add(_stats.invalid); break;
+            case outcome_status::in_doubt: shard_stats::add(_stats.in_doubt); break;
             default: break;
         }
         if (st != outcome_status::delivered) {

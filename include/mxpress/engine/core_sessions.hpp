@@ -304,7 +304,16 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
     r->last_tls = c.tls_version();
     const smtp::reply& rep = e.result->recipients.at(0);
     const bool closed = c.client.current_state() == smtp::client::state::closed;
-    if (rep.positive()) {
+    if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
+        // The server may hold copies already: another attempt could be one
+        // more duplicate in the recipient's mailbox. Say so and stop.
+        smtp::reply why = rep;
+        why.text = fmt::format(
+            "the session ended after the message was sent, before the server's reply, {} time{}: "
+            "it may have arrived ({})",
+            r->in_doubt, r->in_doubt == 1 ? "" : "s", rep.one_line());
+        final_outcome(std::move(r), outcome_status::in_doubt, why, p.mx_name);
+    } else if (rep.positive()) {
         final_outcome(std::move(r), outcome_status::delivered, rep, p.mx_name);
     } else if (rep.permanent()) {
         final_outcome(std::move(r), outcome_status::bounced, rep, p.mx_name);

@@ -3,7 +3,9 @@
 // Contract (docs/ARCHITECTURE.md, The journal): one object per line per outcome, at least
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
 //    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3"}
-// Final statuses are delivered, bounced, expired and invalid; dry-run marks a
+// Final statuses are delivered, bounced, expired, invalid and in-doubt (the
+// server took the message but the session ended before its reply, on every
+// attempt allowed: it may have arrived); dry-run marks a
 // row that a --dry-run checked and rendered (not final: a real run sends it).
 // For invalid rows "reply" holds the reason.
 //
@@ -36,7 +38,7 @@
 
 namespace mxpress::engine {
 
-enum class outcome_status : std::uint8_t { delivered, bounced, expired, invalid, dry_run };
+enum class outcome_status : std::uint8_t { delivered, bounced, expired, invalid, in_doubt, dry_run };
 
 constexpr std::string_view to_string(outcome_status s) noexcept {
     switch (s) {
@@ -44,6 +46,7 @@ constexpr std::string_view to_string(outcome_status s) noexcept {
         case outcome_status::bounced: return "bounced";
         case outcome_status::expired: return "expired";
         case outcome_status::invalid: return "invalid";
+        case outcome_status::in_doubt: return "in-doubt";
         case outcome_status::dry_run: return "dry-run";
     }
     return "unknown";
@@ -55,7 +58,7 @@ constexpr bool is_final(outcome_status s) noexcept {
 
 inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
     for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
-                   outcome_status::dry_run}) {
+                   outcome_status::in_doubt, outcome_status::dry_run}) {
         if (text == to_string(s)) {
             out = s;
             return true;

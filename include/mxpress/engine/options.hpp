@@ -76,6 +76,7 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
+    std::atomic<std::uint64_t> in_doubt{0};  // final: in-doubt (see journal.hpp)
     std::atomic<std::uint64_t> invalid{0};   // rendering failed in the shard
     std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
     std::atomic<std::uint64_t> in_flight{0};

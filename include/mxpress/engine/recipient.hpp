@@ -31,6 +31,7 @@ struct recipient {
     std::uint32_t attempts = 0;
     std::uint32_t mx_index = 0;  // which of the domain's targets to try next
     bool started = false;
+    std::uint8_t in_doubt = 0;   // attempts that ended after the body went out, before the server's reply
     bool retried_fresh = false;  // requeued once after a reused session ended under it
     clock::time_point first_attempt{};
     clock::time_point not_before{};

@@ -46,6 +46,7 @@ struct run_totals {
     std::uint64_t delivered = 0;
     std::uint64_t bounced = 0;
     std::uint64_t expired = 0;
+    std::uint64_t in_doubt = 0;
     std::uint64_t deferred = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
@@ -215,7 +216,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             const shard_stats& s = shards.stats(i);
             delivered += s.delivered.load(std::memory_order_relaxed);
             bounced += s.bounced.load(std::memory_order_relaxed) + s.invalid.load(std::memory_order_relaxed);
-            expired += s.expired.load(std::memory_order_relaxed);
+            expired += s.expired.load(std::memory_order_relaxed) + s.in_doubt.load(std::memory_order_relaxed);
             deferred += s.deferred.load(std::memory_order_relaxed);
             in_flight += s.in_flight.load(std::memory_order_relaxed);
         }
@@ -304,6 +305,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.delivered += s.delivered;
         t.bounced += s.bounced;
         t.expired += s.expired;
+        t.in_doubt += s.in_doubt;
         t.invalid += s.invalid;  // messages that could not be rendered
         t.deferred += s.deferred;
         t.connections += s.connections_opened;

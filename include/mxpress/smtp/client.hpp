@@ -59,7 +59,7 @@ struct timeouts {
     std::chrono::milliseconds data_block{std::chrono::minutes(3)};  // §4.5.3.2.5 each send of body data
     std::chrono::milliseconds data_term{std::chrono::minutes(10)};  // §4.5.3.2.6 reply to the final "."
     std::chrono::milliseconds other{std::chrono::minutes(5)};       // RSET, STARTTLS, AUTH, NOOP
-    std::chrono::milliseconds quit{std::chrono::minutes(5)};        // the 221 to QUIT
+    std::chrono::milliseconds quit{std::chrono::seconds(5)};        // the 221 to QUIT
 };
 
 struct capabilities {
@@ -146,6 +146,9 @@ struct transaction_result {
     reply mail;                     // reply to MAIL FROM
     std::vector<reply> recipients;  // final outcome for each RCPT, in order
     bool data_sent = false;         // the body went out and got a final reply to its "."
+    // The body went out after a 354 and the session ended before the reply
+    // to its final ".": the server may have taken the message.
+    bool in_doubt = false;
 };
 
 enum class event_kind {
@@ -494,6 +497,9 @@ private:
     void finish_closed(reply r, bool protocol_error) {
         while (!_txns.empty()) {
             txn& t = _txns.front();
+            if (t.body_sent && !t.discard) {
+                t.result.in_doubt = true;
+            }
             for (reply& rr : t.result.recipients) {
                 if (rr.code == 0 || rr.positive()) {
                     // No answer yet, or accepted but the data never got its
