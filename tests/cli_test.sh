@@ -168,6 +168,10 @@ expect send_refused_port_expires 0 '0 delivered, 0 bounced, 1 expired' -- \
 expect send_refused_journal 0 '"status":"expired".*Connection refused' -- cat refused.jsonl
 expect bad_route 2 "--route 'x.org': expected DOMAIN=HOST" -- \
     "$mx" send --recipients good.csv --message good.eml --from b@s.example --route x.org
+expect bad_dns 2 "--dns 'not an ip': 'not an ip' is not a resolver address" -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal dns.jsonl --dns 'not an ip'
+expect bad_dns_port 2 "'127.0.0.1:99999' is not a resolver address" -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal dns.jsonl --dns '127.0.0.1:99999'
 
 # Relay and TLS options: usage errors before anything is opened or sent.
 job=(--recipients good.csv --message good.eml --from b@s.example --progress off)

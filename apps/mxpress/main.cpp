@@ -328,6 +328,42 @@ int run_dry_run(const send_options& o) {
     return exit_ok;
 }
 
+// --dns is handed to c-ares as its CSV of servers; each must be an address
+// (IP, IP:PORT or [IPV6]:PORT), checked here so that a typo is a usage error
+// (exit 2) before anything starts, not a shard failure.
+void check_dns_servers(const std::string& csv) {
+    std::size_t start = 0;
+    while (start <= csv.size() && !csv.empty()) {
+        std::size_t comma = csv.find(',', start);
+        if (comma == std::string::npos) {
+            comma = csv.size();
+        }
+        std::string item = csv.substr(start, comma - start);
+        std::string host = item;
+        std::string port;
+        if (!item.empty() && item.front() == '[') {
+            const std::size_t close = item.find(']');
+            if (close != std::string::npos) {
+                host = item.substr(1, close - 1);
+                if (close + 1 < item.size()) {
+                    port = item[close + 1] == ':' ? item.substr(close + 2) : std::string("x");
+                }
+            }
+        } else if (item.find(':') != std::string::npos && item.find(':') == item.rfind(':')) {
+            host = item.substr(0, item.find(':'));
+            port = item.substr(item.find(':') + 1);
+        }
+        mxpress::net::ip_address a;
+        char* end = nullptr;
+        const long p = port.empty() ? 53 : std::strtol(port.c_str(), &end, 10);
+        if (!mxpress::net::ip_address::parse(host, a) || (!port.empty() && *end != '\0') || p < 1 || p > 65535) {
+            throw std::invalid_argument(
+                fmt::format("--dns '{}': '{}' is not a resolver address (IP, IP:PORT or [IPV6]:PORT)", csv, item));
+        }
+        start = comma + 1;
+    }
+}
+
 std::vector<engine::route> parse_routes(const std::vector<std::string>& specs) {
     std::vector<engine::route> out;
     for (const std::string& spec : specs) {
@@ -445,6 +481,7 @@ int run_send(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
+    check_dns_servers(o.dns);
     ro.shard.dns_servers = o.dns;
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
     ro.shard.routes = parse_routes(o.routes);
