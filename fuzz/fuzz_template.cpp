@@ -72,6 +72,46 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (res.ok()) {
             check_message(out, res, text.find("njected") == std::string_view::npos);
         }
+        // Hostile values in every column: a second mailbox, an encoded-word
+        // look-alike. Neither may reach the header block as written (issue 14).
+        static const std::string second = "evil@evil.test";
+        static const std::string word = "=?UTF-8?B?SW5qZWN0ZWQ6IHllcw==?=";
+        const std::vector<std::string> hostile = {"a@x.org, " + second, "Ann <a@x.org>, " + second, word};
+        const std::vector<std::string_view> hostile_fields(hostile.begin(), hostile.end());
+        const auto hres = r.render(hostile_fields, out);
+        if (hres.ok()) {
+            check_message(out, hres, text.find("njected") == std::string_view::npos);
+            const std::string_view headers = std::string_view(out).substr(0, out.find("\r\n\r\n") + 2);
+            if (text.find("evil") == std::string_view::npos && headers.find(second) != std::string_view::npos) {
+                // A merged value made a second mailbox (or sits unchecked in a header).
+                std::size_t line = headers.rfind("\r\n", headers.find(second));
+                line = line == std::string_view::npos ? 0 : line + 2;
+                const std::string_view name = headers.substr(line, headers.find(':', line) - line);
+                std::string lower;
+                for (char c : name) {
+                    lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                }
+                static const char* const address_headers[] = {"from", "sender",    "reply-to",  "to",
+                                                              "cc",   "resent-to", "resent-cc", "resent-from"};
+                for (const char* h : address_headers) {
+                    if (lower == h) {
+                        std::abort();
+                    }
+                }
+            }
+            if (text.find("=?") == std::string_view::npos && headers.find(word) != std::string_view::npos) {
+                // Raw only where no reader decodes: structured headers (Content-*, List-*, ...).
+                std::size_t line = headers.rfind("\r\n", headers.find(word));
+                line = line == std::string_view::npos ? 0 : line + 2;
+                std::string lower;
+                for (char c : headers.substr(line, headers.find(':', line) - line)) {
+                    lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                }
+                if (lower == "subject" || lower == "comments" || lower == "keywords" || lower.starts_with("x-")) {
+                    std::abort();
+                }
+            }
+        }
     } catch (const mxpress::mail::input_error&) {
     }
     return 0;
