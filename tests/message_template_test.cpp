@@ -392,6 +392,13 @@ TEST(MessageTemplate, MergedAddressIsExactlyOneMailbox) {
     render("From: {{name}}\n\nb\n", {"a@x.org", "", ""}, &res);
     EXPECT_EQ(res.error, "header From (template line 1): empty after merging");
 
+    // Found by fuzz_template: a stray quote in the template's own address
+    // beside a merged display name shifted how readers split the header.
+    EXPECT_NE(compile_error("From: \"{{name}}\" <a\"b@x.org>, b@x.org\n\nb\n")
+                  .find("m.eml:1: header From: address 'a\"b@x.org' is not valid"),
+              std::string::npos)
+        << compile_error("From: \"{{name}}\" <a\"b@x.org>, b@x.org\n\nb\n");
+
     // Group syntax cannot hold merge fields safely: refused at load.
     EXPECT_EQ(compile_error("To: friends: {{email}};\n\nb\n"),
               "m.eml:1: header To: merge fields in an address header need plain mailboxes (no group syntax, "

@@ -128,6 +128,7 @@ public:
             }
             h.mailboxes.clear();
         }
+        check_literal_addresses(h, 0);
         _headers.push_back(std::move(h));
     }
 
@@ -246,6 +247,35 @@ private:
         s.literal_size = static_cast<std::uint32_t>(lit.size());
         _text += lit;
         out.push_back(s);
+    }
+
+    // In an address header with merge fields, each address the template
+    // writes itself must be a valid one: a stray quote or bracket in it
+    // would shift how readers parse the merged values around it.
+    void check_literal_addresses(const header& h, std::uint64_t line) const {
+        if (!h.has_fields) {
+            return;
+        }
+        for (const mailbox_part& mb : h.mailboxes) {
+            std::string addr;
+            bool literal = !mb.address.empty();
+            for (const template_segment& s : mb.address) {
+                literal = literal && !s.is_field();
+                addr += literal ? literal_text({s}) : "";
+            }
+            if (!literal) {
+                continue;
+            }
+            std::string_view a = detail::trim_wsp(addr);
+            if (mb.angle && a.size() >= 2 && a.front() == '<' && a.back() == '>') {
+                a = a.substr(1, a.size() - 2);
+            }
+            if (const checked_address c = check_address(a); !c.valid()) {
+                throw input_error(
+                    _file, line,
+                    fmt::format("header {}: address '{}' is not valid: {}", h.name, std::string(a), c.error));
+            }
+        }
     }
 
     // Splits an address header's segments into mailboxes, on the literal
@@ -479,6 +509,7 @@ private:
                 }
                 h.mailboxes.clear();
             }
+            check_literal_addresses(h, h.line);
         }
     }
 
