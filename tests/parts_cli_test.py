@@ -109,9 +109,9 @@ def main():
             "static.html")
     m = parse(p.stdout)
     h = m.get_body(("html",))
-    check("static html quoted-printable", p.returncode == 0 and h["Content-Transfer-Encoding"] ==
-          "quoted-printable" and h.get_content().replace("\r\n", "\n") == "<p>Grüße " + "x" * 1200 + "</p>\n" and defects(m) == [],
-          p.stdout[:2000] + p.stderr)
+    want = "<p>Grüße " + "x" * 1200 + "</p>\n"
+    check("static html quoted-printable", p.returncode == 0 and h["Content-Transfer-Encoding"] == "quoted-printable"
+          and h.get_content().replace("\r\n", "\n") == want and defects(m) == [], p.stdout[:2000] + p.stderr)
 
     # Signed: dkimpy verifies the multipart message, attachments included.
     subprocess.run(["openssl", "genpkey", "-algorithm", "ED25519", "-out", "ed.pem"], check=True,
