@@ -444,11 +444,12 @@ int run_dry_run(const send_options& o) {
                      static_cast<unsigned long long>(invalid - first_invalid.size()));
     }
     std::string summary = fmt::format(
-        "dry run: {} rows, {} valid, {} invalid, {} suppressed{}, {} rendered bytes ({:.0f} B/message), {:.3f} s, {} "
+        "dry run: {} rows, {} valid, {} invalid{}{}, {} rendered bytes ({:.0f} B/message), {:.3f} s, {} "
         "messages/hour "
         "rendered, peak RSS {} MB\njournal: {}\n",
-        rows, valid, invalid, suppressed, o.resume ? fmt::format(", {} already final (skipped)", skipped) : "",
-        rendered_bytes, valid ? double(rendered_bytes) / double(valid) : 0.0, seconds, human_count(per_hour),
+        rows, valid, invalid, suppress ? fmt::format(", {} suppressed", suppressed) : "",
+        o.resume ? fmt::format(", {} already final (skipped)", skipped) : "", rendered_bytes,
+        valid ? double(rendered_bytes) / double(valid) : 0.0, seconds, human_count(per_hour),
         peak_rss_bytes() / (1024 * 1024), journal_path);
     std::fputs(summary.c_str(), stdout);
     if (!o.summary_json.empty()) {
@@ -647,12 +648,13 @@ int run_send(const send_options& o) {
     const double secs = std::max(1e-9, t.seconds);
     const double per_hour = double(t.delivered) / secs * 3600.0;
     std::string summary = fmt::format(
-        "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid, {} suppressed; {} deferrals, {} "
+        "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid{}; {} deferrals, {} "
         "connections\n"
         "tls: {} handshakes, {} resumed ({:.1f}%), {} failed\n"
         "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\njournal: {}\n",
         t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
-        t.expired, t.invalid, t.suppressed, t.deferred, t.connections, t.tls_handshakes, t.tls_resumed,
+        t.expired, t.invalid, suppress ? fmt::format(", {} suppressed", t.suppressed) : "", t.deferred, t.connections,
+        t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path);
     for (const auto& [key, count] : t.top_failures) {
