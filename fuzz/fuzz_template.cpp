@@ -53,6 +53,57 @@ void check_message(std::string_view out, const mxpress::mail::render_result& res
     }
 }
 
+// Whether `needle` stands outside a quoted string (where it would be an
+// address, not part of a display name) in an address header of `headers`.
+bool second_mailbox(std::string_view headers, std::string_view needle) {
+    static const char* const address_headers[] = {"from", "sender",    "reply-to",  "to",
+                                                  "cc",   "resent-to", "resent-cc", "resent-from"};
+    std::size_t pos = 0;
+    while (pos < headers.size()) {
+        // One header field: its first line and continuation lines.
+        std::size_t end = pos;
+        do {
+            end = headers.find("\r\n", end);
+            end = end == std::string_view::npos ? headers.size() : end + 2;
+        } while (end < headers.size() && (headers[end] == ' ' || headers[end] == '\t'));
+        const std::string_view field = headers.substr(pos, end - pos);
+        pos = end;
+        const std::size_t colon = field.find(':');
+        if (colon == std::string_view::npos) {
+            continue;
+        }
+        std::string lower;
+        for (char c : field.substr(0, colon)) {
+            lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        }
+        bool address = false;
+        for (const char* h : address_headers) {
+            address = address || lower == h;
+        }
+        if (!address) {
+            continue;
+        }
+        std::string outside;  // the value with quoted strings blanked
+        bool quoted = false;
+        for (std::size_t i = colon + 1; i < field.size(); ++i) {
+            const char c = field[i];
+            if (quoted && c == '\\') {
+                ++i;
+                outside += ' ';
+                continue;
+            }
+            if (c == '"') {
+                quoted = !quoted;
+            }
+            outside += quoted ? ' ' : c;
+        }
+        if (outside.find(needle) != std::string::npos) {
+            return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -71,6 +122,32 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const auto res = r.render(fields, out);
         if (res.ok()) {
             check_message(out, res, text.find("njected") == std::string_view::npos);
+        }
+        // Hostile values in every column: a second mailbox, an encoded-word
+        // look-alike. Neither may reach the header block as written (issue 14).
+        static const std::string second = "evil@evil.test";
+        static const std::string word = "=?UTF-8?B?SW5qZWN0ZWQ6IHllcw==?=";
+        const std::vector<std::string> hostile = {"a@x.org, " + second, "Ann <a@x.org>, " + second, word};
+        const std::vector<std::string_view> hostile_fields(hostile.begin(), hostile.end());
+        const auto hres = r.render(hostile_fields, out);
+        if (hres.ok()) {
+            check_message(out, hres, text.find("njected") == std::string_view::npos);
+            const std::string_view headers = std::string_view(out).substr(0, out.find("\r\n\r\n") + 2);
+            if (text.find("evil") == std::string_view::npos && second_mailbox(headers, second)) {
+                std::abort();  // a merged value made a second mailbox in an address header
+            }
+            if (text.find("=?") == std::string_view::npos && headers.find(word) != std::string_view::npos) {
+                // Raw only where no reader decodes: structured headers (Content-*, List-*, ...).
+                std::size_t line = headers.rfind("\r\n", headers.find(word));
+                line = line == std::string_view::npos ? 0 : line + 2;
+                std::string lower;
+                for (char c : headers.substr(line, headers.find(':', line) - line)) {
+                    lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+                }
+                if (lower == "subject" || lower == "comments" || lower == "keywords" || lower.starts_with("x-")) {
+                    std::abort();
+                }
+            }
         }
     } catch (const mxpress::mail::input_error&) {
     }

@@ -6,6 +6,10 @@ Workloads (seeded, reproducible; recipients skewed over 1,000 domains):
   tls-2k     plain-2k over STARTTLS against plain-2k in plaintext, both to
              mxsink, three alternating pairs: medians, rate ratio (goal >= 0.8),
              handshakes and resumed handshakes per 100k messages
+  dkim-rsa-2k, dkim-ed25519-2k
+             plain-2k signed with one DKIM key (RSA-2048 or Ed25519) against
+             plain-2k unsigned, both to mxsink, three alternating pairs:
+             medians, CPU per message and rate ratios (signed / unsigned)
   shaped-2k  plain-2k with 1,000 domain sections (skipped: shaping has not landed)
   scale      plain-2k at --threads 1, 2, ... up to the core count
   memory     10 million rows through --dry-run: peak RSS
@@ -243,6 +247,43 @@ def tls_workload(b):
     return [t, p]
 
 
+def dkim_workload(b, algorithm):
+    """plain-2k signed with one DKIM key against unsigned, alternating, three
+    pairs, both to mxsink; medians. The template's From is news@town.example."""
+    key = b.peers.path(f"dkim-{algorithm}.pem")
+    gen = ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"] if algorithm == "rsa" else ["-algorithm", "ED25519"]
+    subprocess.run(["openssl", "genpkey", *gen, "-out", key], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    plain_config = b.config
+    signed_config = b.peers.path(f"bench-dkim-{algorithm}.toml")
+    with open(plain_config) as f, open(signed_config, "w") as out:
+        out.write(f.read() + f'[dkim]\n[[dkim.key]]\ndomain = "town.example"\nselector = "b1"\nkey_file = "{key}"\n')
+    plain, signed = [], []
+    try:
+        for _ in range(3):
+            b.config = plain_config
+            plain.append(with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink"), None))
+            b.config = signed_config
+            row = with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink"), None)
+            row["sender"] += f" DKIM {algorithm}"
+            signed.append(row)
+    finally:
+        b.config = plain_config
+
+    def summary(rows):
+        keep = dict(rows[0])
+        for k in ("wall_s", "cpu_s", "peak_rss_kib", "sink_cpu_s", "msgs_per_s", "msgs_per_hour", "cpu_us_per_msg",
+                  "sink_cpu_us_per_msg"):
+            keep[k] = median(r[k] for r in rows)
+        return keep
+
+    p, t = summary(plain), summary(signed)
+    t["rate_ratio"] = t["msgs_per_s"] / p["msgs_per_s"]
+    t["cpu_ratio"] = t["cpu_us_per_msg"] / p["cpu_us_per_msg"]
+    t["pairs"] = [(x["msgs_per_s"], y["msgs_per_s"]) for x, y in zip(plain, signed)]
+    return [t, p]
+
+
 def memory_workload(peers, rows):
     path = peers.path("big.csv")
     subprocess.run(["python3", os.path.join(ROOT, "scripts/gen-recipients"), "--rows", str(rows), "--domains",
@@ -299,7 +340,8 @@ def main():
                          "medians; the CI gate")
     ap.add_argument("--pairs", type=int, default=GATE_PAIRS, help="pairs for --quick")
     ap.add_argument("--messages", type=int, help="messages per delivery workload (default 200,000)")
-    ap.add_argument("--workloads", default="plain-2k,plain-32k,tls-2k,shaped-2k,scale,memory")
+    ap.add_argument("--workloads",
+                    default="plain-2k,plain-32k,tls-2k,dkim-rsa-2k,dkim-ed25519-2k,shaped-2k,scale,memory")
     ap.add_argument("--memory-rows", type=int, default=10_000_000)
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--target-per-hour", type=float, default=DEFAULT_TARGET_PER_HOUR,
@@ -363,6 +405,15 @@ def main():
                     # same cores, so the ratio says as much about the machine.
                     missed.append(f"tls-2k: STARTTLS rate {t['rate_ratio']:.2f}x plaintext "
                                   f"(goal >= {TLS_RATE_RATIO_MIN})")
+            elif w in ("dkim-rsa-2k", "dkim-ed25519-2k"):
+                algorithm = "rsa" if w == "dkim-rsa-2k" else "ed25519"
+                rows = dkim_workload(b, algorithm)
+                results["workloads"][w] = rows
+                t = rows[0]
+                print_table(f"{w}: {messages:,} messages signed ({algorithm}) against unsigned, mxsink, medians of 3 "
+                            "(ratios: signed / unsigned)", rows)
+                print(f"  signing adds {t['cpu_us_per_msg'] - rows[1]['cpu_us_per_msg']:.1f} us CPU per message; "
+                      f"rate ratio {t['rate_ratio']:.2f}, CPU ratio {t['cpu_ratio']:.2f}")
             elif w == "shaped-2k":
                 print("\nshaped-2k: skipped: per-domain shaping has not landed yet")
                 results["workloads"][w] = "skipped: shaping not implemented"

@@ -349,3 +349,116 @@ TEST(MessageTemplate, FoldedTemplateHeaderIsUnfolded) {
 }
 
 }  // namespace
+
+namespace {
+
+// Issue 14.4: a merged value in an address position is one mailbox, checked
+// like the envelope address; anything else makes the row invalid, naming the
+// header and the field.
+TEST(MessageTemplate, MergedAddressIsExactlyOneMailbox) {
+    const std::string tmpl = "Reply-To: {{name}}\nCc: {{city}}\nSubject: x\n\nb\n";
+    render_result res;
+    render(tmpl, {"a@x.org", "a@x.test, b@evil.test", ""}, &res);
+    EXPECT_EQ(res.error, "header Reply-To (template line 1): field 'name' is not one mailbox: " +
+                             mxpress::mail::check_address("a@x.test, b@evil.test").error);
+    render(tmpl, {"a@x.org", "a@x.test\r\nBcc: b@evil.test", ""}, &res);
+    EXPECT_FALSE(res.ok());
+    EXPECT_NE(res.error.find("field 'name' is not one mailbox"), std::string::npos) << res.error;
+    render("To: <{{email}}>\n\nb\n", {"a@x.test>, <b@evil.test", "", ""}, &res);
+    EXPECT_NE(res.error.find("header To (template line 1): field 'email' is not one mailbox"), std::string::npos)
+        << res.error;
+    render("To: {{name}} <{{email}}>\n\nb\n", {"", "Ann", ""}, &res);
+    EXPECT_EQ(res.error, "header To (template line 1): field 'email' is not one mailbox: no address");
+
+    // One mailbox, with or without a display name from the value: accepted,
+    // the name quoted or encoded, the domain as A-labels.
+    std::string out = render(tmpl, {"a@x.org", "\"Doe, John\" <j@X.test>", "Zoë <z@例え.jp>"}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_NE(out.find("Reply-To: \"Doe, John\" <j@x.test>\r\n"), std::string::npos) << out;
+    std::string decoded = python_decode(out, "Reply-To,Cc");
+    EXPECT_NE(decoded.find("Reply-To=\"Doe, John\" <j@x.test>\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("Cc=Zoë <z@xn--r8jz45g.jp>\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("DEFECTS=0"), std::string::npos) << decoded;
+
+    // An optional header whose merged value is empty is left out; From is not optional.
+    out = render(tmpl, {"a@x.org", "r@x.test", ""}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_EQ(out.find("Cc:"), std::string::npos) << out;
+    EXPECT_NE(out.find("Reply-To: r@x.test\r\n"), std::string::npos) << out;
+    out = render("To: {{name}} <{{email}}>, <{{city}}>\nSubject: {{city}}\n\nb\n", {"a@x.org", "", ""}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_NE(out.find("To: <a@x.org>\r\nFrom:"), std::string::npos) << out;
+    EXPECT_EQ(out.find("Subject:"), std::string::npos) << out;
+    render("From: {{name}}\n\nb\n", {"a@x.org", "", ""}, &res);
+    EXPECT_EQ(res.error, "header From (template line 1): empty after merging");
+
+    // Found by fuzz_template: a stray quote in the template's own address
+    // beside a merged display name shifted how readers split the header.
+    EXPECT_NE(compile_error("From: \"{{name}}\" <a\"b@x.org>, b@x.org\n\nb\n")
+                  .find("m.eml:1: header From: address 'a\"b@x.org' is not valid"),
+              std::string::npos)
+        << compile_error("From: \"{{name}}\" <a\"b@x.org>, b@x.org\n\nb\n");
+
+    // Group syntax cannot hold merge fields safely: refused at load.
+    EXPECT_EQ(compile_error("To: friends: {{email}};\n\nb\n"),
+              "m.eml:1: header To: merge fields in an address header need plain mailboxes (no group syntax, "
+              "unbalanced quotes or comments)");
+}
+
+// Issue 14.5: a value that looks like an RFC 2047 encoded-word is encoded,
+// so a reader shows it as the text it is and never decodes a CR/LF from it.
+TEST(MessageTemplate, EncodedWordLookalikeInAValueIsEncoded) {
+    const std::string trap = "=?UTF-8?B?SGVsbG8NCkJjYzogZXZpbEB4LnRlc3Q=?=";  // "Hello\r\nBcc: evil@x.test"
+    render_result res;
+    const std::string out =
+        render("Subject: News {{name}} today\nTo: {{name}} <{{email}}>\n\nb\n", {"a@x.org", trap, ""}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    const std::string headers = out.substr(0, out.find("\r\n\r\n") + 2);
+    EXPECT_EQ(headers.find(trap), std::string::npos) << headers;
+    const std::string decoded = python_decode(out, "Subject,To,Bcc");
+    EXPECT_NE(decoded.find("Subject=News " + trap + " today\n"), std::string::npos) << decoded;
+    EXPECT_NE(decoded.find("Bcc=None"), std::string::npos) << decoded;
+    EXPECT_EQ(decoded.find("Hello"), std::string::npos) << decoded;
+    // The template's own encoded-words are the author's: kept as written.
+    const std::string own = render("Subject: " + trap + " {{city}}\n\nb\n", {"a@x.org", "", "Oslo"});
+    EXPECT_NE(own.find("Subject: " + trap + " Oslo\r\n"), std::string::npos) << own;
+}
+
+// Issue 11 (part): limits the fixed text alone breaks fail at load, naming
+// file and line; a non-UTF-8 template names the line.
+TEST(MessageTemplate, FixedTextOverALimitFailsAtLoadWithItsLine) {
+    const std::string word(1000, 'w');
+    EXPECT_EQ(compile_error("To: <{{email}}>\nSubject: " + word + "\n\nb\n"),
+              "m.eml:2: header Subject (template line 2): a line would exceed 998 octets");
+    EXPECT_EQ(compile_error("To: <{{email}}>\nSubject: Hi {{name}} " + word + "\n\nb\n"),
+              "m.eml:2: header Subject (template line 2): a line would exceed 998 octets");
+    EXPECT_EQ(compile_error("Subject: x\nList-Id: caf\xC3\xA9 {{name}}\n\nb\n"),
+              "m.eml:2: header List-Id (template line 2): non-ASCII text is not allowed there");
+    EXPECT_EQ(compile_error("Subject: x\nContent-Transfer-Encoding: 8bit\n\nok {{name}}\n" + word + "\n"),
+              "m.eml:5: body line over 998 octets (the template declares its own Content-Transfer-Encoding or "
+              "multipart body)");
+    EXPECT_EQ(compile_error("Subject: x\n\nline 3\ncaf\xE9\n"), "m.eml:4: template is not valid UTF-8");
+    EXPECT_EQ(compile_error("Subject: \xFF\n\nb\n"), "m.eml:1: template is not valid UTF-8");
+    // Long values still fold or make only their row invalid.
+    EXPECT_EQ(compile_error("Subject: Hi {{name}}\n\nb\n"), "no error");
+}
+
+}  // namespace
+
+namespace {
+
+// Issue 11.3: values merged into --list-unsubscribe's URL are percent-encoded.
+TEST(MessageTemplate, ListUnsubscribeUrlValuesArePercentEncoded) {
+    auto t = message_template::compile("Subject: x\n\nb\n", "m.eml", columns);
+    t.add_header("List-Unsubscribe", "<https://u.example/x?n={{name}}&c={{city}}>", columns, true);
+    renderer r(t, options());
+    std::string out;
+    ASSERT_TRUE(r.render({"a@x.org", "a b>, <https://evil.test/", "Zoë"}, out).ok());
+    EXPECT_NE(
+        out.find("List-Unsubscribe: <https://u.example/x?n=a%20b%3E%2C%20%3Chttps%3A%2F%2Fevil.test%2F&c=Zo%C3%AB>"
+                 "\r\n"),
+        std::string::npos)
+        << out;
+}
+
+}  // namespace

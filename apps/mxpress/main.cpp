@@ -34,6 +34,8 @@
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/message_template.hpp"
+#include "mxpress/mail/parts.hpp"
+#include "mxpress/mail/suppression.hpp"
 #include "mxpress/mail/recipients.hpp"
 
 namespace {
@@ -64,6 +66,8 @@ struct send_options {
     std::string progress = "auto";
     std::string summary_json;
     std::string list_unsubscribe;
+    mail::message_parts parts;          // instead of --message
+    std::vector<std::string> suppress;  // --suppress FILE ...
 };
 
 // What `render` takes besides the row.
@@ -74,6 +78,7 @@ struct render_options {
     std::string config;
     std::string list_unsubscribe;
     std::uint64_t line = 0;
+    mail::message_parts parts;  // instead of --message
 };
 
 std::string read_file(const std::string& path, const char* what) {
@@ -160,6 +165,121 @@ std::shared_ptr<const mail::dkim::key_set> load_dkim(const engine::config& cfg) 
     return keys;
 }
 
+// ---- A message from parts (--subject, --text, --html, --attach, --header-from) ----
+
+void parse_parts_options(CLI::App* cmd, mail::message_parts& p) {
+    cmd->add_option("--subject", p.subject, "Subject ({{field}} allowed); a message from parts instead of --message");
+    cmd->add_option("--text", p.text_file, "Plain-text body file ({{field}} allowed)");
+    cmd->add_option("--html", p.html_file, "HTML body file ({{field}} allowed); with --text: multipart/alternative");
+    cmd->add_option("--attach", p.attachments, "Attach FILE (repeatable; type from the extension; no merging)");
+    cmd->add_option("--header-from", p.header_from,
+                    "From header of a message from parts, e.g. 'Town Hall <news@town.example>' (default: the "
+                    "--from address)");
+}
+
+// The template text: the --message file, or one built from parts once at
+// start (mail/parts.hpp). `name` is what compile errors name.
+std::string template_text(const std::string& message, const mail::message_parts& parts,
+                          const mail::recipients_reader& reader, std::string& name) {
+    if (!message.empty() && parts.any()) {
+        throw std::invalid_argument(
+            "--message cannot be combined with --subject, --text, --html, --attach or --header-from");
+    }
+    if (message.empty() && !parts.any()) {
+        throw std::invalid_argument("a message is required: --message FILE, or --text FILE and/or --html FILE");
+    }
+    if (!message.empty()) {
+        name = message;
+        return read_file(message, "message template");
+    }
+    name = "(message parts)";
+    return mail::build_template(parts, reader.columns(), reader.columns().at(reader.email_column()));
+}
+
+// ---- end of message from parts ----
+
+// ---- Suppression lists (--suppress, `mxpress suppressions`) ----
+
+void parse_suppression_options(CLI::App* send, std::vector<std::string>& files) {
+    send->add_option("--suppress", files,
+                     "Never send to the addresses in FILE (one per line, or a CSV with an 'email' column; "
+                     "repeatable): such rows are journaled 'suppressed'");
+}
+
+// Every --suppress file in one set (null when none); lines that are not an
+// address are passed over with a warning naming the file and the first one.
+std::unique_ptr<mail::suppression_set> load_suppression_lists(const std::vector<std::string>& files) {
+    if (files.empty()) {
+        return nullptr;
+    }
+    auto set = std::make_unique<mail::suppression_set>();
+    for (const std::string& f : files) {
+        const mail::suppression_load l = mail::load_suppressions(f, *set);
+        if (l.skipped > 0) {
+            std::fprintf(stderr, "mxpress: %s:%llu: %llu line(s) that are not an address passed over\n", f.c_str(),
+                         static_cast<unsigned long long>(l.first_skipped), static_cast<unsigned long long>(l.skipped));
+        }
+    }
+    return set;
+}
+
+// `mxpress suppressions J1.jsonl ...`: the hard-bounced addresses (status
+// bounced: a 5xx reply, or a 5.x.x DNS verdict such as a null MX) of earlier
+// journals, one per line and each once: a file for --suppress.
+int run_suppressions(const std::vector<std::string>& journals) {
+    mail::suppression_set seen;
+    std::string out = "# hard-bounced addresses (mxpress suppressions)\n";
+    for (const std::string& path : journals) {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+            throw input_error(path, 0, fmt::format("cannot open journal: {}", std::strerror(errno)));
+        }
+        std::string line;
+        std::uint64_t line_no = 0;
+        while (std::getline(in, line)) {
+            ++line_no;
+            std::string email;
+            std::string status;
+            std::string code;
+            std::string enhanced;
+            const std::string err = mxpress::detail::parse_flat_json_object(
+                line, [&](const std::string& k, const mxpress::detail::json_value& v) {
+                    if (k == "email") {
+                        email = v.text;
+                    } else if (k == "status") {
+                        status = v.text;
+                    } else if (k == "code") {
+                        code = v.text;
+                    } else if (k == "enhanced") {
+                        enhanced = v.text;
+                    }
+                });
+            if (!err.empty()) {
+                if (!line.ends_with('}')) {
+                    continue;  // a line cut by a crash
+                }
+                throw input_error(path, line_no, "not a journal line: " + err);
+            }
+            const bool hard = status == engine::to_string(engine::outcome_status::bounced) &&
+                              (code.starts_with('5') || enhanced.starts_with("5."));
+            const mail::checked_address a = mail::check_address(email);
+            if (hard && a.valid() && !seen.contains_normalized(a.address)) {
+                seen.insert_normalized(a.address);
+                out += a.address;
+                out += '\n';
+                if (out.size() > 1 << 16) {
+                    std::fputs(out.c_str(), stdout);
+                    out.clear();
+                }
+            }
+        }
+    }
+    std::fputs(out.c_str(), stdout);
+    return exit_ok;
+}
+
+// ---- end of suppression lists ----
+
 // Compiles the template; --list-unsubscribe URL adds List-Unsubscribe and
 // (RFC 8058 one-click) List-Unsubscribe-Post. A template with its own https
 // List-Unsubscribe gets the Post header too.
@@ -176,7 +296,8 @@ mail::message_template compile_template(const std::string& text, const std::stri
                 "angle brackets",
                 unsubscribe));
         }
-        t.add_header("List-Unsubscribe", "<" + unsubscribe + ">", columns);
+        // Merged values are percent-encoded: a space, '>' or ',' cannot break the header.
+        t.add_header("List-Unsubscribe", "<" + unsubscribe + ">", columns, true);
     }
     bool https = false;
     for (const auto& h : t.headers()) {
@@ -209,9 +330,11 @@ int run_dry_run(const send_options& o) {
     }
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
-    const std::string text = read_file(o.message, "message template");
-    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
+    std::string template_name;
+    const std::string text = template_text(o.message, o.parts, reader, template_name);
+    const mail::message_template tmpl = compile_template(text, template_name, reader.columns(), o.list_unsubscribe);
     const auto dkim_keys = load_dkim(cfg);
+    const auto suppress = load_suppression_lists(o.suppress);
 
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "dry-run.jsonl") : o.journal;
     engine::journal_state done;
@@ -229,6 +352,7 @@ int run_dry_run(const send_options& o) {
     }
     engine::journal_writer journal = engine::journal_writer::open(journal_path, o.resume);
 
+    std::uint64_t suppressed = 0;
     mail::renderer_options ropts;
     ropts.from = sender.address;
     ropts.dkim = dkim_keys;
@@ -271,6 +395,16 @@ int run_dry_run(const send_options& o) {
             record_invalid(row, why);
             continue;
         }
+        if (suppress && suppress->contains_normalized(addr.address)) {
+            ++suppressed;
+            engine::journal_entry e;
+            e.line = row.line;
+            e.email = addr.address;
+            e.status = engine::outcome_status::suppressed;
+            e.reply = "on a suppression list";
+            journal.append(e);
+            continue;
+        }
         const mail::render_result r = renderer.render(*row.fields, message, row.line);
         if (!r.ok()) {
             record_invalid(row, "cannot render: " + r.error);
@@ -310,17 +444,20 @@ int run_dry_run(const send_options& o) {
                      static_cast<unsigned long long>(invalid - first_invalid.size()));
     }
     std::string summary = fmt::format(
-        "dry run: {} rows, {} valid, {} invalid{}, {} rendered bytes ({:.0f} B/message), {:.3f} s, {} messages/hour "
+        "dry run: {} rows, {} valid, {} invalid{}{}, {} rendered bytes ({:.0f} B/message), {:.3f} s, {} "
+        "messages/hour "
         "rendered, peak RSS {} MB\njournal: {}\n",
-        rows, valid, invalid, o.resume ? fmt::format(", {} already final (skipped)", skipped) : "", rendered_bytes,
+        rows, valid, invalid, suppress ? fmt::format(", {} suppressed", suppressed) : "",
+        o.resume ? fmt::format(", {} already final (skipped)", skipped) : "", rendered_bytes,
         valid ? double(rendered_bytes) / double(valid) : 0.0, seconds, human_count(per_hour),
         peak_rss_bytes() / (1024 * 1024), journal_path);
     std::fputs(summary.c_str(), stdout);
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
-            "{{\"mode\":\"dry-run\",\"rows\":{},\"valid\":{},\"invalid\":{},\"skipped\":{},\"smtputf8\":{},"
+            "{{\"mode\":\"dry-run\",\"rows\":{},\"valid\":{},\"invalid\":{},\"suppressed\":{},\"skipped\":{},"
+            "\"smtputf8\":{},"
             "\"rendered_bytes\":{},\"seconds\":{:.6f},\"messages_per_hour\":{:.0f},\"peak_rss_bytes\":{},\"journal\":",
-            rows, valid, invalid, skipped, smtputf8, rendered_bytes, seconds, per_hour, peak_rss_bytes());
+            rows, valid, invalid, suppressed, skipped, smtputf8, rendered_bytes, seconds, per_hour, peak_rss_bytes());
         mxpress::detail::append_json_string(j, journal_path);
         j += "}\n";
         write_summary(o.summary_json, j);
@@ -522,12 +659,15 @@ int run_send(const send_options& o) {
 
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
-    const std::string text = read_file(o.message, "message template");
-    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
+    std::string template_name;
+    const std::string text = template_text(o.message, o.parts, reader, template_name);
+    const mail::message_template tmpl = compile_template(text, template_name, reader.columns(), o.list_unsubscribe);
     // Every shard signs with the same keys (each keeps its own OpenSSL
     // contexts) and gives each row the same Message-ID on every attempt.
     ro.shard.dkim = load_dkim(ro.shard.cfg);
     ro.shard.message_id_run_key = message_id_run_key(text, o.recipients, sender.address);
+    const auto suppress = load_suppression_lists(o.suppress);  // before the journal: a bad list sends nothing
+    ro.suppress = suppress.get();
     const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
     // Deferred recipients are parked without their fields and read again
     // from the file when they retry (a pipe keeps them in memory).
@@ -545,11 +685,13 @@ int run_send(const send_options& o) {
     const double secs = std::max(1e-9, t.seconds);
     const double per_hour = double(t.delivered) / secs * 3600.0;
     std::string summary = fmt::format(
-        "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid; {} deferrals, {} connections\n"
+        "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid{}; {} deferrals, {} "
+        "connections\n"
         "tls: {} handshakes, {} resumed ({:.1f}%), {} failed\n"
         "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\njournal: {}\n",
         t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
-        t.expired, t.invalid, t.deferred, t.connections, t.tls_handshakes, t.tls_resumed,
+        t.expired, t.invalid, suppress ? fmt::format(", {} suppressed", t.suppressed) : "", t.deferred, t.connections,
+        t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path);
     if (t.in_doubt > 0) {
@@ -566,12 +708,13 @@ int run_send(const send_options& o) {
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
             "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
-            "\"in_doubt\":{},\"invalid\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{},\"tls_resumed\":{"
-            "},"
+            "\"in_doubt\":{},\"invalid\":{},\"suppressed\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{}"
+            ",\"tls_"
+            "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"top_failures\":[",
-            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.deferred, t.connections,
-            t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
+            t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
+            t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
             peak_rss_bytes());
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
@@ -599,8 +742,9 @@ int run_render(const render_options& o) {
     const engine::config cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
     const mxpress::io::unique_fd rfd = open_recipients(recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), recipients);
-    const std::string text = read_file(o.message, "message template");
-    const mail::message_template tmpl = compile_template(text, o.message, reader.columns(), o.list_unsubscribe);
+    std::string template_name;
+    const std::string text = template_text(o.message, o.parts, reader, template_name);
+    const mail::message_template tmpl = compile_template(text, template_name, reader.columns(), o.list_unsubscribe);
     mail::renderer_options ropts;
     ropts.from = sender.address;
     ropts.dkim = load_dkim(cfg);
@@ -703,7 +847,8 @@ int main(int argc, char** argv) {
     send_options so;
     auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
     send->add_option("--recipients", so.recipients, "Recipients CSV (header row; column 'email' required)")->required();
-    send->add_option("--message", so.message, "Message template (RFC 5322, {{field}} merge fields)")->required();
+    send->add_option("--message", so.message,
+                     "Message template (RFC 5322, {{field}} merge fields); or a message from parts (--text, ...)");
     send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
         ->required();
     send->add_option("--config", so.config, "TOML configuration (see README; safe defaults built in)");
@@ -735,7 +880,7 @@ int main(int argc, char** argv) {
     render_options ro;
     auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
     render->add_option("--recipients", ro.recipients, "Recipients CSV")->required();
-    render->add_option("--message", ro.message, "Message template")->required();
+    render->add_option("--message", ro.message, "Message template; or a message from parts (--text, ...)");
     render->add_option("--line", ro.line, "Line of the recipients file where the row starts (header = line 1)")
         ->required()
         ->check(CLI::PositiveNumber);
@@ -743,6 +888,13 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     render->add_option("--config", ro.config, "TOML configuration: with [dkim], the message is shown signed");
     render->add_option("--list-unsubscribe", ro.list_unsubscribe, "As for send");
+    parse_parts_options(send, so.parts);
+    parse_suppression_options(send, so.suppress);
+    std::vector<std::string> s_journals;
+    auto* suppressions = app.add_subcommand(
+        "suppressions", "Print the hard-bounced addresses of earlier journals (a file for --suppress)");
+    suppressions->add_option("JOURNAL", s_journals, "Journal files (JSON Lines)")->required();
+    parse_parts_options(render, ro.parts);
 
     std::string d_key;
     std::string d_config;
@@ -785,6 +937,9 @@ int main(int argc, char** argv) {
         }
         if (*render) {
             return run_render(ro);
+        }
+        if (*suppressions) {
+            return run_suppressions(s_journals);
         }
         if (*dkim_record) {
             if (d_key.empty() && d_config.empty()) {

@@ -38,7 +38,8 @@
 
 namespace mxpress::engine {
 
-enum class outcome_status : std::uint8_t { delivered, bounced, expired, invalid, in_doubt, dry_run };
+// suppressed: on a --suppress list, never sent (final, like invalid).
+enum class outcome_status : std::uint8_t { delivered, bounced, expired, invalid, in_doubt, dry_run, suppressed };
 
 constexpr std::string_view to_string(outcome_status s) noexcept {
     switch (s) {
@@ -48,6 +49,7 @@ constexpr std::string_view to_string(outcome_status s) noexcept {
         case outcome_status::invalid: return "invalid";
         case outcome_status::in_doubt: return "in-doubt";
         case outcome_status::dry_run: return "dry-run";
+        case outcome_status::suppressed: return "suppressed";
     }
     return "unknown";
 }
@@ -58,7 +60,7 @@ constexpr bool is_final(outcome_status s) noexcept {
 
 inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
     for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
-                   outcome_status::in_doubt, outcome_status::dry_run}) {
+                   outcome_status::in_doubt, outcome_status::dry_run, outcome_status::suppressed}) {
         if (text == to_string(s)) {
             out = s;
             return true;

@@ -36,6 +36,7 @@
 #include "mxpress/engine/shard.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/recipients.hpp"
+#include "mxpress/mail/suppression.hpp"
 
 namespace mxpress::engine {
 
@@ -43,6 +44,7 @@ struct run_totals {
     std::uint64_t rows = 0;
     std::uint64_t skipped = 0;  // already final in the journal (--resume)
     std::uint64_t invalid = 0;
+    std::uint64_t suppressed = 0;  // on a --suppress list: journaled, never sent
     std::uint64_t delivered = 0;
     std::uint64_t bounced = 0;
     std::uint64_t expired = 0;
@@ -59,6 +61,7 @@ struct run_totals {
 
 struct runner_options {
     shard_options shard;
+    const mail::suppression_set* suppress = nullptr;  // --suppress: rows never sent
     unsigned threads = 1;
     // A batch for a shard's mailbox closes at batch_size rows or
     // batch_bytes_max bytes of merge fields, whichever comes first: with a
@@ -222,7 +225,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         }
         const double secs =
             std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-        const std::uint64_t finals = delivered + bounced + expired + t.invalid;
+        const std::uint64_t finals = delivered + bounced + expired + t.invalid + t.suppressed;
         const double rate = double(delivered) / secs * 3600;
         const std::uint64_t todo = t.rows - t.skipped;
         const double eta = finals > 0 && todo > finals ? double(todo - finals) * secs / double(finals) : 0;
@@ -243,6 +246,19 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             mail::checked_address a;
             if (const std::string why = mail::check_row(row, a); !why.empty()) {
                 record_invalid(row, why);
+                continue;
+            }
+            if (o.suppress != nullptr && o.suppress->contains_normalized(a.address)) {
+                ++t.suppressed;
+                journal_entry e;
+                e.line = row.line;
+                e.email = a.address;
+                e.status = outcome_status::suppressed;
+                e.reply = "on a suppression list";
+                append_journal_line(invalid_lines, e);
+                if (invalid_lines.size() > 64 * 1024) {
+                    journal.write_batch(invalid_lines);
+                }
                 continue;
             }
             auto r = std::make_unique<recipient>();

@@ -31,6 +31,7 @@
 #include <initializer_list>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <random>
 #include <string>
 #include <string_view>
@@ -91,32 +92,43 @@ public:
         std::vector<template_segment> value;  // unfolded value
         std::vector<mailbox_part> mailboxes;  // address headers, when parsed
         bool has_fields = false;
+        bool url_values = false;  // merged values are percent-encoded (a URL's fields)
         std::string prerendered;  // the whole folded line, for headers without fields
     };
 
-    // Compiles `text` against the recipients' columns. Throws input_error.
+    // Compiles `text` against the recipients' columns. Throws input_error,
+    // also when the template's fixed text alone breaks a limit that would
+    // make every row invalid (defined after renderer, which checks that).
     static message_template compile(std::string_view text, std::string file_name,
-                                    const std::vector<std::string>& columns) {
-        message_template t;
-        t._file = std::move(file_name);
-        t.parse(text, columns);
-        return t;
-    }
+                                    const std::vector<std::string>& columns);
 
     // Adds a header after the template's own (e.g. List-Unsubscribe from the
-    // command line); `value` may hold {{field}} references. Throws input_error.
-    void add_header(std::string_view name, std::string_view value, const std::vector<std::string>& columns) {
+    // command line); `value` may hold {{field}} references, percent-encoded
+    // (RFC 3986 unreserved characters kept) with `url_values`. Throws input_error.
+    void add_header(std::string_view name, std::string_view value, const std::vector<std::string>& columns,
+                    bool url_values = false) {
         header h;
+        h.url_values = url_values;
         h.name = std::string(name);
         h.lower_name = detail::to_lower_copy(h.name);
         h.kind = classify(h.lower_name);
+        if (_columns.empty()) {
+            _columns = columns;
+        }
         segment(value, 0, columns, h.value);
         for (const template_segment& s : h.value) {
             h.has_fields = h.has_fields || s.is_field();
         }
         if (h.kind == header_kind::address && !split_mailboxes(h)) {
+            if (h.has_fields) {
+                throw input_error(_file, 0,
+                                  fmt::format("header {}: merge fields in an address header need plain mailboxes "
+                                              "(no group syntax, unbalanced quotes or comments)",
+                                              h.name));
+            }
             h.mailboxes.clear();
         }
+        check_literal_addresses(h, 0);
         _headers.push_back(std::move(h));
     }
 
@@ -137,6 +149,11 @@ public:
         return std::string_view(_text).substr(s.literal_begin, s.literal_size);
     }
     const std::vector<template_segment>& body() const noexcept { return _body; }
+    std::uint64_t body_line() const noexcept { return _body_line; }
+    // The recipients column a field segment names (for error messages).
+    std::string_view column_name(std::uint32_t column) const noexcept {
+        return column < _columns.size() ? std::string_view(_columns[column]) : std::string_view("?");
+    }
     const std::string& content_type() const noexcept { return _content_type; }
     bool has_date() const noexcept { return _has_date; }
     bool has_message_id() const noexcept { return _has_message_id; }
@@ -230,6 +247,35 @@ private:
         s.literal_size = static_cast<std::uint32_t>(lit.size());
         _text += lit;
         out.push_back(s);
+    }
+
+    // In an address header with merge fields, each address the template
+    // writes itself must be a valid one: a stray quote or bracket in it
+    // would shift how readers parse the merged values around it.
+    void check_literal_addresses(const header& h, std::uint64_t line) const {
+        if (!h.has_fields) {
+            return;
+        }
+        for (const mailbox_part& mb : h.mailboxes) {
+            std::string addr;
+            bool literal = !mb.address.empty();
+            for (const template_segment& s : mb.address) {
+                literal = literal && !s.is_field();
+                addr += literal ? literal_text({s}) : "";
+            }
+            if (!literal) {
+                continue;
+            }
+            std::string_view a = detail::trim_wsp(addr);
+            if (mb.angle && a.size() >= 2 && a.front() == '<' && a.back() == '>') {
+                a = a.substr(1, a.size() - 2);
+            }
+            if (const checked_address c = check_address(a); !c.valid()) {
+                throw input_error(
+                    _file, line,
+                    fmt::format("header {}: address '{}' is not valid: {}", h.name, std::string(a), c.error));
+            }
+        }
     }
 
     // Splits an address header's segments into mailboxes, on the literal
@@ -340,7 +386,7 @@ private:
             throw input_error(_file, 0, "template is empty");
         }
         if (!detail::valid_utf8(text)) {
-            throw input_error(_file, 0, "template is not valid UTF-8");
+            throw input_error(_file, line_of_invalid_utf8(text), "template is not valid UTF-8");
         }
         if (text.find('\0') != std::string_view::npos) {
             throw input_error(_file, 0, "template contains a NUL byte");
@@ -414,6 +460,7 @@ private:
         // Body: the rest, with line ends normalized to CRLF.
         std::string body;
         const std::uint64_t body_line = line_no + 1;
+        _body_line = body_line;
         while (next_line(line)) {
             body += line;
             body += "\r\n";
@@ -452,9 +499,35 @@ private:
                 _body_is_authors = true;
             }
             if (h.kind == header_kind::address && !split_mailboxes(h)) {
+                if (h.has_fields) {
+                    // Without mailboxes split on the literal text a merged
+                    // value could add addresses: refuse the template.
+                    throw input_error(_file, h.line,
+                                      fmt::format("header {}: merge fields in an address header need plain "
+                                                  "mailboxes (no group syntax, unbalanced quotes or comments)",
+                                                  h.name));
+                }
                 h.mailboxes.clear();
             }
+            check_literal_addresses(h, h.line);
         }
+    }
+
+    // The 1-based line (LF, CRLF or CR ends) of the first byte that is not UTF-8.
+    static std::uint64_t line_of_invalid_utf8(std::string_view text) {
+        std::uint64_t line = 1;
+        std::size_t i = 0;
+        while (i < text.size()) {
+            const std::size_t n = detail::utf8_sequence_length(text, i);
+            if (n == 0) {
+                return line;
+            }
+            if (text[i] == '\n' || (text[i] == '\r' && (i + 1 == text.size() || text[i + 1] != '\n'))) {
+                ++line;
+            }
+            i += n;
+        }
+        return line;
     }
 
     std::string literal_text(const std::vector<template_segment>& segs) const {
@@ -466,11 +539,13 @@ private:
     }
 
     std::string _file;
-    std::string _text;  // all literal text, referenced by segments
+    std::vector<std::string> _columns;  // the recipients file's, for error messages
+    std::string _text;                  // all literal text, referenced by segments
     std::vector<header> _headers;
     std::vector<template_segment> _body;
     std::string _content_type;
     bool _body_is_authors = false;
+    std::uint64_t _body_line = 0;  // the template line where the body starts
     bool _has_date = false;
     bool _has_message_id = false;
     bool _has_mime_version = false;
@@ -627,6 +702,23 @@ private:
         return r;
     }
 
+    // A value inside a URL: everything but RFC 3986 unreserved characters as
+    // %XX (UTF-8 bytes included), so spaces, '>' and ',' cannot end the URL.
+    static void append_percent_encoded(std::string& out, std::string_view v) {
+        static constexpr char hex[] = "0123456789ABCDEF";
+        for (char c : v) {
+            const auto u = static_cast<unsigned char>(c);
+            if ((u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') || (u >= '0' && u <= '9') || c == '-' || c == '.' ||
+                c == '_' || c == '~') {
+                out += c;
+            } else {
+                out += '%';
+                out += hex[u >> 4];
+                out += hex[u & 15];
+            }
+        }
+    }
+
     static void append_value(std::string& out, std::string_view v) {
         // In a header a value's line ends become spaces: no header injection.
         std::size_t i = 0;
@@ -642,11 +734,20 @@ private:
         }
     }
 
+    // Sets _marker_in_value when a merged value holds "=?", the start of an
+    // RFC 2047 encoded-word: such text is encoded, never passed on raw
+    // (a reader would decode it, CR/LF included).
     void render_segments(const std::vector<template_segment>& segs, const std::vector<std::string_view>& fields,
-                         std::string& out) const {
+                         std::string& out, bool url_values = false) {
         for (const template_segment& s : segs) {
             if (s.is_field()) {
-                append_value(out, s.column < fields.size() ? fields[s.column] : std::string_view{});
+                const std::string_view v = s.column < fields.size() ? fields[s.column] : std::string_view{};
+                _marker_in_value = _marker_in_value || v.find("=?") != std::string_view::npos;
+                if (url_values) {
+                    append_percent_encoded(out, v);
+                    continue;
+                }
+                append_value(out, v);
             } else {
                 out += _template->literal(s);
             }
@@ -654,18 +755,20 @@ private:
     }
 
     // Encodes an unstructured value: ASCII words kept, the span from the first
-    // to the last word holding non-ASCII becomes encoded-words.
-    static void encode_unstructured(std::string& out, std::string_view v) {
-        if (detail::all_ascii(v)) {
+    // to the last word holding non-ASCII (or, with `markers`, "=?") becomes
+    // encoded-words.
+    static void encode_unstructured(std::string& out, std::string_view v, bool markers) {
+        markers = markers && v.find("=?") != std::string_view::npos;
+        if (detail::all_ascii(v) && !markers) {
             out += v;
             return;
         }
         std::size_t first = v.size();
         std::size_t last = 0;
         for (std::size_t i = 0; i < v.size(); ++i) {
-            if (!detail::is_ascii(v[i])) {
+            if (!detail::is_ascii(v[i]) || (markers && v.substr(i).starts_with("=?"))) {
                 first = std::min(first, i);
-                last = i;
+                last = std::max(last, markers && v[i] == '=' ? i + 1 : i);
             }
         }
         while (first > 0 && !detail::is_wsp(v[first - 1])) {
@@ -679,14 +782,14 @@ private:
         out += v.substr(last + 1);
     }
 
-    // A display name: encoded-words when non-ASCII, a quoted-string when it
-    // holds RFC 5322 specials, else as is.
-    static void encode_phrase(std::string& out, std::string_view v) {
+    // A display name: encoded-words when non-ASCII (or, with `markers`,
+    // holding "=?"), a quoted-string when it holds RFC 5322 specials, else as is.
+    static void encode_phrase(std::string& out, std::string_view v, bool markers) {
         v = detail::trim_wsp(v);
         if (v.empty()) {
             return;
         }
-        if (!detail::all_ascii(v)) {
+        if (!detail::all_ascii(v) || (markers && v.find("=?") != std::string_view::npos)) {
             append_encoded_words(out, v);
             return;
         }
@@ -704,42 +807,104 @@ private:
         out += '"';
     }
 
+    // The first merge field among `segs` (null when all literal).
+    static const template_segment* first_field(const std::vector<template_segment>& segs) noexcept {
+        for (const template_segment& s : segs) {
+            if (s.is_field()) {
+                return &s;
+            }
+        }
+        return nullptr;
+    }
+
+    // One mailbox of an address header into _value. A merged address must be
+    // exactly one mailbox, checked as the envelope address is (a value may
+    // bring its own display name: 'Ann <ann@x.test>'); an empty one is left
+    // out. False with r.error set when the value is not one mailbox.
+    bool render_mailbox(const message_template::header& h, const message_template::mailbox_part& mb,
+                        const std::vector<std::string_view>& fields, render_result& r) {
+        _marker_in_value = false;
+        _scratch.clear();
+        render_segments(mb.display, fields, _scratch);
+        _phrase.assign(detail::trim_wsp(_scratch));
+        _scratch.clear();
+        render_segments(mb.address, fields, _scratch);
+        std::string_view addr = detail::trim_wsp(_scratch);
+        const bool markers = _marker_in_value;
+        const template_segment* field = first_field(mb.address);
+        if (field == nullptr) {
+            // The template's own address, as written (IDN domains as A-labels).
+            if (!_value.empty()) {
+                _value += ", ";
+            }
+            const std::size_t phrase_begin = _value.size();
+            encode_phrase(_value, _phrase, markers);
+            if (_value.size() > phrase_begin && !addr.empty()) {
+                _value += ' ';
+            }
+            if (!detail::all_ascii(addr)) {
+                const bool angled = addr.size() >= 2 && addr.front() == '<' && addr.back() == '>';
+                const checked_address a = check_address(angled ? addr.substr(1, addr.size() - 2) : addr);
+                if (a.valid() && !a.needs_smtputf8) {
+                    _value += angled ? "<" : "";
+                    _value += a.address;
+                    _value += angled ? ">" : "";
+                    return true;
+                }
+                r.needs_smtputf8 = true;
+            }
+            _value += addr;
+            return true;
+        }
+        if (mb.angle && addr.size() >= 2 && addr.front() == '<' && addr.back() == '>') {
+            addr = detail::trim_wsp(addr.substr(1, addr.size() - 2));
+        } else if (!mb.angle && _phrase.empty() && addr.ends_with('>')) {
+            // 'Name <addr>' from the value itself.
+            const std::size_t lt = addr.rfind('<');
+            if (lt != std::string_view::npos) {
+                std::string_view name = detail::trim_wsp(addr.substr(0, lt));
+                if (name.size() >= 2 && name.front() == '"' && name.back() == '"') {
+                    name = name.substr(1, name.size() - 2);
+                }
+                _phrase.assign(name);
+                addr = detail::trim_wsp(addr.substr(lt + 1, addr.size() - lt - 2));
+            }
+        }
+        if (addr.empty() && detail::trim_wsp(_phrase).empty()) {
+            return true;  // an empty value: no mailbox
+        }
+        const checked_address a = check_address(addr);
+        if (!a.valid()) {
+            r.error = fmt::format("header {} (template line {}): field '{}' is not one mailbox: {}", h.name, h.line,
+                                  _template->column_name(field->column), addr.empty() ? "no address" : a.error);
+            return false;
+        }
+        if (!_value.empty()) {
+            _value += ", ";
+        }
+        const std::size_t phrase_begin = _value.size();
+        encode_phrase(_value, _phrase, markers);
+        const bool angle = mb.angle || _value.size() > phrase_begin;
+        _value += _value.size() > phrase_begin ? " <" : (angle ? "<" : "");
+        _value += a.address;
+        _value += angle ? ">" : "";
+        r.needs_smtputf8 = r.needs_smtputf8 || a.needs_smtputf8;
+        return true;
+    }
+
     bool render_header(const message_template::header& h, const std::vector<std::string_view>& fields, std::string& out,
                        render_result& r) {
         _value.clear();
+        _marker_in_value = false;
         if (h.kind == header_kind::address && !h.mailboxes.empty()) {
             for (const auto& mb : h.mailboxes) {
-                if (!_value.empty()) {
-                    _value += ", ";
+                if (!render_mailbox(h, mb, fields, r)) {
+                    return false;
                 }
-                _scratch.clear();
-                render_segments(mb.display, fields, _scratch);
-                const std::size_t phrase_begin = _value.size();
-                encode_phrase(_value, _scratch);
-                _scratch.clear();
-                render_segments(mb.address, fields, _scratch);
-                std::string_view addr = detail::trim_wsp(_scratch);
-                if (_value.size() > phrase_begin && !addr.empty()) {
-                    _value += ' ';
-                }
-                if (!detail::all_ascii(addr)) {
-                    // An internationalized domain goes as A-labels; only a
-                    // non-ASCII local part really needs SMTPUTF8.
-                    const bool angled = addr.size() >= 2 && addr.front() == '<' && addr.back() == '>';
-                    const checked_address a = check_address(angled ? addr.substr(1, addr.size() - 2) : addr);
-                    if (a.valid() && !a.needs_smtputf8) {
-                        _value += angled ? "<" : "";
-                        _value += a.address;
-                        _value += angled ? ">" : "";
-                        continue;
-                    }
-                    r.needs_smtputf8 = true;
-                }
-                _value += addr;
             }
         } else {
             _scratch.clear();
-            render_segments(h.value, fields, _scratch);
+            render_segments(h.value, fields, _scratch, h.url_values);
             if (h.kind == header_kind::structured || h.kind == header_kind::address) {
                 if (!detail::all_ascii(_scratch)) {
                     if (h.kind == header_kind::address) {
@@ -752,8 +917,17 @@ private:
                 }
                 _value = _scratch;
             } else {
-                encode_unstructured(_value, _scratch);
+                encode_unstructured(_value, _scratch, _marker_in_value);
             }
+        }
+        if (h.has_fields && detail::trim_wsp(_value).empty()) {
+            // An optional header whose merged value is empty is left out;
+            // From is not optional (RFC 5322 3.6).
+            if (h.lower_name == "from") {
+                r.error = fmt::format("header From (template line {}): empty after merging", h.line);
+                return false;
+            }
+            return true;
         }
         if (!append_folded_header(out, h.name, _value)) {
             r.error = fmt::format("header {} (template line {}): a line would exceed 998 octets", h.name, h.line);
@@ -761,6 +935,56 @@ private:
         }
         return true;
     }
+
+public:
+    // What makes every row invalid whatever its values: a header without
+    // fields that cannot be rendered, a header whose fixed text alone is too
+    // long or not allowed (rendered with empty values), a line of an
+    // author's body whose fixed text exceeds 998 octets. {line, reason}.
+    std::optional<std::pair<std::uint64_t, std::string>> fixed_text_error() {
+        const auto& headers = _template->headers();
+        static const std::vector<std::string_view> no_fields;
+        std::string scratch;
+        for (std::size_t i = 0; i < headers.size(); ++i) {
+            const auto& h = headers[i];
+            if (!h.has_fields) {
+                if (!_static_error[i].empty()) {
+                    return std::pair{h.line, _static_error[i]};
+                }
+                continue;
+            }
+            if (h.kind == header_kind::address) {
+                continue;  // empty values are checked per row
+            }
+            render_result r;
+            scratch.clear();
+            if (!render_header(h, no_fields, scratch, r)) {
+                return std::pair{h.line, r.error};
+            }
+        }
+        if (_template->body_is_authors()) {
+            std::uint64_t line = _template->body_line();
+            std::size_t length = 0;
+            for (const template_segment& s : _template->body()) {
+                if (s.is_field()) {
+                    continue;
+                }
+                for (char c : _template->literal(s)) {
+                    if (c == '\n') {
+                        ++line;
+                        length = 0;
+                    } else if (c != '\r' && ++length > line_octets_max) {
+                        return std::pair{line, std::string("body line over 998 octets (the template declares its "
+                                                           "own Content-Transfer-Encoding or multipart body)")};
+                    }
+                }
+            }
+        }
+        return std::nullopt;
+    }
+
+private:
+    static constexpr std::size_t line_octets_max = 998;
 
     void render_body(const std::vector<std::string_view>& fields, std::string& out, render_result& r) {
         _body.clear();
@@ -898,6 +1122,8 @@ private:
     bool _static_smtputf8 = false;
     std::string _value;
     std::string _scratch;
+    std::string _phrase;
+    bool _marker_in_value = false;  // a merged value of the header holds "=?"
     std::string _body;
     std::string _date;
     std::time_t _date_time = 0;
@@ -908,5 +1134,21 @@ private:
     std::string _signatures;
     std::time_t _now = 0;  // the clock reading of the message being rendered
 };
+
+inline message_template message_template::compile(std::string_view text, std::string file_name,
+                                                  const std::vector<std::string>& columns) {
+    message_template t;
+    t._file = std::move(file_name);
+    t._columns = columns;
+    t.parse(text, columns);
+    renderer_options o;
+    o.from = "check@localhost";
+    o.message_id_seed = 1;
+    renderer r(t, o);
+    if (const auto e = r.fixed_text_error()) {
+        throw input_error(t._file, e->first, e->second);
+    }
+    return t;
+}
 
 }  // namespace mxpress::mail

@@ -1,0 +1,389 @@
+// mxpress/mail/parts.hpp — a message template built from parts (a subject,
+// a text and/or an HTML file, attachments) instead of a whole .eml.
+//
+// Promises:
+// - build_template() runs once, at start: it writes an ordinary template
+//   (a MIME skeleton) that message_template::compile() takes like any other,
+//   so rendering, checks and DKIM signing stay one path.
+// - Attachments are read and base64-encoded (76-column lines) here, once per
+//   run, never per recipient; their Content-Type comes from the file
+//   extension (a small table), else application/octet-stream; a non-ASCII
+//   file name goes as RFC 2231 filename*= (percent-encoded UTF-8, continued
+//   in pieces so no header line grows long).
+// - {{field}} merging works in the subject, the text and the HTML, not in
+//   attachments (base64 has no '{'). Each text file is checked on its own
+//   first, so an error names that file and its line.
+// - A text or HTML file without merge fields is encoded once: 7bit when it is
+//   ASCII with lines of at most 998 octets, else quoted-printable. One with
+//   merge fields is declared 8bit (charset utf-8): its lines must stay within
+//   998 octets per row (else that row is invalid), and the message asks for
+//   BODY=8BITMIME only when a row really holds 8-bit text.
+// - A single text or HTML part without attachments is a plain single-part
+//   template: the renderer picks 7bit, 8bit or quoted-printable per row.
+// - Each delimiter line is preceded by its own CRLF (RFC 2046 5.1.1: that
+//   CRLF belongs to the delimiter), so every part keeps its last line break.
+// - Boundaries are derived from the content (FNV-1a), so the same parts give
+//   the same template: stable Message-IDs across --resume. They are checked
+//   against the content and never occur in it.
+// - A missing or unreadable file throws input_error naming it (exit 2,
+//   before anything is sent).
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/detail/utf8.hpp"
+#include "mxpress/mail/input_error.hpp"
+#include "mxpress/mail/message_template.hpp"
+#include "mxpress/mail/mime.hpp"
+
+namespace mxpress::mail {
+
+struct message_parts {
+    std::string subject;                   // --subject (may hold {{field}})
+    std::string header_from;               // --header-from: the From header; empty: the envelope sender
+    std::string text_file;                 // --text
+    std::string html_file;                 // --html
+    std::vector<std::string> attachments;  // --attach, in order
+
+    bool any() const noexcept {
+        return !subject.empty() || !header_from.empty() || !text_file.empty() || !html_file.empty() ||
+               !attachments.empty();
+    }
+};
+
+namespace detail_parts {
+
+inline std::string read_whole(const std::string& path, const char* what) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw input_error(path, 0, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) {
+        throw input_error(path, 0, fmt::format("cannot read {}: {}", what, std::strerror(errno)));
+    }
+    return ss.str();
+}
+
+// Extension (lowercase, without the dot) to media type; application/octet-stream otherwise.
+inline std::string_view media_type(std::string_view file_name) {
+    static constexpr std::pair<std::string_view, std::string_view> table[] = {
+        {"txt", "text/plain"},
+        {"csv", "text/csv"},
+        {"htm", "text/html"},
+        {"html", "text/html"},
+        {"ics", "text/calendar"},
+        {"md", "text/markdown"},
+        {"pdf", "application/pdf"},
+        {"json", "application/json"},
+        {"xml", "application/xml"},
+        {"zip", "application/zip"},
+        {"gz", "application/gzip"},
+        {"doc", "application/msword"},
+        {"docx", "application/vnd.openxmlformats-officedocument.wordprocessingml.document"},
+        {"xls", "application/vnd.ms-excel"},
+        {"xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"},
+        {"ppt", "application/vnd.ms-powerpoint"},
+        {"pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"},
+        {"odt", "application/vnd.oasis.opendocument.text"},
+        {"ods", "application/vnd.oasis.opendocument.spreadsheet"},
+        {"png", "image/png"},
+        {"jpg", "image/jpeg"},
+        {"jpeg", "image/jpeg"},
+        {"gif", "image/gif"},
+        {"webp", "image/webp"},
+        {"svg", "image/svg+xml"},
+        {"mp3", "audio/mpeg"},
+        {"mp4", "video/mp4"},
+    };
+    const std::size_t dot = file_name.rfind('.');
+    if (dot == std::string_view::npos || dot + 1 == file_name.size()) {
+        return "application/octet-stream";
+    }
+    const std::string ext = detail::to_lower_copy(file_name.substr(dot + 1));
+    for (const auto& [e, type] : table) {
+        if (ext == e) {
+            return type;
+        }
+    }
+    return "application/octet-stream";
+}
+
+inline std::string_view base_name(std::string_view path) {
+    const std::size_t slash = path.rfind('/');
+    return slash == std::string_view::npos ? path : path.substr(slash + 1);
+}
+
+// RFC 2231 attr-char: what may stand unencoded in an extended parameter value.
+inline bool is_attr_char(unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("!#$&+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+}
+
+// '; filename="x"' for a printable ASCII name, else RFC 2231 'filename*=UTF-8''…'
+// split into continuations (filename*0*=, filename*1*=, …) of at most
+// `piece_max` octets, each on its own folded line. Appends to `out`.
+inline void append_filename_param(std::string& out, std::string_view name) {
+    bool plain = true;
+    for (char c : name) {
+        const auto u = static_cast<unsigned char>(c);
+        plain = plain && u >= 0x20 && u < 0x7F;
+    }
+    if (plain) {
+        out += ";\r\n filename=\"";
+        for (char c : name) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+            }
+            out += c;
+        }
+        out += '"';
+        return;
+    }
+    static constexpr char hex[] = "0123456789ABCDEF";
+    std::string encoded;
+    std::vector<std::size_t> cuts;  // where a continuation may start (never inside %XX)
+    for (char c : name) {
+        cuts.push_back(encoded.size());
+        const auto u = static_cast<unsigned char>(c);
+        if (is_attr_char(u)) {
+            encoded += c;
+        } else {
+            encoded += '%';
+            encoded += hex[u >> 4];
+            encoded += hex[u & 15];
+        }
+    }
+    constexpr std::size_t piece_max = 60;
+    if (encoded.size() <= piece_max) {
+        out += ";\r\n filename*=UTF-8''";
+        out += encoded;
+        return;
+    }
+    std::size_t begin = 0;
+    unsigned piece = 0;
+    std::size_t k = 0;
+    while (begin < encoded.size()) {
+        std::size_t end = encoded.size();
+        if (end - begin > piece_max) {
+            // The last cut point that keeps the piece within piece_max.
+            while (k + 1 < cuts.size() && cuts[k + 1] - begin <= piece_max) {
+                ++k;
+            }
+            end = cuts[k] > begin ? cuts[k] : encoded.size();
+        }
+        out += fmt::format(";\r\n filename*{}*={}{}", piece, piece == 0 ? "UTF-8''" : "",
+                           std::string_view(encoded).substr(begin, end - begin));
+        begin = end;
+        ++piece;
+    }
+}
+
+inline void append_base64_lines(std::string& out, std::string_view data) {
+    constexpr std::size_t raw_per_line = 57;  // 76 base64 characters
+    for (std::size_t i = 0; i < data.size(); i += raw_per_line) {
+        append_base64(out, data.substr(i, raw_per_line));
+        out += "\r\n";
+    }
+}
+
+// Line ends to CRLF (what the template parser does too).
+inline std::string crlf_lines(std::string_view s) {
+    std::string out;
+    out.reserve(s.size() + s.size() / 32);
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '\r') {
+            out += "\r\n";
+            if (i + 1 < s.size() && s[i + 1] == '\n') {
+                ++i;
+            }
+        } else if (s[i] == '\n') {
+            out += "\r\n";
+        } else {
+            out += s[i];
+        }
+    }
+    if (!out.empty() && !out.ends_with("\r\n")) {
+        out += "\r\n";
+    }
+    return out;
+}
+
+inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222325ULL) {
+    for (char c : s) {
+        h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+// A text or HTML part: headers and body for the skeleton. `file` names it
+// in errors; merge fields are checked against `columns` on the file alone.
+inline std::string text_part(const std::string& file, std::string_view media, const std::vector<std::string>& columns) {
+    const std::string content = read_whole(file, media == "text/html" ? "HTML part" : "text part");
+    const bool fields = content.find("{{") != std::string::npos;
+    // The file on its own (declared 8bit as below when it has fields), so
+    // that an error names its own line.
+    const std::string head = fields ? "X-Part: x\nContent-Transfer-Encoding: 8bit\n\n" : "X-Part: x\n\n";
+    const std::uint64_t head_lines = fields ? 3 : 2;
+    try {
+        static_cast<void>(message_template::compile(head + content, file, columns));
+    } catch (const input_error& e) {
+        throw input_error(file, e.line() > head_lines ? e.line() - head_lines : e.line(), e.what());
+    }
+    std::string out = fmt::format("Content-Type: {}; charset=utf-8\r\n", media);
+    const std::string body = crlf_lines(content);
+    if (fields) {
+        out += "Content-Transfer-Encoding: 8bit\r\n\r\n";
+        out += body;
+        return out;
+    }
+    std::size_t longest = 0;
+    for (std::size_t start = 0; start < body.size();) {
+        const std::size_t end = body.find("\r\n", start);
+        longest = std::max(longest, end - start);
+        start = end + 2;
+    }
+    if (detail::all_ascii(body) && longest <= 998) {
+        out += "Content-Transfer-Encoding: 7bit\r\n\r\n";
+        out += body;
+    } else {
+        out += "Content-Transfer-Encoding: quoted-printable\r\n\r\n";
+        append_quoted_printable(out, body);
+        if (!out.ends_with("\r\n")) {
+            out += "\r\n";
+        }
+    }
+    return out;
+}
+
+}  // namespace detail_parts
+
+// The template text for `parts`; `email_column` is the recipients file's
+// email column (the To header). Throws input_error naming a file.
+inline std::string build_template(const message_parts& parts, const std::vector<std::string>& columns,
+                                  std::string_view email_column) {
+    namespace dp = detail_parts;
+    if (parts.text_file.empty() && parts.html_file.empty()) {
+        throw std::invalid_argument("a message from parts needs --text FILE or --html FILE (or both)");
+    }
+    for (std::string_view v : {std::string_view(parts.subject), std::string_view(parts.header_from)}) {
+        if (v.find_first_of("\r\n") != std::string_view::npos) {
+            throw std::invalid_argument("--subject and --header-from must be one line");
+        }
+    }
+    try {
+        static_cast<void>(
+            message_template::compile("Subject: " + parts.subject + "\nFrom: " + parts.header_from + "\n\nx\n",
+                                      "--subject/--header-from", columns));
+    } catch (const input_error& e) {
+        throw std::invalid_argument(fmt::format("--subject/--header-from: {}", e.what()));
+    }
+    std::string headers;
+    if (!parts.header_from.empty()) {
+        headers += "From: " + parts.header_from + "\r\n";
+    }
+    headers += fmt::format("To: <{{{{{}}}}}>\r\n", email_column);
+    if (!parts.subject.empty()) {
+        headers += "Subject: " + parts.subject + "\r\n";
+    }
+    headers += "MIME-Version: 1.0\r\n";
+
+    std::vector<std::string> alternatives;
+    if (!parts.text_file.empty()) {
+        alternatives.push_back(dp::text_part(parts.text_file, "text/plain", columns));
+    }
+    if (!parts.html_file.empty()) {
+        alternatives.push_back(dp::text_part(parts.html_file, "text/html", columns));
+    }
+    std::vector<std::string> attachments;
+    for (const std::string& path : parts.attachments) {
+        const std::string data = dp::read_whole(path, "attachment");
+        const std::string_view name = dp::base_name(path);
+        std::string a = fmt::format(
+            "Content-Type: {}\r\nContent-Transfer-Encoding: base64\r\n"
+            "Content-Disposition: attachment",
+            dp::media_type(name));
+        dp::append_filename_param(a, name);
+        a += "\r\n\r\n";
+        dp::append_base64_lines(a, data);
+        attachments.push_back(std::move(a));
+    }
+
+    // Boundaries from the content; re-derived in the (unlikely) case one occurs in it.
+    std::uint64_t h = dp::fnv1a(headers);
+    for (const std::string& p : alternatives) {
+        h = dp::fnv1a(p, h);
+    }
+    for (const std::string& p : attachments) {
+        h = dp::fnv1a(p, h);
+    }
+    auto occurs = [&](const std::string& b) {
+        for (const auto* list : {&alternatives, &attachments}) {
+            for (const std::string& p : *list) {
+                if (p.find(b) != std::string::npos) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    };
+    std::string mixed;
+    std::string alt;
+    constexpr int boundary_tries_max = 16;
+    for (int i = 0; i < boundary_tries_max; ++i, h = dp::fnv1a("again", h)) {
+        mixed = fmt::format("=_mxpress_m_{:016x}", h);
+        alt = fmt::format("=_mxpress_a_{:016x}", h);
+        if (!occurs(mixed) && !occurs(alt)) {
+            break;
+        }
+        if (i + 1 == boundary_tries_max) {
+            throw std::invalid_argument("cannot find a MIME boundary that the parts do not contain");
+        }
+    }
+
+    if (alternatives.size() == 1 && attachments.empty()) {
+        // A single part: the renderer chooses the transfer encoding per row.
+        const std::string content =
+            dp::crlf_lines(dp::read_whole(!parts.text_file.empty() ? parts.text_file : parts.html_file, "text part"));
+        return headers + (parts.text_file.empty() ? "Content-Type: text/html\r\n" : "") + "\r\n" + content;
+    }
+    std::string out = headers;
+    if (!attachments.empty()) {
+        out += fmt::format("Content-Type: multipart/mixed; boundary=\"{}\"\r\n\r\n", mixed);
+        out += "This is a multi-part message in MIME format.\r\n";
+        out += fmt::format("--{}\r\n", mixed);
+    }
+    if (alternatives.size() == 2) {
+        out += fmt::format("Content-Type: multipart/alternative; boundary=\"{}\"\r\n\r\n", alt);
+        for (std::size_t i = 0; i < alternatives.size(); ++i) {
+            out += fmt::format("{}--{}\r\n", i == 0 ? "" : "\r\n", alt);
+            out += alternatives[i];
+        }
+        out += fmt::format("\r\n--{}--\r\n", alt);
+    } else {
+        out += alternatives.front();
+    }
+    for (const std::string& a : attachments) {
+        out += fmt::format("\r\n--{}\r\n", mixed);
+        out += a;
+    }
+    if (!attachments.empty()) {
+        out += fmt::format("\r\n--{}--\r\n", mixed);
+    }
+    return out;
+}
+
+}  // namespace mxpress::mail
