@@ -3,7 +3,7 @@
 // Contract (docs/ARCHITECTURE.md, The journal): one object per line per outcome, at least
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
 //    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3"}
-// Final statuses are delivered, bounced, expired, invalid and in-doubt (the
+// Final statuses are delivered, bounced, expired, invalid, suppressed and in-doubt (the
 // server took the message but the session ended before its reply, on every
 // attempt allowed: it may have arrived); dry-run marks a
 // row that a --dry-run checked and rendered (not final: a real run sends it).
