@@ -252,6 +252,12 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         e.email = r.email;
         e.status = outcome_status::invalid;
         e.reply = why;
+        std::string ts;
+        format_timestamp(ts, std::chrono::system_clock::now());
+        e.ts = ts;
+        const std::size_t at = r.email.rfind('@');
+        e.domain = at == std::string_view::npos ? std::string_view() : r.email.substr(at + 1);
+        e.run = o.shard.run_id;
         append_journal_line(invalid_lines, e);
         if (invalid_lines.size() > 64 * 1024) {
             journal.write_batch(invalid_lines);
