@@ -411,6 +411,26 @@ TEST(Core, DrainHandsOverARetryWithItsNextAttemptTime) {
     EXPECT_TRUE(h.core->finished());
 }
 
+// --resume of a row a stopped run left deferred: it waits for its time
+// instead of going out at once.
+TEST(Core, ARowArrivingWithANextAttemptWaitsForIt) {
+    harness h;
+    auto r = std::make_unique<engine::recipient>();
+    r->line = 2;
+    r->email = "late@example.test";
+    r->domain_at = static_cast<std::uint32_t>(r->email.find('@') + 1);
+    r->values = r->email;
+    r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
+    r->attempts = 3;
+    r->not_before = h.now + seconds(30);
+    h.core->recipient_arrived(std::move(r));
+    h.advance(seconds(29));
+    EXPECT_TRUE(h.connects.empty()) << "sent before its next attempt";
+    h.advance(seconds(2));
+    EXPECT_EQ(h.connects.size(), 1u);
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
 // The grace period ran out (or a second signal): connections are torn down
 // now, and the row in the middle of its transaction is reported in doubt.
 TEST(Core, AbortConnectionsLeavesTheTransactionInDoubt) {

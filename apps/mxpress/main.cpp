@@ -511,8 +511,6 @@ int run_send(const send_options& o) {
     if (o.dry_run) {
         return run_dry_run(o);
     }
-    // Before any thread starts: every thread inherits the blocked mask.
-    engine::stop_signals signals;
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
@@ -575,6 +573,10 @@ int run_send(const send_options& o) {
     }
     const std::string recipients_fp = columns_fingerprint(reader.columns());
     const std::string template_fp = fingerprint({"template", text});
+    // Before any thread starts (the journal's writer, the shards): every
+    // thread inherits the blocked mask. A signal from here on stops the run
+    // as soon as the shards start, before anything is sent.
+    engine::stop_signals signals;
     // Locked before it is truncated or checked: a second run on it is refused.
     engine::journal_writer writer = engine::journal_writer::open(journal_path, o.resume);
     if (o.resume) {
