@@ -113,6 +113,8 @@ want = dict(x.split('=', 1) for x in sys.argv[2:])
 got = {}
 for l in open(path, encoding='utf-8'):
     o = json.loads(l)
+    if 'mxpress_journal' in o:
+        continue
     got[str(o['line'])] = o['status']
     for k in ('line', 'email', 'status', 'code', 'enhanced', 'reply', 'mx', 'attempts'):
         assert k in o, (k, o)

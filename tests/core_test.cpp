@@ -113,6 +113,11 @@ public:
     std::map<conn_id, bool> closed;
     std::map<conn_id, std::string> wire;
     std::map<std::uint64_t, outcome> outcomes;
+    struct left {
+        clock::time_point next_attempt;
+        bool in_doubt;
+    };
+    std::map<std::uint64_t, left> unfinished;  // unfinished_outcome(): the run stopped
     int tls_opened = 0;
     sim::sim_tls_channel::mode tls_mode = sim::sim_tls_channel::mode::ok;
 
@@ -157,6 +162,10 @@ private:
                        std::string_view tls) override {
         ASSERT_EQ(outcomes.count(r.line), 0u) << "second outcome for line " << r.line;
         outcomes[r.line] = outcome{st, rep.enhanced, rep.one_line(), std::string(tls)};
+    }
+    void unfinished_outcome(const engine::recipient& r, clock::time_point next_attempt, bool in_doubt) override {
+        ASSERT_EQ(outcomes.count(r.line) + unfinished.count(r.line), 0u) << "second outcome for line " << r.line;
+        unfinished[r.line] = left{next_attempt, in_doubt};
     }
     std::unique_ptr<net::secure_channel> open(const net::tls_peer&) override {
         ++tls_opened;
@@ -362,6 +371,87 @@ TEST(Core, ReusedSessionDroppedUnderAMessageRetriesOnceOnANewConnection) {
     h.server(h.connects[1], "250 ok\r\n250 ok\r\n354 go\r\n");
     h.server(h.connects[1], "250 queued\r\n");
     EXPECT_EQ(h.outcomes[3].status, engine::outcome_status::delivered);
+}
+
+// SIGTERM: nothing new starts, the transaction in flight ends with its real
+// outcome, queued and parked recipients leave unfinished with their next
+// attempt time, and the session says QUIT.
+TEST(Core, DrainFinishesInFlightAndHandsTheRestOverUnfinished) {
+    harness h;
+    h.o.cfg.connections_max = 1;
+    h.add(5);  // lines 2-6
+    const conn_id c = h.connects.back();
+    open_session(h, c, ehlo_plain);
+    const std::string first = h.sent(c);
+    ASSERT_EQ(first.rfind("MAIL FROM", 0), 0u) << first;
+    h.core->drain();
+    h.advance(milliseconds(50));
+    EXPECT_EQ(h.unfinished.size(), 4u);  // queued behind the one in flight
+    for (const auto& [line, l] : h.unfinished) {
+        EXPECT_FALSE(l.in_doubt) << line;
+        EXPECT_EQ(l.next_attempt, h.now - milliseconds(50)) << line;  // queued: due at once
+    }
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(c);
+    h.server(c, "250 queued\r\n");
+    EXPECT_EQ(h.outcomes.size(), 1u);
+    EXPECT_EQ(h.sent(c), "QUIT\r\n");  // no second transaction
+    h.server(c, "221 bye\r\n");
+    EXPECT_TRUE(h.closed[c]);
+    EXPECT_TRUE(h.core->finished());
+    EXPECT_EQ(h.outcomes.size() + h.unfinished.size(), 5u);
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+TEST(Core, DrainHandsOverARetryWithItsNextAttemptTime) {
+    harness h;
+    h.add(1);
+    h.refuse(h.connects[0]);
+    const auto due = h.now + milliseconds(60'000);
+    h.advance(seconds(10));
+    h.core->drain();
+    ASSERT_EQ(h.unfinished.count(2), 1u);
+    EXPECT_EQ(h.unfinished[2].next_attempt, due);
+    EXPECT_FALSE(h.unfinished[2].in_doubt);
+    EXPECT_TRUE(h.core->finished());
+}
+
+// --resume of a row a stopped run left deferred: it waits for its time
+// instead of going out at once.
+TEST(Core, ARowArrivingWithANextAttemptWaitsForIt) {
+    harness h;
+    auto r = std::make_unique<engine::recipient>();
+    r->line = 2;
+    r->email = "late@example.test";
+    r->domain_at = static_cast<std::uint32_t>(r->email.find('@') + 1);
+    r->values = r->email;
+    r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
+    r->attempts = 3;
+    r->not_before = h.now + seconds(30);
+    h.core->recipient_arrived(std::move(r));
+    h.advance(seconds(29));
+    EXPECT_TRUE(h.connects.empty()) << "sent before its next attempt";
+    h.advance(seconds(2));
+    EXPECT_EQ(h.connects.size(), 1u);
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+// The grace period ran out (or a second signal): connections are torn down
+// now, and the row in the middle of its transaction is reported in doubt.
+TEST(Core, AbortConnectionsLeavesTheTransactionInDoubt) {
+    harness h;
+    h.add(1);
+    const conn_id c = h.connects[0];
+    open_session(h, c, ehlo_plain);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_NE(h.sent(c).find("\r\n.\r\n"), std::string::npos);  // the body is out
+    EXPECT_EQ(h.core->abort_connections(), 1u);
+    h.advance(milliseconds(50));
+    ASSERT_EQ(h.unfinished.count(2), 1u);
+    EXPECT_TRUE(h.unfinished[2].in_doubt);
+    EXPECT_TRUE(h.closed[c]);
+    EXPECT_TRUE(h.core->finished());
+    EXPECT_EQ(h.stats.in_flight.load(), 0u);
 }
 
 // A fixed seed of the whole simulator, small enough for the unit suite; the

@@ -71,11 +71,71 @@ TEST(CsvReader, BareCrEndsALine) {
     EXPECT_EQ(rows[1].fields[0], "b");
 }
 
-TEST(CsvReader, UnterminatedQuoteAtEndOfFile) {
+// A quote never closed ends its record at the end of its own line: the
+// lines after it are rows again (issue 14: they used to be swallowed).
+TEST(CsvReader, UnterminatedQuoteEndsItsRecordAtItsOwnLine) {
     const auto rows = parse("a,b\n1,\"open\nstill open");
-    ASSERT_EQ(rows.size(), 2u);
+    ASSERT_EQ(rows.size(), 3u);
     EXPECT_EQ(rows[1].error, csv_error::unterminated_quote);
     EXPECT_EQ(rows[1].line, 2u);
+    EXPECT_EQ(rows[2], (row{3, {"still open"}, csv_error::none}));
+    const std::string text = "email,n\na@x.org,\"open\r\nb@x.org,1\rc@x.org,2\nd@x.org,3";
+    const auto expected = parse(text);
+    ASSERT_EQ(expected.size(), 5u);
+    EXPECT_EQ(expected[1].error, csv_error::unterminated_quote);
+    EXPECT_EQ(expected[2], (row{3, {"b@x.org", "1"}, csv_error::none}));
+    EXPECT_EQ(expected[3], (row{4, {"c@x.org", "2"}, csv_error::none}));
+    EXPECT_EQ(expected[4], (row{5, {"d@x.org", "3"}, csv_error::none}));
+    for (std::size_t chunk = 1; chunk <= text.size(); ++chunk) {
+        csv_limits limits;
+        limits.read_chunk_bytes = chunk;
+        EXPECT_EQ(parse(text, limits), expected) << "chunk size " << chunk;
+    }
+}
+
+// Issue 14: a row over the limit with an odd number of '"' swallowed the
+// rest of the file (3 valid rows lost); with CR-only line ends too. Now the
+// reader seeks back to the line end after the open quote.
+TEST(CsvReader, OverlongRowWithAnOpenQuoteDoesNotSwallowTheRowsAfterIt) {
+    for (const char* eol : {"\n", "\r", "\r\n"}) {
+        std::string text = std::string("email,blob") + eol;
+        text += "a@x.org,\"" + std::string(300, 'z') + eol;
+        text += std::string("b@x.org,1") + eol + "c@x.org,2" + eol + "d@x.org,3" + eol;
+        csv_limits whole;
+        whole.record_bytes_max = 256;
+        const auto expected = parse(text, whole);
+        ASSERT_EQ(expected.size(), 5u) << "eol " << int(eol[0]);
+        EXPECT_EQ(expected[1].error, csv_error::unterminated_quote);
+        EXPECT_EQ(expected[1].line, 2u);
+        EXPECT_EQ(expected[2], (row{3, {"b@x.org", "1"}, csv_error::none}));
+        EXPECT_EQ(expected[4], (row{5, {"d@x.org", "3"}, csv_error::none}));
+        for (std::size_t chunk : {1u, 7u, 64u, 1000u}) {
+            csv_limits limits = whole;
+            limits.read_chunk_bytes = chunk;
+            EXPECT_EQ(parse(text, limits), expected) << "chunk size " << chunk;
+        }
+    }
+    // An overlong row without quotes, CR-only line ends: skipped to its CR.
+    std::string text = "email,blob\ra@x.org," + std::string(300, 'z') + "\rb@x.org,1\rc@x.org,2\r";
+    csv_limits limits;
+    limits.record_bytes_max = 256;
+    limits.read_chunk_bytes = 16;
+    const auto rows = parse(text, limits);
+    ASSERT_EQ(rows.size(), 4u);
+    EXPECT_EQ(rows[1].error, csv_error::record_too_long);
+    EXPECT_EQ(rows[3], (row{4, {"c@x.org", "2"}, csv_error::none}));
+}
+
+// The lines a record covers: an invalid one names them all.
+TEST(CsvReader, RecordsSayWhichLinesTheyCover) {
+    csv_reader r = csv_reader::from_string("a,b\n\"x\ny\nz\",1\nok,2\n\"p\nq\"junk,3\n");
+    csv_record rec;
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
+    while (r.next(rec)) {
+        spans.emplace_back(rec.line, rec.last_line);
+    }
+    const std::vector<std::pair<std::uint64_t, std::uint64_t>> want = {{1, 1}, {2, 4}, {5, 5}, {6, 7}};
+    EXPECT_EQ(spans, want);
 }
 
 TEST(CsvReader, StrayQuoteAndTextAfterQuote) {

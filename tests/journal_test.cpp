@@ -99,6 +99,79 @@ TEST(Journal, ReaderFindsFinalLinesAndToleratesATornTail) {
     EXPECT_EQ(st.torn_lines, 1u);
 }
 
+// Issue 14: the header line, deferred lines left by a stop, address tags
+// (escaped or not: the fast path and the general parser agree), and a
+// final line after a deferred one.
+TEST(Journal, ResumeStateHoldsHeaderTagsAndDeferredRows) {
+    temp_dir dir;
+    const std::string path = dir.file("j.jsonl");
+    {
+        journal_writer w = journal_writer::open(path, false);
+        std::string lines;
+        journal_header h{"r1", "2026-11-27T12:00:00.000Z", "cols", "tmpl"};
+        append_journal_header(lines, h);
+        journal_entry e;
+        e.line = 2;
+        e.email = "a@x.org";
+        e.status = outcome_status::delivered;
+        append_journal_line(lines, e);
+        e.line = 3;
+        e.email = "q\"uote@x.org";  // escaped in the line
+        append_journal_line(lines, e);
+        e.line = 4;
+        e.email = "d@x.org";
+        e.status = outcome_status::deferred;
+        e.next_attempt = "2026-11-27T12:01:00.500Z";
+        e.attempts = 2;
+        append_journal_line(lines, e);
+        e.line = 5;
+        e.in_doubt = true;
+        append_journal_line(lines, e);
+        e.status = outcome_status::bounced;  // line 5 ended in a later run
+        append_journal_line(lines, e);
+        w.append_raw(lines);
+    }
+    const journal_state st = read_journal(path);
+    ASSERT_TRUE(st.header.has_value());
+    EXPECT_EQ(st.header->run, "r1");
+    EXPECT_EQ(st.header->templ, "tmpl");
+    EXPECT_EQ(st.final_tag(2), email_tag("a@x.org"));
+    EXPECT_EQ(st.final_tag(3), email_tag("q\"uote@x.org"));
+    EXPECT_FALSE(st.has_final(4));
+    ASSERT_NE(st.deferred_at(4), nullptr);
+    EXPECT_EQ(st.deferred_at(4)->attempts, 2u);
+    EXPECT_FALSE(st.deferred_at(4)->in_doubt);
+    std::int64_t ms = 0;
+    ASSERT_TRUE(parse_timestamp("2026-11-27T12:01:00.500Z", ms));
+    EXPECT_EQ(st.deferred_at(4)->next_attempt_ms, ms);
+    EXPECT_TRUE(st.has_final(5));
+    EXPECT_EQ(st.deferred_at(5), nullptr) << "a final line supersedes the deferred one";
+    std::string ts;
+    format_timestamp(ts, std::chrono::system_clock::time_point(std::chrono::milliseconds(ms)));
+    EXPECT_EQ(ts, "2026-11-27T12:01:00.500Z");
+}
+
+// Issue 14 #8: a second writer on the same journal is refused while the
+// first holds it, and does not truncate it.
+TEST(Journal, SecondWriterIsRefusedAndTruncatesNothing) {
+    temp_dir dir;
+    const std::string path = dir.file("j.jsonl");
+    journal_writer first = journal_writer::open(path, false);
+    journal_entry e;
+    e.line = 2;
+    e.email = "a@x.org";
+    e.status = outcome_status::delivered;
+    first.append(e);
+    first.flush();
+    try {
+        journal_writer second = journal_writer::open(path, false);
+        FAIL() << "a second writer got the journal";
+    } catch (const mxpress::mail::input_error& err) {
+        EXPECT_NE(err.describe().find("in use by another mxpress run"), std::string::npos) << err.describe();
+    }
+    EXPECT_TRUE(read_journal(path).has_final(2)) << "the refused open truncated the journal";
+}
+
 TEST(Journal, ForeignLineIsAnErrorNamingTheLine) {
     temp_dir dir;
     const std::string path = dir.write("j.jsonl", "{\"line\":2,\"status\":\"delivered\"}\n{\"line\":3}\n");

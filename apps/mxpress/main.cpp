@@ -11,6 +11,8 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <random>
+#include <csignal>
 #include <sstream>
 #include <thread>
 #include <string>
@@ -29,6 +31,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
+#include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/engine/tls_decision.hpp"
 #include "mxpress/mail/address.hpp"
@@ -62,6 +65,7 @@ struct send_options {
     std::string auth_user;
     std::string auth_password_file;
     bool resume = false;
+    double stop_grace = 30;
     bool dry_run = false;
     std::string progress = "auto";
     std::string summary_json;
@@ -611,6 +615,71 @@ engine::route relay_route(const send_options& o, const engine::config& cfg) {
     return r;
 }
 
+// Fingerprints for the journal's header: --resume refuses a journal whose
+// run used another template or another recipients layout.
+std::string fingerprint(std::initializer_list<std::string_view> parts) {
+    return fmt::format("{:016x}", mail::run_key(parts));
+}
+
+std::string columns_fingerprint(const std::vector<std::string>& columns) {
+    std::string joined;
+    for (const std::string& c : columns) {
+        joined += c;
+        joined += '\t';
+    }
+    return fingerprint({"columns", joined});
+}
+
+std::string new_run_id() {
+    std::random_device rd;
+    return fmt::format("{:08x}{:08x}", rd(), rd());
+}
+
+// --resume: refuses (exit 2) a journal written for another template or
+// recipients layout, and a recipients file whose rows moved (a row the
+// journal has a final line for must still hold that line's address). Reads
+// the file once more, before anything is sent.
+void check_resume(const engine::journal_state& done, const std::string& journal_path, const send_options& o,
+                  const std::string& recipients_fp, const std::string& template_fp) {
+    if (done.header) {
+        if (done.header->templ != template_fp) {
+            throw input_error(o.message, 0,
+                              fmt::format("the message template changed since the run journaled in {} (fingerprint "
+                                          "{}, now {}); --resume would send a different message than the journal "
+                                          "records: restore the template or start a new journal",
+                                          journal_path, done.header->templ, template_fp));
+        }
+        if (done.header->recipients != recipients_fp) {
+            throw input_error(o.recipients, 1,
+                              fmt::format("the recipients file's columns changed since the run journaled in {}; "
+                                          "--resume would misattribute outcomes: restore the file or start a new "
+                                          "journal",
+                                          journal_path));
+        }
+    }
+    if (done.final_entries == 0) {
+        return;
+    }
+    struct stat st {};
+    if (::stat(o.recipients.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        return;  // a pipe is read once: the runner checks each skipped row as it goes
+    }
+    const mxpress::io::unique_fd fd = open_recipients(o.recipients);
+    mail::recipients_reader reader(mail::csv_reader::from_fd(fd.get()), o.recipients);
+    mail::recipient_row row;
+    while (reader.next(row)) {
+        const std::uint32_t tag = done.final_tag(row.line);
+        if (tag != 0 && !engine::row_matches_journal(row, tag)) {
+            throw input_error(o.recipients, row.line,
+                              fmt::format("this row now holds {}, not the address that {} journaled for line {}: "
+                                          "the recipients file changed (a row added or removed above it?); "
+                                          "--resume would skip the wrong recipients and send others twice: restore "
+                                          "the file or start a new journal",
+                                          row.email, journal_path, row.line));
+        }
+    }
+}
+
 int run_send(const send_options& o) {
     if (o.dry_run) {
         return run_dry_run(o);
@@ -679,7 +748,29 @@ int run_send(const send_options& o) {
                           "journal already holds outcomes: pass --resume to continue that run, or choose another "
                           "--journal");
     }
-    engine::shared_journal journal(engine::journal_writer::open(journal_path, o.resume));
+    const std::string recipients_fp = columns_fingerprint(reader.columns());
+    const std::string template_fp = fingerprint({"template", text});
+    // Before any thread starts (the journal's writer, the shards): every
+    // thread inherits the blocked mask. A signal from here on stops the run
+    // as soon as the shards start, before anything is sent.
+    engine::stop_signals signals;
+    // Locked before it is truncated or checked: a second run on it is refused.
+    engine::journal_writer writer = engine::journal_writer::open(journal_path, o.resume);
+    if (o.resume) {
+        check_resume(done, journal_path, o, recipients_fp, template_fp);
+    }
+    engine::journal_header header;
+    header.run = new_run_id();
+    engine::format_timestamp(header.ts, std::chrono::system_clock::now());
+    header.recipients = recipients_fp;
+    header.templ = template_fp;
+    ro.shard.run_id = header.run;
+    ro.shard.stop_grace = std::chrono::milliseconds(static_cast<std::int64_t>(o.stop_grace * 1000));
+    ro.signals = &signals;
+    engine::shared_journal journal(std::move(writer));
+    std::string header_line;
+    append_journal_header(header_line, header);
+    journal.write_batch(header_line);
 
     const engine::run_totals t = engine::run_delivery(reader, tmpl, journal, done, ro);
     const double secs = std::max(1e-9, t.seconds);
@@ -727,10 +818,24 @@ int run_send(const send_options& o) {
             mxpress::detail::append_json_string(j, key.substr(tab + 1));
             j += "}";
         }
-        j += "],\"journal\":";
+        j += fmt::format("],\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},\"run\":", t.stop_signal,
+                         t.left_deferred, t.stopped_in_doubt);
+        mxpress::detail::append_json_string(j, header.run);
+        j += ",\"journal\":";
         mxpress::detail::append_json_string(j, journal_path);
         j += "}\n";
         write_summary(o.summary_json, j);
+    }
+    if (t.stop_signal != 0) {
+        std::fprintf(stderr,
+                     "mxpress: stopped by %s after reading %llu rows: their outcomes so far are in %s (%llu left "
+                     "deferred, retried on schedule; %llu in doubt: torn down mid-transaction, a server may have "
+                     "taken them and --resume sends them again). Rows never started are not journaled. To "
+                     "continue, run the same command with --resume.\n",
+                     t.stop_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<unsigned long long>(t.rows),
+                     journal_path.c_str(), static_cast<unsigned long long>(t.left_deferred),
+                     static_cast<unsigned long long>(t.stopped_in_doubt));
+        return exit_unfinished;
     }
     return exit_ok;
 }
@@ -869,6 +974,10 @@ int main(int argc, char** argv) {
     send->add_option("--auth-password-file", so.auth_password_file,
                      "File whose first line is the --auth-user password");
     send->add_flag("--resume", so.resume, "Skip recipients whose final outcome is already in the journal");
+    send->add_option("--stop-grace", so.stop_grace,
+                     "Seconds that messages in flight get to finish after SIGINT/SIGTERM (a second signal: none)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
     send->add_flag("--dry-run", so.dry_run, "Check and render every message, send nothing");
     send->add_option("--progress", so.progress, "Live progress on stderr")
         ->check(CLI::IsMember({"auto", "on", "off"}))

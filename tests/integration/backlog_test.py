@@ -113,7 +113,7 @@ class Backlog(unittest.TestCase):
             # In the journal's order (outcomes are written as they come): every
             # healthy recipient was delivered before the first dead one expired.
             with open(jpath) as f:
-                order = [json.loads(line)["status"] for line in f]
+                order = [o["status"] for o in map(json.loads, f) if "status" in o]
             self.assertLess(max(i for i, st in enumerate(order) if st == "delivered"), order.index("expired"),
                             f"the healthy recipients waited behind the dead ones ({healthy_done:.1f} s)")
 

@@ -63,12 +63,17 @@ struct world_options {
     std::size_t pending_max = 5'000;
     std::uint64_t steps_max = 50'000'000;
     std::size_t full_check_every = 256;
+    // > 0: the run is stopped (delivery_core::drain(), as SIGTERM does) this
+    // many simulated seconds after its start; then every recipient fed ends
+    // with exactly one outcome, final or unfinished, and no transaction
+    // starts after the drain.
+    double drain_after_seconds = 0;
     bool verbose = false;
 };
 
 struct run_report {
     std::uint64_t steps = 0;
-    std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0, in_doubt = 0;
+    std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0, in_doubt = 0, unfinished = 0;
     std::uint64_t connections = 0, tls_handshakes = 0, tls_failures = 0, accepted_without_reply = 0;
     double simulated_seconds = 0;
     std::string violation;  // empty: every invariant held
@@ -294,6 +299,20 @@ private:
         }
     }
 
+    void unfinished_outcome(const engine::recipient& r, clock::time_point next_attempt, bool in_doubt) override {
+        if (!_drained) {
+            violation(fmt::format("line {} ({}) left unfinished, but the run was not stopped", r.line, r.email));
+        }
+        if (in_doubt || next_attempt < _core->now()) {
+            violation(fmt::format("line {} left {} with its next attempt in the past", r.line,
+                                  in_doubt ? "in doubt (no abort was asked)" : "unfinished"));
+        }
+        if (++_outcomes[r.line] > 1) {
+            violation(fmt::format("line {} ({}) left unfinished after an outcome", r.line, r.email));
+        }
+        ++_report.unfinished;
+    }
+
     std::unique_ptr<net::secure_channel> open(const net::tls_peer& peer) override {
         const host& h = _hosts.at(_host_by_name.at(peer.server_name));
         auto m = sim_tls_channel::mode::ok;
@@ -342,8 +361,10 @@ private:
     std::uint64_t _seq = 0;
     std::size_t _fed = 0;
     bool _input_closed = false;
+    bool _drained = false;
+    std::uint64_t _in_flight_at_drain = 0;  // transactions may only end after the drain
     std::vector<engine::command> _commands;
-    std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> final outcomes
+    std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> outcomes (final or unfinished)
     std::unordered_map<std::string, std::uint32_t> _accepted_by_rcpt;  // address -> messages taken
     std::vector<accepted_message> _accepted;
     run_report _report;

@@ -47,9 +47,22 @@ inline run_report simulator::run() {
             _core->set_now(e.at);
             e.fn();
         }
+        if (_w.drain_after_seconds > 0 && !_drained && seconds_since_start() >= _w.drain_after_seconds) {
+            _drained = true;
+            _in_flight_at_drain = _stats.in_flight.load();
+            _core->drain();
+        }
         feed_recipients();
         _core->schedule();
         execute_commands();
+        if (_drained) {
+            const std::uint64_t now_in_flight = _stats.in_flight.load();
+            if (now_in_flight > _in_flight_at_drain) {
+                violation(fmt::format("a transaction started after the drain ({} in flight, {} at the drain)",
+                                      now_in_flight, _in_flight_at_drain));
+            }
+            _in_flight_at_drain = now_in_flight;
+        }
         if (_core->now() > time_limit) {
             violation("the run outlived max_age and every retry: something waits forever");
         }
@@ -58,7 +71,7 @@ inline run_report simulator::run() {
         }
     }
     full_check();
-    for (std::size_t i = 0; i < _w.recipients && _report.violation.empty(); ++i) {
+    for (std::size_t i = 0; i < _fed && _report.violation.empty(); ++i) {
         const std::uint64_t line = i + 2;
         auto it = _outcomes.find(line);
         if (it == _outcomes.end() || it->second != 1) {
@@ -74,7 +87,7 @@ inline run_report simulator::run() {
 }
 
 inline void simulator::feed_recipients() {
-    while (_fed < _w.recipients && _core->accepting()) {
+    while (!_drained && _fed < _w.recipients && _core->accepting()) {
         // Skewed like real lists: half the recipients on a tenth of the domains.
         const std::size_t n = _domains.size();
         const std::size_t d = uniform() < 0.5 ? pick(static_cast<std::uint32_t>(std::max<std::size_t>(1, n / 10)))

@@ -56,6 +56,11 @@ public:
     // attempt travelled ("TLSv1.3", "none").
     virtual void final_outcome(const recipient& r, outcome_status st, const smtp::reply& rep, std::string_view mx,
                                std::string_view tls) = 0;
+    // A recipient that leaves unfinished because the run stops (drain()):
+    // not final, due again at `next_attempt`. `in_doubt`: its transaction was
+    // torn down mid-way (abort_connections()), so the server may have taken
+    // it. r.last_reply, r.last_mx and r.last_tls say what happened last.
+    virtual void unfinished_outcome(const recipient& r, clock::time_point next_attempt, bool in_doubt) = 0;
 };
 
 }  // namespace mxpress::engine

@@ -104,6 +104,15 @@ public:
         domain_state& d = _domains.get(r->domain_name());
         ++d.held;
         r->domain = &d;
+        if (r->not_before > _now) {
+            // Left deferred by a stopped run (--resume): due at its time.
+            r->started = true;
+            r->first_attempt = _now;
+            park(*r);
+            const auto due = r->not_before;
+            _retries.push(due, std::move(r));
+            return;
+        }
         dispatch(std::move(r));
     }
 
@@ -161,6 +170,70 @@ public:
         }
     }
 
+    // ---- stopping (SIGINT, SIGTERM) ---------------------------------------------
+
+    // Stops taking work: no transaction starts from now on and nothing more
+    // arrives; transactions in flight finish (their outcomes as usual), and
+    // every recipient queued, waiting for a lookup or parked for a retry
+    // leaves through unfinished_outcome() with its next attempt time.
+    // finished() turns true once the connections closed (QUIT).
+    void drain() {
+        if (_draining) {
+            return;
+        }
+        _draining = true;
+        _input_closed = true;
+        std::vector<std::unique_ptr<recipient>> out;
+        _domains.for_each([&](domain_state& d) {
+            for (auto& r : d.waiting) {
+                out.push_back(std::move(r));
+            }
+            d.waiting.clear();
+        });
+        _pools.for_each([&](mx_pool& p) {
+            for (auto& r : p.work) {
+                out.push_back(std::move(r));
+            }
+            p.work.clear();
+        });
+        for (auto& r : out) {
+            leave_unfinished(std::move(r), _now, false);
+        }
+        out.clear();
+        _retries.pop_due(clock::time_point::max(), out);
+        for (auto& r : out) {
+            const auto due = r->not_before;
+            leave_unfinished(std::move(r), due, false);
+        }
+        close_idle(true);
+    }
+
+    // The grace period is over (or a second signal came): every connection
+    // is torn down now. A recipient in a transaction leaves in doubt (the
+    // server may have taken it); returns how many did.
+    std::size_t abort_connections() {
+        drain();
+        std::size_t doubtful = 0;
+        for (auto& [id, cp] : _conns) {
+            connection& c = *cp;
+            for (connection::slot& sl : c.slots) {
+                if (sl.r != nullptr) {
+                    _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
+                    sl.r->last_mx = c.pool->mx_name;
+                    sl.r->last_ip = c.pool->key;
+                    sl.r->last_tls = c.tls_version();
+                    leave_unfinished(std::move(sl.r), _now, true);
+                    ++doubtful;
+                }
+            }
+            teardown(c);
+        }
+        reap();
+        return doubtful;
+    }
+
+    bool draining() const noexcept { return _draining; }
+
     // ---- state ----------------------------------------------------------------
 
     // Room for more recipients (options.hpp: the intake bounds).
@@ -212,6 +285,10 @@ private:
 
     // Sends a recipient towards its next target, resolving first if needed.
     void dispatch(std::unique_ptr<recipient> r) {
+        if (_draining) {
+            leave_unfinished(std::move(r), _now, false);
+            return;
+        }
         domain_state& d = *r->domain;
         if (!r->started) {
             r->started = true;
@@ -300,6 +377,10 @@ private:
     // Puts a recipient in the work queue of its current target, skipping
     // targets known to be down; when none is left, defers it.
     void enqueue(std::unique_ptr<recipient> r) {
+        if (_draining) {
+            leave_unfinished(std::move(r), _now, false);  // its next MX, at the next run
+            return;
+        }
         domain_state& d = *r->domain;
         while (r->mx_index < d.targets.size() && d.targets[r->mx_index]->down_until > _now) {
             ++r->mx_index;
@@ -352,6 +433,18 @@ private:
         --_pending;
     }
 
+    // The run stops before this recipient's end: the sink records it as
+    // not final, due again at `next`.
+    void leave_unfinished(std::unique_ptr<recipient> r, clock::time_point next, bool in_doubt) {
+        _sink.unfinished_outcome(*r, next, in_doubt);
+        assert(r->domain->held > 0);
+        --r->domain->held;
+        assert(_held_bytes >= r->values.size());
+        _held_bytes -= r->values.size();  // 0 when parked
+        assert(_pending > 0);
+        --_pending;
+    }
+
     // A temporary failure: retry later with exponential backoff, or expire.
     void defer(std::unique_ptr<recipient> r, const smtp::reply& rep, std::string_view mx) {
         shard_stats::add(_stats.deferred);
@@ -366,6 +459,11 @@ private:
         }
         r->not_before = _now + delay;
         r->mx_index = 0;
+        if (_draining) {
+            const auto due = r->not_before;
+            leave_unfinished(std::move(r), due, false);
+            return;
+        }
         park(*r);
         const auto due = r->not_before;
         _retries.push(due, std::move(r));
@@ -440,6 +538,7 @@ private:
     clock::time_point _now{};
     clock::time_point _last_eviction{};
     bool _input_closed = false;
+    bool _draining = false;  // drain(): no transaction starts, nothing queues
     std::size_t _pending = 0;
     std::size_t _held_bytes = 0;  // merge fields of the recipients held (not parked)
     conn_id _next_conn_id = 1;

@@ -302,6 +302,7 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
     mx_pool& p = *c.pool;
     _stats.in_flight.fetch_sub(1, std::memory_order_relaxed);
     r->last_tls = c.tls_version();
+    r->last_ip = p.key;
     const smtp::reply& rep = e.result->recipients.at(0);
     const bool closed = c.client.current_state() == smtp::client::state::closed;
     if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
@@ -317,7 +318,7 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         final_outcome(std::move(r), outcome_status::delivered, rep, p.mx_name);
     } else if (rep.permanent()) {
         final_outcome(std::move(r), outcome_status::bounced, rep, p.mx_name);
-    } else if (closed && c.client.transactions_completed() > 0 && !r->retried_fresh) {
+    } else if (closed && c.client.transactions_completed() > 0 && !r->retried_fresh && !_draining) {
         // A reused session ended under this message (the server dropped it
         // while idle, or said 421): once, a new connection to the same host
         // takes it first.
@@ -373,7 +374,7 @@ inline void delivery_core::fill(connection& c) {
         const bool used_up = c.messages >= _o.cfg.messages_per_connection_max;
         if (used_up || p.work.empty()) {
             if (ready) {
-                if (used_up || run_over()) {
+                if (used_up || run_over() || _draining) {
                     c.state = conn_state::closing;
                     c.client.quit();
                 } else if (c.state != conn_state::idle) {
@@ -495,6 +496,7 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
         ++r->attempts;  // this host was tried for it
         r->last_reply = why;
         r->last_mx = p.mx_name;
+        r->last_ip = p.key;
         ++r->mx_index;
         enqueue(std::move(r));
     }

@@ -1,12 +1,19 @@
 // mxpress/engine/journal.hpp — the outcome journal: append-only JSON Lines.
 //
-// Contract (docs/ARCHITECTURE.md, The journal): one object per line per outcome, at least
+// Contract (docs/ARCHITECTURE.md, The journal): the first line of a run is its
+// header,
+//   {"mxpress_journal":1,"run":"…","ts":"…","recipients":"…","template":"…"}
+// (a resumed run appends its own, with the same fingerprints), then one
+// object per line per outcome, at least
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
-//    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3"}
-// Final statuses are delivered, bounced, expired, invalid, suppressed and in-doubt (the
-// server took the message but the session ended before its reply, on every
-// attempt allowed: it may have arrived); dry-run marks a
-// row that a --dry-run checked and rendered (not final: a real run sends it).
+//    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3","ts":"…",
+//    "domain":"…","mx_ip":"…","message_id":"<…>","run":"…"}
+// Final statuses are delivered, bounced, expired, invalid, suppressed and
+// in-doubt (the server took the message but the session ended before its
+// reply, on every attempt allowed: it may have arrived); dry-run marks a row
+// that a --dry-run checked and rendered (not final: a real run sends it);
+// deferred marks a row the run stopped before its end (not final; it has
+// "next_attempt", and "in_doubt":true when its transaction was cut).
 // For invalid rows "reply" holds the reason.
 //
 // Promises:
@@ -14,20 +21,29 @@
 //   (see detail/json.hpp), and ends with '\n'.
 // - Writes are batched (buffer_bytes_max) and always whole lines, so a crash
 //   leaves at most one torn last line, which read_journal() tolerates.
-// - read_journal() gives --resume the set of input lines that already have
-//   a final outcome, in memory proportional to the number of lines (1 bit each).
+// - read_journal() gives --resume the input lines that already have a final
+//   outcome, each with a 32-bit tag of its address (4 bytes a line), and
+//   the rows left deferred with their next attempt.
+// - journal_writer::open() holds an exclusive flock() on the file for the
+//   writer's life: a second run on the same journal is refused, never
+//   interleaved.
 #pragma once
 
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -39,7 +55,16 @@
 namespace mxpress::engine {
 
 // suppressed: on a --suppress list, never sent (final, like invalid).
-enum class outcome_status : std::uint8_t { delivered, bounced, expired, invalid, in_doubt, dry_run, suppressed };
+enum class outcome_status : std::uint8_t {
+    delivered,
+    bounced,
+    expired,
+    invalid,
+    in_doubt,
+    dry_run,
+    suppressed,
+    deferred
+};
 
 constexpr std::string_view to_string(outcome_status s) noexcept {
     switch (s) {
@@ -50,17 +75,19 @@ constexpr std::string_view to_string(outcome_status s) noexcept {
         case outcome_status::in_doubt: return "in-doubt";
         case outcome_status::dry_run: return "dry-run";
         case outcome_status::suppressed: return "suppressed";
+        case outcome_status::deferred: return "deferred";
     }
     return "unknown";
 }
 
 constexpr bool is_final(outcome_status s) noexcept {
-    return s != outcome_status::dry_run;
+    return s != outcome_status::dry_run && s != outcome_status::deferred;
 }
 
 inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
-    for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
-                   outcome_status::in_doubt, outcome_status::dry_run, outcome_status::suppressed}) {
+    for (auto s :
+         {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
+          outcome_status::in_doubt, outcome_status::dry_run, outcome_status::suppressed, outcome_status::deferred}) {
         if (text == to_string(s)) {
             out = s;
             return true;
@@ -85,7 +112,83 @@ struct journal_entry {
     std::string_view mx;
     std::uint32_t attempts = 0;
     std::string_view tls = "none";  // how the last attempt travelled: "TLSv1.3", "none"
+    std::string_view ts;            // when: RFC 3339 UTC with milliseconds (format_timestamp)
+    std::string_view domain;        // the recipient's domain
+    std::string_view mx_ip;         // "address:port" of the MX that answered ("" when none did)
+    std::string_view message_id;    // the Message-ID sent ("" when none is stable)
+    std::string_view run;           // the run id of the header line
+    std::string_view next_attempt;  // deferred only: when a resumed run tries it (RFC 3339)
+    bool in_doubt = false;          // deferred only: its transaction was cut; a server may have it
 };
+
+// RFC 3339 in UTC with milliseconds: 2026-11-27T12:00:00.123Z.
+inline void format_timestamp(std::string& out, std::chrono::system_clock::time_point t) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+    const std::time_t secs = static_cast<std::time_t>(ms >= 0 ? ms / 1000 : (ms - 999) / 1000);
+    std::tm tm{};
+    ::gmtime_r(&secs, &tm);
+    fmt::format_to(std::back_inserter(out), "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", tm.tm_year + 1900,
+                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms - secs * 1000));
+}
+
+// Parses format_timestamp()'s form back (milliseconds since the epoch).
+inline bool parse_timestamp(std::string_view s, std::int64_t& ms_out) {
+    // YYYY-MM-DDTHH:MM:SS.mmmZ
+    if (s.size() != 24 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s[19] != '.' ||
+        s[23] != 'Z') {
+        return false;
+    }
+    auto num = [&](std::size_t at, std::size_t n, int& v) {
+        v = 0;
+        for (std::size_t i = at; i < at + n; ++i) {
+            if (s[i] < '0' || s[i] > '9') {
+                return false;
+            }
+            v = v * 10 + (s[i] - '0');
+        }
+        return true;
+    };
+    std::tm tm{};
+    int ms = 0;
+    if (!num(0, 4, tm.tm_year) || !num(5, 2, tm.tm_mon) || !num(8, 2, tm.tm_mday) || !num(11, 2, tm.tm_hour) ||
+        !num(14, 2, tm.tm_min) || !num(17, 2, tm.tm_sec) || !num(20, 3, ms)) {
+        return false;
+    }
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    ms_out = static_cast<std::int64_t>(::timegm(&tm)) * 1000 + ms;
+    return true;
+}
+
+// A 32-bit tag of an address (FNV-1a, never 0): --resume checks that a row
+// it skips still holds the address its journal line names.
+inline std::uint32_t email_tag(std::string_view email) noexcept {
+    std::uint32_t h = 2166136261u;
+    for (char c : email) {
+        h = (h ^ static_cast<unsigned char>(c)) * 16777619u;
+    }
+    return h == 0 ? 1 : h;
+}
+
+// What a journal's header line records about the run that wrote it.
+struct journal_header {
+    std::string run;         // random id; every outcome line of the run repeats it
+    std::string ts;          // when it started
+    std::string recipients;  // fingerprint of the recipients file's columns
+    std::string templ;       // fingerprint of the message template
+};
+
+inline void append_journal_header(std::string& out, const journal_header& h) {
+    out += "{\"mxpress_journal\":1,\"run\":";
+    detail::append_json_string(out, h.run);
+    out += ",\"ts\":";
+    detail::append_json_string(out, h.ts);
+    out += ",\"recipients\":";
+    detail::append_json_string(out, h.recipients);
+    out += ",\"template\":";
+    detail::append_json_string(out, h.templ);
+    out += "}\n";
+}
 
 // Formats one journal line (with its '\n') onto `out`.
 inline void append_journal_line(std::string& out, const journal_entry& e) {
@@ -101,6 +204,21 @@ inline void append_journal_line(std::string& out, const journal_entry& e) {
     detail::append_json_string(out, e.mx);
     fmt::format_to(std::back_inserter(out), ",\"attempts\":{},\"tls\":", e.attempts);
     detail::append_json_string(out, e.tls);
+    out += ",\"ts\":";
+    detail::append_json_string(out, e.ts);
+    out += ",\"domain\":";
+    detail::append_json_string(out, e.domain);
+    out += ",\"mx_ip\":";
+    detail::append_json_string(out, e.mx_ip);
+    out += ",\"message_id\":";
+    detail::append_json_string(out, e.message_id);
+    out += ",\"run\":";
+    detail::append_json_string(out, e.run);
+    if (e.status == outcome_status::deferred) {
+        out += ",\"next_attempt\":";
+        detail::append_json_string(out, e.next_attempt);
+        out += e.in_doubt ? ",\"in_doubt\":true" : ",\"in_doubt\":false";
+    }
     out += "}\n";
 }
 
@@ -124,16 +242,31 @@ public:
     }
     ~journal_writer() { close_quietly(); }
 
-    // Opens (creating) `path`; appends when `append`, else truncates.
-    // Throws mail::input_error naming the path.
+    // Opens (creating) `path` and locks it (flock, exclusive, for the
+    // writer's life); appends when `append`, else truncates, only once the
+    // lock is held. Throws mail::input_error naming the path, also when
+    // another run holds the lock.
     static journal_writer open(const std::string& path, bool append) {
         journal_writer w;
-        const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC);
-        w._fd = ::open(path.c_str(), flags, 0644);
+        w._fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC | O_APPEND, 0644);
         if (w._fd < 0) {
             throw mail::input_error(path, 0, fmt::format("cannot open journal: {}", std::strerror(errno)));
         }
         w._path = path;
+        struct stat st {};
+        const bool regular = ::fstat(w._fd, &st) == 0 && S_ISREG(st.st_mode);
+        if (regular && ::flock(w._fd, LOCK_EX | LOCK_NB) != 0) {
+            const int e = errno;
+            throw mail::input_error(
+                path, 0,
+                e == EWOULDBLOCK
+                    ? std::string("journal is in use by another mxpress run (it holds the lock); wait for that run "
+                                  "to end or choose another --journal")
+                    : fmt::format("cannot lock journal: {}", std::strerror(e)));
+        }
+        if (!append && regular && ::ftruncate(w._fd, 0) != 0) {
+            throw mail::input_error(path, 0, fmt::format("cannot truncate journal: {}", std::strerror(errno)));
+        }
         w._buffer.reserve(buffer_bytes_max + 4096);
         if (append) {
             w.repair_torn_tail();
@@ -218,14 +351,34 @@ private:
     std::string _buffer;
 };
 
+// A row a stopped run left deferred: when to try it again.
+struct deferred_row {
+    std::int64_t next_attempt_ms = 0;  // Unix time in milliseconds; 0: at once
+    std::uint32_t attempts = 0;
+    bool in_doubt = false;
+};
+
 struct journal_state {
-    std::vector<bool> final_lines;  // final_lines[N]: input line N has a final outcome
+    // final_tags[N]: 0 when input line N has no final outcome, else the
+    // email_tag() of the address its line names (4 bytes a line: ten
+    // million rows take 40 MB).
+    std::vector<std::uint32_t> final_tags;
+    std::unordered_map<std::uint64_t, deferred_row> deferred;  // not final, left by a stop
+    std::optional<journal_header> header;                      // the first header line, if any
     std::uint64_t entries = 0;
     std::uint64_t final_entries = 0;
     std::uint64_t delivery_entries = 0;  // delivered, bounced or expired
     std::uint64_t torn_lines = 0;        // lines skipped because a crash cut them
+    std::uint64_t headers = 0;           // runs that wrote to it
 
-    bool has_final(std::uint64_t line) const noexcept { return line < final_lines.size() && final_lines[line]; }
+    bool has_final(std::uint64_t line) const noexcept { return line < final_tags.size() && final_tags[line] != 0; }
+    std::uint32_t final_tag(std::uint64_t line) const noexcept {
+        return line < final_tags.size() ? final_tags[line] : 0;
+    }
+    const deferred_row* deferred_at(std::uint64_t line) const {
+        auto it = deferred.find(line);
+        return it == deferred.end() ? nullptr : &it->second;
+    }
 };
 
 // Reads a journal for --resume. A missing file is an empty journal. A line
@@ -253,30 +406,120 @@ inline journal_state read_journal(const std::string& path) {
     std::string pending;
     std::vector<char> buf(1 << 20);
     std::uint64_t journal_line = 0;
+    auto number = [](const std::string& text, std::uint64_t& out) {
+        std::uint64_t n = 0;
+        bool ok = !text.empty();
+        for (char c : text) {
+            ok = ok && c >= '0' && c <= '9' && n < (UINT64_MAX / 10);
+            n = n * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        out = n;
+        return ok;
+    };
+    auto record_final = [&](std::uint64_t line, std::uint32_t tag) {
+        ++st.final_entries;
+        if (line >= st.final_tags.size()) {
+            st.final_tags.resize(std::max<std::uint64_t>(line + 1, st.final_tags.size() * 2));
+        }
+        st.final_tags[line] = tag;
+        if (!st.deferred.empty()) {
+            st.deferred.erase(line);
+        }
+    };
+    // The common case, a final line as append_journal_line() writes it, read
+    // without the general parser (three times faster: ten million lines in
+    // a few seconds): {"line":N,"email":"…","status":"…", … }
+    auto fast = [&](std::string_view text) {
+        constexpr std::string_view p_line = "{\"line\":", p_email = ",\"email\":\"", p_status = "\",\"status\":\"";
+        if (!text.starts_with(p_line) || !text.ends_with('}')) {
+            return false;
+        }
+        std::size_t i = p_line.size();
+        std::uint64_t line = 0;
+        const std::size_t digits_at = i;
+        while (i < text.size() && text[i] >= '0' && text[i] <= '9' && i - digits_at < 19) {
+            line = line * 10 + static_cast<std::uint64_t>(text[i++] - '0');
+        }
+        if (i == digits_at || text.substr(i, p_email.size()) != p_email) {
+            return false;
+        }
+        i += p_email.size();
+        const std::size_t email_end = text.find('"', i);
+        if (email_end == std::string_view::npos || std::memchr(text.data() + i, '\\', email_end - i) != nullptr) {
+            return false;  // escapes: the general parser decodes them
+        }
+        const std::string_view email = text.substr(i, email_end - i);
+        i = email_end;
+        if (text.substr(i, p_status.size()) != p_status) {
+            return false;
+        }
+        i += p_status.size();
+        const std::size_t status_end = text.find('"', i);
+        outcome_status status{};
+        if (status_end == std::string_view::npos || !parse_status(text.substr(i, status_end - i), status) ||
+            !is_final(status)) {
+            return false;  // deferred and dry-run lines carry more: the general parser
+        }
+        ++journal_line;
+        ++st.entries;
+        record_final(line, email_tag(email));
+        if (status != outcome_status::invalid) {
+            ++st.delivery_entries;
+        }
+        return true;
+    };
     auto handle = [&](std::string_view text) {
+        if (fast(text)) {
+            return;
+        }
         ++journal_line;
         if (text.empty()) {
             return;
         }
         std::uint64_t line = 0;
+        std::uint64_t attempts = 0;
         bool have_line = false;
         bool have_status = false;
+        bool is_header = false;
+        bool in_doubt = false;
+        std::uint32_t tag = 0;
+        std::int64_t next_ms = 0;
+        journal_header h;
         outcome_status status = outcome_status::invalid;
         const std::string err =
             detail::parse_flat_json_object(text, [&](const std::string& k, const detail::json_value& v) {
-                if (k == "line" && v.type == detail::json_value::kind::number) {
-                    std::uint64_t n = 0;
-                    bool ok = !v.text.empty();
-                    for (char c : v.text) {
-                        ok = ok && c >= '0' && c <= '9' && n < (UINT64_MAX / 10);
-                        n = n * 10 + static_cast<std::uint64_t>(c - '0');
-                    }
-                    have_line = ok;
-                    line = n;
-                } else if (k == "status" && v.type == detail::json_value::kind::string) {
+                using kind = detail::json_value::kind;
+                if (k == "line" && v.type == kind::number) {
+                    have_line = number(v.text, line);
+                } else if (k == "status" && v.type == kind::string) {
                     have_status = parse_status(v.text, status);
+                } else if (k == "email" && v.type == kind::string) {
+                    tag = email_tag(v.text);
+                } else if (k == "attempts" && v.type == kind::number) {
+                    number(v.text, attempts);
+                } else if (k == "next_attempt" && v.type == kind::string) {
+                    parse_timestamp(v.text, next_ms);
+                } else if (k == "in_doubt") {
+                    in_doubt = v.type == kind::boolean && v.flag;
+                } else if (k == "mxpress_journal") {
+                    is_header = true;
+                } else if (k == "run" && v.type == kind::string) {
+                    h.run = v.text;
+                } else if (k == "ts" && v.type == kind::string) {
+                    h.ts = v.text;
+                } else if (k == "recipients" && v.type == kind::string) {
+                    h.recipients = v.text;
+                } else if (k == "template" && v.type == kind::string) {
+                    h.templ = v.text;
                 }
             });
+        if (err.empty() && is_header) {
+            ++st.headers;
+            if (!st.header) {
+                st.header = std::move(h);
+            }
+            return;
+        }
         if (!err.empty() || !have_line || !have_status) {
             if (!text.ends_with('}')) {
                 ++st.torn_lines;  // cut by a crash mid-write; its outcome was never recorded
@@ -289,11 +532,9 @@ inline journal_state read_journal(const std::string& path) {
         }
         ++st.entries;
         if (is_final(status)) {
-            ++st.final_entries;
-            if (line >= st.final_lines.size()) {
-                st.final_lines.resize(std::max<std::uint64_t>(line + 1, st.final_lines.size() * 2));
-            }
-            st.final_lines[line] = true;
+            record_final(line, tag == 0 ? email_tag("") : tag);
+        } else if (status == outcome_status::deferred && !st.has_final(line)) {
+            st.deferred[line] = deferred_row{next_ms, static_cast<std::uint32_t>(attempts), in_doubt};
         }
         if (status == outcome_status::delivered || status == outcome_status::bounced ||
             status == outcome_status::expired) {

@@ -69,6 +69,10 @@ struct shard_options {
     std::size_t deferred_max = 1'000'000;
     const mail::row_source* rows = nullptr;  // borrowed; null: fields stay in memory
     std::chrono::milliseconds tick{50};
+    // After SIGINT/SIGTERM, how long transactions in flight may take to end
+    // before their connections are torn down (a second signal: at once).
+    std::chrono::milliseconds stop_grace{30'000};
+    std::string run_id;  // the journal's "run": every line of this run says it
 };
 
 // Counters the reader thread reads while shards run.
@@ -80,6 +84,8 @@ struct shard_stats {
     std::atomic<std::uint64_t> invalid{0};   // rendering failed in the shard
     std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
     std::atomic<std::uint64_t> in_flight{0};
+    std::atomic<std::uint64_t> left_deferred{0};     // journaled `deferred` when the run stopped
+    std::atomic<std::uint64_t> stopped_in_doubt{0};  // torn down mid-transaction at the stop
     std::atomic<std::uint64_t> connections_opened{0};
     std::atomic<std::uint64_t> sent_bytes{0};
     std::atomic<std::uint64_t> tls_handshakes{0};  // completed

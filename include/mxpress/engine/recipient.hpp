@@ -37,6 +37,7 @@ struct recipient {
     clock::time_point not_before{};
     smtp::reply last_reply;
     std::string last_mx;
+    std::string last_ip;            // "address:port" of the MX host that answered last
     const char* last_tls = "none";  // static string: the last attempt's TLS version
     domain_state* domain = nullptr;
 

@@ -10,6 +10,10 @@
 // Failures never unwind past a joinable thread: shard_threads joins in its
 // destructor, a failed shard aborts its mailbox so the reader cannot block
 // on it, and errors reach main() as exceptions after every thread ended.
+// Stopping: with runner_options::signals, a first SIGINT/SIGTERM makes every
+// shard drain (shard.hpp) and the reader stop reading; a second, or the end
+// of the grace period, tears connections down. run_totals says how far the
+// run got (stop_signal, left_deferred, stopped_in_doubt).
 #pragma once
 
 #include <pthread.h>
@@ -34,6 +38,7 @@
 
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/shard.hpp"
+#include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/recipients.hpp"
 #include "mxpress/mail/suppression.hpp"
@@ -57,7 +62,27 @@ struct run_totals {
     std::uint64_t tls_failures = 0;
     double seconds = 0;
     std::vector<std::pair<std::string, std::uint64_t>> top_failures;  // "domain\treply", count
+    int stop_signal = 0;                 // SIGINT or SIGTERM stopped the run (0: it ran to the end)
+    std::uint64_t left_deferred = 0;     // journaled `deferred` at the stop
+    std::uint64_t stopped_in_doubt = 0;  // torn down mid-transaction at the stop
+    std::uint64_t resumed_deferred = 0;  // rows a stopped run left deferred, retried on their schedule
 };
+
+// A row that --resume would skip names another address than its journal
+// line: the recipients file changed under the journal (exit 2).
+struct resume_mismatch : std::invalid_argument {
+    using std::invalid_argument::invalid_argument;
+};
+
+// Does the row at `row.line` still hold the address that its final journal
+// line names? (The journal has the checked form; an invalid row, the raw.)
+inline bool row_matches_journal(const mail::recipient_row& row, std::uint32_t tag) {
+    if (email_tag(row.email) == tag) {
+        return true;
+    }
+    mail::checked_address a;
+    return mail::check_row(row, a).empty() && email_tag(a.address) == tag;
+}
 
 struct runner_options {
     shard_options shard;
@@ -70,6 +95,7 @@ struct runner_options {
     std::uint64_t batch_size = 256;
     std::size_t batch_bytes_max = 256 * 1024;
     bool show_progress = false;
+    stop_signals* signals = nullptr;  // borrowed; null: signals are not watched
 };
 
 // 64-bit FNV-1a: stable across runs, so a domain always lands on the same
@@ -142,6 +168,7 @@ public:
     unsigned done() const noexcept { return _done.load(); }
     shard_stats& stats(unsigned i) { return *_stats[i]; }
     shard& at(unsigned i) { return *_shards[i]; }
+    shard* find(unsigned i) { return _shards[i].get(); }
 
     // Hands a batch to shard i. False when that shard failed (nothing taken).
     bool push(unsigned i, shard::mail_batch&& batch) {
@@ -195,6 +222,27 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     const unsigned n = std::max(1u, o.threads);
     const auto start = std::chrono::steady_clock::now();
     shard_threads shards(n, o.shard, tmpl, journal);
+    std::atomic<int> stop_level{0};
+    if (o.signals != nullptr) {
+        o.signals->start([&](int /*signo*/, unsigned count) {
+            const int level = count >= 2 ? 2 : 1;
+            stop_level.store(level);
+            for (unsigned i = 0; i < n; ++i) {
+                if (shard* s = shards.find(i)) {
+                    s->request_stop(level);
+                }
+            }
+        });
+    }
+    struct watcher_stop {
+        stop_signals* s;
+        ~watcher_stop() {
+            if (s != nullptr) {
+                s->stop();  // before `shards` and `stop_level` go
+            }
+        }
+    } stop_watching{o.signals};
+    const auto wall_start = std::chrono::system_clock::now();
 
     run_totals t;
     std::vector<shard::mail_batch> batches(n);
@@ -208,6 +256,12 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         e.email = r.email;
         e.status = outcome_status::invalid;
         e.reply = why;
+        std::string ts;
+        format_timestamp(ts, std::chrono::system_clock::now());
+        e.ts = ts;
+        const std::size_t at = r.email.rfind('@');
+        e.domain = at == std::string_view::npos ? std::string_view() : r.email.substr(at + 1);
+        e.run = o.shard.run_id;
         append_journal_line(invalid_lines, e);
         if (invalid_lines.size() > 64 * 1024) {
             journal.write_batch(invalid_lines);
@@ -237,9 +291,16 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     auto last_progress = start;
     std::exception_ptr reader_error;
     try {
-        while (!shards.failed() && reader.next(row)) {
+        while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
             ++t.rows;
-            if (done.has_final(row.line)) {
+            if (const std::uint32_t tag = done.final_tag(row.line); tag != 0) {
+                if (!row_matches_journal(row, tag)) {
+                    throw resume_mismatch(fmt::format(
+                        "{}: line {} now holds {}, not the address its journal line names: the recipients file "
+                        "changed since the journaled run; --resume would misattribute outcomes (restore the file, "
+                        "or start a new journal)",
+                        reader.file_name(), row.line, row.email));
+                }
                 ++t.skipped;
                 continue;
             }
@@ -268,6 +329,16 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             r->domain_at = static_cast<std::uint32_t>(a.at + 1);
             r->email = std::move(a.address);
             r->smtputf8 = a.needs_smtputf8;
+            if (const deferred_row* d = done.deferred_at(row.line)) {
+                // Left deferred by a stopped run: retried on its schedule.
+                ++t.resumed_deferred;
+                r->attempts = d->attempts;
+                const auto wait = std::chrono::milliseconds(d->next_attempt_ms) -
+                                  std::chrono::duration_cast<std::chrono::milliseconds>(wall_start.time_since_epoch());
+                if (!d->in_doubt && wait.count() > 0) {
+                    r->not_before = clock::now() + wait;
+                }
+            }
             for (std::string_view f : *row.fields) {
                 r->values += f;
                 r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
@@ -309,6 +380,11 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         std::fputs("\r\033[K", stderr);
     }
     shards.join();
+    stop_watching.s = nullptr;
+    if (o.signals != nullptr) {
+        o.signals->stop();
+        t.stop_signal = o.signals->first_signal();
+    }
     journal.sync();
     if (reader_error) {
         std::rethrow_exception(reader_error);
@@ -329,6 +405,8 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.tls_handshakes += s.tls_handshakes;
         t.tls_resumed += s.tls_resumed;
         t.tls_failures += s.tls_failures;
+        t.left_deferred += s.left_deferred;
+        t.stopped_in_doubt += s.stopped_in_doubt;
         for (const auto& [k, v] : shards.at(i).core().failures()) {
             failure_count& f = failures[k];
             if (f.count == 0) {

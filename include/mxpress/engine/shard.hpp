@@ -16,8 +16,15 @@
 // - A connection's I/O state (socket, operations in flight, the bytes of
 //   its send) lives until its last operation completes, even after the core
 //   closed it: the kernel never reads freed memory.
-// - Journal lines reach the file at least every tick (and every 64 KiB).
+// - Journal lines go to the writer thread at the end of every loop turn (and
+//   every 64 KiB), so an outcome reaches the file within milliseconds of the
+//   server's reply: kill -9 can lose only the transactions in flight.
 // - The clock is read once per loop turn and handed to the core.
+// - Stopping (request_stop(), from another thread; it only stores a level
+//   and writes an eventfd the ring polls): level 1 drains the core
+//   (delivery_core::drain(): nothing new starts, transactions in flight end,
+//   the rest is journaled `deferred`); after stop_grace, or at level 2, the
+//   connections are torn down and their rows journaled in doubt.
 #pragma once
 
 #include <atomic>
@@ -31,6 +38,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <sys/eventfd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -73,7 +81,8 @@ public:
           _resolver(_ring, resolver_options(options)),
           _renderer(tmpl, renderer_options(options)),
           _tls(options.cfg.tls_ca_file, options.cfg.tls_sessions_max),
-          _core(_options, _renderer, _tls, *this, stats) {
+          _core(_options, _renderer, _tls, *this, stats),
+          _stats(stats) {
         try {
             // Multishot receive from one shared pool of buffers: one SQE per
             // connection instead of one per read.
@@ -85,6 +94,12 @@ public:
         _eventfd_op.owner = this;
         _tick_op.fn = &shard::on_tick;
         _tick_op.owner = this;
+        _stop_op.fn = &shard::on_stop;
+        _stop_op.owner = this;
+        _stop_fd = io::unique_fd(::eventfd(0, EFD_CLOEXEC));
+        if (!_stop_fd) {
+            throw std::system_error(errno, std::generic_category(), "eventfd");
+        }
     }
     shard(const shard&) = delete;
     shard& operator=(const shard&) = delete;
@@ -92,18 +107,34 @@ public:
     io::mailbox<std::unique_ptr<recipient>>& mailbox() noexcept { return _mailbox; }
     const delivery_core& core() const noexcept { return _core; }
 
+    // Any thread (the signal watcher): 1 = drain, 2 = tear down now. Only an
+    // atomic store and an eventfd write; the shard acts in its own loop.
+    void request_stop(int level) noexcept {
+        int cur = _stop_level.load();
+        while (cur < level && !_stop_level.compare_exchange_weak(cur, level)) {
+        }
+        const std::uint64_t one = 1;
+        [[maybe_unused]] const ssize_t n = ::write(_stop_fd.get(), &one, sizeof one);
+    }
+
     // The shard's thread body. Returns when every recipient it received has
-    // a final outcome and every connection is closed.
+    // a final outcome (or, after a stop, an unfinished one) and every
+    // connection is closed.
     void run() {
         _core.set_now(clock::now());
         arm_mailbox_read();
         arm_tick();
+        arm_stop_read();
         while (!finished()) {
             _ring.run(1);
             _core.set_now(clock::now());
+            _wall_now = std::chrono::system_clock::now();
+            _ts.clear();
+            apply_stop();
             take_mail();
             _core.schedule();
             execute_commands();
+            flush_journal();  // every turn: outcomes reach the file within milliseconds
         }
         flush_journal();
     }
@@ -150,10 +181,87 @@ private:
     }
 
     bool finished() const {
-        return _input_closed && _incoming.empty() && _core.finished() && _io.empty() && !_resolver.busy();
+        const bool intake_done = _core.draining() || (_input_closed && _incoming.empty());
+        return intake_done && _core.finished() && _io.empty() && !_resolver.busy();
+    }
+
+    // ---- stopping -------------------------------------------------------------
+
+    void arm_stop_read() {
+        io_uring_prep_read(_ring.sqe(&_stop_op), _stop_fd.get(), &_stop_value, sizeof _stop_value, 0);
+    }
+
+    static void on_stop(io::completion* c, int /*res*/, unsigned /*flags*/) {
+        shard* self = static_cast<shard_op*>(c)->owner;
+        if (!self->_aborted) {
+            self->arm_stop_read();  // a second signal may come
+        }
+    }
+
+    // Acts on the stop level: drain once, then tear down at level 2 or when
+    // the grace period is over.
+    void apply_stop() {
+        const int level = _stop_level.load();
+        if (level >= 1 && !_core.draining()) {
+            _mailbox.abort();  // the reader stops; batches not taken were never started
+            _incoming.clear();
+            _core.drain();
+            _grace_end = _core.now() + _options.stop_grace;
+        }
+        if (_core.draining() && !_aborted && (level >= 2 || _core.now() >= _grace_end)) {
+            _aborted = true;
+            _core.abort_connections();
+            // Completes the armed read, which is not armed again.
+            [[maybe_unused]] const ssize_t n = ::write(_stop_fd.get(), &_one, sizeof _one);
+        }
     }
 
     // ---- outcomes (the core's sink) -------------------------------------------
+
+    // This turn's wall-clock time, formatted once per turn.
+    std::string_view timestamp() {
+        if (_ts.empty()) {
+            format_timestamp(_ts, _wall_now);
+        }
+        return _ts;
+    }
+
+    void unfinished_outcome(const recipient& r, clock::time_point next_attempt, bool in_doubt) override {
+        journal_entry e;
+        e.line = r.line;
+        e.email = r.email;
+        e.status = outcome_status::deferred;
+        e.code = r.last_reply.code;
+        e.enhanced = r.last_reply.enhanced;
+        std::string text;
+        if (in_doubt) {
+            shard_stats::add(_stats.stopped_in_doubt);
+            text = "in doubt: the run stopped during its transaction; the server may have taken it";
+        } else {
+            shard_stats::add(_stats.left_deferred);
+            text = r.last_reply.code == 0 && r.last_reply.text.empty() ? std::string("the run stopped before it")
+                                                                       : r.last_reply.one_line();
+        }
+        e.reply = text;
+        e.mx = r.last_mx;
+        e.attempts = r.attempts;
+        e.tls = r.last_tls;
+        e.ts = timestamp();
+        e.domain = r.domain_name();
+        e.mx_ip = r.last_mx.empty() ? std::string_view() : std::string_view(r.last_ip);
+        const std::string mid = _renderer.stable_message_id(r.line);
+        e.message_id = r.attempts > 0 ? std::string_view(mid) : std::string_view();
+        e.run = _options.run_id;
+        std::string next;
+        const auto wait = next_attempt > _core.now() ? next_attempt - _core.now() : clock::duration::zero();
+        format_timestamp(next, _wall_now + std::chrono::duration_cast<std::chrono::system_clock::duration>(wait));
+        e.next_attempt = next;
+        e.in_doubt = in_doubt;
+        append_journal_line(_journal_buffer, e);
+        if (_journal_buffer.size() >= journal_flush_bytes) {
+            flush_journal();
+        }
+    }
 
     void final_outcome(const recipient& r, outcome_status st, const smtp::reply& rep, std::string_view mx,
                        std::string_view tls) override {
@@ -168,6 +276,12 @@ private:
         e.mx = mx;
         e.attempts = r.attempts;
         e.tls = tls;
+        e.ts = timestamp();
+        e.domain = r.domain_name();
+        e.mx_ip = mx.empty() ? std::string_view() : std::string_view(r.last_ip);
+        const std::string mid = _renderer.stable_message_id(r.line);
+        e.message_id = r.attempts > 0 ? std::string_view(mid) : std::string_view();
+        e.run = _options.run_id;
         append_journal_line(_journal_buffer, e);
         if (_journal_buffer.size() >= journal_flush_bytes) {
             flush_journal();
@@ -191,6 +305,9 @@ private:
     }
 
     void take_mail() {
+        if (_core.draining()) {
+            return;  // stopping: nothing new is taken
+        }
         // Take more only when what was taken is nearly used up: the mailbox,
         // not this shard, is where the reader's backpressure comes from.
         if (_mailbox_signaled && _incoming.size() < 2) {
@@ -409,6 +526,8 @@ private:
         shard* self = static_cast<shard_op*>(c)->owner;
         self->_resolver.tick();
         self->_core.set_now(clock::now());
+        self->_wall_now = std::chrono::system_clock::now();
+        self->_ts.clear();
         self->_core.tick();
         self->flush_journal();
         if (!self->finished()) {
@@ -426,8 +545,18 @@ private:
     mail::renderer _renderer;
     net::openssl_channel_factory _tls;  // one per shard: sessions stay on their thread
     delivery_core _core;
+    shard_stats& _stats;
     shard_op _eventfd_op;
     shard_op _tick_op;
+    shard_op _stop_op;
+    io::unique_fd _stop_fd;
+    std::uint64_t _stop_value = 0;
+    static constexpr std::uint64_t _one = 1;
+    std::atomic<int> _stop_level{0};
+    bool _aborted = false;
+    clock::time_point _grace_end{};
+    std::chrono::system_clock::time_point _wall_now = std::chrono::system_clock::now();
+    std::string _ts;
     std::uint64_t _eventfd_value = 0;
     __kernel_timespec _tick_ts{};
     bool _mailbox_signaled = false;

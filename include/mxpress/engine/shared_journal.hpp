@@ -8,8 +8,8 @@
 //   senders: backpressure, memory stays bounded).
 // - Lines of one batch stay together; batches reach the file in the order
 //   they were queued, and reach it at once (no second buffer here), so what
-//   a crash can lose is what the shards had not handed over yet: at most one
-//   tick of outcomes per shard (shard.hpp flushes every tick).
+//   a crash can lose is what the shards had not handed over yet: the
+//   outcomes of the loop turn under way (shard.hpp hands over every turn).
 // - The first failed write stops the writer; every later write_batch() and
 //   sync() throws journal_error with the reason (full disk, I/O error), and
 //   nothing queued after it is silently dropped without that error.

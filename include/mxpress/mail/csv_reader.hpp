@@ -5,8 +5,14 @@
 //   `record_bytes_max` for the record being parsed; it never grows with the
 //   file. A record longer than that is reported (csv_error::record_too_long)
 //   and skipped to its end, not loaded.
-// - Every record is reported, well-formed or not, with the physical line it
-//   starts on (1-based), so nothing is dropped silently.
+// - Every record is reported, well-formed or not, with the physical lines it
+//   starts and ends on (1-based), so nothing is dropped silently.
+// - A quoted field that is never closed (end of input inside quotes) ends
+//   its record at the end of the line where the quote opened: the lines
+//   after it are read as records again, not swallowed. When that record was
+//   too long to hold, the reader seeks back to that line end (from_fd on a
+//   regular file, from_string); a pipe cannot, and the record then runs to
+//   the end of input (its line range says so).
 // - Accepts quoted fields, embedded commas, doubled quotes, embedded newlines
 //   in quoted fields, CRLF / LF / CR line ends, and a UTF-8 BOM at the start.
 //
@@ -22,10 +28,12 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <string_view>
 #include <system_error>
 #include <vector>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__SSE2__)
@@ -64,7 +72,8 @@ struct csv_limits {
 };
 
 struct csv_record {
-    std::uint64_t line = 0;  // physical line the record starts on, 1-based
+    std::uint64_t line = 0;       // physical line the record starts on, 1-based
+    std::uint64_t last_line = 0;  // physical line it ends on (its line end's line)
     std::vector<std::string_view> fields;
     csv_error error = csv_error::none;
     // True when the record was a line with nothing on it.
@@ -120,8 +129,12 @@ public:
     // Reads up to `size` bytes into `dst`; returns the count, 0 at end of
     // input, or -1 with errno set.
     using read_fn = std::function<long(char* dst, std::size_t size)>;
+    // Moves the source to byte `offset` (from its start); false when it
+    // cannot (a pipe).
+    using seek_fn = std::function<bool(std::uint64_t offset)>;
 
-    explicit csv_reader(read_fn read, csv_limits limits = {}) : _read(std::move(read)), _limits(limits) {
+    explicit csv_reader(read_fn read, csv_limits limits = {}, seek_fn seek = {})
+        : _read(std::move(read)), _seek(std::move(seek)), _limits(limits) {
         _buffer.resize(_limits.read_chunk_bytes + _limits.record_bytes_max + 1);
     }
 
@@ -137,21 +150,34 @@ public:
                     return static_cast<long>(n);
                 }
             },
-            limits);
+            limits,
+            [fd, start = ::lseek(fd, 0, SEEK_CUR)](std::uint64_t offset) {
+                struct stat st {};
+                return start >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+                       ::lseek(fd, start + static_cast<off_t>(offset), SEEK_SET) >= 0;
+            });
     }
 
     // Borrowed: text must outlive the reader. Data is fed in chunks of at
     // most `limits.read_chunk_bytes`, which tests and fuzzers use to cut
     // records at every possible boundary.
     static csv_reader from_string(std::string_view text, csv_limits limits = {}) {
+        auto offset = std::make_shared<std::size_t>(0);
         return csv_reader(
-            [text, offset = std::size_t{0}](char* dst, std::size_t size) mutable -> long {
-                const std::size_t n = std::min(size, text.size() - offset);
-                std::memcpy(dst, text.data() + offset, n);
-                offset += n;
+            [text, offset](char* dst, std::size_t size) -> long {
+                const std::size_t n = std::min(size, text.size() - *offset);
+                std::memcpy(dst, text.data() + *offset, n);
+                *offset += n;
                 return static_cast<long>(n);
             },
-            limits);
+            limits,
+            [text, offset](std::uint64_t to) {
+                if (to > text.size()) {
+                    return false;
+                }
+                *offset = static_cast<std::size_t>(to);
+                return true;
+            });
     }
 
     // Parses the next record into `out`. Returns false at end of input.
@@ -233,6 +259,7 @@ private:
             return false;
         }
         _end += static_cast<std::size_t>(n);
+        _source_read += static_cast<std::uint64_t>(n);
         return true;
     }
 
@@ -248,7 +275,11 @@ private:
         _skip_active = true;
         _skip_state = skip_state::field_start;
         _skip_line = _line;
+        _skip_reopen = 0;
     }
+
+    // The source offset of buffer index i.
+    std::uint64_t source_offset(std::size_t i) const noexcept { return _source_read - (_end - i); }
 
     // Scans buf[i, end) for the end of the record; returns the index after
     // it, or `end` with the state saved when the record goes on.
@@ -265,11 +296,28 @@ private:
                         _skip_state = skip_state::quote_in_quoted;
                     } else if (c == '\n') {
                         ++_line;
+                        if (_skip_reopen == 0 || _skip_reopen_cr) {
+                            // The first line end after the quote opened: where
+                            // the next record starts if it never closes.
+                            _skip_reopen = source_offset(i + 1);
+                            _skip_reopen_line = _skip_reopen_cr ? _skip_reopen_line : _line;
+                        }
+                        _skip_reopen_cr = false;
+                    } else if (c == '\r') {
+                        if (_skip_reopen == 0) {
+                            _skip_reopen = source_offset(i + 1);
+                            _skip_reopen_line = _skip_line_at_cr();
+                            _skip_reopen_cr = true;  // a LF right after it belongs to it
+                        }
+                    } else {
+                        _skip_reopen_cr = false;
                     }
                     continue;
                 case skip_state::field_start:
                     if (c == '"') {
                         _skip_state = skip_state::quoted;
+                        _skip_reopen = 0;
+                        _skip_reopen_cr = false;
                         continue;
                     }
                     break;
@@ -278,6 +326,7 @@ private:
                         _skip_state = skip_state::quoted;  // "" inside quotes
                         continue;
                     }
+                    _skip_reopen = 0;  // closed
                     break;
                 case skip_state::unquoted: break;
             }
@@ -305,6 +354,9 @@ private:
         while (true) {
             bool done = false;
             const std::size_t stop = scan_skip(_begin, _end, done);
+            if (stop > _begin) {
+                _last_skipped = _buffer[stop - 1];
+            }
             _consumed_total += stop - _begin;
             _begin = stop;
             if (done) {
@@ -317,20 +369,36 @@ private:
                 throw std::system_error(errno, std::generic_category(), "read");
             }
             if (n == 0) {
+                if (_skip_state == skip_state::quoted && _skip_reopen != 0 && _seek && _seek(_skip_reopen)) {
+                    // Never closed: the record ends at the first line end
+                    // after its quote opened; read on from there.
+                    _consumed_total -= _source_read - _skip_reopen;
+                    _source_read = _skip_reopen;
+                    _line = _skip_reopen_line;
+                    _skip_unterminated = true;
+                    return true;
+                }
                 _eof = true;
                 return true;
             }
             _end = static_cast<std::size_t>(n);
+            _source_read += static_cast<std::uint64_t>(n);
         }
     }
 
     parse_result parse_record(csv_record& out) {
         if (_skip_active) {
+            _skip_unterminated = false;
             continue_skip();
             _skip_active = false;
             out.line = _skip_line;
+            // Its last line: before the line that starts after it (at the end
+            // of input, the line its last octet is on).
+            const bool at_line_start = !_eof || _skip_unterminated || _skip_state == skip_state::after_cr ||
+                                       (_consumed_total > 0 && _last_skipped == '\n');
+            out.last_line = std::max(_skip_line, at_line_start ? _line - 1 : _line);
             out.fields.clear();
-            out.error = csv_error::record_too_long;
+            out.error = _skip_unterminated ? csv_error::unterminated_quote : csv_error::record_too_long;
             return parse_result::complete;
         }
         const char* const buf = _buffer.data();
@@ -362,13 +430,24 @@ private:
                         if (!_eof) {
                             return parse_result::need_more;
                         }
-                        // Unterminated: the field runs to end of input.
-                        newlines += count_newlines(buf + content, _end - content);
-                        if (std::memchr(buf + content, '\0', _end - content) != nullptr) {
+                        // Never closed: the record ends at the first line
+                        // end after the quote (the lines after it are read
+                        // as records again), or at the end of input.
+                        std::size_t stop = content;
+                        while (stop < _end && buf[stop] != '\n' && buf[stop] != '\r') {
+                            ++stop;
+                        }
+                        if (std::memchr(buf + content, '\0', stop - content) != nullptr) {
                             error = csv_error::nul_byte;
                         }
-                        add_span(content, _end, false, error);
-                        return finish(out, start, _end, newlines, csv_error::unterminated_quote, first_quoted);
+                        add_span(content, stop, false, error);
+                        if (stop == _end) {
+                            return finish(out, start, _end, newlines, csv_error::unterminated_quote, first_quoted);
+                        }
+                        if (buf[stop] == '\r' && stop + 1 < _end && buf[stop + 1] == '\n') {
+                            ++stop;
+                        }
+                        return finish(out, start, stop + 1, newlines + 1, csv_error::unterminated_quote, first_quoted);
                     }
                     const std::size_t qpos = static_cast<std::size_t>(static_cast<const char*>(q) - buf);
                     if (qpos + 1 == _end && !_eof) {
@@ -478,6 +557,9 @@ private:
             _spans.clear();
         }
         out.line = _line;
+        const bool terminated = stop > start && (_buffer[stop - 1] == '\n' || _buffer[stop - 1] == '\r') &&
+                                !(stop == _end && _eof && error == csv_error::unterminated_quote);
+        out.last_line = _line + newlines - (terminated && newlines > 0 ? 1 : 0);
         out.error = error;
         out._quoted_first = first_quoted;
         out.fields.clear();
@@ -503,7 +585,10 @@ private:
         return parse_result::complete;
     }
 
+    std::uint64_t _skip_line_at_cr() const noexcept { return _line + 1; }
+
     read_fn _read;
+    seek_fn _seek;
     csv_limits _limits;
     std::vector<char> _buffer;
     std::vector<field_span> _spans;
@@ -516,6 +601,12 @@ private:
     bool _skip_active = false;
     skip_state _skip_state = skip_state::field_start;
     std::uint64_t _skip_line = 0;
+    std::uint64_t _source_read = 0;       // bytes read from the source (its offset)
+    std::uint64_t _skip_reopen = 0;       // skip: offset after the first line end inside the open quote
+    std::uint64_t _skip_reopen_line = 0;  // the line that starts there
+    bool _skip_reopen_cr = false;         // that line end was a CR: a LF next belongs to it
+    bool _skip_unterminated = false;      // the skip ended at _skip_reopen (seeked back)
+    char _last_skipped = 0;               // the last octet a skip passed over
 };
 
 }  // namespace mxpress::mail

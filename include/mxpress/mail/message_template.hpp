@@ -624,6 +624,22 @@ public:
     // offers 8BITMIME); otherwise it goes quoted-printable (RFC 6152).
     void allow_eight_bit(bool allowed) noexcept { _options.eight_bit_allowed = allowed; }
 
+    // The Message-ID render(fields, out, row) gives row `row` ("<RUN.ROW@domain>")
+    // when it is stable (a run key, no Message-ID in the template); "" otherwise.
+    std::string stable_message_id(std::uint64_t row) const {
+        std::string out;
+        if (row != 0 && _options.message_id_run_key != 0 && !_template->has_message_id()) {
+            out += '<';
+            put_base36(out, _options.message_id_run_key);
+            out += '.';
+            put_base36(out, row);
+            out += '@';
+            out += _from_domain;
+            out += '>';
+        }
+        return out;
+    }
+
     // Bodies signed from the cached hash of the template's fixed body start.
     std::uint64_t dkim_prefix_hits() const noexcept { return _signer ? _signer->prefix_hits() : 0; }
 

@@ -90,6 +90,10 @@ public:
                 if (_record.error == csv_error::record_too_long) {
                     row.error += fmt::format(" (limit {} bytes)", record_bytes_max);
                 }
+                if (_record.last_line > _record.line) {
+                    // Every line it consumed is accounted for in its journal line.
+                    row.error += fmt::format(" (lines {}-{})", _record.line, _record.last_line);
+                }
             } else if (_record.fields.size() != _columns.size()) {
                 row.error = fmt::format("row has {} field{}, header has {}", _record.fields.size(),
                                         _record.fields.size() == 1 ? "" : "s", _columns.size());
