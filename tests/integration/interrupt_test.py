@@ -74,7 +74,14 @@ class Interrupt(unittest.TestCase):
         rng = random.Random(seed)
         p = subprocess.Popen(self.send_args(recipients, message, jpath, port, "--summary-json", summary),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # A point in the first part of the run (it takes about a second in release).
+        # A point in the first part of the send (it takes about a second in
+        # release), counted from the journal's header: before it, mxpress is
+        # still starting (slowly under sanitizers), nothing is sent yet, and
+        # a signal ends it at once with nothing to resume.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and p.poll() is None and (
+                not os.path.exists(jpath) or os.path.getsize(jpath) == 0):
+            time.sleep(0.005)
         time.sleep(rng.uniform(0.05, 0.5))
         p.send_signal(sig)
         if second_signal:
