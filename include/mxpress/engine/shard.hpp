@@ -137,8 +137,8 @@ private:
         r.servers = o.dns_servers;
         r.timeout_ms = static_cast<int>(o.cfg.dns_timeout.count());
         r.tries = static_cast<int>(o.cfg.dns_tries);
-        r.positive_ttl = std::chrono::duration_cast<std::chrono::seconds>(o.cfg.mx_cache_ttl);
-        r.negative_ttl = std::chrono::duration_cast<std::chrono::seconds>(o.cfg.dns_failure_cache_ttl);
+        r.positive_ttl = o.cfg.mx_cache_ttl;
+        r.negative_ttl = o.cfg.dns_failure_cache_ttl;
         return r;
     }
     static mail::renderer_options renderer_options(const shard_options& o) {
