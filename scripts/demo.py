@@ -15,13 +15,15 @@ def main():
     ap = argparse.ArgumentParser(description="mxpress demo on loopback")
     ap.add_argument("--messages", type=int, default=100000)
     ap.add_argument("--threads", type=int, default=0, help="mxpress --threads (default: number of cores)")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "build"), help="where mxpress and mxsink are built")
     a = ap.parse_args()
+    bin_dir = os.path.abspath(a.bin)
     with Peers() as peers:
         port = free_port("127.0.0.2")
         lines = [f"mx-host=d{k:04d}.test,mx{k % 4}.test,10" for k in range(1000)]
         lines += [f"host-record=mx{i}.test,{h}" for i, h in enumerate(MX)]
         dns = peers.dnsmasq(lines)
-        sink = subprocess.Popen([os.path.join(ROOT, "build", "mxsink"), "--stats-json", peers.path("sink.json")] +
+        sink = subprocess.Popen([os.path.join(bin_dir, "mxsink"), "--stats-json", peers.path("sink.json")] +
                                 sum((["--listen", f"{h}:{port}"] for h in MX), []))
         peers.procs.append(sink)
         for h in MX:
@@ -31,7 +33,7 @@ def main():
                         "--domains", "1000", "--out", recipients], check=True)
         print(f"demo: {a.messages} recipients over 1,000 domains; MX from dnsmasq at {dns}; "
               f"mxsink on {', '.join(MX)} port {port}", flush=True)
-        args = [os.path.join(ROOT, "build", "mxpress"), "send", "--recipients", recipients,
+        args = [os.path.join(bin_dir, "mxpress"), "send", "--recipients", recipients,
                 "--message", os.path.join(ROOT, "bench/templates/plain-2k.eml"), "--from", "bounce@town.example",
                 "--dns", dns, "--mx-port", str(port), "--journal", peers.path("journal.jsonl")]
         if a.threads:

@@ -168,6 +168,66 @@ expect send_journal_exists 2 'real.jsonl: journal already holds outcomes: pass -
 expect send_refused_port_expires 0 '0 delivered, 0 bounced, 1 expired' -- \
     "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal refused.jsonl "${route[@]}"
 expect send_refused_journal 0 '"status":"expired".*Connection refused' -- cat refused.jsonl
+
+# The summary (README, Usage): the most frequent failure replies per domain,
+# each domain on its own line with its count, in the text and in JSON.
+printf 'email,name\na@x.org,A\nb@x.org,B\nc@y.org,C\n' >two.csv
+expect failure_summary 0 '0 delivered, 0 bounced, 3 expired' -- bash -c "'$mx' send --recipients two.csv \
+    --message good.eml --from b@s.example --journal two.jsonl --summary-json two.json --route '*=127.0.0.1:1' \
+    --config short.toml --progress off >two.out 2>&1; rc=\$?; cat two.out; exit \$rc"
+expect failure_summary_x 0 '^  2 x x\.org: .*Connection refused' -- cat two.out
+expect failure_summary_y 0 '^  1 x y\.org: .*Connection refused' -- cat two.out
+expect failure_summary_json 0 '^ok$' -- /usr/bin/python3 -c "
+import json
+s = json.load(open('two.json'))
+got = sorted((f['domain'], f['count'], 'Connection refused' in f['reply']) for f in s['top_failures'])
+print('ok' if got == [('x.org', 2, True), ('y.org', 1, True)] else got)"
+
+# Default --threads (README, Usage): the number of cores.
+cores=$(getconf _NPROCESSORS_ONLN)
+expect default_threads 0 "MB, $cores threads$" -- \
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal threads.jsonl "${route[@]}"
+
+# --progress auto|on|off (README, Usage): live progress on stderr; `auto`
+# only when stderr is a terminal. Each run lasts at least max_age (700 ms),
+# and the progress line comes every 250 ms while the shards work.
+printf '[defaults]\nretry_initial = "100ms"\nretry_max = "100ms"\nmax_age = "700ms"\n' >progress.toml
+progress_run() {
+    rm -f progress.jsonl
+    "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal progress.jsonl \
+        --route '*=127.0.0.1:1' --config progress.toml "$@"
+}
+# stderr of a command on a pseudo-terminal (carriage returns as newlines).
+on_tty() {
+    /usr/bin/python3 - "$@" <<'PY'
+import os, pty, subprocess, sys
+master, slave = pty.openpty()
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave)
+os.close(slave)
+out = b""
+while True:
+    try:
+        chunk = os.read(master, 4096)
+    except OSError:  # EIO: the child closed its end
+        break
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode("utf-8", "replace").replace("\r", "\n"))
+sys.exit(p.wait())
+PY
+}
+has_progress() { if grep -q 'in flight'; then echo progress; else echo no progress; fi; }
+export -f progress_run on_tty has_progress
+export mx
+expect progress_on_pipe 0 '^progress$' -- bash -c 'progress_run --progress on 2>&1 >/dev/null | has_progress'
+expect progress_on_line 0 'sent 0 \(0/h\), failed 0, deferred [0-9]+, in flight [0-9]+, ETA' -- \
+    bash -c 'progress_run --progress on 2>&1 >/dev/null'
+expect progress_auto_pipe 0 '^no progress$' -- bash -c 'progress_run --progress auto 2>&1 >/dev/null | has_progress'
+expect progress_default_pipe 0 '^no progress$' -- bash -c 'progress_run 2>&1 >/dev/null | has_progress'
+expect progress_auto_tty 0 '^progress$' -- bash -c 'on_tty bash -c "progress_run --progress auto" | has_progress'
+expect progress_off_tty 0 '^no progress$' -- bash -c 'on_tty bash -c "progress_run --progress off" | has_progress'
+
 expect bad_route 2 "--route 'x.org': expected DOMAIN=HOST" -- \
     "$mx" send --recipients good.csv --message good.eml --from b@s.example --route x.org
 expect bad_dns 2 "--dns 'not an ip': 'not an ip' is not a resolver address" -- \

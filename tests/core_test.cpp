@@ -6,9 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sim/simulator.hpp"  // sim_tls_channel
@@ -30,7 +36,52 @@ struct outcome {
     std::string enhanced;
     std::string reply;
     std::string tls;
+    std::string mx;
+    std::uint32_t attempts = 0;
 };
+
+// "127.0.0.2:25" or "[::1]:25": where a connect command goes.
+std::string address_of(const engine::command& c) {
+    net::ip_address a;
+    std::uint16_t port = 0;
+    if (c.addr.ss_family == AF_INET6) {
+        const auto* sa = reinterpret_cast<const sockaddr_in6*>(&c.addr);
+        a.family = AF_INET6;
+        a.v6 = sa->sin6_addr;
+        port = ntohs(sa->sin6_port);
+    } else {
+        const auto* sa = reinterpret_cast<const sockaddr_in*>(&c.addr);
+        a.v4 = sa->sin_addr;
+        port = ntohs(sa->sin_port);
+    }
+    return a.with_port(port);
+}
+
+// An MX answer: hosts in delivery order, each with its addresses.
+net::mx_answer mx_answer(std::initializer_list<std::pair<std::string, std::vector<std::string>>> hosts) {
+    net::mx_answer ans;
+    ans.status = net::dns_status::ok;
+    std::uint16_t pref = 10;
+    for (const auto& [host, addresses] : hosts) {
+        net::mx_target t{host, pref, {}};
+        pref = static_cast<std::uint16_t>(pref + 10);
+        for (const std::string& text : addresses) {
+            net::ip_address a;
+            EXPECT_TRUE(net::ip_address::parse(text, a)) << text;
+            t.addresses.push_back(a);
+        }
+        ans.targets.push_back(std::move(t));
+    }
+    return ans;
+}
+
+net::mx_answer dns_failure(const char* why) {
+    net::mx_answer ans;
+    ans.status = net::dns_status::temporary;
+    ans.enhanced = "4.4.3";
+    ans.reason = std::string("DNS: example.test: temporary failure (") + why + ")";
+    return ans;
+}
 
 // Drives one core: recipients in, commands recorded, replies scripted.
 class harness : engine::outcome_sink, net::secure_channel_factory {
@@ -97,6 +148,11 @@ public:
         core->input_lost(id, "closed by the server");
         settle();
     }
+    // The answer to a resolve_mx command.
+    void dns(const std::string& domain, const net::mx_answer& ans) {
+        core->dns_answer(domain, ans);
+        settle();
+    }
     void refuse(conn_id id) {
         core->connected(id, -ECONNREFUSED);
         settle();
@@ -110,6 +166,9 @@ public:
 
     std::vector<conn_id> connects;  // in order
     std::vector<clock::time_point> connect_times;
+    std::vector<std::string> connect_addresses;  // "127.0.0.2:25", in order
+    std::vector<std::string> lookups;            // resolve_mx names, in order
+    std::optional<net::mx_answer> auto_dns;      // set: every resolve_mx gets this answer at once
     std::map<conn_id, bool> closed;
     std::map<conn_id, std::string> wire;
     std::map<std::uint64_t, outcome> outcomes;
@@ -143,6 +202,13 @@ private:
                     case command_kind::connect:
                         connects.push_back(c.conn);
                         connect_times.push_back(now);
+                        connect_addresses.push_back(address_of(c));
+                        break;
+                    case command_kind::resolve_mx:
+                        lookups.push_back(c.name);
+                        if (auto_dns) {
+                            core->dns_answer(c.name, *auto_dns);
+                        }
                         break;
                     case command_kind::send: {
                         wire[c.conn] += c.data;
@@ -158,10 +224,10 @@ private:
         }
     }
 
-    void final_outcome(const engine::recipient& r, engine::outcome_status st, const smtp::reply& rep, std::string_view,
-                       std::string_view tls) override {
+    void final_outcome(const engine::recipient& r, engine::outcome_status st, const smtp::reply& rep,
+                       std::string_view mx, std::string_view tls) override {
         ASSERT_EQ(outcomes.count(r.line), 0u) << "second outcome for line " << r.line;
-        outcomes[r.line] = outcome{st, rep.enhanced, rep.one_line(), std::string(tls)};
+        outcomes[r.line] = outcome{st, rep.enhanced, rep.one_line(), std::string(tls), std::string(mx), r.attempts};
     }
     void unfinished_outcome(const engine::recipient& r, clock::time_point next_attempt, bool in_doubt) override {
         ASSERT_EQ(outcomes.count(r.line) + unfinished.count(r.line), 0u) << "second outcome for line " << r.line;
@@ -180,6 +246,14 @@ void open_session(harness& h, conn_id id, const char* ehlo) {
     h.server(id, "220 mx.test ESMTP\r\n");
     EXPECT_EQ(h.sent(id), "EHLO sender.test\r\n");
     h.server(id, ehlo);
+}
+
+// One transaction on an open plaintext session (MAIL, RCPT, DATA pipelined).
+void deliver_one(harness& h, conn_id id) {
+    EXPECT_EQ(h.sent(id).rfind("MAIL FROM", 0), 0u);
+    h.server(id, "250 ok\r\n250 ok\r\n354 go\r\n");
+    h.sent(id);
+    h.server(id, "250 queued\r\n");
 }
 
 TEST(Core, RequiredTlsNeverSendsMailToAServerWithoutStarttls) {
@@ -452,6 +526,164 @@ TEST(Core, AbortConnectionsLeavesTheTransactionInDoubt) {
     EXPECT_TRUE(h.closed[c]);
     EXPECT_TRUE(h.core->finished());
     EXPECT_EQ(h.stats.in_flight.load(), 0u);
+}
+
+// RFC 5321 §5.1 as README states it: the MX hosts in the answer's order
+// (preference; the resolver shuffles equals, dns_test.cpp), each host's
+// addresses in the answer's order (IPv4 first, from the resolver); a refused
+// connection moves on to the next address at once. `attempts` counts the
+// hosts tried and found down.
+TEST(Core, MxTargetsAndTheirAddressesAreTriedInTheAnswersOrder) {
+    harness h;
+    h.o.routes.clear();
+    h.add(1);
+    ASSERT_EQ(h.lookups, std::vector<std::string>{"example.test"});
+    EXPECT_TRUE(h.connects.empty());  // nothing before the answer
+    h.dns("example.test", mx_answer({{"mx1.example.test", {"127.0.0.2", "::2"}}, {"mx2.example.test", {"127.0.0.3"}}}));
+    ASSERT_EQ(h.connects.size(), 1u);
+    EXPECT_EQ(h.connect_addresses[0], "127.0.0.2:25");
+    h.refuse(h.connects[0]);
+    ASSERT_EQ(h.connects.size(), 2u);
+    EXPECT_EQ(h.connect_addresses[1], "[::2]:25");
+    h.refuse(h.connects[1]);
+    ASSERT_EQ(h.connects.size(), 3u);
+    EXPECT_EQ(h.connect_addresses[2], "127.0.0.3:25");
+    open_session(h, h.connects[2], ehlo_plain);
+    deliver_one(h, h.connects[2]);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+    EXPECT_EQ(h.outcomes[2].mx, "mx2.example.test");
+    EXPECT_EQ(h.outcomes[2].attempts, 3u) << "two hosts found down, then the one that took it";
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+// A host that refused is skipped for min(retry_initial, host_skip_max):
+// new work goes straight to the next MX meanwhile, and to the host again
+// once that time has passed. Both sides of the min.
+TEST(Core, AFailingHostIsSkippedForTheMinOfRetryInitialAndHostSkipMax) {
+    struct case_t {
+        milliseconds retry_initial;
+        milliseconds host_skip_max;
+        seconds skip;
+    } cases[] = {{milliseconds(60'000), milliseconds(10'000), seconds(10)},
+                 {milliseconds(4'000), milliseconds(60'000), seconds(4)}};
+    for (const case_t& k : cases) {
+        SCOPED_TRACE(testing::Message() << "skip " << k.skip.count() << " s");
+        harness h;
+        h.o.routes.clear();
+        h.o.cfg.retry_initial = k.retry_initial;
+        h.o.cfg.host_skip_max = k.host_skip_max;
+        h.o.cfg.idle_timeout = milliseconds(3'600'000);  // the backup's session stays open
+        // Asked again whenever the core asks: a domain with no recipient
+        // held is forgotten within 30 s, and the skip must outlive that.
+        h.auto_dns = mx_answer({{"mx1.example.test", {"127.0.0.2"}}, {"mx2.example.test", {"127.0.0.3"}}});
+        h.add(1);
+        ASSERT_EQ(h.connects.size(), 1u);
+        h.refuse(h.connects[0]);
+        ASSERT_EQ(h.connects.size(), 2u);
+        EXPECT_EQ(h.connect_addresses[1], "127.0.0.3:25");
+        open_session(h, h.connects[1], ehlo_plain);
+        deliver_one(h, h.connects[1]);
+        ASSERT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+        // Within the skip time: the backup's open session takes new work
+        // (checked with RSET after a second idle); no connect to the first.
+        h.advance(k.skip - seconds(1));
+        h.add(1);
+        EXPECT_EQ(h.connects.size(), 2u) << "the failing host was tried again within its skip time";
+        EXPECT_EQ(h.sent(h.connects[1]), "RSET\r\n");
+        h.server(h.connects[1], "250 ok\r\n");
+        deliver_one(h, h.connects[1]);
+        EXPECT_EQ(h.outcomes[3].status, engine::outcome_status::delivered);
+        EXPECT_EQ(h.outcomes[3].mx, "mx2.example.test");
+        // Past it: the preferred host gets the next recipient again.
+        h.advance(seconds(2));
+        h.add(1);
+        ASSERT_EQ(h.connects.size(), 3u) << "the failing host was not tried again after its skip time";
+        EXPECT_EQ(h.connect_addresses[2], "127.0.0.2:25");
+        open_session(h, h.connects[2], ehlo_plain);
+        deliver_one(h, h.connects[2]);
+        EXPECT_EQ(h.outcomes[4].mx, "mx1.example.test");
+    }
+}
+
+// An MX answer is used for mx_cache_ttl while the domain has recipients:
+// new ones within it ask nothing; the first one after it asks again. (A
+// domain with none held is freed; the shard's resolver keeps the answer for
+// the same time and gives it back without a query, net/dns.hpp.)
+TEST(Core, MxAnswersAreUsedForMxCacheTtl) {
+    harness h;
+    h.o.routes.clear();
+    h.o.cfg.mx_cache_ttl = milliseconds(60'000);
+    h.add(1);
+    h.dns("example.test", mx_answer({{"mx1.example.test", {"127.0.0.2"}}}));
+    const conn_id c = h.connects.at(0);
+    open_session(h, c, ehlo_plain);
+    h.sent(c);
+    h.server(c, "250 ok\r\n250 ok\r\n354 go\r\n");  // line 2 now waits for the reply to its dot
+    h.sent(c);
+    h.advance(seconds(30));
+    h.add(1);
+    EXPECT_EQ(h.lookups.size(), 1u) << "asked again within mx_cache_ttl";
+    ASSERT_EQ(h.connects.size(), 2u);  // line 3 went straight to the known MX
+    EXPECT_EQ(h.connect_addresses[1], "127.0.0.2:25");
+    open_session(h, h.connects[1], ehlo_plain);
+    deliver_one(h, h.connects[1]);
+    EXPECT_EQ(h.outcomes[3].status, engine::outcome_status::delivered);
+    h.advance(seconds(31));
+    h.add(1);
+    EXPECT_EQ(h.lookups.size(), 2u) << "the answer was used past mx_cache_ttl";
+    EXPECT_EQ(h.connects.size(), 2u);  // line 4 waits for the new answer
+    h.dns("example.test", mx_answer({{"mx9.example.test", {"127.0.0.9"}}}));
+    ASSERT_EQ(h.connects.size(), 3u);
+    EXPECT_EQ(h.connect_addresses[2], "127.0.0.9:25");
+    h.server(c, "250 queued\r\n");
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+}
+
+// SERVFAIL, a refusal or a timeout (dns_status::temporary) defers the
+// domain's recipients: the lookup is asked again after retry_initial (no
+// doubling: that follows delivery attempts), and the mail goes when an
+// answer comes; a domain that never answers expires after max_age with the
+// DNS reason.
+TEST(Core, TemporaryDnsFailuresAreRetriedThenExpire) {
+    harness h;
+    h.o.routes.clear();
+    h.o.cfg.max_age = milliseconds(10 * 60'000);
+    h.add(2);
+    ASSERT_EQ(h.lookups.size(), 1u);
+    h.dns("example.test", dns_failure("SERVFAIL"));
+    EXPECT_EQ(h.outcomes.size(), 0u);
+    EXPECT_EQ(h.core->pending(), 2u);
+    h.advance(seconds(59));
+    EXPECT_EQ(h.lookups.size(), 1u) << "asked again before retry_initial";
+    h.advance(seconds(2));
+    ASSERT_EQ(h.lookups.size(), 2u) << "not asked again after retry_initial";
+    h.dns("example.test", dns_failure("Timeout"));
+    h.advance(seconds(61));
+    ASSERT_EQ(h.lookups.size(), 3u);
+    h.dns("example.test", mx_answer({{"mx1.example.test", {"127.0.0.2"}}}));
+    ASSERT_EQ(h.connects.size(), 1u);
+    open_session(h, h.connects[0], ehlo_plain);
+    deliver_one(h, h.connects[0]);
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+
+    // Another domain whose lookups keep failing: expired, with the reason.
+    harness g;
+    g.o.routes.clear();
+    g.o.cfg.max_age = milliseconds(10 * 60'000);
+    g.add(1);
+    std::size_t answered = 0;
+    for (int s = 0; s < 15 * 60 && g.core->pending() > 0; ++s) {
+        while (answered < g.lookups.size()) {
+            ++answered;
+            g.dns("example.test", dns_failure("REFUSED"));
+        }
+        g.advance(seconds(1));
+    }
+    EXPECT_EQ(g.outcomes[2].status, engine::outcome_status::expired);
+    EXPECT_EQ(g.outcomes[2].enhanced, "4.4.3");
+    EXPECT_NE(g.outcomes[2].reply.find("REFUSED"), std::string::npos) << g.outcomes[2].reply;
+    EXPECT_GE(g.lookups.size(), 9u) << "about one lookup per retry_initial until max_age";
+    EXPECT_LE(g.lookups.size(), 10u);
 }
 
 // A fixed seed of the whole simulator, small enough for the unit suite; the

@@ -1,14 +1,17 @@
 #!/usr/bin/python3
 """Integration tests of TLS delivery against real peers on loopback: Postfix's
 smtpd with STARTTLS, mxsink with STARTTLS and implicit TLS (and its faults),
-smtp-sink without STARTTLS, and an aiosmtpd submission server with AUTH for
-relay mode. Every policy decision of issue 4 has a case here.
+smtp-sink without STARTTLS, an aiosmtpd submission server with AUTH for
+relay mode, and scripted_peers.ScriptedSmtp where the test needs a chosen
+range of TLS versions or to see each handshake's SNI (TLS 1.2 minimum, SNI,
+port 465). Every policy decision of issue 4 has a case here.
 
   tls_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
 import collections
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +22,7 @@ from peers import (SHORT_CONFIG as SHORT, Peers, assert_exactly_once, certs, dum
                    free_port, journal, mbox_arrivals, mxsink, postfix_smtpd, read_record, record_of,
                    relay_arrivals, relay_messages, relay_peer, run_tests, stop_and_read_stats,
                    write_coded_recipients)
+from scripted_peers import ScriptedSmtp  # noqa: E402
 
 MXPRESS = None
 ROOT = None
@@ -248,6 +252,71 @@ class Tls(unittest.TestCase):
             assert_exactly_once(self, read_record(record_of(stats)), codes)
 
 
+    def test_tls_below_1_2_is_refused(self):
+        # README (TLS, Engine): TLS 1.2 minimum. An OpenSSL configuration
+        # that allows TLS 1.0 (MinProtocol, security level 0) is given to
+        # mxpress, so that only mxpress's own minimum can refuse it.
+        with Peers() as peers:
+            c = certs(peers)
+            conf = peers.path("openssl.cnf")
+            with open(conf, "w") as f:
+                f.write("openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\nsystem_default = allow_old\n"
+                        "[allow_old]\nMinProtocol = TLSv1\nCipherString = ALL:@SECLEVEL=0\n")
+            env = dict(os.environ, OPENSSL_CONF=conf)
+            old_port, ok_port = free_port("127.0.0.2"), free_port("127.0.0.3")
+            recipients, message, codes = job(peers, 10, domains=("old.test", "ok.test"))
+            cert = (f"{c}/mx.crt", f"{c}/mx.key")
+            with ScriptedSmtp("127.0.0.2", old_port, *cert,
+                              tls_versions=(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)) as old, \
+                    ScriptedSmtp("127.0.0.3", ok_port, *cert,
+                                 tls_versions=(ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_2)) as ok:
+                p, jpath, s = send(peers, recipients, message,
+                                   ["--route", f"old.test=127.0.0.2:{old_port}",
+                                    "--route", f"ok.test=127.0.0.3:{ok_port}"],
+                                   config=SHORT.replace('max_age = "3s"', 'max_age = "1s"') + 'tls = "required"\n',
+                                   env=env)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                for entries in journal(jpath).values():
+                    e = entries[0]
+                    if e["email"].endswith("@old.test"):
+                        self.assertEqual((e["status"], e["enhanced"]), ("expired", "4.7.5"), e)
+                        self.assertIn("TLS with 127.0.0.2", e["reply"])
+                    else:
+                        self.assertEqual((e["status"], e["tls"]), ("delivered", "TLSv1.2"), e)
+                self.assertGreaterEqual(len(old.handshakes), 1)
+                self.assertEqual([h for h in old.handshakes if h["error"] is None], [],
+                                 "a handshake below TLS 1.2 succeeded")
+                self.assertEqual({h["version"] for h in ok.handshakes}, {"TLSv1.2"})
+                assert_exactly_once(self, old.arrivals + ok.arrivals, only(codes, "ok.test"))
+
+    def test_sni_is_the_mx_host_name(self):
+        # README (TLS, Engine): SNI = the MX host name; none for an IP
+        # address (RFC 6066 §3); the relay's name for --relay.
+        with Peers() as peers:
+            c = certs(peers)
+            cert = (f"{c}/mx.crt", f"{c}/mx.key")
+            port = free_port("127.0.0.2")
+            dns = peers.dnsmasq(["mx-host=sni.test,mx.sni.test,10", "host-record=mx.sni.test,127.0.0.2"])
+            recipients, message, codes = job(peers, 10, domains=("sni.test", "ip.test"))
+            with ScriptedSmtp("127.0.0.2", port, *cert) as named, ScriptedSmtp("127.0.0.3", port, *cert) as literal:
+                p, jpath, s = send(peers, recipients, message,
+                                   ["--dns", dns, "--mx-port", str(port), "--route", f"ip.test=127.0.0.3:{port}"])
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                self.assertEqual({e[0]["tls"] for e in journal(jpath).values()}, {"TLSv1.3"})
+                assert_exactly_once(self, named.arrivals + literal.arrivals, codes)
+                self.assertEqual(len(named.arrivals), 5)
+                self.assertEqual({h["sni"] for h in named.handshakes}, {"mx.sni.test"})
+                self.assertEqual({h["sni"] for h in literal.handshakes}, {None})
+            relay_port = free_port()
+            with ScriptedSmtp("127.0.0.1", relay_port, *cert) as relay:
+                p, jpath, s = send(peers, recipients, message, ["--relay", f"localhost:{relay_port}"],
+                                   config=SHORT + 'tls = "required"\n')
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                assert_exactly_once(self, relay.arrivals, codes)
+                # The pre-flight session and the shards' sessions.
+                self.assertGreaterEqual(len(relay.handshakes), 2)
+                self.assertEqual({h["sni"] for h in relay.handshakes}, {"localhost"})
+
     def test_mxsink_names_bad_certificate_files(self):
         with Peers() as peers:
             c = certs(peers)
@@ -296,6 +365,26 @@ class Relay(unittest.TestCase):
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             assert_exactly_once(self, relay_arrivals(out465), codes)
             self.assertTrue(all(m["tls"] and m["user"] for m in relay_messages(out465)))
+
+    def test_relay_port_465_means_implicit_tls(self):
+        # README (--relay): implicit TLS with smtps:// or port 465. A server
+        # that speaks TLS from the first byte, on port 465 itself.
+        if os.geteuid() != 0:
+            self.skipTest("port 465 needs root")
+        with Peers() as peers:
+            c = certs(peers)
+            recipients, message, codes = job(peers, 6)
+            with ScriptedSmtp("127.0.0.7", 465, f"{c}/mx.crt", f"{c}/mx.key", implicit=True) as relay:
+                for spec in ("127.0.0.7:465", "smtps://127.0.0.7"):
+                    with self.subTest(relay=spec):
+                        relay.arrivals.clear()
+                        p, jpath, s = send(peers, recipients, message, ["--relay", spec],
+                                           config=SHORT + 'tls = "required"\n')
+                        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                        self.assertEqual({e[0]["tls"] for e in journal(jpath).values()}, {"TLSv1.3"})
+                        assert_exactly_once(self, relay.arrivals, codes)
+                        self.assertTrue(all(a["tls"] for a in relay.arrivals))
+                self.assertEqual([h for h in relay.handshakes if h["error"]], [])
 
     def test_relay_errors_exit_2_before_sending(self):
         with Peers() as peers:

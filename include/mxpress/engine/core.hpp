@@ -526,7 +526,7 @@ private:
 
     void evict_unused() {
         _domains.evict_unused([this](domain_state& d) { release_targets(d); });
-        _pools.evict_unused();
+        _pools.evict_unused(_now);
     }
 
     const shard_options& _o;

@@ -8,7 +8,8 @@
 // - A pool owns the recipients queued for it (`work`); its connections are
 //   owned by the core and listed here (borrowed).
 // - A pool is freed only when it has no connection, no work and no domain
-//   pointing at it.
+//   pointing at it, and its host is neither skipped (down_until) nor in its
+//   plaintext window (plaintext_until).
 #pragma once
 
 #include <cstddef>
@@ -92,11 +93,15 @@ public:
         return it == _pools.end() ? nullptr : it->second.get();
     }
 
-    // Frees every pool nothing refers to.
-    void evict_unused() {
+    // Frees every pool nothing refers to and that remembers nothing still
+    // in force: a host skipped after a failure, or given plaintext after a
+    // failed handshake, stays so when its domains come back (they are freed
+    // as soon as no recipient of theirs is held).
+    void evict_unused(clock::time_point now) {
         for (auto it = _pools.begin(); it != _pools.end();) {
             const mx_pool& p = *it->second;
-            if (p.domain_refs == 0 && p.conns.empty() && p.work.empty() && !p.dirty) {
+            if (p.domain_refs == 0 && p.conns.empty() && p.work.empty() && !p.dirty && p.down_until <= now &&
+                p.plaintext_until <= now && p.probe_after <= now) {
                 it = _pools.erase(it);
             } else {
                 ++it;

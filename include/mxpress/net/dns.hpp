@@ -6,12 +6,13 @@
 //   processed from the shard's tick while queries are outstanding.
 // - resolve_mx(domain) gives the delivery targets in RFC 5321 §5.1 order:
 //   MX preference, random among equal preference, each MX host's IPv4
-//   addresses; no MX records → the domain's own A records (implicit MX);
-//   a null MX (RFC 7505) or NXDOMAIN → permanent failure; SERVFAIL, refused,
-//   timeout → temporary failure.
-// - Answers are cached per shard: successes for positive_ttl, failures for
-//   negative_ttl (c-ares 1.18's MX parser gives no TTL, so a fixed TTL is
-//   used for MX sets; A answers use their own TTL, capped).
+//   addresses, then its IPv6 ones; no MX records → the domain's own A
+//   records (implicit MX); a null MX (RFC 7505) or NXDOMAIN → permanent
+//   failure; SERVFAIL, refused, timeout → temporary failure.
+// - Answers are cached per shard: successes (MX sets, and each host's
+//   addresses, shared by every domain that names the host) for positive_ttl,
+//   failures for negative_ttl (c-ares 1.18's MX parser gives no TTL, so a
+//   fixed TTL is used, not the records' own).
 // - At most queries_max lookups run at once; the rest wait in order.
 #pragma once
 
@@ -145,8 +146,9 @@ public:
         std::string servers;  // "127.0.0.1:5353" (c-ares CSV syntax); empty: /etc/resolv.conf
         int timeout_ms = 2000;
         int tries = 3;
-        std::chrono::seconds positive_ttl{300};
-        std::chrono::seconds negative_ttl{30};
+        // Kept to the millisecond: `[dns] failure_cache_ttl = "500ms"` is 500 ms, not 0.
+        std::chrono::milliseconds positive_ttl{300'000};
+        std::chrono::milliseconds negative_ttl{30'000};
         std::size_t queries_max = 128;
     };
 

@@ -1,0 +1,284 @@
+"""Scripted peers, in this process, for the tests that need a peer to
+misbehave on cue or to report what it saw: a DNS server (SERVFAIL, REFUSED,
+silence, slow answers; a log of every query) and an SMTP server (STARTTLS or
+implicit TLS, a chosen range of TLS versions; the SNI name and version of
+every handshake, and each message in peers.assert_exactly_once's form).
+
+Both run in threads on loopback and stop when their `with` block ends.
+"""
+import email.parser
+import email.policy
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import time
+import warnings
+
+TYPES = {1: "A", 15: "MX", 28: "AAAA"}
+RCODES = {"servfail": 2, "nxdomain": 3, "refused": 5}
+
+
+def _name(wire, off):
+    """Reads an uncompressed name (queries carry no pointers)."""
+    labels = []
+    while wire[off]:
+        n = wire[off]
+        labels.append(wire[off + 1:off + 1 + n].decode("ascii"))
+        off += 1 + n
+    return ".".join(labels).lower(), off + 1
+
+
+def _encode_name(name):
+    out = b""
+    for label in name.rstrip(".").split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\0"
+
+
+class ScriptedDns:
+    """An authoritative-looking DNS server over UDP.
+
+    zone: {name: {"MX": [(pref, host)], "A": ["127.0.0.2"], "AAAA": ["::1"]}}
+    (records in the order given; a name not in the zone is NXDOMAIN).
+    script: {(name, type): [action, ...]}: one action per query of that name
+    and type, in turn, then normal answers. Actions: "servfail", "refused",
+    "drop" (no answer: the client times out), ("delay", seconds).
+    delays: {(name, type): seconds} for every answer.
+    log: (monotonic time, name, type) per query received."""
+
+    def __init__(self, zone, host="127.0.0.1", port=0, script=None, delays=None):
+        self.zone = {k.lower(): v for k, v in zone.items()}
+        self.script = {k: list(v) for k, v in (script or {}).items()}
+        self.delays = delays or {}
+        self.log = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def queries(self, name, qtype):
+        with self.lock:
+            return [t for t, n, q in self.log if n == name and q == qtype]
+
+    def _serve(self):
+        self.sock.settimeout(0.05)  # to see _stop: close() would not wake recvfrom
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self._handle(data, peer)
+            except (IndexError, UnicodeDecodeError, struct.error):
+                continue  # not a query we understand: no answer
+
+    def _handle(self, data, peer):
+        qid, flags, qdcount = struct.unpack("!HHH", data[:6])
+        if qdcount != 1:
+            return
+        name, off = _name(data, 12)
+        qtype, _ = struct.unpack("!HH", data[off:off + 4])
+        question = data[12:off + 4]
+        tname = TYPES.get(qtype, str(qtype))
+        with self.lock:
+            self.log.append((time.monotonic(), name, tname))
+            actions = self.script.get((name, tname))
+            action = actions.pop(0) if actions else None
+        delay = self.delays.get((name, tname), 0)
+        if action == "drop":
+            return
+        if isinstance(action, tuple) and action[0] == "delay":
+            delay = action[1]
+        rcode = RCODES.get(action, 0) if isinstance(action, str) else 0
+        answers = []
+        if rcode == 0:
+            records = self.zone.get(name)
+            if records is None:
+                rcode = RCODES["nxdomain"]
+            else:
+                for value in records.get(tname, []):
+                    if tname == "MX":
+                        rdata = struct.pack("!H", value[0]) + _encode_name(value[1])
+                    elif tname == "A":
+                        rdata = socket.inet_pton(socket.AF_INET, value)
+                    else:
+                        rdata = socket.inet_pton(socket.AF_INET6, value)
+                    answers.append(struct.pack("!HHHIH", 0xC00C, qtype, 1, 60, len(rdata)) + rdata)
+        reply = struct.pack("!HHHHHH", qid, 0x8400 | (flags & 0x0100) | 0x0080 | rcode, 1, len(answers), 0, 0)
+        reply += question + b"".join(answers)
+
+        def send():
+            try:
+                self.sock.sendto(reply, peer)
+            except OSError:
+                pass
+
+        if delay:
+            threading.Timer(delay, send).start()
+        else:
+            send()
+
+
+class ScriptedSmtp:
+    """An SMTP server on loopback: EHLO (STARTTLS offered when a certificate
+    is given and the session is plaintext), MAIL, RCPT, DATA, RSET, NOOP,
+    QUIT; one message per transaction; no PIPELINING.
+
+    implicit: TLS from the first byte (port 465 style).
+    tls_versions: (minimum, maximum) as ssl.TLSVersion; the security level
+    is lowered so that TLS 1.0 and 1.1 can be offered at all.
+    handshakes: one dict per TLS handshake: {"sni": name or None,
+    "version": "TLSv1.3" or None, "error": text or None}.
+    arrivals: one dict per message, as peers.read_record gives them."""
+
+    def __init__(self, host, port, cert=None, key=None, implicit=False, tls_versions=None, family=socket.AF_INET):
+        self.handshakes = []
+        self.arrivals = []
+        self.sessions = 0
+        self.transcripts = []  # per session: "C: line" and "S: reply" in order
+        self.lock = threading.Lock()
+        self.ctx = None
+        if cert:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(cert, key)
+            if tls_versions:
+                self.ctx.set_ciphers("ALL:@SECLEVEL=0")
+                with warnings.catch_warnings():  # TLS 1.0 and 1.1 are deprecated: that is the point
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.ctx.minimum_version, self.ctx.maximum_version = tls_versions
+            self.ctx.sni_callback = self._on_sni
+        self.implicit = implicit
+        peer = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self):
+                peer._session(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+            # mxpress opens up to connections_max at once: socketserver's
+            # backlog of 5 would drop the rest of the handshakes (and leave
+            # the client waiting for a greeting until its timeout).
+            request_queue_size = 128
+            address_family = family
+
+        self.server = Server((host.strip("[]"), port), Handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._sni = threading.local()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _on_sni(self, sslobj, name, ctx):
+        self._sni.name = name
+
+    def _handshake(self, sock):
+        self._sni.name = None
+        try:
+            tls = self.ctx.wrap_socket(sock, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            with self.lock:
+                self.handshakes.append({"sni": self._sni.name, "version": None, "error": str(e)})
+            return None
+        with self.lock:
+            self.handshakes.append({"sni": self._sni.name, "version": tls.version(), "error": None})
+        return tls
+
+    def _session(self, sock):
+        transcript = []
+        with self.lock:
+            self.sessions += 1
+            self.transcripts.append(transcript)
+        sock.settimeout(30)
+        if self.implicit:
+            sock = self._handshake(sock)
+            if sock is None:
+                return
+        tls = self.implicit
+        f = sock.makefile("rb")
+
+        def say(text):
+            transcript.append("S: " + text)
+            sock.sendall(text.encode("ascii"))
+
+        say("220 scripted.test ESMTP\r\n")
+        rcpts = []
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                cmd = line.decode("utf-8", "replace").strip()
+                transcript.append("C: " + cmd)
+                verb = cmd.split(" ", 1)[0].upper()
+                if verb in ("EHLO", "HELO"):
+                    offer = self.ctx is not None and not tls
+                    say("250-scripted.test\r\n250-8BITMIME\r\n" + ("250-STARTTLS\r\n" if offer else "") +
+                        "250 SMTPUTF8\r\n")
+                elif verb == "STARTTLS" and self.ctx is not None and not tls:
+                    say("220 2.0.0 go ahead\r\n")
+                    f.close()
+                    secured = self._handshake(sock)
+                    if secured is None:
+                        return  # `sock` is closed below
+                    sock, tls = secured, True
+                    f = sock.makefile("rb")
+                    rcpts = []
+                elif verb == "MAIL":
+                    rcpts = []
+                    say("250 2.1.0 ok\r\n")
+                elif verb == "RCPT":
+                    rcpts.append(cmd.split(":", 1)[1].strip().split(">")[0].strip("<"))
+                    say("250 2.1.5 ok\r\n")
+                elif verb == "DATA":
+                    say("354 go ahead\r\n")
+                    lines = []
+                    while True:
+                        body_line = f.readline()
+                        if not body_line or body_line == b".\r\n":
+                            break
+                        lines.append(body_line[1:] if body_line.startswith(b".") else body_line)
+                    text = b"".join(lines).decode("utf-8", "replace")
+                    headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
+                    with self.lock:
+                        self.arrivals.append({"rcpt": rcpts, "to": " ".join((headers["To"] or "").split()),
+                                              "code": (headers["X-Row-Code"] or "").strip(), "tls": tls})
+                    rcpts = []
+                    say("250 2.0.0 queued\r\n")
+                elif verb in ("RSET", "NOOP"):
+                    rcpts = []
+                    say("250 2.0.0 ok\r\n")
+                elif verb == "QUIT":
+                    say("221 2.0.0 bye\r\n")
+                    return
+                else:
+                    say("502 5.5.2 not implemented\r\n")
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
