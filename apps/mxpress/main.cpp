@@ -86,16 +86,7 @@ struct render_options {
 };
 
 std::string read_file(const std::string& path, const char* what) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw input_error(path, 0, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) {
-        throw input_error(path, 0, fmt::format("cannot read {}: {}", what, std::strerror(errno)));
-    }
-    return ss.str();
+    return mail::read_input_file(path, what);
 }
 
 mxpress::io::unique_fd open_recipients(const std::string& path) {

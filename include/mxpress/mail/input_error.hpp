@@ -4,7 +4,11 @@
 // the runner can print "FILE:LINE: what" and exit with status 2.
 #pragma once
 
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -34,5 +38,20 @@ private:
     std::string _file;
     std::uint64_t _line;
 };
+
+// The whole of a file the user named (`what` says which, for the error):
+// input_error naming the file when it cannot be opened or read.
+inline std::string read_input_file(const std::string& path, const char* what) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        throw input_error(path, 0, std::string("cannot open ") + what + ": " + std::strerror(errno));
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    if (in.bad()) {
+        throw input_error(path, 0, std::string("cannot read ") + what + ": " + std::strerror(errno));
+    }
+    return ss.str();
+}
 
 }  // namespace mxpress::mail

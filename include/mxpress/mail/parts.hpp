@@ -65,19 +65,6 @@ struct message_parts {
 
 namespace detail_parts {
 
-inline std::string read_whole(const std::string& path, const char* what) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        throw input_error(path, 0, fmt::format("cannot open {}: {}", what, std::strerror(errno)));
-    }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) {
-        throw input_error(path, 0, fmt::format("cannot read {}: {}", what, std::strerror(errno)));
-    }
-    return ss.str();
-}
-
 // Extension (lowercase, without the dot) to media type; application/octet-stream otherwise.
 inline std::string_view media_type(std::string_view file_name) {
     static constexpr std::pair<std::string_view, std::string_view> table[] = {
@@ -232,7 +219,7 @@ inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222
 // A text or HTML part: headers and body for the skeleton. `file` names it
 // in errors; merge fields are checked against `columns` on the file alone.
 inline std::string text_part(const std::string& file, std::string_view media, const std::vector<std::string>& columns) {
-    const std::string content = read_whole(file, media == "text/html" ? "HTML part" : "text part");
+    const std::string content = read_input_file(file, media == "text/html" ? "HTML part" : "text part");
     const bool fields = content.find("{{") != std::string::npos;
     // The file on its own (declared 8bit as below when it has fields), so
     // that an error names its own line.
@@ -310,7 +297,7 @@ inline std::string build_template(const message_parts& parts, const std::vector<
     }
     std::vector<std::string> attachments;
     for (const std::string& path : parts.attachments) {
-        const std::string data = dp::read_whole(path, "attachment");
+        const std::string data = read_input_file(path, "attachment");
         const std::string_view name = dp::base_name(path);
         std::string a = fmt::format(
             "Content-Type: {}\r\nContent-Transfer-Encoding: base64\r\n"
@@ -357,7 +344,7 @@ inline std::string build_template(const message_parts& parts, const std::vector<
     if (alternatives.size() == 1 && attachments.empty()) {
         // A single part: the renderer chooses the transfer encoding per row.
         const std::string content =
-            dp::crlf_lines(dp::read_whole(!parts.text_file.empty() ? parts.text_file : parts.html_file, "text part"));
+            dp::crlf_lines(read_input_file(!parts.text_file.empty() ? parts.text_file : parts.html_file, "text part"));
         return headers + (parts.text_file.empty() ? "Content-Type: text/html\r\n" : "") + "\r\n" + content;
     }
     std::string out = headers;
