@@ -1,0 +1,195 @@
+// mxpress/engine/config_values.hpp — the run configuration's value types:
+// the TLS policy, host patterns, durations ("500ms", "1h30m", bounded so no
+// deadline overflows a clock) and `config`, the effective settings. Which
+// keys fill them, their defaults and how a file is read are config.hpp's.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/dkim_config.hpp"
+#include "mxpress/smtp/client.hpp"
+
+namespace mxpress::engine {
+
+enum class tls_policy : std::uint8_t { disabled, opportunistic, required, verify };
+
+inline const char* to_string(tls_policy p) noexcept {
+    switch (p) {
+        case tls_policy::disabled: return "disabled";
+        case tls_policy::opportunistic: return "opportunistic";
+        case tls_policy::required: return "required";
+        case tls_policy::verify: return "verify";
+    }
+    return "?";
+}
+
+inline bool parse_tls_policy(std::string_view s, tls_policy& out) {
+    for (tls_policy p : {tls_policy::disabled, tls_policy::opportunistic, tls_policy::required, tls_policy::verify}) {
+        if (s == to_string(p)) {
+            out = p;
+            return true;
+        }
+    }
+    return false;
+}
+
+// "*.example.net" matches every name ending in ".example.net"; anything else
+// matches itself. Both sides are compared in lowercase.
+inline bool host_pattern_matches(std::string_view pattern, std::string_view host) {
+    if (pattern.starts_with("*.")) {
+        const std::string_view suffix = pattern.substr(1);
+        return host.size() > suffix.size() && detail::iequals(host.substr(host.size() - suffix.size()), suffix);
+    }
+    return detail::iequals(pattern, host);
+}
+
+using milliseconds = std::chrono::milliseconds;
+
+// Longest duration parse_duration accepts at all (about 31,000 years): far
+// beyond every key's own limit, so that the sum of a duration's parts can
+// never overflow, and a too-long value gets the key's range error.
+inline constexpr std::uint64_t duration_parse_max_ms = 1'000'000'000'000'000ULL;
+
+// Parses "90s", "5m", "1h30m", "250ms", "2d". Returns false when malformed
+// or longer than duration_parse_max_ms.
+inline bool parse_duration(std::string_view s, milliseconds& out) {
+    if (s.empty()) {
+        return false;
+    }
+    std::uint64_t total = 0;
+    std::size_t i = 0;
+    while (i < s.size()) {
+        std::uint64_t n = 0;
+        const std::size_t start = i;
+        while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
+            if (n > duration_parse_max_ms) {
+                return false;
+            }
+            n = n * 10 + static_cast<std::uint64_t>(s[i] - '0');
+            ++i;
+        }
+        if (i == start) {
+            return false;
+        }
+        std::uint64_t unit_ms = 0;
+        if (s.substr(i).starts_with("ms")) {
+            unit_ms = 1;
+            i += 2;
+        } else if (i < s.size()) {
+            switch (s[i]) {
+                case 's': unit_ms = 1000; break;
+                case 'm': unit_ms = 60'000; break;
+                case 'h': unit_ms = 3'600'000; break;
+                case 'd': unit_ms = 86'400'000; break;
+                default: return false;
+            }
+            ++i;
+        } else {
+            return false;  // a unit is required
+        }
+        // n <= 1e18 and unit_ms <= 8.64e7: check before multiplying.
+        if (n > (duration_parse_max_ms - total) / unit_ms) {
+            return false;
+        }
+        total += n * unit_ms;
+    }
+    out = milliseconds(static_cast<std::int64_t>(total));
+    return true;
+}
+
+// The shortest exact spelling: 5400000 ms -> "1h30m", 500 ms -> "500ms".
+inline std::string format_duration(milliseconds d) {
+    auto ms = static_cast<std::uint64_t>(d.count());
+    if (ms == 0) {
+        return "0s";
+    }
+    std::string out;
+    const std::pair<std::uint64_t, const char*> units[] = {
+        {86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}, {1, "ms"}};
+    for (const auto& [size, name] : units) {
+        if (ms >= size) {
+            out += std::to_string(ms / size);
+            out += name;
+            ms %= size;
+        }
+    }
+    return out;
+}
+
+inline std::string default_helo_name() {
+    char buf[256] = {};
+    if (::gethostname(buf, sizeof buf - 1) != 0 || buf[0] == '\0') {
+        return "localhost";
+    }
+    return buf;
+}
+
+// The effective settings. The defaults, limits and docs of the key = value
+// fields are in config_keys (one row each); a default-constructed config
+// holds those defaults.
+struct config {
+    config();
+
+    // [defaults]
+    std::string helo_name;
+    milliseconds retry_initial{};
+    milliseconds retry_max{};
+    milliseconds max_age{};
+    std::uint32_t connections_max = 0;
+    std::uint32_t messages_per_connection_max = 0;
+    milliseconds connect_timeout{};
+    milliseconds idle_timeout{};
+    std::uint32_t pending_max = 0;
+    milliseconds host_skip_max{};
+    std::uint32_t in_doubt_retries = 0;
+    tls_policy tls = tls_policy::opportunistic;
+    bool tls_set = false;     // [defaults] tls was given (relays default to verify otherwise)
+    std::string tls_ca_file;  // empty: the system's CAs
+    std::uint32_t tls_sessions_max = 0;
+    milliseconds tls_plaintext_after_failure{};
+    // [timeouts]
+    smtp::timeouts smtp_timeouts{};
+    milliseconds tls_handshake_timeout{};
+    // [dns]
+    milliseconds dns_timeout{};
+    std::uint32_t dns_tries = 0;
+    milliseconds mx_cache_ttl{};
+    milliseconds dns_failure_cache_ttl{};
+    // [domain."…"] and [mx."…"]
+    std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
+    std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
+    mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
+
+    // Which rows of config_keys the file set (bit i: row i).
+    std::uint64_t keys_set = 0;
+    bool is_set(std::string_view section, std::string_view name) const;
+
+    // The TLS policy for mail to `domain` through the MX host `mx_host`.
+    tls_policy tls_for(std::string_view domain, std::string_view mx_host) const {
+        for (const auto& [d, p] : domain_tls) {
+            if (detail::iequals(d, domain)) {
+                return p;
+            }
+        }
+        for (const auto& [pattern, p] : mx_tls) {
+            if (host_pattern_matches(pattern, mx_host)) {
+                return p;
+            }
+        }
+        return tls;
+    }
+};
+
+}  // namespace mxpress::engine
