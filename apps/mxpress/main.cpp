@@ -770,12 +770,13 @@ int run_send(const send_options& o) {
         "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid{}; {} deferrals, {} "
         "connections\n"
         "tls: {} handshakes, {} resumed ({:.1f}%), {} failed\n"
-        "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\njournal: {}\n",
+        "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\n"
+        "journal: {} (at most {} transactions in flight at once: what a kill -9 could have sent twice)\n",
         t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
         t.expired, t.invalid, suppress ? fmt::format(", {} suppressed", t.suppressed) : "", t.deferred, t.connections,
         t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
-        human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path);
+        human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path, t.in_flight_peak);
     if (t.in_doubt > 0) {
         summary += fmt::format(
             "in doubt: {} (the server took the message but the session ended before its reply, on every attempt "
@@ -794,10 +795,11 @@ int run_send(const send_options& o) {
             ",\"tls_"
             "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
-            "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"top_failures\":[",
+            "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
+            "\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
             t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
-            peak_rss_bytes());
+            peak_rss_bytes(), t.in_flight_peak);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');

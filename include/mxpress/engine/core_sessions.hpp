@@ -417,6 +417,11 @@ inline void delivery_core::fill(connection& c) {
         sl.r = std::move(r);
         ++c.messages;
         shard_stats::add(_stats.in_flight);
+        // Only this shard's thread writes both: a plain load and store.
+        if (const std::uint64_t now = _stats.in_flight.load(std::memory_order_relaxed);
+            now > _stats.in_flight_peak.load(std::memory_order_relaxed)) {
+            _stats.in_flight_peak.store(now, std::memory_order_relaxed);
+        }
         c.client.start_transaction(env, sl.message, k);
         // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
         while (auto e = c.client.next_event()) {

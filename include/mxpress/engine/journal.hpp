@@ -292,18 +292,20 @@ public:
     // Writes buffered lines. Throws journal_error when the disk refuses (a run
     // failure, exit 1: not the user's input).
     void flush() {
-        std::size_t done = 0;
-        while (done < _buffer.size()) {
-            const ssize_t n = ::write(_fd, _buffer.data() + done, _buffer.size() - done);
-            if (n < 0) {
-                if (errno == EINTR) {
-                    continue;
-                }
-                throw journal_error(fmt::format("{}: cannot write journal: {}", _path, std::strerror(errno)));
-            }
-            done += static_cast<std::size_t>(n);
+        std::string pending;
+        pending.swap(_buffer);
+        write_all(pending);
+        pending.clear();
+        _buffer.swap(pending);  // keeps the reserved capacity
+    }
+
+    // Writes buffered lines, then `lines`, before returning (no copy into
+    // the buffer). Throws journal_error as flush() does.
+    void write_now(std::string_view lines) {
+        if (!_buffer.empty()) {
+            flush();
         }
-        _buffer.clear();
+        write_all(lines);
     }
 
     // Flushes and asks the kernel to put the data on disk.
@@ -317,6 +319,20 @@ public:
     const std::string& path() const noexcept { return _path; }
 
 private:
+    void write_all(std::string_view data) {
+        std::size_t done = 0;
+        while (done < data.size()) {
+            const ssize_t n = ::write(_fd, data.data() + done, data.size() - done);
+            if (n < 0) {
+                if (errno == EINTR) {
+                    continue;
+                }
+                throw journal_error(fmt::format("{}: cannot write journal: {}", _path, std::strerror(errno)));
+            }
+            done += static_cast<std::size_t>(n);
+        }
+    }
+
     // A crash may have left a last line without '\n'; end it so the next
     // entry starts on a line of its own (the reader skips the torn one).
     void repair_torn_tail() {

@@ -80,10 +80,11 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
-    std::atomic<std::uint64_t> in_doubt{0};  // final: in-doubt (see journal.hpp)
-    std::atomic<std::uint64_t> invalid{0};   // rendering failed in the shard
-    std::atomic<std::uint64_t> deferred{0};  // temporary failures (each retry counts)
-    std::atomic<std::uint64_t> in_flight{0};
+    std::atomic<std::uint64_t> in_doubt{0};          // final: in-doubt (see journal.hpp)
+    std::atomic<std::uint64_t> invalid{0};           // rendering failed in the shard
+    std::atomic<std::uint64_t> deferred{0};          // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> in_flight{0};         // transactions started and not yet journaled
+    std::atomic<std::uint64_t> in_flight_peak{0};    // the most at once: what kill -9 could send twice
     std::atomic<std::uint64_t> left_deferred{0};     // journaled `deferred` when the run stopped
     std::atomic<std::uint64_t> stopped_in_doubt{0};  // torn down mid-transaction at the stop
     std::atomic<std::uint64_t> connections_opened{0};

@@ -54,6 +54,7 @@ struct run_totals {
     std::uint64_t bounced = 0;
     std::uint64_t expired = 0;
     std::uint64_t in_doubt = 0;
+    std::uint64_t in_flight_peak = 0;  // sum of the shards' peaks: a bound on the kill -9 window
     std::uint64_t deferred = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
@@ -398,6 +399,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.bounced += s.bounced;
         t.expired += s.expired;
         t.in_doubt += s.in_doubt;
+        t.in_flight_peak += s.in_flight_peak;
         t.invalid += s.invalid;  // messages that could not be rendered
         t.deferred += s.deferred;
         t.connections += s.connections_opened;

@@ -5,9 +5,8 @@
 //
 // Invariants:
 // - Everything here runs on the shard's thread; nothing is shared with other
-//   shards except the journal's queue (locked once per batch; the writer
-//   thread does the write()) and the stats counters (relaxed atomics the
-//   reader thread prints).
+//   shards except the journal (one write(2) per loop turn under its lock)
+//   and the stats counters (relaxed atomics the reader thread prints).
 // - Memory is bounded: the shard takes new recipients from its mailbox only
 //   while the core is accepting (options.hpp: the intake bounds).
 // - A socket has at most one send in flight (the core asks for the next
@@ -16,8 +15,8 @@
 // - A connection's I/O state (socket, operations in flight, the bytes of
 //   its send) lives until its last operation completes, even after the core
 //   closed it: the kernel never reads freed memory.
-// - Journal lines go to the writer thread at the end of every loop turn (and
-//   every 64 KiB), so an outcome reaches the file within milliseconds of the
+// - Journal lines are written at the end of every loop turn (and every
+//   64 KiB), so an outcome reaches the file within the turn that read the
 //   server's reply: kill -9 can lose only the transactions in flight.
 // - The clock is read once per loop turn and handed to the core.
 // - Stopping (request_stop(), from another thread; it only stores a level
