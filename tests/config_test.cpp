@@ -54,7 +54,8 @@ TEST(Config, Errors) {
     EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
               "c.toml:2: unknown key 'conections_max' in [defaults]; did you mean 'connections_max'? (known: "
               "helo_name, retry_initial, retry_max, max_age, connections_max, messages_per_connection_max, "
-              "connect_timeout, idle_timeout, pending_max, host_skip_max, in_doubt_retries, tls, tls_ca_file, "
+              "max_message_rate, max_connection_rate, connect_timeout, idle_timeout, pending_max, host_skip_max, "
+              "in_doubt_retries, tls, tls_ca_file, "
               "tls_sessions_max, "
               "tls_plaintext_after_failure)");
     EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
@@ -100,14 +101,78 @@ TEST(Config, TlsErrors) {
     EXPECT_EQ(error_of("[domain.\"a.test\"]\ntls = \"maybe\"\n"),
               "c.toml:2: [domain.\"a.test\"] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
     EXPECT_EQ(error_of("[domain.a.test]\ntls = \"required\"\n"),
-              "c.toml:1: unknown key 'test' in [domain.\"a\"] (known: tls; quote a dotted name: "
-              "[domain.\"example.com\"])");
+              "c.toml:1: unknown key 'test' in [domain.\"a\"] (known: tls, max_message_rate, connections_max, "
+              "messages_per_connection_max; quote a dotted name: [domain.\"example.com\"])");
     EXPECT_EQ(error_of("[mx.\"mx*.test\"]\ntls = \"verify\"\n"),
               "c.toml:1: [mx.\"mx*.test\"]: a host name, or \"*.\" and a suffix");
     EXPECT_EQ(error_of("[domain.\"*.test\"]\ntls = \"verify\"\n"),
               "c.toml:1: [domain.\"*.test\"]: a domain name, without wildcards");
     EXPECT_EQ(error_of("[defaults]\ntls_ca_file = \"/nonexistent/ca.pem\"\n"),
               "c.toml:2: [defaults] tls_ca_file: cannot read /nonexistent/ca.pem: No such file or directory");
+}
+
+// Rates are parsed strictly: a positive count, a unit, an optional burst.
+TEST(Config, Rates) {
+    rate r;
+    ASSERT_TRUE(parse_rate("10/s", r));
+    EXPECT_EQ(r.interval(), std::chrono::milliseconds(100));
+    EXPECT_EQ(r.burst, 1u);
+    EXPECT_EQ(r.tolerance(), std::chrono::nanoseconds(0));
+    ASSERT_TRUE(parse_rate("3000/min,burst=50", r));
+    EXPECT_EQ(r.interval(), std::chrono::milliseconds(20));
+    EXPECT_EQ(r.tolerance(), std::chrono::milliseconds(20 * 49));
+    ASSERT_TRUE(parse_rate("2/h", r));
+    EXPECT_EQ(r.interval(), std::chrono::minutes(30));
+    ASSERT_TRUE(parse_rate("1/d", r));
+    EXPECT_EQ(r.interval(), std::chrono::hours(24));
+    ASSERT_TRUE(parse_rate("unlimited", r));
+    EXPECT_TRUE(r.unlimited());
+    for (const char* bad : {"", "10", "10/", "0/s", "-1/s", "10/sec", "10/m", "1.5/s", " 10/s", "10/s ", "010/s",
+                            "10/s,burst=0", "10/s,burst=", "10/s,bust=2", "10/s,burst=2,burst=3", "1/s,burst=1000001",
+                            "99999999999/s", "Unlimited", "10 / s"}) {
+        EXPECT_FALSE(parse_rate(bad, r)) << bad;
+    }
+}
+
+TEST(Config, DomainLimitsOverDefaults) {
+    const config c = parse_config(
+        "[defaults]\nmax_message_rate = \"100/s\"\nconnections_max = 8\nmax_connection_rate = \"60/min,burst=5\"\n"
+        "[domain.\"Yahoo.co.jp\"]\nmax_message_rate = \"10/s\"\nconnections_max = 2\n"
+        "[domain.\"slow.test\"]\ntls = \"required\"\nmessages_per_connection_max = 5\n",
+        "c.toml");
+    const domain_limits y = c.limits_for("yahoo.co.jp");
+    ASSERT_TRUE(y.max_message_rate);
+    EXPECT_EQ(y.max_message_rate->text, "10/s");
+    EXPECT_EQ(y.connections_max, 2u);
+    EXPECT_EQ(y.messages_per_connection_max, 1000u) << "the default";
+    const domain_limits s = c.limits_for("SLOW.test");
+    EXPECT_EQ(s.max_message_rate->text, "100/s") << "[defaults]";
+    EXPECT_EQ(s.connections_max, 8u);
+    EXPECT_EQ(s.messages_per_connection_max, 5u);
+    EXPECT_EQ(c.tls_for("slow.test", "mx.slow.test"), tls_policy::required);
+    EXPECT_EQ(c.limits_for("other.test").max_message_rate->text, "100/s");
+    EXPECT_EQ(c.max_connection_rate.burst, 5u);
+    const std::string d = describe(c);
+    EXPECT_NE(d.find("[domain.\"slow.test\"]\ntls = \"required\"\nmessages_per_connection_max = 5\n"),
+              std::string::npos)
+        << d;
+    EXPECT_EQ(describe(parse_config(d, "c.toml")), d) << "check-config prints a configuration that reads back";
+}
+
+TEST(Config, RateErrorsNameFileLineAndKey) {
+    EXPECT_EQ(error_of("[defaults]\nmax_message_rate = \"10 per second\"\n"),
+              "c.toml:2: [defaults] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", \"3000/min\", "
+              "\"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
+    EXPECT_EQ(error_of("[defaults]\nmax_connection_rate = 100\n"),
+              "c.toml:2: [defaults] max_connection_rate must be \"unlimited\" or a rate such as \"10/s\", "
+              "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
+    EXPECT_EQ(error_of("[domain.\"a.test\"]\n\nmax_message_rate = \"0/s\"\n"),
+              "c.toml:3: [domain.\"a.test\"] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", "
+              "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
+    EXPECT_EQ(error_of("[domain.\"a.test\"]\nconnections_max = 0\n"),
+              "c.toml:2: [domain.\"a.test\"] connections_max must be an integer in 1..10000");
+    EXPECT_EQ(error_of("[domain.\"a.test\"]\nmessages_per_connection_max = \"5\"\n"),
+              "c.toml:2: [domain.\"a.test\"] messages_per_connection_max must be an integer in 1..100000000");
 }
 
 TEST(Config, MissingFileIsAnError) {
@@ -270,6 +335,7 @@ TEST(Config, EveryKeyRoundTripsThroughItsOwnField) {
             case key_type::host_name: value = "\"other.example\""; break;
             case key_type::file: value = fmt::format("\"{}\"", readable); break;
             case key_type::tls_policy: value = "\"disabled\""; break;
+            case key_type::rate: value = "\"7/min,burst=3\""; break;
         }
         std::string text = fmt::format("[{}]\n{} = {}\n", k.section, k.name, value);
         if (k.name == "retry_initial") {

@@ -34,6 +34,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -63,11 +64,13 @@ using mxpress::net::tls_stream;
 
 // --record FILE: one JSON object per line for each message accepted, written
 // before its 250 reply is queued:
-//   {"rcpt":["a@x.test"],"size":1234,"sha256":"…","to":"…","code":"…"}
+//   {"rcpt":["a@x.test"],"size":1234,"sha256":"…","to":"…","code":"…","t":1795000000.123456}
 // size and sha256 are of the message as the client meant it (dots
 // un-stuffed, CRLF line ends, without the final "."), so a test can compare
 // them with `mxpress render`; "to" and "code" are the unfolded values of the
-// To: and X-Row-Code: headers ("" when absent), the recipient's own fields.
+// To: and X-Row-Code: headers ("" when absent), the recipient's own fields;
+// "t" is when the final dot arrived (Unix time, microseconds), so a test
+// can measure the pace a destination was sent at.
 // Shared by every worker (a mutex per line); flushed when it is destroyed.
 class message_recorder {
 public:
@@ -91,7 +94,9 @@ public:
         mxpress::detail::append_json_string(line, header_value(message, "To"));
         line += ",\"code\":";
         mxpress::detail::append_json_string(line, header_value(message, code_header));
-        line += "}\n";
+        timespec now{};
+        ::clock_gettime(CLOCK_REALTIME, &now);
+        line += fmt::format(",\"t\":{}.{:06}}}\n", now.tv_sec, now.tv_nsec / 1000);
         const std::lock_guard<std::mutex> lock(_mutex);
         std::fwrite(line.data(), 1, line.size(), _file.get());
     }

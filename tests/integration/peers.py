@@ -211,7 +211,7 @@ def record_of(stats_path):
 
 
 def read_record(path):
-    """mxsink --record lines: one dict per message (rcpt, size, sha256, to, code)."""
+    """mxsink --record lines: one dict per message (rcpt, size, sha256, to, code, t)."""
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 

@@ -23,10 +23,13 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
     const mxpress::sim::run_report r = s.run();
     const double cpu = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!r.violation.empty()) {
-        std::printf("seed %llu: FAILED: %s\nreproduce: mxpress_sim --seed %llu --recipients %zu --domains %zu%s\n",
-                    static_cast<unsigned long long>(w.seed), r.violation.c_str(),
-                    static_cast<unsigned long long>(w.seed), w.recipients, w.domains,
-                    w.drain_after_seconds > 0 ? fmt::format(" --drain-after {}", w.drain_after_seconds).c_str() : "");
+        std::printf(
+            "seed %llu: FAILED: %s\nreproduce: mxpress_sim --seed %llu --recipients %zu --domains %zu%s\n",
+            static_cast<unsigned long long>(w.seed), r.violation.c_str(), static_cast<unsigned long long>(w.seed),
+            w.recipients, w.domains,
+            (std::string(w.drain_after_seconds > 0 ? fmt::format(" --drain-after {}", w.drain_after_seconds) : "") +
+             (w.shaped ? " --shaped" : ""))
+                .c_str());
         return 1;
     }
     if (!quiet) {
@@ -34,14 +37,14 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             "seed %llu: ok: %zu recipients, %zu domains, connections_max %u: %llu delivered, %llu bounced, "
             "%llu expired, %llu invalid, %llu in doubt, %llu unfinished; %llu connections, %llu TLS handshakes, "
             "%llu TLS failures, %llu taken "
-            "without a reply; %llu steps, %.0f s simulated in %.2f s\n",
+            "without a reply; %zu shaped domains checked; %llu steps, %.0f s simulated in %.2f s\n",
             static_cast<unsigned long long>(w.seed), w.recipients, w.domains, s.options().cfg.connections_max,
             static_cast<unsigned long long>(r.delivered), static_cast<unsigned long long>(r.bounced),
             static_cast<unsigned long long>(r.expired), static_cast<unsigned long long>(r.invalid),
             static_cast<unsigned long long>(r.in_doubt), static_cast<unsigned long long>(r.unfinished),
             static_cast<unsigned long long>(r.connections), static_cast<unsigned long long>(r.tls_handshakes),
             static_cast<unsigned long long>(r.tls_failures), static_cast<unsigned long long>(r.accepted_without_reply),
-            static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
+            r.shaped_checked, static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
     }
     return 0;
 }
@@ -59,6 +62,7 @@ int main(int argc, char** argv) {
     app.add_option("--recipients", w.recipients, "recipients per run")->capture_default_str();
     app.add_option("--domains", w.domains, "destination domains per run")->capture_default_str();
     app.add_option("--faulty-hosts", w.faulty_hosts, "share of MX hosts with a fault")->capture_default_str();
+    app.add_flag("--shaped", w.shaped, "a quarter of the domains get max_message_rate and connections_max");
     app.add_option("--drain-after", w.drain_after_seconds,
                    "stop the run (drain, as SIGTERM) after this many simulated seconds");
     CLI11_PARSE(app, argc, argv);

@@ -68,6 +68,10 @@ struct world_options {
     // with exactly one outcome, final or unfinished, and no transaction
     // starts after the drain.
     double drain_after_seconds = 0;
+    // A quarter of the domains get a [domain."…"] section (max_message_rate,
+    // connections_max) and healthy hosts; each is checked at its receivers:
+    // never faster than the rate allows, and within 2% of it over the run.
+    bool shaped = false;
     bool verbose = false;
 };
 
@@ -76,7 +80,8 @@ struct run_report {
     std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0, in_doubt = 0, unfinished = 0;
     std::uint64_t connections = 0, tls_handshakes = 0, tls_failures = 0, accepted_without_reply = 0;
     double simulated_seconds = 0;
-    std::string violation;  // empty: every invariant held
+    std::size_t shaped_checked = 0;  // shaped domains with enough mail to check their rate
+    std::string violation;           // empty: every invariant held
 };
 
 // TLS as identity: the handshake is decided by the server's profile.
@@ -157,7 +162,9 @@ private:
         std::string name;
         net::ip_address addr;
         server_profile profile;
-        std::uint32_t sessions = 0;  // open now
+        std::uint32_t sessions = 0;               // open now
+        std::uint32_t sessions_max = 0;           // its domain's connections_max
+        std::vector<clock::time_point> connects;  // when we opened each connection
         engine::tls_policy policy = engine::tls_policy::opportunistic;
         std::deque<clock::time_point> refused;  // sessions refused over max_sessions, last refusal_window
     };
@@ -167,6 +174,12 @@ private:
     static constexpr auto refusal_window = std::chrono::seconds(60);
     static constexpr std::size_t refusals_over_burst_max = 6;
     enum class dns_kind { ok, nxdomain, null_mx, servfail_then_ok, timeout_then_ok };
+    struct shaped_domain {
+        engine::rate limit;
+        std::size_t hosts = 0;
+        std::uint32_t connections_max = 0;
+        std::vector<clock::time_point> accepted;  // when its receivers took a message
+    };
     struct domain {
         std::string name;
         std::vector<std::size_t> hosts;  // indexes into _hosts, by preference
@@ -213,6 +226,9 @@ private:
         c.pending_max = static_cast<std::uint32_t>(_w.pending_max);
         c.idle_timeout = milliseconds(2000);
         _o.tick = milliseconds(50);
+        if (_w.shaped) {
+            engine::parse_rate(fmt::format("{}/min,burst={}", 20 + pick(200), 1 + pick(4)), c.max_connection_rate);
+        }
     }
 
     server_profile random_fault() {
@@ -252,6 +268,19 @@ private:
             const char* suffix = suffixes[pick(6)];
             dom.name = fmt::format("d{}.{}", d, suffix);
             const std::uint32_t mx_count = 1 + pick(3);
+            const bool shaped = _w.shaped && pick(4) == 0;
+            std::uint32_t sessions_max = std::max<std::uint32_t>(1, _o.cfg.connections_max);
+            if (shaped) {
+                engine::domain_limits dl;
+                dl.name = dom.name;
+                engine::rate r;
+                engine::parse_rate(fmt::format("{}/min,burst={}", 30 + pick(600), 1 + pick(5)), r);
+                dl.max_message_rate = r;
+                dl.connections_max = 1 + pick(3);
+                sessions_max = dl.connections_max;
+                _shaped[dom.name] = shaped_domain{r, mx_count, dl.connections_max, {}};
+                _o.cfg.domain_limit.push_back(std::move(dl));
+            }
             for (std::uint32_t m = 0; m < mx_count; ++m) {
                 host h;
                 h.name = fmt::format("mx{}.d{}.{}", m, d, suffix);
@@ -259,14 +288,15 @@ private:
                 net::ip_address::parse(fmt::format("127.{}.{}.{}", 1 + index / 65536, (index / 256) % 256, index % 256),
                                        h.addr);
                 h.policy = _o.cfg.tls_for(dom.name, h.name);
-                if (uniform() < _w.faulty_hosts) {
+                h.sessions_max = sessions_max;
+                if (!shaped && uniform() < _w.faulty_hosts) {
                     h.profile = random_fault();
                 }
                 _host_by_name[h.name] = index;
                 _hosts.push_back(std::move(h));
                 dom.hosts.push_back(index);
             }
-            if (uniform() < _w.faulty_dns) {
+            if (!shaped && uniform() < _w.faulty_dns) {
                 dom.dns = static_cast<dns_kind>(1 + pick(4));
                 dom.dns_failures_left = 1 + pick(3);
             }
@@ -366,6 +396,8 @@ private:
     std::vector<engine::command> _commands;
     std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> outcomes (final or unfinished)
     std::unordered_map<std::string, std::uint32_t> _accepted_by_rcpt;  // address -> messages taken
+    std::unordered_map<std::string, shaped_domain> _shaped;            // by domain name
+    void check_shaping();
     std::vector<accepted_message> _accepted;
     run_report _report;
 };

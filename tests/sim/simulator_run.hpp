@@ -71,6 +71,7 @@ inline run_report simulator::run() {
         }
     }
     full_check();
+    check_shaping();
     for (std::size_t i = 0; i < _fed && _report.violation.empty(); ++i) {
         const std::uint64_t line = i + 2;
         auto it = _outcomes.find(line);
@@ -84,6 +85,60 @@ inline run_report simulator::run() {
     _report.tls_failures = _stats.tls_failures.load();
     _report.simulated_seconds = seconds_since_start();
     return _report;
+}
+
+// max_message_rate seen from the receivers of each shaped domain. Upper
+// bound over every window [t_i, t_j]: at most burst + (t_j - t_i)/T
+// messages, plus those that can be in flight at once (a slot is taken when
+// a recipient enters a host's queue; network latency can bunch what
+// follows). Lower bound: a domain with a backlog gets the rate within 2%.
+inline void simulator::check_shaping() {
+    // max_connection_rate, at each host (one pool per host here: a host has
+    // one address and one TLS policy, and serves one domain).
+    const engine::rate& cr = _o.cfg.max_connection_rate;
+    for (const host& h : _hosts) {
+        if (cr.unlimited()) {
+            break;
+        }
+        const double interval = std::chrono::duration<double>(cr.interval()).count();
+        for (std::size_t j = 0; j < h.connects.size() && _report.violation.empty(); ++j) {
+            for (std::size_t i = 0; i <= j; ++i) {
+                const double span = std::chrono::duration<double>(h.connects[j] - h.connects[i]).count();
+                if (double(j - i + 1) > double(cr.burst) + span / interval + 1e-9) {
+                    violation(fmt::format("{} (max_connection_rate {}) got {} connections in {:.3f} s", h.name, cr.text,
+                                          j - i + 1, span));
+                    break;
+                }
+            }
+        }
+    }
+    for (const auto& [name, s] : _shaped) {
+        const std::vector<clock::time_point>& t = s.accepted;
+        const double interval = std::chrono::duration<double>(s.limit.interval()).count();
+        const double in_flight = double(s.hosts * s.connections_max * 2);
+        for (std::size_t j = 0; j < t.size() && _report.violation.empty(); ++j) {
+            for (std::size_t i = 0; i <= j; ++i) {
+                const double span = std::chrono::duration<double>(t[j] - t[i]).count();
+                const double allowed = double(s.limit.burst) + span / interval + in_flight;
+                if (double(j - i + 1) > allowed) {
+                    violation(fmt::format("{} (max_message_rate {}) took {} messages in {:.3f} s (at most {:.1f})",
+                                          name, s.limit.text, j - i + 1, span, allowed));
+                    break;
+                }
+            }
+        }
+        constexpr std::size_t enough = 50;
+        if (t.size() >= enough && _report.violation.empty()) {
+            const double span = std::chrono::duration<double>(t.back() - t.front()).count();
+            const double measured = double(t.size() - s.limit.burst) / span;
+            const double ratio = measured * interval;
+            if (ratio < 0.98 || ratio > 1.02) {
+                violation(fmt::format("{} (max_message_rate {}) got {:.4f} messages/s over {:.0f} s: {:.3f} x the rate",
+                                      name, s.limit.text, measured, span, ratio));
+            }
+            ++_report.shaped_checked;
+        }
+    }
 }
 
 inline void simulator::feed_recipients() {
@@ -168,6 +223,7 @@ inline void simulator::connect(const engine::command& c) {
     assert(index < _hosts.size());
     host& h = _hosts[index];
     const engine::conn_id id = c.conn;
+    h.connects.push_back(_core->now());
     if (h.profile.connect_blackhole) {
         return;  // the core's connect deadline must end it
     }
@@ -181,9 +237,8 @@ inline void simulator::connect(const engine::command& c) {
     sc.server = std::make_unique<server_session>(h.profile, _rng, false);
     sc.open = true;
     ++h.sessions;
-    if (h.sessions > std::max<std::uint32_t>(1, _o.cfg.connections_max)) {
-        violation(fmt::format("{} holds {} sessions from us (connections_max {})", h.name, h.sessions,
-                              _o.cfg.connections_max));
+    if (h.sessions > h.sessions_max) {
+        violation(fmt::format("{} holds {} sessions from us (connections_max {})", h.name, h.sessions, h.sessions_max));
     }
     at(t, [this, id]() {
         _core->connected(id, 0);
@@ -239,6 +294,9 @@ inline void simulator::send(engine::command& c) {
                                       _accepted_by_rcpt[m.rcpt], _o.cfg.in_doubt_retries));
             }
             _report.accepted_without_reply += m.reply_sent ? 0 : 1;
+            if (auto s = _shaped.find(m.rcpt.substr(m.rcpt.find('@') + 1)); s != _shaped.end()) {
+                s->second.accepted.push_back(_core->now());
+            }
         }
         if ((h.policy == engine::tls_policy::required || h.policy == engine::tls_policy::verify) &&
             sc.server->plaintext_mail() > 0) {

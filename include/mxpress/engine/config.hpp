@@ -110,6 +110,13 @@ inline std::string suggestion(std::string_view name, const std::vector<std::stri
 
 inline std::string type_error(const config_key& k);
 
+inline std::string rate_error(std::string_view what) {
+    return fmt::format(
+        "{} must be \"unlimited\" or a rate such as \"10/s\", \"3000/min\", \"50000/h\" or \"1000/d\", "
+        "optionally with \",burst=B\"",
+        what);
+}
+
 // Sets row `k` of `c` from `text` as written in a file (the default, or a
 // TOML string or integer already unwrapped). Returns an error, or "".
 inline std::string assign(const config_key& k, config& c, std::string_view text, std::int64_t integer) {
@@ -148,6 +155,7 @@ inline std::string assign(const config_key& k, config& c, std::string_view text,
             k.text.ref(c) = std::string(text);
             return {};
         case key_type::tls_policy: return parse_tls_policy(text, k.policy.ref(c)) ? std::string() : type_error(k);
+        case key_type::rate: return parse_rate(text, k.limit.ref(c)) ? std::string() : type_error(k);
     }
     return "unknown key type";
 }
@@ -164,6 +172,7 @@ inline std::string type_error(const config_key& k) {
         case key_type::tls_policy:
             return fmt::format("[{}] {} must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", k.section,
                                k.name);
+        case key_type::rate: return rate_error(fmt::format("[{}] {}", k.section, k.name));
     }
     return "unknown key type";
 }
@@ -191,6 +200,7 @@ inline std::string value_text(const config_key& k, const config& c) {
         case key_type::host_name:
         case key_type::file: return fmt::format("\"{}\"", k.text.cref(c));
         case key_type::tls_policy: return fmt::format("\"{}\"", to_string(k.policy.cref(c)));
+        case key_type::rate: return fmt::format("\"{}\"", k.limit.cref(c).text);
     }
     return {};
 }
@@ -202,13 +212,47 @@ inline const char* type_name(key_type t) {
         case key_type::host_name: return "host name";
         case key_type::file: return "file name";
         case key_type::tls_policy: return "TLS policy";
+        case key_type::rate: return "rate";
     }
     return "?";
 }
 
-// [domain."x"] or [mx."pattern"]: a table of tables with only `tls` for now.
+// A [domain."…"] limit key, or false when `key` is not one.
+inline bool get_domain_limit(const std::string& file, const std::string& table, std::string_view key,
+                             const toml::node& value, domain_limits& out) {
+    if (key == "max_message_rate") {
+        const auto* s = value.as_string();
+        rate r;
+        if (s == nullptr || !parse_rate(s->get(), r)) {
+            fail(file, value, rate_error(fmt::format("[{}] {}", table, key)));
+        }
+        out.max_message_rate = r;
+        return true;
+    }
+    const bool conns = key == "connections_max";
+    if (!conns && key != "messages_per_connection_max") {
+        return false;
+    }
+    // The same limits as the [defaults] rows of the same name.
+    const config_key* k = nullptr;
+    for (const config_key& row : config_keys) {
+        if (row.section == "defaults" && row.name == key) {
+            k = &row;
+        }
+    }
+    assert(k != nullptr);
+    const auto* v = value.as_integer();
+    if (v == nullptr || v->get() < k->min || v->get() > k->max) {
+        fail(file, value, fmt::format("[{}] {} must be an integer in {}", table, key, range_of(*k)));
+    }
+    (conns ? out.connections_max : out.messages_per_connection_max) = static_cast<std::uint32_t>(v->get());
+    return true;
+}
+
+// [domain."x"] (tls and limits) or [mx."pattern"] (tls): a table of tables.
 inline void get_tls_entries(const std::string& file, std::string_view kind, const toml::node& node,
-                            std::vector<std::pair<std::string, tls_policy>>& out) {
+                            std::vector<std::pair<std::string, tls_policy>>& out,
+                            std::vector<domain_limits>* limits = nullptr) {
     const auto* t = node.as_table();
     if (t == nullptr) {
         fail(file, node, fmt::format("'{}' must be a table of tables: [{}.\"name\"]", kind, kind));
@@ -231,11 +275,20 @@ inline void get_tls_entries(const std::string& file, std::string_view kind, cons
         if (et == nullptr) {
             fail(file, entry, fmt::format("[{}] must be a table", table));
         }
+        domain_limits dl;
+        dl.name = name;
         for (auto&& [key, value] : *et) {
+            if (limits != nullptr && get_domain_limit(file, table, key.str(), value, dl)) {
+                continue;
+            }
             if (key.str() != "tls") {
                 fail(file, value,
-                     fmt::format("unknown key '{}' in [{}] (known: tls; quote a dotted name: [{}.\"example.com\"])",
-                                 key.str(), table, kind));
+                     fmt::format("unknown key '{}' in [{}] (known: {}; quote a dotted name: [{}.\"example.com\"])",
+                                 key.str(), table,
+                                 limits != nullptr
+                                     ? "tls, max_message_rate, connections_max, messages_per_connection_max"
+                                     : "tls",
+                                 kind));
             }
             const auto* s = value.as_string();
             tls_policy p{};
@@ -246,13 +299,50 @@ inline void get_tls_entries(const std::string& file, std::string_view kind, cons
             }
             out.emplace_back(name, p);
         }
+        if (limits != nullptr &&
+            (dl.max_message_rate || dl.connections_max != 0 || dl.messages_per_connection_max != 0)) {
+            limits->push_back(std::move(dl));
+        }
     }
 }
 
+inline void describe_limits(std::string& out, const domain_limits& d) {
+    if (d.max_message_rate) {
+        out += fmt::format("max_message_rate = \"{}\"\n", d.max_message_rate->text);
+    }
+    if (d.connections_max != 0) {
+        out += fmt::format("connections_max = {}\n", d.connections_max);
+    }
+    if (d.messages_per_connection_max != 0) {
+        out += fmt::format("messages_per_connection_max = {}\n", d.messages_per_connection_max);
+    }
+}
+
+// Each name once: one table with its tls and its limits (valid TOML).
 inline void describe_tls_entries(std::string& out, std::string_view kind,
-                                 const std::vector<std::pair<std::string, tls_policy>>& entries) {
+                                 const std::vector<std::pair<std::string, tls_policy>>& entries,
+                                 const std::vector<domain_limits>* limits = nullptr) {
+    const std::vector<domain_limits> none;
+    const std::vector<domain_limits>& ls = limits != nullptr ? *limits : none;
+    auto limits_of = [&](const std::string& name) -> const domain_limits* {
+        for (const domain_limits& d : ls) {
+            if (d.name == name) {
+                return &d;
+            }
+        }
+        return nullptr;
+    };
     for (const auto& [name, p] : entries) {
         out += fmt::format("\n[{}.\"{}\"]\ntls = \"{}\"\n", kind, name, to_string(p));
+        if (const domain_limits* d = limits_of(name)) {
+            describe_limits(out, *d);
+        }
+    }
+    for (const domain_limits& d : ls) {
+        if (std::none_of(entries.begin(), entries.end(), [&](const auto& e) { return e.first == d.name; })) {
+            out += fmt::format("\n[{}.\"{}\"]\n", kind, d.name);
+            describe_limits(out, d);
+        }
     }
 }
 
@@ -269,11 +359,15 @@ struct config_section {
 };
 
 inline const config_section config_sections[] = {
-    {"domain", "[domain.\"…\"]", "per recipient domain (A-labels; quote dotted names): tls",
+    {"domain", "[domain.\"…\"]",
+     "per recipient domain (A-labels; quote dotted names): tls, max_message_rate, connections_max, "
+     "messages_per_connection_max (over [defaults])",
      [](config& c, const toml::node& n, const std::string& file) {
-         detail_config::get_tls_entries(file, "domain", n, c.domain_tls);
+         detail_config::get_tls_entries(file, "domain", n, c.domain_tls, &c.domain_limit);
      },
-     [](const config& c, std::string& out) { detail_config::describe_tls_entries(out, "domain", c.domain_tls); }},
+     [](const config& c, std::string& out) {
+         detail_config::describe_tls_entries(out, "domain", c.domain_tls, &c.domain_limit);
+     }},
     {"mx", "[mx.\"…\"]", "per MX host name, exact or \"*.\" and a suffix, first match wins: tls",
      [](config& c, const toml::node& n, const std::string& file) {
          detail_config::get_tls_entries(file, "mx", n, c.mx_tls);

@@ -19,6 +19,7 @@ enum class key_type : std::uint8_t {
     host_name,   // a string without spaces
     file,        // a readable file name, or "" for none
     tls_policy,  // "disabled" | "opportunistic" | "required" | "verify"
+    rate,        // "unlimited" | "N/s" | "N/min" | "N/h" | "N/d", optionally ",burst=B"
 };
 
 // Where a row's value lives: a reference into a config (mutable and const).
@@ -48,6 +49,7 @@ struct config_key {
     config_field<std::uint32_t> count{};
     config_field<std::string> text{};  // host_name, file
     config_field<engine::tls_policy> policy{};
+    config_field<engine::rate> limit{};
 };
 
 namespace detail_config {
@@ -101,6 +103,14 @@ constexpr config_key policy_key(std::string_view section, std::string_view name,
     return k;
 }
 
+template <class F>
+constexpr config_key rate_key(std::string_view section, std::string_view name, std::string_view def,
+                              std::string_view doc, F f) {
+    config_key k = row(section, name, key_type::rate, def, doc);
+    k.limit = config_field<engine::rate>::of(f);
+    return k;
+}
+
 using std::chrono::days;
 using std::chrono::hours;
 using std::chrono::minutes;
@@ -137,6 +147,12 @@ inline constexpr config_key all_keys[] = {
     count_key("defaults", "messages_per_connection_max", "1000", 1, 100'000'000,
         "messages over one connection, then it is closed and a new one opened",
         [](auto& c) -> auto& { return c.messages_per_connection_max; }),
+    rate_key("defaults", "max_message_rate", "unlimited",
+        "messages per recipient domain: \"N/s\", \"N/min\", \"N/h\", \"N/d\", optionally \",burst=B\" (default burst 1: smooth)",
+        [](auto& c) -> auto& { return c.max_message_rate; }),
+    rate_key("defaults", "max_connection_rate", "unlimited",
+        "new connections per MX address (and port and TLS policy), same syntax",
+        [](auto& c) -> auto& { return c.max_connection_rate; }),
     duration_key("defaults", "connect_timeout", "30s", ms1, hours(1),
         "TCP connect to an MX host or relay",
         [](auto& c) -> auto& { return c.connect_timeout; }),

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -19,6 +20,7 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/engine/dkim_config.hpp"
+#include "mxpress/engine/rate.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
@@ -136,6 +138,14 @@ inline std::string default_helo_name() {
     return buf;
 }
 
+// A [domain."…"] section's limits; unset ones (nullopt, 0) take [defaults].
+struct domain_limits {
+    std::string name;  // lowercase
+    std::optional<rate> max_message_rate;
+    std::uint32_t connections_max = 0;
+    std::uint32_t messages_per_connection_max = 0;
+};
+
 // The effective settings. The defaults, limits and docs of the key = value
 // fields are in config_keys (one row each); a default-constructed config
 // holds those defaults.
@@ -149,6 +159,8 @@ struct config {
     milliseconds max_age{};
     std::uint32_t connections_max = 0;
     std::uint32_t messages_per_connection_max = 0;
+    rate max_message_rate;     // per domain
+    rate max_connection_rate;  // new connections per MX address
     milliseconds connect_timeout{};
     milliseconds idle_timeout{};
     std::uint32_t pending_max = 0;
@@ -169,6 +181,7 @@ struct config {
     milliseconds dns_failure_cache_ttl{};
     // [domain."…"] and [mx."…"]
     std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
+    std::vector<domain_limits> domain_limit;                     // lowercase domain; those with a limit set
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
     mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
 
@@ -189,6 +202,30 @@ struct config {
             }
         }
         return tls;
+    }
+
+    // The limits of mail to `domain`: its [domain."…"] section over [defaults].
+    domain_limits limits_for(std::string_view domain) const {
+        domain_limits out;
+        out.max_message_rate = max_message_rate;
+        out.connections_max = connections_max;
+        out.messages_per_connection_max = messages_per_connection_max;
+        for (const domain_limits& d : domain_limit) {
+            if (detail::iequals(d.name, domain)) {
+                out.name = d.name;
+                if (d.max_message_rate) {
+                    out.max_message_rate = d.max_message_rate;
+                }
+                if (d.connections_max != 0) {
+                    out.connections_max = d.connections_max;
+                }
+                if (d.messages_per_connection_max != 0) {
+                    out.messages_per_connection_max = d.messages_per_connection_max;
+                }
+                break;
+            }
+        }
+        return out;
     }
 };
 

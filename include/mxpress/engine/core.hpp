@@ -102,6 +102,9 @@ public:
         ++_pending;
         _held_bytes += r->values.size();
         domain_state& d = _domains.get(r->domain_name());
+        if (d.connections_max == 0) {
+            apply_limits(d);  // new in this shard
+        }
         ++d.held;
         r->domain = &d;
         if (r->not_before > _now) {
@@ -143,11 +146,12 @@ public:
             dispatch(std::move(r));
         }
         while (!_probes.empty() && _probes.top().first <= _now) {
-            if (mx_pool* p = _pools.find(_probes.top().second); p != nullptr && p->ceiling != 0 && !p->work.empty()) {
+            if (mx_pool* p = _pools.find(_probes.top().second); p != nullptr && !p->work.empty()) {
                 mark_dirty(*p);
             }
             _probes.pop();
         }
+
         check_deadlines();
         close_idle(false);
         if (_now - _last_eviction >= eviction_every) {
@@ -253,6 +257,7 @@ public:
         if (!_probes.empty()) {
             t = std::min(t, _probes.top().first);
         }
+
         for (const auto& [id, c] : _conns) {
             t = std::min(t, c->deadline);
             if (c->state == conn_state::idle) {
@@ -354,7 +359,15 @@ private:
             const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _o.cfg.tls_for(d.name, t.host);
             const bool implicit = rt != nullptr && rt->implicit_tls;
             for (const net::ip_address& a : t.addresses) {
-                mx_pool& p = _pools.get(a, port, t.host, tls, implicit);
+                // A domain whose section sets connection limits has pools of
+                // its own: its limits hold exactly, and other domains on the
+                // same host keep [defaults].
+                mx_pool& p = _pools.get(a, port, t.host, tls, implicit, d.own_pools ? d.name : std::string_view());
+                if (p.connections_max == 0) {  // new
+                    p.connections_max = d.connections_max;
+                    p.messages_per_connection_max = d.messages_per_connection_max;
+                    p.connect_pace = gcra(_o.cfg.max_connection_rate);
+                }
                 ++p.domain_refs;
                 d.targets.push_back(&p);
             }
@@ -374,13 +387,46 @@ private:
         d.targets.clear();
     }
 
-    // Puts a recipient in the work queue of its current target, skipping
-    // targets known to be down; when none is left, defers it.
+    // A domain's limits, from its [domain."…"] section over [defaults].
+    void apply_limits(domain_state& d) {
+        const domain_limits lim = _o.cfg.limits_for(d.name);
+        d.pace = lim.max_message_rate ? gcra(*lim.max_message_rate) : gcra();
+        d.connections_max = std::max<std::uint32_t>(1, lim.connections_max);
+        d.messages_per_connection_max = std::max<std::uint32_t>(1, lim.messages_per_connection_max);
+        d.own_pools = d.connections_max != _o.cfg.connections_max ||
+                      d.messages_per_connection_max != _o.cfg.messages_per_connection_max;
+    }
+
+    // Puts a recipient in the work queue of its current target when its
+    // domain's max_message_rate allows one more now. Otherwise it books the
+    // domain's next slot and waits for it parked in the retry queue (so a
+    // slow domain holds no merge fields and does not count against
+    // pending_max: the others keep flowing); when the slot comes it goes
+    // on without asking again. Each attempt at a host takes one slot.
     void enqueue(std::unique_ptr<recipient> r) {
         if (_draining) {
             leave_unfinished(std::move(r), _now, false);  // its next MX, at the next run
             return;
         }
+        domain_state& d = *r->domain;
+        if (r->paced) {
+            r->paced = false;  // its slot came
+        } else if (!d.pace.unlimited()) {
+            const clock::time_point slot = d.pace.reserve(_now);
+            if (slot > _now) {
+                r->paced = true;
+                r->not_before = slot;
+                park(*r);
+                _retries.push(slot, std::move(r));
+                return;
+            }
+        }
+        enqueue_now(std::move(r));
+    }
+
+    // Puts a recipient in the work queue of its current target, skipping
+    // targets known to be down; when none is left, defers it.
+    void enqueue_now(std::unique_ptr<recipient> r) {
         domain_state& d = *r->domain;
         while (r->mx_index < d.targets.size() && d.targets[r->mx_index]->down_until > _now) {
             ++r->mx_index;
@@ -547,8 +593,9 @@ private:
     pool_table _pools;
     std::unordered_map<conn_id, std::unique_ptr<connection>> _conns;
     std::vector<mx_pool*> _dirty;
-    // Pools that learned a connection ceiling, by when they may probe for
-    // one more (a pool evicted meanwhile is skipped: looked up by key).
+    // Pools that wait to open a connection, by when they may: a learned
+    // ceiling's probe, or max_connection_rate (a pool evicted meanwhile is
+    // skipped: looked up by key).
     std::priority_queue<std::pair<clock::time_point, std::string>,
                         std::vector<std::pair<clock::time_point, std::string>>, std::greater<>>
         _probes;

@@ -21,8 +21,8 @@ inline std::string delivery_core::check_invariants() const {
             problems += fmt::format("domain {} has waiting recipients but no lookup under way; ", d.name);
         }
     });
-    const std::size_t limit = std::max<std::size_t>(1, _o.cfg.connections_max);
     _pools.for_each([&](const mx_pool& p) {
+        const std::size_t limit = std::max<std::size_t>(1, p.connections_max);
         held += p.work.size();
         std::size_t live = 0;
         for (const connection* c : p.conns) {

@@ -129,11 +129,16 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
                         ? 1
                         : 0;
     }
-    std::size_t limit = p.proven ? std::max<std::size_t>(1, _o.cfg.connections_max) : 1;
+    std::size_t limit = p.proven ? std::max<std::size_t>(1, p.connections_max) : 1;
     if (p.ceiling != 0) {
         limit = std::min(limit, p.ceiling + (_now >= p.probe_after ? 1 : 0));
     }
     while (p.conns.size() < limit && starting < p.work.size()) {
+        clock::time_point when{};
+        if (!p.connect_pace.take(_now, when)) {
+            _probes.emplace(when, p.session_key);  // max_connection_rate: wake then
+            return;
+        }
         open_connection(p);
         ++starting;
     }
@@ -350,7 +355,7 @@ inline void delivery_core::session_works(connection& c) {
             // A probe got a session: the limit is higher than learned.
             p.ceiling = working;
             p.probe_wait = probe_wait_first;
-            if (p.ceiling >= _o.cfg.connections_max) {
+            if (p.ceiling >= p.connections_max) {
                 p.ceiling = 0;
                 p.probe_wait = {};
             } else {
@@ -371,7 +376,7 @@ inline void delivery_core::fill(connection& c) {
     mx_pool& p = *c.pool;
     while ((c.state == conn_state::open || c.state == conn_state::idle) && c.client.can_start_transaction()) {
         const bool ready = c.client.current_state() == smtp::client::state::ready;
-        const bool used_up = c.messages >= _o.cfg.messages_per_connection_max;
+        const bool used_up = c.messages >= p.messages_per_connection_max;
         if (used_up || p.work.empty()) {
             if (ready) {
                 if (used_up || run_over() || _draining) {

@@ -33,6 +33,10 @@ struct domain_state {
     clock::time_point expires{};                      // targets are good until then
     std::vector<std::unique_ptr<recipient>> waiting;  // for the lookup under way
     std::size_t held = 0;                             // this domain's recipients the shard holds (any place)
+    gcra pace;                                        // max_message_rate (core.hpp: enqueue)
+    std::uint32_t connections_max = 0;                // [defaults], or the domain's section
+    std::uint32_t messages_per_connection_max = 0;
+    bool own_pools = false;  // its section sets connection limits: pools of its own
 };
 
 class domain_table {

@@ -18,6 +18,7 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -57,13 +58,21 @@ struct mx_pool {
     // after probe_after; each refusal doubles the wait, each probe that works
     // raises the ceiling by one. 0: no limit learned.
     std::size_t ceiling = 0;
+    // Limits from the configuration: [defaults], lowered by the [domain."…"]
+    // section of any domain routed here (a pool shared by domains keeps the
+    // strictest), and the pace of new connections (max_connection_rate).
+    std::size_t connections_max = 0;
+    std::uint64_t messages_per_connection_max = 0;
+    gcra connect_pace;
     clock::time_point probe_after{};
     std::chrono::milliseconds probe_wait{0};
 };
 
 class pool_table {
 public:
-    mx_pool& get(const net::ip_address& a, std::uint16_t port, const std::string& host, tls_policy tls, bool implicit) {
+    // `owner`: a domain with limits of its own (its pools are its alone), or "".
+    mx_pool& get(const net::ip_address& a, std::uint16_t port, const std::string& host, tls_policy tls, bool implicit,
+                 std::string_view owner = {}) {
         std::string key = a.with_port(port);
         key += '/';
         key += to_string(tls);
@@ -73,6 +82,10 @@ public:
         if (tls == tls_policy::verify) {
             key += '/';
             key += host;
+        }
+        if (!owner.empty()) {
+            key += "/for=";
+            key += owner;
         }
         auto [it, inserted] = _pools.try_emplace(key);
         if (inserted) {

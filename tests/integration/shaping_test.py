@@ -1,0 +1,71 @@
+#!/usr/bin/python3
+"""Shaping against a real receiver (mxsink --record, which stamps each
+message with its arrival time): a domain with max_message_rate is sent at
+that pace, measured where the mail arrives, while another domain routed to
+the same host is not held back by it; every row arrives exactly once.
+
+  shaping_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
+"""
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import (CODED_TEMPLATE, Peers, assert_exactly_once, free_port, mxsink, read_record,  # noqa: E402
+                   record_of, run_tests, stop_and_read_stats, write_coded_recipients)
+
+MXPRESS = None
+RATE = 40  # per second, for slow.test
+SLOW = 460  # about 11.5 s of mail at RATE: the window the rate is measured over
+FAST = 3000
+
+
+class Shaping(unittest.TestCase):
+    def test_a_paced_domain_arrives_at_its_rate_and_holds_nobody_else_back(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            # Interleaved as a real list is: the paced domain's rows come first
+            # and among the others, so a reader that waited on them would stall.
+            emails = [f"s{k}@slow.test" for k in range(SLOW)]
+            emails[100:100] = [f"f{k}@fast.test" for k in range(FAST)]
+            recipients, message, config = peers.path("r.csv"), peers.path("m.eml"), peers.path("c.toml")
+            codes = write_coded_recipients(recipients, emails)
+            with open(message, "w") as f:
+                f.write(CODED_TEMPLATE)
+            with open(config, "w") as f:
+                f.write(f'[domain."slow.test"]\nmax_message_rate = "{RATE}/s,burst=5"\nconnections_max = 2\n')
+            p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                "b@sender.test", "--route", f"*=127.0.0.2:{port}", "--config", config,
+                                "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
+                               capture_output=True, text=True, timeout=120)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            stop_and_read_stats(peers, stats)
+            arrivals = read_record(record_of(stats))
+            assert_exactly_once(self, arrivals, codes)
+
+            slow = sorted(a["t"] for a in arrivals if a["rcpt"][0].endswith("@slow.test"))
+            fast = sorted(a["t"] for a in arrivals if a["rcpt"][0].endswith("@fast.test"))
+            span = slow[-1] - slow[0]
+            self.assertGreaterEqual(span, 10.0, "the rate is measured over at least 10 s")
+            measured = (len(slow) - 5) / span
+            self.assertAlmostEqual(measured / RATE, 1.0, delta=0.10,
+                                   msg=f"slow.test got {measured:.2f}/s over {span:.1f} s, max_message_rate {RATE}/s")
+            # Never faster than the limit over any one-second window: the rate,
+            # the burst, and what two connections can have in flight.
+            j = 0
+            for i in range(len(slow)):
+                while j < len(slow) and slow[j] - slow[i] <= 1.0:
+                    j += 1
+                self.assertLessEqual(j - i, RATE + 5 + 4, f"{j - i} messages to slow.test within 1 s")
+            # The other domain on the same host flowed at full speed meanwhile.
+            self.assertLess(fast[-1] - slow[0], span / 2,
+                            f"fast.test's last message came {fast[-1] - slow[0]:.1f} s into slow.test's {span:.1f} s")
+            print(f"slow.test: {len(slow)} messages at {measured:.2f}/s over {span:.1f} s; fast.test: {len(fast)} in "
+                  f"{fast[-1] - fast[0]:.2f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    MXPRESS = os.path.abspath(sys.argv[1])
+    run_tests(sys.argv[3:])
