@@ -68,7 +68,7 @@ TEST(Config, Errors) {
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
               "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
-              "[domain.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
+              "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
@@ -157,6 +157,40 @@ TEST(Config, DomainLimitsOverDefaults) {
               std::string::npos)
         << d;
     EXPECT_EQ(describe(parse_config(d, "c.toml")), d) << "check-config prints a configuration that reads back";
+}
+
+TEST(Config, Providers) {
+    const config c = parse_config(
+        "[provider.google]\nmatch = [\"*.Google.com\", \"*.googlemail.com\"]\nconnections_max = 20\n"
+        "max_message_rate = \"3000/min\"\nmessages_per_connection_max = 50\ntls = \"required\"\n"
+        "[provider.other]\nmatch = [\"mx.other.test\"]\n",
+        "c.toml");
+    ASSERT_EQ(c.providers.size(), 2u);
+    const provider_config* g = c.provider_for("aspmx.l.google.com");
+    ASSERT_NE(g, nullptr);
+    EXPECT_EQ(g->name, "google");
+    EXPECT_EQ(g->connections_max, 20u);
+    EXPECT_EQ(g->messages_per_connection_max, 50u);
+    EXPECT_EQ(g->max_message_rate->text, "3000/min");
+    EXPECT_EQ(c.provider_for("alt1.gmail-smtp-in.l.googlemail.com"), g);
+    EXPECT_EQ(c.provider_for("google.com"), nullptr) << "*. needs a label before";
+    EXPECT_EQ(c.provider_for("mx.other.test")->name, "other");
+    EXPECT_EQ(c.tls_for("gmail.com", "aspmx.l.google.com"), tls_policy::required);
+    EXPECT_EQ(c.tls_for("x.test", "mx.other.test"), tls_policy::opportunistic) << "no tls: the default";
+    const std::string d = describe(c);
+    EXPECT_EQ(describe(parse_config(d, "c.toml")), d) << d;
+    EXPECT_EQ(error_of("[provider.g]\nconnections_max = 2\n"),
+              "c.toml:1: [provider.\"g\"] needs match = [\"*.example.com\", …]: the MX hosts it covers");
+    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"mx*.g.test\"]\n"),
+              "c.toml:2: [provider.\"g\"] match: each entry a host name, or \"*.\" and a suffix");
+    EXPECT_EQ(error_of("[provider.g]\nmatch = \"*.g.test\"\n"),
+              "c.toml:2: [provider.\"g\"] match must be a non-empty array of host patterns");
+    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"*.g.test\"]\nrate = \"1/s\"\n"),
+              "c.toml:3: unknown key 'rate' in [provider.\"g\"] (known: match, max_message_rate, connections_max, "
+              "messages_per_connection_max, tls)");
+    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"*.g.test\"]\nmax_message_rate = \"fast\"\n"),
+              "c.toml:3: [provider.\"g\"] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", "
+              "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
 }
 
 TEST(Config, RateErrorsNameFileLineAndKey) {
@@ -286,7 +320,7 @@ TEST(Config, WrongTypesNameTheKey) {
               "c.toml:2: [timeouts] quit must be a duration string such as \"30s\", \"5m\" or \"1h\"");
     EXPECT_EQ(error_of("[defalts]\ntls = \"verify\"\n"),
               "c.toml:1: unknown table or key 'defalts'; did you mean 'defaults'? (known tables: [defaults], "
-              "[timeouts], [dns], [domain.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
+              "[timeouts], [dns], [domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
 }
 
 TEST(Config, TlsSetOnlyWhenTheFileSaysSo) {

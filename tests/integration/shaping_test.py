@@ -2,13 +2,18 @@
 """Shaping against a real receiver (mxsink --record, which stamps each
 message with its arrival time): a domain with max_message_rate is sent at
 that pace, measured where the mail arrives, while another domain routed to
-the same host is not held back by it; every row arrives exactly once.
+the same host is not held back by it; a [provider."…"] whose domains live
+on both shards gets one budget of messages and of connections (counted by
+the kernel at the receiver's port), not one per shard; every row arrives
+exactly once.
 
   shaping_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
 import os
 import subprocess
 import sys
+import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +69,59 @@ class Shaping(unittest.TestCase):
                             f"fast.test's last message came {fast[-1] - slow[0]:.1f} s into slow.test's {span:.1f} s")
             print(f"slow.test: {len(slow)} messages at {measured:.2f}/s over {span:.1f} s; fast.test: {len(fast)} in "
                   f"{fast[-1] - fast[0]:.2f} s", file=sys.stderr)
+
+
+    def test_a_provider_budget_is_one_across_shards(self):
+        rate, conns, rows = 50, 3, 600  # 12 s of mail at the provider's rate
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            # 16 domains (hashed to both shards), MX hosts named as the provider's.
+            lines = []
+            for k in range(16):
+                lines += [f"mx-host=p{k}.test,mx{k % 4}.prov.test,10"]
+            lines += [f"host-record=mx{k}.prov.test,127.0.0.2" for k in range(4)]
+            dns = peers.dnsmasq(lines)
+            emails = [f"u{k}@p{k % 16}.test" for k in range(rows)]
+            recipients, message, config = peers.path("r.csv"), peers.path("m.eml"), peers.path("c.toml")
+            codes = write_coded_recipients(recipients, emails)
+            with open(message, "w") as f:
+                f.write(CODED_TEMPLATE)
+            with open(config, "w") as f:
+                f.write(f'[provider."prov"]\nmatch = ["*.prov.test"]\nmax_message_rate = "{rate}/s,burst=5"\n'
+                        f"connections_max = {conns}\n")
+            # The receiver's established sessions, as the kernel counts them.
+            most, stop = [0], threading.Event()
+
+            def watch():
+                while not stop.is_set():
+                    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                                         capture_output=True, text=True).stdout
+                    most[0] = max(most[0], sum(1 for line in out.splitlines() if line.strip()))
+                    time.sleep(0.02)
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                    "b@sender.test", "--dns", dns, "--mx-port", str(port), "--config", config,
+                                    "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
+                                   capture_output=True, text=True, timeout=120)
+            finally:
+                stop.set()
+                watcher.join()
+            self.assertEqual(p.returncode, 0, p.stderr)
+            stop_and_read_stats(peers, stats)
+            arrivals = read_record(record_of(stats))
+            assert_exactly_once(self, arrivals, codes)
+            t = sorted(a["t"] for a in arrivals)
+            span = t[-1] - t[0]
+            measured = (len(t) - 5) / span
+            self.assertAlmostEqual(measured / rate, 1.0, delta=0.10,
+                                   msg=f"the provider got {measured:.2f}/s over {span:.1f} s, max_message_rate {rate}/s")
+            self.assertGreater(most[0], 0, "the watcher saw no session")
+            self.assertLessEqual(most[0], conns, f"{most[0]} sessions at once, connections_max {conns}")
+            print(f"provider: {len(t)} messages at {measured:.2f}/s over {span:.1f} s, at most {most[0]} sessions",
+                  file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -39,6 +40,7 @@
 #include <queue>
 #include <random>
 #include <set>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -150,6 +152,8 @@ public:
         _renderer.emplace(_tmpl, ro);
         net::secure_channel_factory& tls = *this;
         engine::outcome_sink& sink = *this;
+        _providers.emplace(_o.cfg);
+        _o.providers = &*_providers;
         _core = std::make_unique<engine::delivery_core>(_o, *_renderer, tls, sink, _stats);
     }
 
@@ -228,6 +232,16 @@ private:
         _o.tick = milliseconds(50);
         if (_w.shaped) {
             engine::parse_rate(fmt::format("{}/min,burst={}", 20 + pick(200), 1 + pick(4)), c.max_connection_rate);
+            // Every *.ver.sim host is one provider: one budget of messages
+            // and of connections for all of them.
+            engine::provider_config pc;
+            pc.name = "ver";
+            pc.match.push_back("*.ver.sim");
+            engine::rate r;
+            engine::parse_rate(fmt::format("{}/min,burst={}", 300 + pick(1200), 1 + pick(5)), r);
+            pc.max_message_rate = r;
+            pc.connections_max = 2 + pick(6);
+            c.providers.push_back(std::move(pc));
         }
     }
 
@@ -397,7 +411,13 @@ private:
     std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> outcomes (final or unfinished)
     std::unordered_map<std::string, std::uint32_t> _accepted_by_rcpt;  // address -> messages taken
     std::unordered_map<std::string, shaped_domain> _shaped;            // by domain name
+    std::optional<engine::provider_table> _providers;
+    std::vector<clock::time_point> _provider_accepted;  // messages the provider's hosts took
+    std::uint32_t _provider_sessions = 0;               // open at the provider's hosts now
     void check_shaping();
+    void check_window(const std::vector<clock::time_point>& t, const engine::rate& r, double in_flight,
+                      double min_span_s, double slack, const std::string& what);
+    void session_ended(host& h);
     std::vector<accepted_message> _accepted;
     run_report _report;
 };

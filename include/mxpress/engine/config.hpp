@@ -18,8 +18,9 @@
 //   are bounded per key, so no deadline computed from them overflows a clock.
 //
 // TLS policy of a delivery: the [domain."…"] entry of the recipient's
-// domain, else the first [mx."…"] entry matching the MX host name (in file
-// order), else [defaults] tls. What each one means:
+// domain, else the tls of the [provider."…"] the MX host belongs to, else
+// the first [mx."…"] entry matching the MX host name (in file order), else
+// [defaults] tls. What each one means:
 //   disabled       never STARTTLS
 //   opportunistic  STARTTLS when offered, certificate not checked (as MTAs do
 //                  for MX delivery); a failed handshake is retried in
@@ -346,6 +347,86 @@ inline void describe_tls_entries(std::string& out, std::string_view kind,
     }
 }
 
+// [provider."name"]: match (required), max_message_rate, connections_max,
+// messages_per_connection_max, tls.
+inline void get_providers(const std::string& file, const toml::node& node, std::vector<provider_config>& out) {
+    const auto* t = node.as_table();
+    if (t == nullptr) {
+        fail(file, node, "'provider' must be a table of tables: [provider.\"name\"]");
+    }
+    for (auto&& [name_key, entry] : *t) {
+        provider_config pc;
+        pc.name = std::string(name_key.str());
+        const std::string table = fmt::format("provider.\"{}\"", pc.name);
+        const auto* et = entry.as_table();
+        if (et == nullptr) {
+            fail(file, entry, fmt::format("[{}] must be a table", table));
+        }
+        domain_limits dl;
+        for (auto&& [key, value] : *et) {
+            if (key.str() == "match") {
+                const auto* a = value.as_array();
+                if (a == nullptr || a->empty()) {
+                    fail(file, value, fmt::format("[{}] match must be a non-empty array of host patterns", table));
+                }
+                for (const toml::node& m : *a) {
+                    const auto* s = m.as_string();
+                    std::string pattern = s != nullptr ? std::string(s->get()) : std::string();
+                    for (char& ch : pattern) {
+                        ch = detail::to_lower(ch);
+                    }
+                    const std::size_t star = pattern.find('*');
+                    if (pattern.empty() || pattern.find_first_of(" \t\r\n") != std::string::npos ||
+                        (star != std::string::npos && !(star == 0 && pattern.starts_with("*.") && pattern.size() > 2 &&
+                                                        pattern.find('*', 1) == std::string::npos))) {
+                        fail(file, m, fmt::format("[{}] match: each entry a host name, or \"*.\" and a suffix", table));
+                    }
+                    pc.match.push_back(std::move(pattern));
+                }
+            } else if (key.str() == "tls") {
+                const auto* s = value.as_string();
+                tls_policy p{};
+                if (s == nullptr || !parse_tls_policy(s->get(), p)) {
+                    fail(file, value,
+                         fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"",
+                                     table));
+                }
+                pc.tls = p;
+            } else if (!get_domain_limit(file, table, key.str(), value, dl)) {
+                fail(file, value,
+                     fmt::format("unknown key '{}' in [{}] (known: match, max_message_rate, connections_max, "
+                                 "messages_per_connection_max, tls)",
+                                 key.str(), table));
+            }
+        }
+        if (pc.match.empty()) {
+            fail(file, entry, fmt::format("[{}] needs match = [\"*.example.com\", …]: the MX hosts it covers", table));
+        }
+        pc.max_message_rate = dl.max_message_rate;
+        pc.connections_max = dl.connections_max;
+        pc.messages_per_connection_max = dl.messages_per_connection_max;
+        out.push_back(std::move(pc));
+    }
+}
+
+inline void describe_providers(std::string& out, const std::vector<provider_config>& providers) {
+    for (const provider_config& pc : providers) {
+        out += fmt::format("\n[provider.\"{}\"]\nmatch = [", pc.name);
+        for (std::size_t k = 0; k < pc.match.size(); ++k) {
+            out += fmt::format("{}\"{}\"", k == 0 ? "" : ", ", pc.match[k]);
+        }
+        out += "]\n";
+        domain_limits dl;
+        dl.max_message_rate = pc.max_message_rate;
+        dl.connections_max = pc.connections_max;
+        dl.messages_per_connection_max = pc.messages_per_connection_max;
+        describe_limits(out, dl);
+        if (pc.tls) {
+            out += fmt::format("tls = \"{}\"\n", to_string(*pc.tls));
+        }
+    }
+}
+
 }  // namespace detail_config
 
 // A section that is not a plain key = value table: it has its own parser
@@ -368,6 +449,13 @@ inline const config_section config_sections[] = {
      [](const config& c, std::string& out) {
          detail_config::describe_tls_entries(out, "domain", c.domain_tls, &c.domain_limit);
      }},
+    {"provider", "[provider.\"…\"]",
+     "MX hosts that share limits (one budget across shards): match = [host patterns], max_message_rate, "
+     "connections_max, messages_per_connection_max, tls",
+     [](config& c, const toml::node& n, const std::string& file) {
+         detail_config::get_providers(file, n, c.providers);
+     },
+     [](const config& c, std::string& out) { detail_config::describe_providers(out, c.providers); }},
     {"mx", "[mx.\"…\"]", "per MX host name, exact or \"*.\" and a suffix, first match wins: tls",
      [](config& c, const toml::node& n, const std::string& file) {
          detail_config::get_tls_entries(file, "mx", n, c.mx_tls);

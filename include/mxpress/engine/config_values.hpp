@@ -146,6 +146,24 @@ struct domain_limits {
     std::uint32_t messages_per_connection_max = 0;
 };
 
+// A [provider."…"] section: every MX host whose name matches one of
+// `match` belongs to the provider; its limits are one budget for all of
+// them, across every shard (engine/provider.hpp). A domain is the
+// provider's for max_message_rate when all its MX hosts are.
+struct provider_config {
+    std::string name;
+    std::vector<std::string> match;  // host patterns: exact, or "*." and a suffix
+    std::optional<rate> max_message_rate;
+    std::uint32_t connections_max = 0;  // 0: no provider-wide limit
+    std::uint32_t messages_per_connection_max = 0;
+    std::optional<tls_policy> tls;
+
+    bool matches(std::string_view host) const {
+        return std::any_of(match.begin(), match.end(),
+                           [&](const std::string& p) { return host_pattern_matches(p, host); });
+    }
+};
+
 // The effective settings. The defaults, limits and docs of the key = value
 // fields are in config_keys (one row each); a default-constructed config
 // holds those defaults.
@@ -182,6 +200,7 @@ struct config {
     // [domain."…"] and [mx."…"]
     std::vector<std::pair<std::string, tls_policy>> domain_tls;  // lowercase domain
     std::vector<domain_limits> domain_limit;                     // lowercase domain; those with a limit set
+    std::vector<provider_config> providers;                      // in file order: the first match wins
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
     mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
 
@@ -196,12 +215,25 @@ struct config {
                 return p;
             }
         }
+        if (const provider_config* pc = provider_for(mx_host); pc != nullptr && pc->tls) {
+            return *pc->tls;
+        }
         for (const auto& [pattern, p] : mx_tls) {
             if (host_pattern_matches(pattern, mx_host)) {
                 return p;
             }
         }
         return tls;
+    }
+
+    // The provider an MX host belongs to (the first whose match does), or null.
+    const provider_config* provider_for(std::string_view mx_host) const {
+        for (const provider_config& pc : providers) {
+            if (pc.matches(mx_host)) {
+                return &pc;
+            }
+        }
+        return nullptr;
     }
 
     // The limits of mail to `domain`: its [domain."…"] section over [defaults].

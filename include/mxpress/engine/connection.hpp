@@ -74,6 +74,7 @@ struct connection {
     smtp::client client;
     std::unique_ptr<net::secure_channel> tls;
     bool send_in_flight = false;
+    bool holds_provider_place = false;  // counted in its pool's provider (given back at teardown)
     clock::time_point idle_since{};
     clock::time_point deadline = clock::time_point::max();  // of the current wait
     clock::time_point tls_deadline{};                       // of the handshake

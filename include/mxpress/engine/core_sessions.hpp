@@ -135,11 +135,21 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
     }
     while (p.conns.size() < limit && starting < p.work.size()) {
         clock::time_point when{};
+        if (p.provider != nullptr && !p.provider->try_open()) {
+            // The provider's connections_max, counted across shards: a place
+            // freed by another shard cannot wake this one, so look again soon.
+            _probes.emplace(_now + provider_state::recheck, p.session_key);
+            return;
+        }
         if (!p.connect_pace.take(_now, when)) {
+            if (p.provider != nullptr) {
+                p.provider->closed();  // the place taken just above
+            }
             _probes.emplace(when, p.session_key);  // max_connection_rate: wake then
             return;
         }
         open_connection(p);
+        p.conns.back()->holds_provider_place = p.provider != nullptr;
         ++starting;
     }
 }
@@ -369,6 +379,32 @@ inline void delivery_core::session_works(connection& c) {
     }
 }
 
+// The second half of max_message_rate: the rate at which transactions
+// start. Entry to a host's queue is paced already (enqueue), but what queued
+// while the host's connections were busy (a provider's connections_max, a
+// slow host) would otherwise leave back to back. Takes a cell of the
+// domain's and the provider's send pace, or says when both will have one.
+// The send pace has provider_state::send_slack of extra burst, so that
+// starting late (a tick, a round trip) does not slow the rate down.
+inline bool delivery_core::may_send(const recipient& r, clock::time_point& when) {
+    domain_state& d = *r.domain;
+    const bool provider = d.provider != nullptr && !d.provider->send_pace().unlimited();
+    if (d.send_pace.unlimited() && !provider) {
+        return true;
+    }
+    if (const clock::time_point t = d.send_pace.next_free(_now); t > _now) {
+        when = t;
+        return false;
+    }
+    if (provider && !d.provider->send_pace().take(_now, when)) {
+        return false;
+    }
+    const bool took = d.send_pace.take(_now, when);
+    assert(took);
+    (void)took;
+    return true;
+}
+
 // Gives the connection work while its session can take a transaction: one
 // when ready, a second one back to back once the first body is out. Without
 // work it goes idle (or says QUIT when the run is over).
@@ -386,6 +422,19 @@ inline void delivery_core::fill(connection& c) {
                     c.state = conn_state::idle;
                     c.idle_since = _now;
                 }
+            }
+            return;
+        }
+        if (clock::time_point when{}; !may_send(*p.work.front(), when)) {
+            // Over its domain's or provider's rate right now (mail that
+            // queued while the host was busy): wait, and look again then.
+            if (ready && c.state != conn_state::idle) {
+                c.state = conn_state::idle;
+                c.idle_since = _now;
+            }
+            if (!p.send_wake_armed) {
+                p.send_wake_armed = true;
+                _probes.emplace(when, p.session_key);
             }
             return;
         }
@@ -548,6 +597,10 @@ inline void delivery_core::teardown(connection& c) {
         return;
     }
     c.state = conn_state::ended;
+    if (c.holds_provider_place) {
+        c.holds_provider_place = false;
+        c.pool->provider->closed();
+    }
     for (connection::slot& sl : c.slots) {
         if (sl.r != nullptr) {
             // Not expected (the client reports every transaction first),

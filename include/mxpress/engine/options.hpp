@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "mxpress/engine/config.hpp"
+#include "mxpress/engine/provider.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/row_source.hpp"
 
@@ -68,6 +69,9 @@ struct shard_options {
     std::size_t pending_bytes_max = 64 * 1024 * 1024;
     std::size_t deferred_max = 1'000'000;
     const mail::row_source* rows = nullptr;  // borrowed; null: fields stay in memory
+    // [provider."…"] limits, one object per provider shared by every shard
+    // (provider.hpp); borrowed; null or empty: no provider sections.
+    const provider_table* providers = nullptr;
     std::chrono::milliseconds tick{50};
     // After SIGINT/SIGTERM, how long transactions in flight may take to end
     // before their connections are torn down (a second signal: at once).

@@ -27,6 +27,7 @@
 #include <sys/socket.h>
 
 #include "mxpress/engine/config.hpp"
+#include "mxpress/engine/provider.hpp"
 #include "mxpress/engine/recipient.hpp"
 #include "mxpress/net/dns.hpp"
 
@@ -64,6 +65,8 @@ struct mx_pool {
     std::size_t connections_max = 0;
     std::uint64_t messages_per_connection_max = 0;
     gcra connect_pace;
+    provider_state* provider = nullptr;  // its host's [provider."…"], shared by the shards
+    bool send_wake_armed = false;        // a probe entry wakes it when the head may be sent
     clock::time_point probe_after{};
     std::chrono::milliseconds probe_wait{0};
 };

@@ -48,6 +48,17 @@ struct rate {
     std::chrono::nanoseconds tolerance() const noexcept { return interval() * static_cast<std::int64_t>(burst - 1); }
 };
 
+// The rate with room for `slack` of lateness: ceil(slack / T) more burst.
+// A limiter taken late (a timer tick, a round trip) loses the time it was
+// late for good; this lets the next cells make it up, no more.
+inline rate with_slack(rate r, std::chrono::nanoseconds slack) {
+    if (!r.unlimited()) {
+        const auto t = r.interval().count();
+        r.burst += static_cast<std::uint64_t>((slack.count() + t - 1) / t);
+    }
+    return r;
+}
+
 // "unlimited", "N/s", "N/min", "N/h", "N/d", each optionally ",burst=B".
 inline bool parse_rate(std::string_view s, rate& out) {
     rate r;
@@ -148,6 +159,20 @@ public:
     shared_gcra& operator=(const shared_gcra&) = delete;
 
     bool unlimited() const noexcept { return _interval == 0; }
+
+    // As gcra::reserve: books the next cell, returns when it conforms.
+    clock::time_point reserve(clock::time_point now) noexcept {
+        if (unlimited()) {
+            return now;
+        }
+        const std::int64_t n = now.time_since_epoch().count();
+        std::int64_t seen = _tat.load(std::memory_order_relaxed);
+        std::int64_t tat = 0;
+        do {
+            tat = seen > n ? seen : n;
+        } while (!_tat.compare_exchange_weak(seen, tat + _interval, std::memory_order_relaxed));
+        return tat - _tolerance > n ? clock::time_point(clock::duration(tat - _tolerance)) : now;
+    }
 
     bool take(clock::time_point now, clock::time_point& when) noexcept {
         if (unlimited()) {

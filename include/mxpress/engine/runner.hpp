@@ -222,7 +222,11 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                                shared_journal& journal, const journal_state& done, const runner_options& o) {
     const unsigned n = std::max(1u, o.threads);
     const auto start = std::chrono::steady_clock::now();
-    shard_threads shards(n, o.shard, tmpl, journal);
+    // One object per [provider."…"], shared by every shard; it outlives them.
+    const provider_table providers(o.shard.cfg);
+    shard_options so = o.shard;
+    so.providers = &providers;
+    shard_threads shards(n, so, tmpl, journal);
     std::atomic<int> stop_level{0};
     if (o.signals != nullptr) {
         o.signals->start([&](int /*signo*/, unsigned count) {
