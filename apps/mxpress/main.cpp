@@ -791,15 +791,16 @@ int run_send(const send_options& o) {
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
             "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
-            "\"in_doubt\":{},\"invalid\":{},\"suppressed\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{}"
+            "\"in_doubt\":{},\"invalid\":{},\"suppressed\":{},\"deferrals\":{},\"attempts\":{},\"connections\":{},"
+            "\"tls_handshakes\":{}"
             ",\"tls_"
             "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
             "\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
-            t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
-            peak_rss_bytes(), t.in_flight_peak);
+            t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour,
+            ro.threads, peak_rss_bytes(), t.in_flight_peak);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');

@@ -80,14 +80,19 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
-    std::atomic<std::uint64_t> in_doubt{0};          // final: in-doubt (see journal.hpp)
-    std::atomic<std::uint64_t> invalid{0};           // rendering failed in the shard
-    std::atomic<std::uint64_t> deferred{0};          // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> in_doubt{0};     // final: in-doubt (see journal.hpp)
+    std::atomic<std::uint64_t> invalid{0};      // rendering failed in the shard
+    std::atomic<std::uint64_t> deferred{0};     // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> attempts{0};     // transactions started (each retry counts)
+    std::atomic<std::uint64_t> replies_2xx{0};  // the reply that ended a transaction, by class
+    std::atomic<std::uint64_t> replies_4xx{0};
+    std::atomic<std::uint64_t> replies_5xx{0};
     std::atomic<std::uint64_t> in_flight{0};         // transactions started and not yet journaled
     std::atomic<std::uint64_t> in_flight_peak{0};    // the most at once: what kill -9 could send twice
     std::atomic<std::uint64_t> left_deferred{0};     // journaled `deferred` when the run stopped
     std::atomic<std::uint64_t> stopped_in_doubt{0};  // torn down mid-transaction at the stop
     std::atomic<std::uint64_t> connections_opened{0};
+    std::atomic<std::uint64_t> connections_closed{0};  // opened minus closed: open now
     std::atomic<std::uint64_t> sent_bytes{0};
     std::atomic<std::uint64_t> tls_handshakes{0};  // completed
     std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions

@@ -56,6 +56,7 @@ struct run_totals {
     std::uint64_t in_doubt = 0;
     std::uint64_t in_flight_peak = 0;  // sum of the shards' peaks: a bound on the kill -9 window
     std::uint64_t deferred = 0;
+    std::uint64_t attempts = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
     std::uint64_t tls_handshakes = 0;
@@ -402,6 +403,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.in_flight_peak += s.in_flight_peak;
         t.invalid += s.invalid;  // messages that could not be rendered
         t.deferred += s.deferred;
+        t.attempts += s.attempts;
         t.connections += s.connections_opened;
         t.sent_bytes += s.sent_bytes;
         t.tls_handshakes += s.tls_handshakes;
