@@ -5,7 +5,8 @@
 // - shard_options is plain data, copied into each shard: nothing in it is
 //   shared between threads once the shards run.
 // - shard_stats are relaxed atomics written by one shard and read by the
-//   reader thread (progress) and by the runner after the shards end.
+//   reader thread (progress), the runner's metrics sampler (metrics.hpp)
+//   and the runner after the shards end.
 #pragma once
 
 #include <atomic>
