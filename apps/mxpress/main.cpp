@@ -29,6 +29,7 @@
 #include "mxpress/detail/json.hpp"
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
+#include "mxpress/engine/metrics.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
 #include "mxpress/engine/stop_signals.hpp"
@@ -50,6 +51,8 @@ namespace engine = mxpress::engine;
 constexpr int exit_ok = 0;
 constexpr int exit_unfinished = 1;
 constexpr int exit_usage = 2;
+constexpr const char* mxpress_version = "0.1.0";
+constexpr double metrics_interval_default_s = 10;
 
 struct send_options {
     std::string recipients;
@@ -72,6 +75,8 @@ struct send_options {
     std::string list_unsubscribe;
     mail::message_parts parts;          // instead of --message
     std::vector<std::string> suppress;  // --suppress FILE ...
+    std::string metrics_textfile;       // --metrics-textfile DIR
+    double metrics_interval = metrics_interval_default_s;
 };
 
 // What `render` takes besides the row.
@@ -716,6 +721,9 @@ int run_send(const send_options& o) {
     }
     ro.threads = o.threads != 0 ? o.threads : std::max(1u, std::thread::hardware_concurrency());
     ro.show_progress = o.progress == "on" || (o.progress == "auto" && ::isatty(STDERR_FILENO));
+    ro.metrics_dir = o.metrics_textfile;
+    ro.metrics_interval = std::chrono::milliseconds(static_cast<std::int64_t>(o.metrics_interval * 1000));
+    ro.version = mxpress_version;
 
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
@@ -791,15 +799,16 @@ int run_send(const send_options& o) {
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
             "{{\"mode\":\"send\",\"rows\":{},\"skipped\":{},\"delivered\":{},\"bounced\":{},\"expired\":{},"
-            "\"in_doubt\":{},\"invalid\":{},\"suppressed\":{},\"deferrals\":{},\"connections\":{},\"tls_handshakes\":{}"
+            "\"in_doubt\":{},\"invalid\":{},\"suppressed\":{},\"deferrals\":{},\"attempts\":{},\"connections\":{},"
+            "\"tls_handshakes\":{}"
             ",\"tls_"
             "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
             "\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
-            t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour, ro.threads,
-            peak_rss_bytes(), t.in_flight_peak);
+            t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour,
+            ro.threads, peak_rss_bytes(), t.in_flight_peak);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');
@@ -940,7 +949,7 @@ int main(int argc, char** argv) {
         "mxpress — fast, correct batch email sender.\n"
         "Renders one message per recipients-file row and delivers it over SMTP."};
     app.require_subcommand(1);
-    app.set_version_flag("--version", "mxpress 0.1.0");
+    app.set_version_flag("--version", fmt::format("mxpress {}", mxpress_version));
 
     send_options so;
     auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
@@ -978,6 +987,12 @@ int main(int argc, char** argv) {
     send->add_option("--summary-json", so.summary_json, "Write a machine-readable summary here");
     send->add_option("--list-unsubscribe", so.list_unsubscribe,
                      "https URL ({{field}} allowed): adds List-Unsubscribe and one-click List-Unsubscribe-Post");
+    send->add_option("--metrics-textfile", so.metrics_textfile,
+                     "Directory of node_exporter's textfile collector: DIR/mxpress_<run>.prom is rewritten "
+                     "atomically every --metrics-interval and at exit (Prometheus text format; README, Metrics)");
+    send->add_option("--metrics-interval", so.metrics_interval, "Seconds between rewrites of the metrics file")
+        ->capture_default_str()
+        ->check(CLI::Range(0.1, 3600.0));
 
     render_options ro;
     auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
@@ -1034,6 +1049,11 @@ int main(int argc, char** argv) {
             }
             if (!so.relay.empty()) {
                 parse_relay(so.relay);
+            }
+            if (!so.metrics_textfile.empty()) {
+                if (const std::string why = engine::check_textfile_dir(so.metrics_textfile); !why.empty()) {
+                    throw std::invalid_argument(why);
+                }
             }
             return run_send(so);
         }

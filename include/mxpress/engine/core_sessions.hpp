@@ -319,6 +319,12 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
     r->last_tls = c.tls_version();
     r->last_ip = p.key;
     const smtp::reply& rep = e.result->recipients.at(0);
+    switch (rep.code / 100) {  // 0: no reply (the session ended first)
+        case 2: shard_stats::add(_stats.replies_2xx); break;
+        case 4: shard_stats::add(_stats.replies_4xx); break;
+        case 5: shard_stats::add(_stats.replies_5xx); break;
+        default: break;
+    }
     const bool closed = c.client.current_state() == smtp::client::state::closed;
     if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
         // The server may hold copies already: another attempt could be one
@@ -470,6 +476,7 @@ inline void delivery_core::fill(connection& c) {
         env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
         sl.r = std::move(r);
         ++c.messages;
+        shard_stats::add(_stats.attempts);
         shard_stats::add(_stats.in_flight);
         // Only this shard's thread writes both: a plain load and store.
         if (const std::uint64_t now = _stats.in_flight.load(std::memory_order_relaxed);
@@ -597,6 +604,7 @@ inline void delivery_core::teardown(connection& c) {
         return;
     }
     c.state = conn_state::ended;
+    shard_stats::add(_stats.connections_closed);
     if (c.holds_provider_place) {
         c.holds_provider_place = false;
         c.pool->provider->closed();

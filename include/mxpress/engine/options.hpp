@@ -5,7 +5,8 @@
 // - shard_options is plain data, copied into each shard: nothing in it is
 //   shared between threads once the shards run.
 // - shard_stats are relaxed atomics written by one shard and read by the
-//   reader thread (progress) and by the runner after the shards end.
+//   reader thread (progress), the runner's metrics sampler (metrics.hpp)
+//   and the runner after the shards end.
 #pragma once
 
 #include <atomic>
@@ -84,14 +85,19 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
-    std::atomic<std::uint64_t> in_doubt{0};          // final: in-doubt (see journal.hpp)
-    std::atomic<std::uint64_t> invalid{0};           // rendering failed in the shard
-    std::atomic<std::uint64_t> deferred{0};          // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> in_doubt{0};     // final: in-doubt (see journal.hpp)
+    std::atomic<std::uint64_t> invalid{0};      // rendering failed in the shard
+    std::atomic<std::uint64_t> deferred{0};     // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> attempts{0};     // transactions started (each retry counts)
+    std::atomic<std::uint64_t> replies_2xx{0};  // the reply that ended a transaction, by class
+    std::atomic<std::uint64_t> replies_4xx{0};
+    std::atomic<std::uint64_t> replies_5xx{0};
     std::atomic<std::uint64_t> in_flight{0};         // transactions started and not yet journaled
     std::atomic<std::uint64_t> in_flight_peak{0};    // the most at once: what kill -9 could send twice
     std::atomic<std::uint64_t> left_deferred{0};     // journaled `deferred` when the run stopped
     std::atomic<std::uint64_t> stopped_in_doubt{0};  // torn down mid-transaction at the stop
     std::atomic<std::uint64_t> connections_opened{0};
+    std::atomic<std::uint64_t> connections_closed{0};  // opened minus closed: open now
     std::atomic<std::uint64_t> sent_bytes{0};
     std::atomic<std::uint64_t> tls_handshakes{0};  // completed
     std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions

@@ -14,6 +14,12 @@
 // shard drain (shard.hpp) and the reader stop reading; a second, or the end
 // of the grace period, tears connections down. run_totals says how far the
 // run got (stop_signal, left_deferred, stopped_in_doubt).
+// Metrics (runner_options::metrics_dir): a sampler thread of the runner reads
+// the shards' relaxed counters and the reader's, and rewrites the metrics
+// file (metrics.hpp) at the start, every metrics_interval and once more at
+// the end, after the shards ended; the shards only count, as before. It is
+// its own thread because the reader may wait on a full mailbox for as long
+// as the shards take.
 #pragma once
 
 #include <pthread.h>
@@ -26,10 +32,13 @@
 #include <map>
 #include <stdexcept>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <functional>
 #include <latch>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -37,6 +46,7 @@
 #include <fmt/format.h>
 
 #include "mxpress/engine/journal.hpp"
+#include "mxpress/engine/metrics.hpp"
 #include "mxpress/engine/shard.hpp"
 #include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/mail/address.hpp"
@@ -56,6 +66,7 @@ struct run_totals {
     std::uint64_t in_doubt = 0;
     std::uint64_t in_flight_peak = 0;  // sum of the shards' peaks: a bound on the kill -9 window
     std::uint64_t deferred = 0;
+    std::uint64_t attempts = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
     std::uint64_t tls_handshakes = 0;
@@ -97,6 +108,55 @@ struct runner_options {
     std::size_t batch_bytes_max = 256 * 1024;
     bool show_progress = false;
     stop_signals* signals = nullptr;  // borrowed; null: signals are not watched
+    std::string metrics_dir;          // --metrics-textfile; empty: no metrics file
+    std::chrono::milliseconds metrics_interval{10'000};
+    std::string version;  // for mxpress_build_info
+};
+
+// Calls `fn` at once, then every `period`, on its own thread until stop()
+// (the destructor stops it and joins: never a joinable thread unwound).
+class periodic_thread {
+public:
+    periodic_thread(std::chrono::milliseconds period, std::function<void()> fn)
+        : _thread([this, period, fn = std::move(fn)]() {
+              std::unique_lock lock(_mutex);
+              while (!_stop) {
+                  lock.unlock();
+                  fn();
+                  lock.lock();
+                  _wake.wait_for(lock, period, [this]() { return _stop; });
+              }
+          }) {}
+    periodic_thread(const periodic_thread&) = delete;
+    periodic_thread& operator=(const periodic_thread&) = delete;
+    ~periodic_thread() { stop(); }
+
+    void stop() {
+        {
+            std::lock_guard lock(_mutex);
+            _stop = true;
+        }
+        _wake.notify_all();
+        if (_thread.joinable()) {
+            _thread.join();
+        }
+    }
+
+private:
+    std::mutex _mutex;
+    std::condition_variable _wake;
+    bool _stop = false;
+    std::thread _thread;  // last: starts after the members it uses
+};
+
+// What the reader counts, for the metrics sampler (written by the reader only).
+struct reader_counts {
+    std::atomic<std::uint64_t> rows{0};
+    std::atomic<std::uint64_t> skipped{0};
+    std::atomic<std::uint64_t> invalid{0};
+    std::atomic<std::uint64_t> suppressed{0};
+
+    static void add(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }
 };
 
 // 64-bit FNV-1a: stable across runs, so a domain always lands on the same
@@ -168,6 +228,7 @@ public:
     bool failed() const noexcept { return _failed.load(); }
     unsigned done() const noexcept { return _done.load(); }
     shard_stats& stats(unsigned i) { return *_stats[i]; }
+    const shard_stats& stats(unsigned i) const { return *_stats[i]; }
     shard& at(unsigned i) { return *_shards[i]; }
     shard* find(unsigned i) { return _shards[i].get(); }
 
@@ -214,6 +275,104 @@ private:
     std::atomic<unsigned> _done{0};
 };
 
+// The counters now, summed over the shards. Relaxed loads: each counter is
+// exact, their sum a view of a moment (the final one, after the shards
+// ended, is exact).
+inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader_counts& rc) {
+    auto get = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+    metrics_snapshot m;
+    m.rows = get(rc.rows);
+    m.skipped = get(rc.skipped);
+    m.invalid = get(rc.invalid);
+    m.suppressed = get(rc.suppressed);
+    for (unsigned i = 0; i < shards.size(); ++i) {
+        const shard_stats& s = shards.stats(i);
+        m.delivered += get(s.delivered);
+        m.bounced += get(s.bounced);
+        m.expired += get(s.expired);
+        m.in_doubt += get(s.in_doubt);
+        m.invalid += get(s.invalid);
+        m.attempts += get(s.attempts);
+        m.deferrals += get(s.deferred);
+        m.replies_2xx += get(s.replies_2xx);
+        m.replies_4xx += get(s.replies_4xx);
+        m.replies_5xx += get(s.replies_5xx);
+        m.in_flight += get(s.in_flight);
+        const std::uint64_t opened = get(s.connections_opened);
+        const std::uint64_t closed = get(s.connections_closed);  // read after: may pass `opened`
+        m.connections_opened += opened;
+        m.connections_open += opened > closed ? opened - closed : 0;
+        m.tls_handshakes += get(s.tls_handshakes);
+        m.tls_resumed += get(s.tls_resumed);
+        m.tls_failures += get(s.tls_failures);
+        m.sent_bytes += get(s.sent_bytes);
+    }
+    return m;
+}
+
+// The metrics file of one run: sampled by the runner's sampler thread, then
+// once more (final) by the reader after that thread ended. A write that
+// fails is reported once on stderr and never stops the run.
+class metrics_reporter {
+public:
+    metrics_reporter(const runner_options& o, std::chrono::system_clock::time_point start)
+        : _dir(o.metrics_dir), _interval(o.metrics_interval) {
+        _base.run = o.shard.run_id;
+        _base.version = o.version;
+        _base.start_time = unix_seconds(start);
+        _base.last_progress_time = _base.start_time;
+    }
+
+    // How often the sampler looks: progress is timed to this, at worst.
+    std::chrono::milliseconds sample_period() const noexcept {
+        return std::min<std::chrono::milliseconds>(_interval, progress_resolution);
+    }
+
+    // Notes progress; writes the file when the interval has passed (always when final).
+    void sample(const shard_threads& shards, const reader_counts& rc, bool final) {
+        const auto now = std::chrono::steady_clock::now();
+        metrics_snapshot m = sample_metrics(shards, rc);
+        const std::uint64_t progress =
+            m.delivered + m.bounced + m.expired + m.in_doubt + m.invalid + m.suppressed + m.deferrals;
+        if (progress != _progress) {
+            _progress = progress;
+            _base.last_progress_time = unix_seconds(std::chrono::system_clock::now());
+        }
+        if (!final && _written && now - _last_write < _interval) {
+            return;
+        }
+        _written = true;
+        _last_write = now;
+        m.run = _base.run;
+        m.version = _base.version;
+        m.start_time = _base.start_time;
+        m.last_progress_time = _base.last_progress_time;
+        m.ended = final;
+        try {
+            write_textfile(_dir, m.run, exposition(m));
+        } catch (const std::exception& e) {
+            if (!_warned) {
+                _warned = true;
+                std::fprintf(stderr, "\nmxpress: metrics not written (the run goes on): %s\n", e.what());
+            }
+        }
+    }
+
+private:
+    static constexpr std::chrono::milliseconds progress_resolution{1000};
+    static double unix_seconds(std::chrono::system_clock::time_point t) {
+        return std::chrono::duration<double>(t.time_since_epoch()).count();
+    }
+
+    std::string _dir;
+    std::chrono::milliseconds _interval;
+    metrics_snapshot _base;  // run, version and times
+    std::uint64_t _progress = 0;
+    bool _written = false;
+    bool _warned = false;
+    std::chrono::steady_clock::time_point _last_write;
+};
+
 // Reads the recipients, feeds the shards, waits for them. Throws run_error
 // when a shard failed, or what the reader threw (a read error on the
 // recipients file): in both cases after every shard thread has ended, with
@@ -248,6 +407,13 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         }
     } stop_watching{o.signals};
     const auto wall_start = std::chrono::system_clock::now();
+    reader_counts counts;
+    std::optional<metrics_reporter> metrics;
+    std::optional<periodic_thread> sampler;  // after `shards`: ends before them
+    if (!o.metrics_dir.empty()) {
+        metrics.emplace(o, wall_start);
+        sampler.emplace(metrics->sample_period(), [&]() { metrics->sample(shards, counts, false); });
+    }
 
     run_totals t;
     std::vector<shard::mail_batch> batches(n);
@@ -256,6 +422,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     mail::recipient_row row;
     auto record_invalid = [&](const mail::recipient_row& r, const std::string& why) {
         ++t.invalid;
+        reader_counts::add(counts.invalid);
         journal_entry e;
         e.line = r.line;
         e.email = r.email;
@@ -298,6 +465,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     try {
         while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
             ++t.rows;
+            reader_counts::add(counts.rows);
             if (const std::uint32_t tag = done.final_tag(row.line); tag != 0) {
                 if (!row_matches_journal(row, tag)) {
                     throw resume_mismatch(fmt::format(
@@ -307,6 +475,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                         reader.file_name(), row.line, row.email));
                 }
                 ++t.skipped;
+                reader_counts::add(counts.skipped);
                 continue;
             }
             mail::checked_address a;
@@ -316,6 +485,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             }
             if (o.suppress != nullptr && o.suppress->contains_normalized(a.address)) {
                 ++t.suppressed;
+                reader_counts::add(counts.suppressed);
                 journal_entry e;
                 e.line = row.line;
                 e.email = a.address;
@@ -391,6 +561,10 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.stop_signal = o.signals->first_signal();
     }
     journal.sync();
+    if (metrics) {
+        sampler.reset();  // joins: the final write is the last
+        metrics->sample(shards, counts, true);
+    }
     if (reader_error) {
         std::rethrow_exception(reader_error);
     }
@@ -406,6 +580,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.in_flight_peak += s.in_flight_peak;
         t.invalid += s.invalid;  // messages that could not be rendered
         t.deferred += s.deferred;
+        t.attempts += s.attempts;
         t.connections += s.connections_opened;
         t.sent_bytes += s.sent_bytes;
         t.tls_handshakes += s.tls_handshakes;
