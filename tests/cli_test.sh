@@ -89,6 +89,10 @@ mkdir -p confdir
 expect config_is_dir 2 'confdir: cannot read configuration: it is a directory' -- \
     "${send[@]}" --recipients good.csv --message good.eml --config confdir
 expect check_config_keys 0 '\| `\[defaults\] pending_max` \| integer' -- "$mx" check-config --keys
+printf '[domain."slow.test"]\nmax_message_rate = "5/s"\n' > shaped.toml
+expect check_config_domain 0 'max_message_rate = "5/s"  # per domain, from \[domain."slow.test"\]' -- \
+    "$mx" check-config shaped.toml --domain SLOW.test --mx mx.slow.test
+expect check_config_mx_alone 2 '--mx needs --domain' -- "$mx" check-config shaped.toml --mx mx.slow.test
 
 # Bad rows: each becomes an invalid journal line, the run still succeeds.
 {

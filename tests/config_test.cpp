@@ -193,6 +193,34 @@ TEST(Config, Providers) {
               "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
 }
 
+// check-config --domain: each effective value and the section it came from.
+TEST(Config, DescribeDestinationNamesTheSections) {
+    const config c = parse_config(
+        "[defaults]\nmax_connection_rate = \"60/min\"\n"
+        "[domain.\"yahoo.co.jp\"]\nmax_message_rate = \"10/s\"\nconnections_max = 2\n"
+        "[provider.yahoo]\nmatch = [\"*.yahoodns.net\"]\nconnections_max = 20\nmax_message_rate = \"3000/min\"\n"
+        "tls = \"required\"\n"
+        "[mx.\"*.example.net\"]\ntls = \"verify\"\n",
+        "c.toml");
+    const std::string y = describe_destination(c, "Yahoo.co.jp", "MTA5.am0.yahoodns.net");
+    EXPECT_EQ(y,
+              "destination: yahoo.co.jp via mta5.am0.yahoodns.net\n"
+              "sections: [domain.\"yahoo.co.jp\"], [provider.\"yahoo\"]\n"
+              "max_message_rate = \"10/s\"  # per domain, from [domain.\"yahoo.co.jp\"]\n"
+              "connections_max = 2  # per MX address, from [domain.\"yahoo.co.jp\"]\n"
+              "messages_per_connection_max = 1000  # from [defaults]\n"
+              "max_connection_rate = \"60/min\"  # per MX address, from [defaults]\n"
+              "provider max_message_rate = \"3000/min\"  # one budget for all its domains, from [provider.\"yahoo\"]\n"
+              "provider connections_max = 20  # all its hosts together, from [provider.\"yahoo\"]\n"
+              "tls = \"required\"  # from [provider.\"yahoo\"]\n");
+    const std::string o = describe_destination(c, "other.test", "mx.example.net");
+    EXPECT_NE(o.find("sections: none (only [defaults])\n"), std::string::npos) << o;
+    EXPECT_NE(o.find("tls = \"verify\"  # from [mx.\"*.example.net\"]\n"), std::string::npos) << o;
+    EXPECT_NE(o.find("max_message_rate = \"unlimited\"  # per domain, from [defaults]\n"), std::string::npos) << o;
+    const std::string n = describe_destination(c, "other.test", "");
+    EXPECT_NE(n.find("provider: depends on the MX host names (give --mx HOST)\n"), std::string::npos) << n;
+}
+
 TEST(Config, RateErrorsNameFileLineAndKey) {
     EXPECT_EQ(error_of("[defaults]\nmax_message_rate = \"10 per second\"\n"),
               "c.toml:2: [defaults] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", \"3000/min\", "

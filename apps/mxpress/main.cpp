@@ -929,7 +929,7 @@ int run_dkim_record(const std::string& key_file, const std::string& config_path,
     return exit_ok;
 }
 
-int run_check_config(const std::string& path, bool keys) {
+int run_check_config(const std::string& path, bool keys, const std::string& domain, const std::string& mx) {
     if (keys) {
         std::fputs(engine::describe_keys_markdown().c_str(), stdout);
         return exit_ok;
@@ -937,7 +937,14 @@ int run_check_config(const std::string& path, bool keys) {
     if (path.empty()) {
         throw std::invalid_argument("check-config: FILE is required (or --keys for the table of keys)");
     }
+    if (domain.empty() && !mx.empty()) {
+        throw std::invalid_argument("check-config: --mx needs --domain");
+    }
     const engine::config c = engine::load_config(path);
+    if (!domain.empty()) {
+        std::fprintf(stdout, "%s: ok\n\n%s", path.c_str(), engine::describe_destination(c, domain, mx).c_str());
+        return exit_ok;
+    }
     std::fprintf(stdout, "%s: ok\n\n%s", path.c_str(), engine::describe(c).c_str());
     return exit_ok;
 }
@@ -1030,6 +1037,10 @@ int main(int argc, char** argv) {
     auto* check = app.add_subcommand("check-config", "Validate a configuration file and print the effective settings");
     check->add_option("FILE", c_path, "TOML configuration file");
     check->add_flag("--keys", c_keys, "Print every configuration key with its type, default and meaning (Markdown)");
+    std::string c_domain, c_mx;
+    check->add_option("--domain", c_domain,
+                      "Print the effective limits and TLS policy for mail to this domain, and which sections set them");
+    check->add_option("--mx", c_mx, "with --domain: through this MX host name (not looked up)");
 
     try {
         app.parse(argc, argv);
@@ -1070,7 +1081,7 @@ int main(int argc, char** argv) {
             return run_dkim_record(d_key, d_config, mxpress::detail::to_lower_copy(d_domain), d_selector);
         }
         if (*check) {
-            return run_check_config(c_path, c_keys);
+            return run_check_config(c_path, c_keys, c_domain, c_mx);
         }
     } catch (const input_error& e) {
         std::fprintf(stderr, "mxpress: %s\n", e.describe().c_str());

@@ -630,6 +630,81 @@ inline std::string describe(const config& c) {
     return out;
 }
 
+// The effective policy for mail to `domain` through the MX host `mx_host`
+// ("" when not given: then what depends on the host is said to), and the
+// sections that gave each value: what `mxpress check-config FILE --domain D
+// [--mx HOST]` prints. Pure: no lookups.
+inline std::string describe_destination(const config& c, std::string_view domain, std::string_view mx_host) {
+    const std::string d = detail::to_lower_copy(domain);
+    const std::string mx = detail::to_lower_copy(mx_host);
+    const domain_limits own = [&] {
+        for (const domain_limits& l : c.domain_limit) {
+            if (l.name == d) {
+                return l;
+            }
+        }
+        return domain_limits{};
+    }();
+    const bool own_tls =
+        std::any_of(c.domain_tls.begin(), c.domain_tls.end(), [&](const auto& e) { return e.first == d; });
+    const domain_limits eff = c.limits_for(d);
+    const provider_config* pc = mx.empty() ? nullptr : c.provider_for(mx);
+    const std::string dsec = fmt::format("[domain.\"{}\"]", d);
+    auto from = [&](bool set_in_domain) { return set_in_domain ? dsec : std::string("[defaults]"); };
+    std::string out = fmt::format("destination: {}{}\n", d, mx.empty() ? "" : fmt::format(" via {}", mx));
+    std::string sections;
+    if (own.max_message_rate || own.connections_max != 0 || own.messages_per_connection_max != 0 || own_tls) {
+        sections += dsec;
+    }
+    if (pc != nullptr) {
+        sections += fmt::format("{}[provider.\"{}\"]", sections.empty() ? "" : ", ", pc->name);
+    }
+    out += fmt::format("sections: {}\n", sections.empty() ? "none (only [defaults])" : sections);
+    out += fmt::format("max_message_rate = \"{}\"  # per domain, from {}\n", eff.max_message_rate->text,
+                       from(own.max_message_rate.has_value()));
+    out += fmt::format("connections_max = {}  # per MX address, from {}\n", eff.connections_max,
+                       from(own.connections_max != 0));
+    out += fmt::format("messages_per_connection_max = {}  # from {}\n", eff.messages_per_connection_max,
+                       from(own.messages_per_connection_max != 0));
+    out += fmt::format("max_connection_rate = \"{}\"  # per MX address, from [defaults]\n", c.max_connection_rate.text);
+    if (pc != nullptr) {
+        const std::string psec = fmt::format("[provider.\"{}\"]", pc->name);
+        out += fmt::format("provider max_message_rate = \"{}\"  # one budget for all its domains, from {}\n",
+                           pc->max_message_rate ? pc->max_message_rate->text : "unlimited", psec);
+        out += fmt::format("provider connections_max = {}  # all its hosts together, from {}\n",
+                           pc->connections_max == 0 ? std::string("unlimited") : std::to_string(pc->connections_max),
+                           psec);
+        if (pc->messages_per_connection_max != 0) {
+            out += fmt::format("provider messages_per_connection_max = {}  # from {}\n",
+                               pc->messages_per_connection_max, psec);
+        }
+    }
+    if (mx.empty()) {
+        out += fmt::format(
+            "tls = \"{}\"  # {}\n", to_string(c.tls_for(d, "")),
+            own_tls ? "from " + dsec : "for an MX host no [provider] or [mx] section names; give --mx HOST to see its");
+        if (!c.providers.empty()) {
+            out += "provider: depends on the MX host names (give --mx HOST)\n";
+        }
+    } else {
+        std::string tls_from = "[defaults]";
+        if (own_tls) {
+            tls_from = dsec;
+        } else if (pc != nullptr && pc->tls) {
+            tls_from = fmt::format("[provider.\"{}\"]", pc->name);
+        } else {
+            for (const auto& [pattern, p] : c.mx_tls) {
+                if (host_pattern_matches(pattern, mx)) {
+                    tls_from = fmt::format("[mx.\"{}\"]", pattern);
+                    break;
+                }
+            }
+        }
+        out += fmt::format("tls = \"{}\"  # from {}\n", to_string(c.tls_for(d, mx)), tls_from);
+    }
+    return out;
+}
+
 // README's table of keys (Markdown), from config_keys and config_sections.
 inline std::string describe_keys_markdown() {
     std::string out = "| key | type | default | meaning |\n|---|---|---|---|\n";
