@@ -41,6 +41,8 @@ metrics_snapshot example() {
     s.suppressed = 6;
     s.attempts = 97;
     s.deferrals = 9;
+    s.throttled = 5;
+    s.throttle_wait_ms = 2500;
     s.replies_2xx = 80;
     s.replies_4xx = 9;
     s.replies_5xx = 4;
@@ -88,6 +90,12 @@ mxpress_attempts_total{run="0123abcd4567ef89"} 97
 # HELP mxpress_deferrals_total Temporary failures, each retried later or expired.
 # TYPE mxpress_deferrals_total counter
 mxpress_deferrals_total{run="0123abcd4567ef89"} 9
+# HELP mxpress_throttled_total Sends that waited for a max_message_rate slot (domain or provider).
+# TYPE mxpress_throttled_total counter
+mxpress_throttled_total{run="0123abcd4567ef89"} 5
+# HELP mxpress_throttle_wait_seconds_total How long the throttled sends waited, in all.
+# TYPE mxpress_throttle_wait_seconds_total counter
+mxpress_throttle_wait_seconds_total{run="0123abcd4567ef89"} 2.500
 # HELP mxpress_smtp_replies_total Replies that ended a transaction, by class (a session that ended before its reply counts in none).
 # TYPE mxpress_smtp_replies_total counter
 mxpress_smtp_replies_total{run="0123abcd4567ef89",class="2xx"} 80
@@ -162,7 +170,7 @@ TEST(Metrics, NamingFollowsPrometheusConventions) {
             p = p == std::string::npos ? labels.size() : p + 2;
         }
     }
-    EXPECT_EQ(samples, 24u);
+    EXPECT_EQ(samples, 26u);
 }
 
 std::vector<std::string> names_in(const std::string& dir) {

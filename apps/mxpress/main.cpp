@@ -791,6 +791,11 @@ int run_send(const send_options& o) {
             "allowed: it may have arrived; status \"in-doubt\" in the journal)\n",
             t.in_doubt);
     }
+    if (t.throttled > 0) {
+        summary += fmt::format(
+            "shaping: {} sends waited for a max_message_rate slot, {:.1f} s in all ([domain] or [provider] rates)\n",
+            t.throttled, double(t.throttle_wait_ms) / 1000.0);
+    }
     for (const auto& [key, count] : t.top_failures) {
         const std::size_t tab = key.find('\t');
         summary += fmt::format("  {} x {}: {}\n", count, key.substr(0, tab), key.substr(tab + 1));
@@ -805,10 +810,10 @@ int run_send(const send_options& o) {
             "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
-            "\"top_failures\":[",
+            "\"throttled\":{},\"throttle_wait_seconds\":{:.3f},\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
             t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour,
-            ro.threads, peak_rss_bytes(), t.in_flight_peak);
+            ro.threads, peak_rss_bytes(), t.in_flight_peak, t.throttled, double(t.throttle_wait_ms) / 1000.0);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');

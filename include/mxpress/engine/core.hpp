@@ -438,6 +438,10 @@ private:
             }
             slot = d.pace.reserve(slot);
             if (slot > _now) {
+                shard_stats::add(_stats.throttled);
+                shard_stats::add(_stats.throttle_wait_ms,
+                                 static_cast<std::uint64_t>(
+                                     std::chrono::duration_cast<std::chrono::milliseconds>(slot - _now).count()));
                 r->paced = true;
                 r->not_before = slot;
                 park(*r);

@@ -135,7 +135,7 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
     }
     while (p.conns.size() < limit && starting < p.work.size()) {
         clock::time_point when{};
-        if (p.provider != nullptr && !p.provider->try_open()) {
+        if (p.provider != nullptr && !p.provider->try_open(_o.shard_index, _now)) {
             // The provider's connections_max, counted across shards: a place
             // freed by another shard cannot wake this one, so look again soon.
             _probes.emplace(_now + provider_state::recheck, p.session_key);
@@ -143,7 +143,7 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
         }
         if (!p.connect_pace.take(_now, when)) {
             if (p.provider != nullptr) {
-                p.provider->closed();  // the place taken just above
+                p.provider->closed(_o.shard_index);  // the place taken just above
             }
             _probes.emplace(when, p.session_key);  // max_connection_rate: wake then
             return;
@@ -419,9 +419,12 @@ inline void delivery_core::fill(connection& c) {
     while ((c.state == conn_state::open || c.state == conn_state::idle) && c.client.can_start_transaction()) {
         const bool ready = c.client.current_state() == smtp::client::state::ready;
         const bool used_up = c.messages >= p.messages_per_connection_max;
-        if (used_up || p.work.empty()) {
+        // Another shard waits for a place under the provider's
+        // connections_max and this one holds more than its share: give one back.
+        const bool yield = ready && c.holds_provider_place && p.provider->should_yield(_o.shard_index, _now);
+        if (used_up || yield || p.work.empty()) {
             if (ready) {
-                if (used_up || run_over() || _draining) {
+                if (used_up || yield || run_over() || _draining) {
                     c.state = conn_state::closing;
                     c.client.quit();
                 } else if (c.state != conn_state::idle) {
@@ -607,7 +610,7 @@ inline void delivery_core::teardown(connection& c) {
     shard_stats::add(_stats.connections_closed);
     if (c.holds_provider_place) {
         c.holds_provider_place = false;
-        c.pool->provider->closed();
+        c.pool->provider->closed(_o.shard_index);
     }
     for (connection::slot& sl : c.slots) {
         if (sl.r != nullptr) {

@@ -54,6 +54,8 @@ struct metrics_snapshot {
     std::uint64_t suppressed = 0;
     std::uint64_t attempts = 0;   // transactions started
     std::uint64_t deferrals = 0;  // temporary failures
+    std::uint64_t throttled = 0;  // sends that waited for a max_message_rate slot
+    std::uint64_t throttle_wait_ms = 0;
     std::uint64_t replies_2xx = 0;
     std::uint64_t replies_4xx = 0;
     std::uint64_t replies_5xx = 0;
@@ -116,6 +118,10 @@ inline std::string exposition(const metrics_snapshot& s) {
     sample("mxpress_recipients_total", "status=\"suppressed\"", s.suppressed);
     one("mxpress_attempts_total", "counter", "Delivery transactions started (each retry counts).", s.attempts);
     one("mxpress_deferrals_total", "counter", "Temporary failures, each retried later or expired.", s.deferrals);
+    one("mxpress_throttled_total", "counter", "Sends that waited for a max_message_rate slot (domain or provider).",
+        s.throttled);
+    one("mxpress_throttle_wait_seconds_total", "counter", "How long the throttled sends waited, in all.",
+        seconds(double(s.throttle_wait_ms) / 1000.0));
     family("mxpress_smtp_replies_total", "counter",
            "Replies that ended a transaction, by class (a session that ended before its reply counts in none).");
     sample("mxpress_smtp_replies_total", "class=\"2xx\"", s.replies_2xx);

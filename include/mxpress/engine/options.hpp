@@ -73,6 +73,7 @@ struct shard_options {
     // [provider."…"] limits, one object per provider shared by every shard
     // (provider.hpp); borrowed; null or empty: no provider sections.
     const provider_table* providers = nullptr;
+    unsigned shard_index = 0;  // which shard this is (set by the shard)
     std::chrono::milliseconds tick{50};
     // After SIGINT/SIGTERM, how long transactions in flight may take to end
     // before their connections are torn down (a second signal: at once).
@@ -85,11 +86,13 @@ struct shard_stats {
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};
-    std::atomic<std::uint64_t> in_doubt{0};     // final: in-doubt (see journal.hpp)
-    std::atomic<std::uint64_t> invalid{0};      // rendering failed in the shard
-    std::atomic<std::uint64_t> deferred{0};     // temporary failures (each retry counts)
-    std::atomic<std::uint64_t> attempts{0};     // transactions started (each retry counts)
-    std::atomic<std::uint64_t> replies_2xx{0};  // the reply that ended a transaction, by class
+    std::atomic<std::uint64_t> in_doubt{0};          // final: in-doubt (see journal.hpp)
+    std::atomic<std::uint64_t> invalid{0};           // rendering failed in the shard
+    std::atomic<std::uint64_t> deferred{0};          // temporary failures (each retry counts)
+    std::atomic<std::uint64_t> throttled{0};         // sends that waited for a max_message_rate slot
+    std::atomic<std::uint64_t> throttle_wait_ms{0};  // how long they waited, in all
+    std::atomic<std::uint64_t> attempts{0};          // transactions started (each retry counts)
+    std::atomic<std::uint64_t> replies_2xx{0};       // the reply that ended a transaction, by class
     std::atomic<std::uint64_t> replies_4xx{0};
     std::atomic<std::uint64_t> replies_5xx{0};
     std::atomic<std::uint64_t> in_flight{0};         // transactions started and not yet journaled

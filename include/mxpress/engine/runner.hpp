@@ -64,7 +64,10 @@ struct run_totals {
     std::uint64_t bounced = 0;
     std::uint64_t expired = 0;
     std::uint64_t in_doubt = 0;
-    std::uint64_t in_flight_peak = 0;  // sum of the shards' peaks: a bound on the kill -9 window
+    std::uint64_t in_flight_peak = 0;
+    std::uint64_t throttled = 0;  // sends that waited for a max_message_rate slot
+    std::uint64_t throttle_wait_ms =
+        0;  // how long they waited, in all  // sum of the shards' peaks: a bound on the kill -9 window
     std::uint64_t deferred = 0;
     std::uint64_t attempts = 0;
     std::uint64_t connections = 0;
@@ -293,6 +296,8 @@ inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader
         m.in_doubt += get(s.in_doubt);
         m.invalid += get(s.invalid);
         m.attempts += get(s.attempts);
+        m.throttled += get(s.throttled);
+        m.throttle_wait_ms += get(s.throttle_wait_ms);
         m.deferrals += get(s.deferred);
         m.replies_2xx += get(s.replies_2xx);
         m.replies_4xx += get(s.replies_4xx);
@@ -581,6 +586,8 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.invalid += s.invalid;  // messages that could not be rendered
         t.deferred += s.deferred;
         t.attempts += s.attempts;
+        t.throttled += s.throttled;
+        t.throttle_wait_ms += s.throttle_wait_ms;
         t.connections += s.connections_opened;
         t.sent_bytes += s.sent_bytes;
         t.tls_handshakes += s.tls_handshakes;

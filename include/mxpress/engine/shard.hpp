@@ -73,7 +73,7 @@ public:
     shard(unsigned index, const shard_options& options, const mail::message_template& tmpl, shared_journal& journal,
           shard_stats& stats)
         : _index(index),
-          _options(options),
+          _options(indexed(options, index)),
           _journal(journal),
           _mailbox(mailbox_batches_max),
           _ring(ring_entries),
@@ -140,6 +140,11 @@ public:
 
 private:
     using shard_op = io::tagged_completion<shard>;
+
+    static shard_options indexed(shard_options o, unsigned index) {
+        o.shard_index = index;
+        return o;
+    }
 
     // The I/O side of one connection.
     struct io_conn {
