@@ -193,8 +193,9 @@ expect default_threads 0 "MB, $cores threads$" -- \
     "$mx" send --recipients good.csv --message good.eml --from b@s.example --journal threads.jsonl "${route[@]}"
 
 # --progress auto|on|off (README, Usage): live progress on stderr; `auto`
-# only when stderr is a terminal. Each run lasts at least max_age (700 ms),
-# and the progress line comes every 250 ms while the shards work.
+# only when stderr is a terminal. Each run lasts at least max_age (700 ms):
+# on a terminal the line is redrawn every 250 ms while the shards work; on a
+# pipe (`on`) a plain line comes every 5 s and once at the end.
 printf '[defaults]\nretry_initial = "100ms"\nretry_max = "100ms"\nmax_age = "700ms"\n' >progress.toml
 progress_run() {
     rm -f progress.jsonl
@@ -221,15 +222,21 @@ sys.stdout.write(out.decode("utf-8", "replace").replace("\r", "\n"))
 sys.exit(p.wait())
 PY
 }
-has_progress() { if grep -q 'in flight'; then echo progress; else echo no progress; fi; }
+has_progress() { if grep -q '[0-9]/h'; then echo progress; else echo no progress; fi; }
 export -f progress_run on_tty has_progress
 export mx
 expect progress_on_pipe 0 '^progress$' -- bash -c 'progress_run --progress on 2>&1 >/dev/null | has_progress'
-expect progress_on_line 0 'sent 0 \(0/h\), failed 0, deferred [0-9]+, in flight [0-9]+, ETA' -- \
+expect progress_on_line 0 '^100%  1 / 1  0/h  ETA 0s  delivered 0  deferred [0-9]+  failed 1  in flight 0$' -- \
     bash -c 'progress_run --progress on 2>&1 >/dev/null'
+# A plain line carries no carriage return and no escape code.
+expect progress_on_plain 0 '^plain$' -- \
+    bash -c 'progress_run --progress on 2>&1 >/dev/null | LC_ALL=C grep -q "[[:cntrl:]]" && echo escapes || echo plain'
 expect progress_auto_pipe 0 '^no progress$' -- bash -c 'progress_run --progress auto 2>&1 >/dev/null | has_progress'
 expect progress_default_pipe 0 '^no progress$' -- bash -c 'progress_run 2>&1 >/dev/null | has_progress'
 expect progress_auto_tty 0 '^progress$' -- bash -c 'on_tty bash -c "progress_run --progress auto" | has_progress'
+# On a terminal: the bar and the percentage, redrawn in place (\r, ESC [K).
+expect progress_auto_tty_bar 0 '\[K\[[=>.]+\] +[0-9]+%  [01] / 1  0/h  ETA ' -- \
+    bash -c 'on_tty bash -c "progress_run --progress auto"'
 expect progress_off_tty 0 '^no progress$' -- bash -c 'on_tty bash -c "progress_run --progress off" | has_progress'
 
 expect bad_route 2 "--route 'x.org': expected DOMAIN=HOST" -- \

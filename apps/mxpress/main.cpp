@@ -30,6 +30,7 @@
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/metrics.hpp"
+#include "mxpress/engine/progress.hpp"
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/runner.hpp"
 #include "mxpress/engine/stop_signals.hpp"
@@ -123,18 +124,7 @@ std::uint64_t peak_rss_bytes() {
     return static_cast<std::uint64_t>(ru.ru_maxrss) * 1024;
 }
 
-std::string human_count(double v) {
-    if (v >= 1e9) {
-        return fmt::format("{:.2f}G", v / 1e9);
-    }
-    if (v >= 1e6) {
-        return fmt::format("{:.2f}M", v / 1e6);
-    }
-    if (v >= 1e3) {
-        return fmt::format("{:.1f}k", v / 1e3);
-    }
-    return fmt::format("{:.0f}", v);
-}
+using mxpress::engine::human_count;
 
 // Writes the --summary-json document.
 void write_summary(const std::string& path, const std::string& json) {

@@ -47,6 +47,7 @@
 
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/metrics.hpp"
+#include "mxpress/engine/progress.hpp"
 #include "mxpress/engine/shard.hpp"
 #include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/mail/address.hpp"
@@ -444,28 +445,67 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
             journal.write_batch(invalid_lines);
         }
     };
+    // The progress line (--progress): its own thread, because the reader
+    // may wait on a full mailbox for as long as the shards take. On a
+    // terminal it is redrawn in place 4 times a second, and cleared before
+    // the summary; elsewhere a plain line every 5 s (none at the start,
+    // which says nothing yet) and one when the shards are done.
+    std::atomic<bool> read_all{false};
+    const bool tty = o.show_progress && ::isatty(STDERR_FILENO) == 1;
+    bool plain_started = false;  // the progress thread's, then the runner's once it ended
     auto progress_line = [&]() {
-        std::uint64_t delivered = 0, bounced = 0, expired = 0, deferred = 0, in_flight = 0;
+        if (!tty && !plain_started) {
+            plain_started = true;
+            return;
+        }
+        progress_counts c;
         for (unsigned i = 0; i < n; ++i) {
             const shard_stats& s = shards.stats(i);
-            delivered += s.delivered.load(std::memory_order_relaxed);
-            bounced += s.bounced.load(std::memory_order_relaxed) + s.invalid.load(std::memory_order_relaxed);
-            expired += s.expired.load(std::memory_order_relaxed) + s.in_doubt.load(std::memory_order_relaxed);
-            deferred += s.deferred.load(std::memory_order_relaxed);
-            in_flight += s.in_flight.load(std::memory_order_relaxed);
+            c.delivered += s.delivered.load(std::memory_order_relaxed);
+            c.failed += s.bounced.load(std::memory_order_relaxed) + s.invalid.load(std::memory_order_relaxed) +
+                        s.expired.load(std::memory_order_relaxed) + s.in_doubt.load(std::memory_order_relaxed);
+            c.deferred += s.deferred.load(std::memory_order_relaxed);
+            c.in_flight += s.in_flight.load(std::memory_order_relaxed);
         }
-        const double secs =
-            std::max(1e-3, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-        const std::uint64_t finals = delivered + bounced + expired + t.invalid + t.suppressed;
-        const double rate = double(delivered) / secs * 3600;
-        const std::uint64_t todo = t.rows - t.skipped;
-        const double eta = finals > 0 && todo > finals ? double(todo - finals) * secs / double(finals) : 0;
-        std::fprintf(stderr, "\r\033[Ksent %llu (%.0f/h), failed %llu, deferred %llu, in flight %llu, ETA %.0fs",
-                     static_cast<unsigned long long>(delivered), rate,
-                     static_cast<unsigned long long>(bounced + expired + t.invalid),
-                     static_cast<unsigned long long>(deferred), static_cast<unsigned long long>(in_flight), eta);
+        const std::uint64_t invalid = counts.invalid.load(std::memory_order_relaxed);
+        const std::uint64_t suppressed = counts.suppressed.load(std::memory_order_relaxed);
+        c.failed += invalid;
+        c.done = c.delivered + c.failed + suppressed;
+        c.total_known = read_all.load(std::memory_order_acquire);
+        c.read = counts.rows.load(std::memory_order_relaxed) - counts.skipped.load(std::memory_order_relaxed);
+        c.total = c.read;
+        c.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const std::string text = format_progress(c, terminal_width(STDERR_FILENO), tty);
+        if (tty) {
+            std::fprintf(stderr, "\r\033[K%s", text.c_str());
+        } else {
+            std::fprintf(stderr, "%s\n", text.c_str());
+        }
+        std::fflush(stderr);
     };
-    auto last_progress = start;
+    std::optional<periodic_thread> progress;  // after `shards`: ends before them
+    auto end_progress = [&]() {
+        if (progress) {
+            progress.reset();  // joins
+            if (!tty) {
+                try {
+                    progress_line();  // where the run ended
+                } catch (...) {
+                    // an unwinding run is not stopped by a line it could not write
+                }
+            } else {
+                std::fputs("\r\033[K", stderr);  // the summary starts on a clean line
+                std::fflush(stderr);
+            }
+        }
+    };
+    struct progress_stop {
+        decltype(end_progress)& end;
+        ~progress_stop() { end(); }
+    } stop_progress{end_progress};
+    if (o.show_progress) {
+        progress.emplace(tty ? std::chrono::milliseconds(250) : std::chrono::milliseconds(5000), progress_line);
+    }
     std::exception_ptr reader_error;
     try {
         while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
@@ -531,13 +571,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 batches[k] = shard::mail_batch();
                 batch_bytes[k] = 0;
             }
-            if (o.show_progress && (t.rows & 0xFFF) == 0) {
-                const auto now = std::chrono::steady_clock::now();
-                if (now - last_progress > std::chrono::milliseconds(500)) {
-                    last_progress = now;
-                    progress_line();
-                }
-            }
+        }
+        if (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0) {
+            read_all.store(true, std::memory_order_release);  // the end of the file: the total is known
         }
         journal.write_batch(invalid_lines);
         for (unsigned i = 0; i < n; ++i) {
@@ -551,15 +587,8 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         reader_error = std::current_exception();
     }
     shards.close_input();
-    if (o.show_progress) {
-        // Progress while the shards finish.
-        while (shards.done() < n) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(250));
-            progress_line();
-        }
-        std::fputs("\r\033[K", stderr);
-    }
     shards.join();
+    end_progress();
     stop_watching.s = nullptr;
     if (o.signals != nullptr) {
         o.signals->stop();
