@@ -115,3 +115,19 @@ TEST(Progress, PlainLineHasNoBarNoEscapesAndEveryField) {
 }
 
 }  // namespace
+
+// 58 of 100 is 58%: the percentage is computed in integers (in doubles,
+// floor(0.58 * 100.0) is 57; seen in the tmux test under TSan).
+TEST(Progress, PercentageIsExactForEveryCountOfAHundred) {
+    for (std::uint64_t done = 0; done <= 100; ++done) {
+        progress_counts c;
+        c.total_known = true;
+        c.total = 100;
+        c.done = done;
+        c.read = 100;
+        c.delivered = done;
+        c.seconds = 1;
+        const std::string line = format_progress(c, 200, true);
+        EXPECT_NE(line.find(fmt::format("{:3}%", done)), std::string::npos) << line;
+    }
+}

@@ -137,7 +137,9 @@ inline std::string format_progress(const progress_counts& c, unsigned width, boo
     double fraction = 0;
     if (known) {
         fraction = c.total == 0 ? 1.0 : std::min(1.0, double(c.done) / double(c.total));
-        const auto pct = static_cast<unsigned>(std::floor(fraction * 100.0));
+        // In integers: floor(0.58 * 100.0) is 57 in doubles (58 of 100 showed 57%).
+        const auto pct =
+            static_cast<unsigned>(c.total == 0 ? 100 : std::min<std::uint64_t>(100, c.done * 100 / c.total));
         fields.push_back({fmt::format("{:3}%", pct), 9});
         fields.push_back({thousands(c.done) + " / " + thousands(c.total), 9});
     } else {
