@@ -68,7 +68,7 @@ TEST(Config, Errors) {
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
               "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
-              "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
+              "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], [rules])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
@@ -348,7 +348,8 @@ TEST(Config, WrongTypesNameTheKey) {
               "c.toml:2: [timeouts] quit must be a duration string such as \"30s\", \"5m\" or \"1h\"");
     EXPECT_EQ(error_of("[defalts]\ntls = \"verify\"\n"),
               "c.toml:1: unknown table or key 'defalts'; did you mean 'defaults'? (known tables: [defaults], "
-              "[timeouts], [dns], [domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]])");
+              "[timeouts], [dns], [domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], "
+              "[rules])");
 }
 
 TEST(Config, TlsSetOnlyWhenTheFileSaysSo) {
@@ -383,7 +384,8 @@ std::map<std::string, std::string> described(const config& c) {
 TEST(Config, EveryKeyRoundTripsThroughItsOwnField) {
     const config defaults;
     const auto before = described(defaults);
-    EXPECT_EQ(before.size(), std::size(config_keys));
+    EXPECT_EQ(before.size(), std::size(config_keys) + 1);  // and [rules] builtin (its own section)
+    EXPECT_EQ(before.count("[rules] builtin"), 1u);
     EXPECT_EQ(describe(parse_config(describe(defaults), "c.toml")), describe(defaults)) << describe(defaults);
     const std::string readable = std::string(MXPRESS_SOURCE_DIR) + "/README.md";
     for (const config_key& k : config_keys) {

@@ -43,6 +43,8 @@ metrics_snapshot example() {
     s.deferrals = 9;
     s.throttled = 5;
     s.throttle_wait_ms = 2500;
+    s.rule_scaled = 3;
+    s.rule_suspended = 1;
     s.replies_2xx = 80;
     s.replies_4xx = 9;
     s.replies_5xx = 4;
@@ -96,6 +98,11 @@ mxpress_throttled_total{run="0123abcd4567ef89"} 5
 # HELP mxpress_throttle_wait_seconds_total How long the throttled sends waited, in all.
 # TYPE mxpress_throttle_wait_seconds_total counter
 mxpress_throttle_wait_seconds_total{run="0123abcd4567ef89"} 2.500
+# HELP mxpress_rule_actions_total Adaptive rules that fired, by action (a receiver's reply matched a [[rule]] or a built-in).
+# TYPE mxpress_rule_actions_total counter
+mxpress_rule_actions_total{run="0123abcd4567ef89",action="scale"} 3
+mxpress_rule_actions_total{run="0123abcd4567ef89",action="suspend"} 1
+mxpress_rule_actions_total{run="0123abcd4567ef89",action="stop"} 0
 # HELP mxpress_smtp_replies_total Replies that ended a transaction, by class (a session that ended before its reply counts in none).
 # TYPE mxpress_smtp_replies_total counter
 mxpress_smtp_replies_total{run="0123abcd4567ef89",class="2xx"} 80
@@ -165,12 +172,13 @@ TEST(Metrics, NamingFollowsPrometheusConventions) {
         const std::string labels = line.substr(family.size() + 1, line.find('}') - family.size() - 1);
         for (std::size_t p = 0; p < labels.size();) {
             const std::string name = labels.substr(p, labels.find('=', p) - p);
-            EXPECT_TRUE(name == "run" || name == "status" || name == "class" || name == "version") << line;
+            EXPECT_TRUE(name == "run" || name == "status" || name == "class" || name == "version" || name == "action")
+                << line;
             p = labels.find("\",", p);
             p = p == std::string::npos ? labels.size() : p + 2;
         }
     }
-    EXPECT_EQ(samples, 26u);
+    EXPECT_EQ(samples, 29u);
 }
 
 std::vector<std::string> names_in(const std::string& dir) {

@@ -754,6 +754,9 @@ int run_send(const send_options& o) {
     header.recipients = recipients_fp;
     header.templ = template_fp;
     ro.shard.run_id = header.run;
+    if (o.resume) {
+        ro.shard.rule_restore = done.rule_events;  // what the last run's rules left in force
+    }
     ro.shard.stop_grace = std::chrono::milliseconds(static_cast<std::int64_t>(o.stop_grace * 1000));
     ro.signals = &signals;
     engine::shared_journal journal(std::move(writer));
@@ -786,6 +789,24 @@ int run_send(const send_options& o) {
             "shaping: {} sends waited for a max_message_rate slot, {:.1f} s in all ([domain] or [provider] rates)\n",
             t.throttled, double(t.throttle_wait_ms) / 1000.0);
     }
+    for (const auto& [f, count] : t.rule_firings) {
+        std::string what;
+        switch (f.action) {
+            case engine::rule_action::scale:
+                what = fmt::format("scaled to {}", engine::rate_per_second(f.rate_per_s).text);
+                break;
+            case engine::rule_action::suspend: what = "suspended"; break;
+            case engine::rule_action::stop: what = "STOPPED for the rest of the run"; break;
+        }
+        summary += fmt::format("rule {}: {} {} ({} time{}; last reply: {})\n", f.rule, f.scope, what, count,
+                               count == 1 ? "" : "s", f.reply);
+    }
+    if (t.rule_left > 0) {
+        summary += fmt::format(
+            "STOPPED by a rule: {} recipients left unfinished (journaled \"deferred\"): fix what the reply says "
+            "(authentication: SPF, DKIM, DMARC), then run the same command with --resume\n",
+            t.rule_left);
+    }
     for (const auto& [key, count] : t.top_failures) {
         const std::size_t tab = key.find('\t');
         summary += fmt::format("  {} x {}: {}\n", count, key.substr(0, tab), key.substr(tab + 1));
@@ -815,7 +836,21 @@ int run_send(const send_options& o) {
             mxpress::detail::append_json_string(j, key.substr(tab + 1));
             j += "}";
         }
-        j += fmt::format("],\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},\"run\":", t.stop_signal,
+        j += "],\"rules\":[";
+        first = true;
+        for (const auto& [f, count] : t.rule_firings) {
+            j += first ? "{\"rule\":" : ",{\"rule\":";
+            first = false;
+            mxpress::detail::append_json_string(j, f.rule);
+            j += ",\"scope\":";
+            mxpress::detail::append_json_string(j, f.scope);
+            j += fmt::format(",\"action\":\"{}\",\"count\":{},\"rate_per_second\":{:.6g},\"reply\":",
+                             engine::to_string(f.action), count, f.rate_per_s);
+            mxpress::detail::append_json_string(j, f.reply);
+            j += "}";
+        }
+        j += fmt::format("],\"rule_held\":{},\"rule_left\":{}", t.rule_held, t.rule_left);
+        j += fmt::format(",\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},\"run\":", t.stop_signal,
                          t.left_deferred, t.stopped_in_doubt);
         mxpress::detail::append_json_string(j, header.run);
         j += ",\"journal\":";
@@ -832,6 +867,13 @@ int run_send(const send_options& o) {
                      t.stop_signal == SIGINT ? "SIGINT" : "SIGTERM", static_cast<unsigned long long>(t.rows),
                      journal_path.c_str(), static_cast<unsigned long long>(t.left_deferred),
                      static_cast<unsigned long long>(t.stopped_in_doubt));
+        return exit_unfinished;
+    }
+    if (t.rule_left > 0) {
+        std::fprintf(stderr,
+                     "mxpress: a rule stopped sending to a destination; %llu recipients have no final outcome in %s. "
+                     "Fix the cause the reply names, then run the same command with --resume.\n",
+                     static_cast<unsigned long long>(t.rule_left), journal_path.c_str());
         return exit_unfinished;
     }
     return exit_ok;
@@ -944,6 +986,120 @@ int run_check_config(const std::string& path, bool keys, const std::string& doma
     return exit_ok;
 }
 
+// `rules`: the built-in rules as TOML (--print-defaults), or every rule in
+// force for a configuration, in the order they are tried.
+int run_rules(const std::string& config_path, bool defaults) {
+    if (defaults) {
+        std::fwrite(engine::builtin_rules_toml.data(), 1, engine::builtin_rules_toml.size(), stdout);
+        return exit_ok;
+    }
+    const engine::config c = config_path.empty() ? engine::config{} : engine::load_config(config_path);
+    std::fprintf(stdout, "# %zu rules in force, tried in this order (the first match counts)%s\n", c.rules.rules.size(),
+                 c.rules.builtin ? "" : "; built-ins off ([rules] builtin = false)");
+    for (const engine::rule& r : c.rules.rules) {
+        std::fprintf(stdout, "\n%s", engine::describe_rule(r).c_str());
+    }
+    return exit_ok;
+}
+
+// A reply as a receiver writes it ("421-4.7.28 …" lines, or one line) on
+// one line as the rules see it: "code enhanced text".
+mxpress::smtp::reply parse_pasted_reply(const std::string& text) {
+    mxpress::smtp::reply rep;
+    std::string body;
+    std::size_t at = 0;
+    while (at <= text.size()) {
+        std::size_t end = text.find('\n', at);
+        if (end == std::string::npos) {
+            end = text.size();
+        }
+        std::string line = text.substr(at, end - at);
+        at = end + 1;
+        while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) {
+            line.pop_back();
+        }
+        if (line.empty()) {
+            continue;
+        }
+        if (line.size() < 3 ||
+            !std::all_of(line.begin(), line.begin() + 3, [](char ch) { return ch >= '0' && ch <= '9'; }) ||
+            (line.size() > 3 && line[3] != ' ' && line[3] != '-')) {
+            throw std::invalid_argument("explain-reply: each line must start with a 3-digit code: " + line);
+        }
+        rep.code = std::stoi(line.substr(0, 3));
+        std::string rest = line.size() > 4 ? line.substr(4) : std::string();
+        const std::size_t sp = rest.find(' ');
+        const std::string first = rest.substr(0, sp);
+        const bool enhanced = first.size() >= 5 && (first[0] == '2' || first[0] == '4' || first[0] == '5') &&
+                              first[1] == '.' && std::count(first.begin(), first.end(), '.') == 2;
+        if (enhanced) {
+            rep.enhanced = first;
+            rest = sp == std::string::npos ? std::string() : rest.substr(sp + 1);
+        }
+        body += body.empty() ? rest : "\n" + rest;
+    }
+    if (rep.code < 200 || rep.code > 599) {
+        throw std::invalid_argument("explain-reply: not an SMTP reply (a code from 200 to 599 first)");
+    }
+    rep.text = body;
+    return rep;
+}
+
+// `explain-reply`: which rule a reply matches, what it does to which
+// destination, and the policy that destination has.
+int run_explain_reply(const std::string& reply_text, const std::string& config_path, const std::string& domain,
+                      const std::string& mx) {
+    if (domain.empty()) {
+        throw std::invalid_argument("explain-reply: --domain is required (the recipient domain that got the reply)");
+    }
+    const engine::config c = config_path.empty() ? engine::config{} : engine::load_config(config_path);
+    const mxpress::smtp::reply rep = parse_pasted_reply(reply_text);
+    const std::string d = mxpress::detail::to_lower_copy(domain);
+    const auto* pc = mx.empty() ? nullptr : c.provider_for(mxpress::detail::to_lower_copy(mx));
+    const std::string line = rep.one_line();
+    std::string out = fmt::format("reply: {}\n", line);
+    const engine::rule* r = c.rules.match(rep.code, line, d, pc != nullptr ? std::string_view(pc->name) : "");
+    if (r == nullptr) {
+        out += fmt::format("rule: none matches ({} rules in force): {}\n", c.rules.rules.size(),
+                           rep.permanent() ? "the recipient bounces" : "the recipient is retried with backoff");
+    } else {
+        const bool provider_scope = pc != nullptr && r->domain.empty();
+        out += fmt::format("rule: {} ({})\nscope: {}\n", r->name, r->origin,
+                           provider_scope ? fmt::format("provider \"{}\" (every domain whose MX hosts it matches, all "
+                                                        "shards)",
+                                                        pc->name)
+                                          : fmt::format("domain {}{}", d,
+                                                        mx.empty() && !c.providers.empty()
+                                                            ? " (or its provider: give --mx HOST to see which)"
+                                                            : ""));
+        const std::string when =
+            r->trigger == "immediate" ? "at the first match" : fmt::format("after {} (matches/span)", r->trigger);
+        switch (r->action) {
+            case engine::rule_action::scale:
+                out += fmt::format(
+                    "action: scale the rate by {} {}, never below {}; recover {} while no reply "
+                    "matches\n(no rate configured: it scales the rate it was sending at)\n",
+                    r->factor, when, r->floor.text, r->recover);
+                break;
+            case engine::rule_action::suspend:
+                out += fmt::format(
+                    "action: suspend for {} {}: its mail waits (not bounced, not aged), then restarts "
+                    "at {} of the rate and recovers {}\n",
+                    r->duration_text, when, r->factor, r->recover);
+                break;
+            case engine::rule_action::stop:
+                out += fmt::format(
+                    "action: stop {}: no more mail there this run; its recipients stay unfinished "
+                    "for --resume after the fix\n",
+                    when);
+                break;
+        }
+    }
+    out += "\n" + engine::describe_destination(c, d, mx);
+    std::fputs(out.c_str(), stdout);
+    return exit_ok;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1037,6 +1193,20 @@ int main(int argc, char** argv) {
                       "Print the effective limits and TLS policy for mail to this domain, and which sections set them");
     check->add_option("--mx", c_mx, "with --domain: through this MX host name (not looked up)");
 
+    std::string r_config;
+    bool r_defaults = false;
+    auto* rules = app.add_subcommand("rules", "Print the adaptive rules in force, in the order they are tried");
+    rules->add_option("--config", r_config, "TOML configuration whose [[rule]]s come first");
+    rules->add_flag("--print-defaults", r_defaults, "Print the built-in rules as TOML");
+
+    std::string e_reply, e_config, e_domain, e_mx;
+    auto* explain = app.add_subcommand(
+        "explain-reply", "Say which rule a receiver's reply matches and what it does (\"421 4.7.28 ...\")");
+    explain->add_option("REPLY", e_reply, "The reply: one line, or the lines as received")->required();
+    explain->add_option("--domain", e_domain, "The recipient domain that got it")->required();
+    explain->add_option("--mx", e_mx, "The MX host that sent it (picks the [provider]; not looked up)");
+    explain->add_option("--config", e_config, "TOML configuration (its rules, providers and limits)");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -1077,6 +1247,12 @@ int main(int argc, char** argv) {
         }
         if (*check) {
             return run_check_config(c_path, c_keys, c_domain, c_mx);
+        }
+        if (*rules) {
+            return run_rules(r_config, r_defaults);
+        }
+        if (*explain) {
+            return run_explain_reply(e_reply, e_config, e_domain, e_mx);
         }
     } catch (const input_error& e) {
         std::fprintf(stderr, "mxpress: %s\n", e.describe().c_str());

@@ -60,13 +60,14 @@ connect_timeout = "2s"
 
 def journal(path):
     """Reads a journal: {line: [entries]} (a line with two entries is a bug).
-    Header lines (one per run: {"mxpress_journal":1,"run":...}) are skipped."""
+    Header lines (one per run: {"mxpress_journal":1,"run":...}) and event
+    lines ({"event":"rule",...}) are skipped."""
     entries = collections.defaultdict(list)
     with open(path, encoding="utf-8") as f:
         for line in f:
             o = json.loads(line)
-            if "mxpress_journal" in o:
-                continue
+            if "mxpress_journal" in o or "event" in o:
+                continue  # a run's header, or a rule's firing (README: Adaptive rules)
             entries[o["line"]].append(o)
     return entries
 

@@ -145,9 +145,16 @@ class ScriptedSmtp:
     is lowered so that TLS 1.0 and 1.1 can be offered at all.
     handshakes: one dict per TLS handshake: {"sni": name or None,
     "version": "TLSv1.3" or None, "error": text or None}.
-    arrivals: one dict per message, as peers.read_record gives them."""
+    arrivals: one dict per message, as peers.read_record gives them, with
+    "t": its arrival (time.monotonic()).
+    rcpt_reply: called with each RCPT address (under the lock); a reply line
+    ("421 4.7.28 ...") refuses it, None accepts it. `rcpt_refusals` keeps
+    (time, address, reply) of each refusal."""
 
-    def __init__(self, host, port, cert=None, key=None, implicit=False, tls_versions=None, family=socket.AF_INET):
+    def __init__(self, host, port, cert=None, key=None, implicit=False, tls_versions=None, family=socket.AF_INET,
+                 rcpt_reply=None):
+        self.rcpt_reply = rcpt_reply
+        self.rcpt_refusals = []
         self.handshakes = []
         self.arrivals = []
         self.sessions = 0
@@ -250,8 +257,18 @@ class ScriptedSmtp:
                     rcpts = []
                     say("250 2.1.0 ok\r\n")
                 elif verb == "RCPT":
-                    rcpts.append(cmd.split(":", 1)[1].strip().split(">")[0].strip("<"))
-                    say("250 2.1.5 ok\r\n")
+                    addr = cmd.split(":", 1)[1].strip().split(">")[0].strip("<")
+                    with self.lock:
+                        refusal = self.rcpt_reply(addr) if self.rcpt_reply else None
+                        if refusal:
+                            self.rcpt_refusals.append((time.monotonic(), addr, refusal))
+                    if refusal:
+                        say(refusal + "\r\n")
+                    else:
+                        rcpts.append(addr)
+                        say("250 2.1.5 ok\r\n")
+                elif verb == "DATA" and not rcpts:
+                    say("554 5.5.1 no valid recipients\r\n")
                 elif verb == "DATA":
                     say("354 go ahead\r\n")
                     lines = []
@@ -264,7 +281,8 @@ class ScriptedSmtp:
                     headers = email.parser.HeaderParser(policy=email.policy.compat32).parsestr(text)
                     with self.lock:
                         self.arrivals.append({"rcpt": rcpts, "to": " ".join((headers["To"] or "").split()),
-                                              "code": (headers["X-Row-Code"] or "").strip(), "tls": tls})
+                                              "code": (headers["X-Row-Code"] or "").strip(), "tls": tls,
+                                              "t": time.monotonic()})
                     rcpts = []
                     say("250 2.0.0 queued\r\n")
                 elif verb in ("RSET", "NOOP"):

@@ -26,6 +26,7 @@
 #include "mxpress/engine/connection.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/recipient.hpp"
+#include "mxpress/engine/throttle.hpp"
 #include "mxpress/smtp/reply.hpp"
 
 namespace mxpress::engine {
@@ -61,6 +62,8 @@ public:
     // torn down mid-way (abort_connections()), so the server may have taken
     // it. r.last_reply, r.last_mx and r.last_tls say what happened last.
     virtual void unfinished_outcome(const recipient& r, clock::time_point next_attempt, bool in_doubt) = 0;
+    // A rule fired (core_rules.hpp): the journal's event line.
+    virtual void rule_fired(const rule_firing& /*f*/) {}
 };
 
 }  // namespace mxpress::engine

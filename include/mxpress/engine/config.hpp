@@ -409,6 +409,21 @@ inline void get_providers(const std::string& file, const toml::node& node, std::
     }
 }
 
+// [rules]: builtin = true|false.
+inline void get_rules_table(const std::string& file, const toml::node& node, rule_set& out) {
+    const auto* t = node.as_table();
+    for (auto&& [key, value] : *t) {
+        if (key.str() != "builtin") {
+            fail(file, value, fmt::format("unknown key '{}' in [rules] (known: builtin)", key.str()));
+        }
+        const auto* b = value.as_boolean();
+        if (b == nullptr) {
+            fail(file, value, "[rules] builtin must be true or false");
+        }
+        out.builtin = b->get();
+    }
+}
+
 inline void describe_providers(std::string& out, const std::vector<provider_config>& providers) {
     for (const provider_config& pc : providers) {
         out += fmt::format("\n[provider.\"{}\"]\nmatch = [", pc.name);
@@ -466,6 +481,26 @@ inline const config_section config_sections[] = {
      "(engine/dkim_config.hpp)",
      [](config& c, const toml::node& n, const std::string& file) { parse_dkim_table(file, n, c.dkim); },
      [](const config& c, std::string& out) { out += describe_dkim(c.dkim); }},
+    {"rule", "[[rule]]",
+     "adaptive rules: a reply that matches (regex) scales, suspends or stops sending to that destination "
+     "(engine/rules.hpp); before the built-ins",
+     [](config& c, const toml::node& n, const std::string& file) { parse_rule_array(file, n, c.rules.rules); },
+     [](const config& c, std::string& out) {
+         for (const rule& r : c.rules.rules) {
+             if (r.origin != "built-in") {
+                 out += "\n" + describe_rule(r, false);
+             }
+         }
+     }},
+    {"rules", "[rules]",
+     "builtin = true|false: the built-in rules for the big receivers (mxpress rules --print-defaults)",
+     [](config& c, const toml::node& n, const std::string& file) { detail_config::get_rules_table(file, n, c.rules); },
+     [](const config& c, std::string& out) {
+         out += fmt::format(
+             "\n[rules]\nbuiltin = {}  # the built-in rules (mxpress rules --print-defaults) after the "
+             "file's\n",
+             c.rules.builtin);
+     }},
     // A section parsed by its own header is one row here, {name, syntax,
     // doc, parse, describe}, with its settings as one field of `config`.
     // Nothing else changes: the unknown-table error, check-config and
@@ -502,6 +537,7 @@ inline config::config() {
         assert(error.empty() && "every default is valid for its own key");
         (void)error;
     }
+    add_builtin_rules(rules);
 }
 
 inline bool config::is_set(std::string_view section, std::string_view name) const {
@@ -543,7 +579,11 @@ inline config parse_config(std::string_view text, const std::string& file) {
             fail(file, node,
                  fmt::format("unknown table or key '{}'{} (known tables: {})", k, suggestion(k, known), list));
         }
-        if (!node.is_table()) {
+        if (k == "rule") {
+            if (!node.is_array_of_tables()) {
+                fail(file, node, "'rule' must be an array of tables: [[rule]]");
+            }
+        } else if (!node.is_table()) {
             fail(file, node, fmt::format("'{}' must be a table: [{}]", k, k));
         }
     }
@@ -584,11 +624,13 @@ inline config parse_config(std::string_view text, const std::string& file) {
                                 "[defaults] retry_initial is longer than retry_max");
     }
     c.tls_set = c.is_set("defaults", "tls");
+    c.rules.rules.clear();  // the defaults' built-ins: added again below unless [rules] says not
     for (const config_section& s : config_sections) {
         if (const auto* n = root.get(s.name)) {
             s.parse(c, *n, file);
         }
     }
+    add_builtin_rules(c.rules);
     return c;
 }
 

@@ -21,6 +21,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/engine/dkim_config.hpp"
 #include "mxpress/engine/rate.hpp"
+#include "mxpress/engine/rules.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
@@ -203,6 +204,7 @@ struct config {
     std::vector<provider_config> providers;                      // in file order: the first match wins
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
     mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
+    rule_set rules;                                              // [[rule]] then the built-ins ([rules])
 
     // Which rows of config_keys the file set (bit i: row i).
     std::uint64_t keys_set = 0;

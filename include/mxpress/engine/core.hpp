@@ -63,6 +63,15 @@ struct failure_count {
     std::string example;  // the first reply seen, on one line
 };
 
+// core_rules.hpp: a resumed run takes over the last run's rule state.
+inline void restore_throttle(throttle& t, const journal_rule_event& ev, const rule_set& rules, clock::time_point now,
+                             std::chrono::system_clock::time_point wall_now);
+
+struct rule_tally {
+    std::uint64_t count = 0;
+    rule_firing last;
+};
+
 class delivery_core {
 public:
     // Named limits (not worth a config key).
@@ -253,6 +262,10 @@ public:
     std::size_t connections() const noexcept { return _conns.size(); }
     bool finished() const noexcept { return _input_closed && _pending == 0 && _conns.empty(); }
     const std::map<std::pair<std::string, std::string>, failure_count>& failures() const noexcept { return _failures; }
+    // Rule firings by (rule, scope): how many, and the last (core_rules.hpp).
+    const std::map<std::pair<std::string, std::string>, rule_tally>& rule_tallies() const noexcept {
+        return _rule_tallies;
+    }
 
     // The earliest time tick() has something to do (max when nothing waits).
     clock::time_point next_wakeup() const {
@@ -404,6 +417,7 @@ private:
     // A domain's limits, from its [domain."…"] section over [defaults].
     void apply_limits(domain_state& d) {
         const domain_limits lim = _o.cfg.limits_for(d.name);
+        d.configured_rate = lim.max_message_rate ? per_second(*lim.max_message_rate) : 0.0;
         d.pace = lim.max_message_rate ? gcra(*lim.max_message_rate) : gcra();
         d.send_pace =
             lim.max_message_rate ? gcra(with_slack(*lim.max_message_rate, provider_state::send_slack)) : gcra();
@@ -411,6 +425,12 @@ private:
         d.messages_per_connection_max = std::max<std::uint32_t>(1, lim.messages_per_connection_max);
         d.own_pools = d.connections_max != _o.cfg.connections_max ||
                       d.messages_per_connection_max != _o.cfg.messages_per_connection_max;
+        if (!_o.rule_restore.empty()) {
+            if (auto it = _o.rule_restore.find("domain:" + d.name); it != _o.rule_restore.end()) {
+                restore_throttle(d.adapt, it->second, _o.cfg.rules, _now, std::chrono::system_clock::now());
+                refresh_pace(d);
+            }
+        }
     }
 
     // Puts a recipient in the work queue of its current target when its
@@ -423,6 +443,9 @@ private:
         if (_draining) {
             leave_unfinished(std::move(r), _now, false);  // its next MX, at the next run
             return;
+        }
+        if (hold_back(r)) {
+            return;  // a rule suspended or stopped its destination
         }
         domain_state& d = *r->domain;
         if (r->paced) {
@@ -600,6 +623,18 @@ private:
     void teardown(connection& c);
     void reap();
 
+    // ---- adaptive rules (core_rules.hpp) ---------------------------------------
+
+    struct hold {
+        throttle::state state = throttle::state::normal;
+        clock::time_point until{};  // suspended: when it lifts
+    };
+    const rule* apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep);
+    void refresh_pace(domain_state& d);
+    hold held(const recipient& r);
+    bool hold_back(std::unique_ptr<recipient>& r);
+    void hold_back_queue(mx_pool& p);
+
     void evict_unused() {
         _domains.evict_unused([this](domain_state& d) { release_targets(d); });
         _pools.evict_unused(_now);
@@ -633,10 +668,12 @@ private:
     retry_queue _retries;
     std::vector<std::string_view> _fields;  // reused for each render
     std::map<std::pair<std::string, std::string>, failure_count> _failures;
+    std::map<std::pair<std::string, std::string>, rule_tally> _rule_tallies;
 };
 
 }  // namespace mxpress::engine
 
 #include "mxpress/engine/core_checks.hpp"
+#include "mxpress/engine/core_rules.hpp"
 #include "mxpress/engine/core_sessions.hpp"
 #include "mxpress/engine/core_tls.hpp"

@@ -292,6 +292,9 @@ inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
                 note_tls_failure(c, e.last_reply.one_line());
             } else if (c.state == conn_state::opening) {
                 // Greeting or EHLO failed: this host is not taking mail now.
+                // The reply counts for the host's provider, or the domain
+                // of the mail queued there.
+                apply_rules(p.work.empty() ? nullptr : p.work.front()->domain, p.provider, e.last_reply);
                 host_failed(p, e.last_reply);
             }
             break;
@@ -326,7 +329,16 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         default: break;
     }
     const bool closed = c.client.current_state() == smtp::client::state::closed;
-    if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
+    const rule* matched = e.result->in_doubt ? nullptr : apply_rules(r->domain, r->domain->provider, rep);
+    if (matched != nullptr && matched->action != rule_action::scale) {
+        // A block or an authentication failure: about the sender, not this
+        // address. Held back if the rule fired; retried as usual if not yet.
+        r->last_reply = rep;
+        r->last_mx = p.mx_name;
+        if (!hold_back(r)) {
+            defer(std::move(r), rep, p.mx_name);
+        }
+    } else if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
         // The server may hold copies already: another attempt could be one
         // more duplicate in the recipient's mailbox. Say so and stop.
         smtp::reply why = rep;
@@ -434,6 +446,10 @@ inline void delivery_core::fill(connection& c) {
             }
             return;
         }
+        if (held(*p.work.front()).state != throttle::state::normal) {
+            hold_back_queue(p);  // queued before a rule suspended or stopped its destination
+            continue;
+        }
         if (clock::time_point when{}; !may_send(*p.work.front(), when)) {
             // Over its domain's or provider's rate right now (mail that
             // queued while the host was busy): wait, and look again then.
@@ -477,6 +493,10 @@ inline void delivery_core::fill(connection& c) {
         env.rcpt_to.push_back(r->email);
         env.eight_bit = rr.eight_bit;
         env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
+        r->domain->meter.note(_now);  // what a rule scales from when no rate is configured
+        if (r->domain->provider != nullptr) {
+            r->domain->provider->note_sent(_now);
+        }
         sl.r = std::move(r);
         ++c.messages;
         shard_stats::add(_stats.attempts);

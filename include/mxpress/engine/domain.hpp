@@ -18,6 +18,7 @@
 
 #include "mxpress/engine/options.hpp"
 #include "mxpress/engine/recipient.hpp"
+#include "mxpress/engine/throttle.hpp"
 
 namespace mxpress::engine {
 
@@ -41,6 +42,11 @@ struct domain_state {
     // The provider every MX host of the domain belongs to (null: none, or
     // hosts of several): its max_message_rate applies too.
     provider_state* provider = nullptr;
+    // Adaptive rules acting on the domain itself (throttle.hpp), and its
+    // recent sending rate for them.
+    throttle adapt;
+    rate_meter meter;
+    double configured_rate = 0;  // max_message_rate per second; 0: unlimited
 };
 
 class domain_table {
@@ -65,7 +71,9 @@ public:
     void evict_unused(Release&& release) {
         for (auto it = _domains.begin(); it != _domains.end();) {
             domain_state& d = *it->second;
-            if (d.held == 0 && d.state != domain_state::status::resolving) {
+            // A domain a rule acts on stays: a stop must hold for the run.
+            if (d.held == 0 && d.state != domain_state::status::resolving &&
+                d.adapt.current() == throttle::state::normal) {
                 release(d);
                 it = _domains.erase(it);
             } else {

@@ -32,9 +32,11 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <ctime>
 #include <cstring>
 #include <mutex>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -374,6 +376,17 @@ struct deferred_row {
     bool in_doubt = false;
 };
 
+// A rule's firing, as its event line recorded it (shard.hpp: rule_fired).
+struct journal_rule_event {
+    std::string rule;
+    std::string scope;   // "provider:NAME" or "domain:NAME"
+    std::string action;  // scale, suspend, stop
+    double rate = 0;     // per second
+    double base = 0;
+    std::int64_t ts_ms = 0;     // Unix time in milliseconds
+    std::int64_t until_ms = 0;  // suspend: when it lifts
+};
+
 struct journal_state {
     // final_tags[N]: 0 when input line N has no final outcome, else the
     // email_tag() of the address its line names (4 bytes a line: ten
@@ -381,6 +394,7 @@ struct journal_state {
     std::vector<std::uint32_t> final_tags;
     std::unordered_map<std::uint64_t, deferred_row> deferred;  // not final, left by a stop
     std::optional<journal_header> header;                      // the first header line, if any
+    std::map<std::string, journal_rule_event> rule_events;     // the last firing per scope
     std::uint64_t entries = 0;
     std::uint64_t final_entries = 0;
     std::uint64_t delivery_entries = 0;  // delivered, bounced or expired
@@ -497,6 +511,8 @@ inline journal_state read_journal(const std::string& path) {
         bool have_line = false;
         bool have_status = false;
         bool is_header = false;
+        bool is_rule_event = false;
+        journal_rule_event ev;
         bool in_doubt = false;
         std::uint32_t tag = 0;
         std::int64_t next_ms = 0;
@@ -519,16 +535,35 @@ inline journal_state read_journal(const std::string& path) {
                     in_doubt = v.type == kind::boolean && v.flag;
                 } else if (k == "mxpress_journal") {
                     is_header = true;
+                } else if (k == "event" && v.type == kind::string) {
+                    is_rule_event = v.text == "rule";
+                } else if (k == "rule" && v.type == kind::string) {
+                    ev.rule = v.text;
+                } else if (k == "scope" && v.type == kind::string) {
+                    ev.scope = v.text;
+                } else if (k == "action" && v.type == kind::string) {
+                    ev.action = v.text;
+                } else if ((k == "rate" || k == "base") && v.type == kind::number) {
+                    (k == "rate" ? ev.rate : ev.base) = std::strtod(v.text.c_str(), nullptr);
+                } else if (k == "until" && v.type == kind::string) {
+                    parse_timestamp(v.text, ev.until_ms);
                 } else if (k == "run" && v.type == kind::string) {
                     h.run = v.text;
                 } else if (k == "ts" && v.type == kind::string) {
                     h.ts = v.text;
+                    parse_timestamp(v.text, ev.ts_ms);
                 } else if (k == "recipients" && v.type == kind::string) {
                     h.recipients = v.text;
                 } else if (k == "template" && v.type == kind::string) {
                     h.templ = v.text;
                 }
             });
+        if (err.empty() && is_rule_event) {
+            if (!ev.scope.empty()) {
+                st.rule_events[ev.scope] = std::move(ev);
+            }
+            return;
+        }
         if (err.empty() && is_header) {
             ++st.headers;
             if (!st.header) {

@@ -56,6 +56,9 @@ struct metrics_snapshot {
     std::uint64_t deferrals = 0;  // temporary failures
     std::uint64_t throttled = 0;  // sends that waited for a max_message_rate slot
     std::uint64_t throttle_wait_ms = 0;
+    std::uint64_t rule_scaled = 0;  // adaptive rules that fired, by action
+    std::uint64_t rule_suspended = 0;
+    std::uint64_t rule_stopped = 0;
     std::uint64_t replies_2xx = 0;
     std::uint64_t replies_4xx = 0;
     std::uint64_t replies_5xx = 0;
@@ -122,6 +125,11 @@ inline std::string exposition(const metrics_snapshot& s) {
         s.throttled);
     one("mxpress_throttle_wait_seconds_total", "counter", "How long the throttled sends waited, in all.",
         seconds(double(s.throttle_wait_ms) / 1000.0));
+    family("mxpress_rule_actions_total", "counter",
+           "Adaptive rules that fired, by action (a receiver's reply matched a [[rule]] or a built-in).");
+    sample("mxpress_rule_actions_total", "action=\"scale\"", s.rule_scaled);
+    sample("mxpress_rule_actions_total", "action=\"suspend\"", s.rule_suspended);
+    sample("mxpress_rule_actions_total", "action=\"stop\"", s.rule_stopped);
     family("mxpress_smtp_replies_total", "counter",
            "Replies that ended a transaction, by class (a session that ended before its reply counts in none).");
     sample("mxpress_smtp_replies_total", "class=\"2xx\"", s.replies_2xx);

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "mxpress/engine/config.hpp"
+#include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/provider.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/row_source.hpp"
@@ -79,6 +81,10 @@ struct shard_options {
     // before their connections are torn down (a second signal: at once).
     std::chrono::milliseconds stop_grace{30'000};
     std::string run_id;  // the journal's "run": every line of this run says it
+    // --resume: the last rule firing per scope the journal recorded; a
+    // domain's throttle takes it over when the domain is first seen
+    // (core_rules.hpp: restore_throttle), a provider's when the run starts.
+    std::map<std::string, journal_rule_event> rule_restore;
 };
 
 // Counters the reader thread reads while shards run.
@@ -105,6 +111,11 @@ struct shard_stats {
     std::atomic<std::uint64_t> tls_handshakes{0};  // completed
     std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions
     std::atomic<std::uint64_t> tls_failures{0};    // handshakes that failed or timed out
+    std::atomic<std::uint64_t> rule_scaled{0};     // adaptive rules that fired, by action
+    std::atomic<std::uint64_t> rule_suspended{0};
+    std::atomic<std::uint64_t> rule_stopped{0};
+    std::atomic<std::uint64_t> rule_held{0};  // recipients parked while a suspension lasts (each time)
+    std::atomic<std::uint64_t> rule_left{0};  // recipients left unfinished: a rule stopped their destination
 
     static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) noexcept {
         counter.fetch_add(n, std::memory_order_relaxed);

@@ -21,7 +21,10 @@
 //   a connection between transactions and takes no new place. Without this
 //   the first shard to fill the budget kept it while the other shard's
 //   booked slots went by unused (seen: 43 of 50 messages/s, 19 under TSan).
-// Lock-free; the objects never move (the table holds them by pointer).
+// - Adaptive rules (rules.hpp) act on a provider as a whole: one throttle
+//   behind a mutex taken only when a reply matches a rule or while a rule
+//   holds the provider back; a lock-free flag says when none does.
+// Lock-free otherwise; the objects never move (the table holds them by pointer).
 #pragma once
 
 #include <array>
@@ -30,11 +33,13 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string_view>
 #include <vector>
 
 #include "mxpress/engine/config_values.hpp"
 #include "mxpress/engine/rate.hpp"
+#include "mxpress/engine/throttle.hpp"
 
 namespace mxpress::engine {
 
@@ -93,7 +98,51 @@ public:
     }
     std::uint32_t connections() const noexcept { return _connections.load(std::memory_order_relaxed); }
 
+    // ---- adaptive rules (throttle.hpp), one state for every shard ----------
+
+    // Lock-free: normal for a provider no rule fired on (the common case).
+    throttle::state adaptive() const noexcept { return _adaptive.load(std::memory_order_relaxed); }
+    void note_sent(clock::time_point now) noexcept { _meter.note(now); }
+
+    // A reply of one of its hosts matched rule `r` (the `index`th).
+    bool rule_hit(const rule& r, std::size_t index, clock::time_point now, rule_firing& out) {
+        const std::lock_guard<std::mutex> lock(_adapt_mutex);
+        const double configured = _cfg.max_message_rate ? per_second(*_cfg.max_message_rate) : 0.0;
+        if (!_throttle.hit(r, index, now, configured, _meter.per_second(now), out)) {
+            return false;
+        }
+        out.scope = "provider:" + _cfg.name;
+        apply_locked();
+        return true;
+    }
+    // Moves its throttle's time; returns its state, and the end of a suspension.
+    throttle::state advance(clock::time_point now, clock::time_point& until) {
+        const std::lock_guard<std::mutex> lock(_adapt_mutex);
+        if (_throttle.advance(now)) {
+            apply_locked();
+        }
+        until = _throttle.until();
+        return _throttle.current();
+    }
+    template <class F>
+    void with_throttle(F&& f) {
+        const std::lock_guard<std::mutex> lock(_adapt_mutex);
+        f(_throttle);
+        apply_locked();
+    }
+
 private:
+    // The pace the throttle's state means: its rate when scaled, else the configured one.
+    void apply_locked() {
+        const rate r =
+            _throttle.current() == throttle::state::scaled || _throttle.current() == throttle::state::suspended
+                ? rate_per_second(_throttle.rate_per_s())
+                : (_cfg.max_message_rate ? *_cfg.max_message_rate : rate{});
+        _pace.set_rate(r);
+        _send_pace.set_rate(with_slack(r, send_slack));
+        _adaptive.store(_throttle.current(), std::memory_order_relaxed);
+    }
+
     static unsigned slot(unsigned shard) noexcept { return shard < shards_tracked ? shard : shards_tracked - 1; }
 
     // Would shard `s`, holding `extra` more places, hold more than its share
@@ -123,6 +172,10 @@ private:
     std::atomic<std::uint32_t> _connections{0};
     std::array<std::atomic<std::uint32_t>, shards_tracked> _held{};       // places each shard holds
     std::array<std::atomic<std::int64_t>, shards_tracked> _refused_at{};  // its last refusal (clock ticks); 0: none
+    std::mutex _adapt_mutex;  // guards _throttle (taken only when a rule matches, or while one holds it back)
+    throttle _throttle;
+    std::atomic<throttle::state> _adaptive{throttle::state::normal};
+    rate_meter _meter;
 };
 
 class provider_table {
@@ -144,6 +197,20 @@ public:
         return nullptr;
     }
     bool empty() const noexcept { return _providers.empty(); }
+    provider_state* by_name(std::string_view name) const {
+        for (const auto& p : _providers) {
+            if (p->config().name == name) {
+                return p.get();
+            }
+        }
+        return nullptr;
+    }
+    template <class F>
+    void for_each(F&& f) const {
+        for (const auto& p : _providers) {
+            f(*p);
+        }
+    }
 
 private:
     std::vector<std::unique_ptr<provider_state>> _providers;

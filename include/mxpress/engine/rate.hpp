@@ -16,6 +16,7 @@
 //   one atomic, so every shard taking from it draws on the same budget (a
 //   provider's limit stays exact however its domains hash to shards).
 // - Neither allocates, blocks or reads the clock: the caller passes now.
+// - set_rate() changes the rate from now on (the adaptive rules do).
 #pragma once
 
 #include <atomic>
@@ -111,6 +112,12 @@ public:
 
     bool unlimited() const noexcept { return _interval.count() == 0; }
 
+    // A new rate from now on (a rule scaled it); cells booked stay booked.
+    void set_rate(const rate& r) noexcept {
+        _interval = r.interval();
+        _tolerance = r.tolerance();
+    }
+
     // Takes one cell if the limit allows it now; otherwise returns false and
     // sets `when` to the earliest time it will.
     bool take(clock::time_point now, clock::time_point& when) noexcept {
@@ -158,11 +165,21 @@ public:
     shared_gcra(const shared_gcra&) = delete;
     shared_gcra& operator=(const shared_gcra&) = delete;
 
-    bool unlimited() const noexcept { return _interval == 0; }
+    bool unlimited() const noexcept { return _interval.load(std::memory_order_relaxed) == 0; }
+
+    // A new rate from now on, for every shard (a rule scaled it). The two
+    // stores are not one: a booking between them uses the old tolerance
+    // with the new interval once, which is harmless.
+    void set_rate(const rate& r) noexcept {
+        _tolerance.store(r.tolerance().count(), std::memory_order_relaxed);
+        _interval.store(r.interval().count(), std::memory_order_relaxed);
+    }
 
     // As gcra::reserve: books the next cell, returns when it conforms.
     clock::time_point reserve(clock::time_point now) noexcept {
-        if (unlimited()) {
+        const std::int64_t interval = _interval.load(std::memory_order_relaxed);
+        const std::int64_t tolerance = _tolerance.load(std::memory_order_relaxed);
+        if (interval == 0) {
             return now;
         }
         const std::int64_t n = now.time_since_epoch().count();
@@ -170,23 +187,25 @@ public:
         std::int64_t tat = 0;
         do {
             tat = seen > n ? seen : n;
-        } while (!_tat.compare_exchange_weak(seen, tat + _interval, std::memory_order_relaxed));
-        return tat - _tolerance > n ? clock::time_point(clock::duration(tat - _tolerance)) : now;
+        } while (!_tat.compare_exchange_weak(seen, tat + interval, std::memory_order_relaxed));
+        return tat - tolerance > n ? clock::time_point(clock::duration(tat - tolerance)) : now;
     }
 
     bool take(clock::time_point now, clock::time_point& when) noexcept {
-        if (unlimited()) {
+        const std::int64_t interval = _interval.load(std::memory_order_relaxed);
+        const std::int64_t tolerance = _tolerance.load(std::memory_order_relaxed);
+        if (interval == 0) {
             return true;
         }
         const std::int64_t n = now.time_since_epoch().count();
         std::int64_t seen = _tat.load(std::memory_order_relaxed);
         for (;;) {
             const std::int64_t tat = seen > n ? seen : n;
-            if (tat - n > _tolerance) {
-                when = clock::time_point(clock::duration(tat - _tolerance));
+            if (tat - n > tolerance) {
+                when = clock::time_point(clock::duration(tat - tolerance));
                 return false;
             }
-            if (_tat.compare_exchange_weak(seen, tat + _interval, std::memory_order_relaxed)) {
+            if (_tat.compare_exchange_weak(seen, tat + interval, std::memory_order_relaxed)) {
                 return true;
             }
         }
@@ -194,8 +213,8 @@ public:
 
 private:
     static_assert(std::is_same_v<clock::duration, std::chrono::nanoseconds>, "TAT is kept in clock ticks");
-    std::int64_t _interval = 0;
-    std::int64_t _tolerance = 0;
+    std::atomic<std::int64_t> _interval{0};
+    std::atomic<std::int64_t> _tolerance{0};
     std::atomic<std::int64_t> _tat{0};
 };
 

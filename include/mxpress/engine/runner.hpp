@@ -82,6 +82,11 @@ struct run_totals {
     std::uint64_t left_deferred = 0;     // journaled `deferred` at the stop
     std::uint64_t stopped_in_doubt = 0;  // torn down mid-transaction at the stop
     std::uint64_t resumed_deferred = 0;  // rows a stopped run left deferred, retried on their schedule
+    // Adaptive rules (rules.hpp): firings by rule and scope, every shard's
+    // summed (a provider's firings may come from several), and what they held.
+    std::vector<std::pair<rule_firing, std::uint64_t>> rule_firings;  // the last firing, and how many
+    std::uint64_t rule_held = 0;                                      // parks while a suspension lasted
+    std::uint64_t rule_left = 0;  // left unfinished: a rule stopped their destination
 };
 
 // A row that --resume would skip names another address than its journal
@@ -299,6 +304,9 @@ inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader
         m.attempts += get(s.attempts);
         m.throttled += get(s.throttled);
         m.throttle_wait_ms += get(s.throttle_wait_ms);
+        m.rule_scaled += get(s.rule_scaled);
+        m.rule_suspended += get(s.rule_suspended);
+        m.rule_stopped += get(s.rule_stopped);
         m.deferrals += get(s.deferred);
         m.replies_2xx += get(s.replies_2xx);
         m.replies_4xx += get(s.replies_4xx);
@@ -389,6 +397,13 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     const auto start = std::chrono::steady_clock::now();
     // One object per [provider."…"], shared by every shard; it outlives them.
     const provider_table providers(o.shard.cfg);
+    providers.for_each([&](provider_state& p) {
+        if (auto it = o.shard.rule_restore.find("provider:" + p.config().name); it != o.shard.rule_restore.end()) {
+            p.with_throttle([&](throttle& t) {
+                restore_throttle(t, it->second, o.shard.cfg.rules, clock::now(), std::chrono::system_clock::now());
+            });
+        }
+    });
     shard_options so = o.shard;
     so.providers = &providers;
     shard_threads shards(n, so, tmpl, journal);
@@ -605,6 +620,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     shards.rethrow_failure();
     t.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::map<std::pair<std::string, std::string>, failure_count> failures;
+    std::map<std::pair<std::string, std::string>, rule_tally> tallies;
     for (unsigned i = 0; i < n; ++i) {
         const shard_stats& s = shards.stats(i);
         t.delivered += s.delivered;
@@ -624,6 +640,13 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.tls_failures += s.tls_failures;
         t.left_deferred += s.left_deferred;
         t.stopped_in_doubt += s.stopped_in_doubt;
+        t.rule_held += s.rule_held;
+        t.rule_left += s.rule_left;
+        for (const auto& [k, v] : shards.at(i).core().rule_tallies()) {
+            rule_tally& r = tallies[k];
+            r.count += v.count;
+            r.last = v.last;
+        }
         for (const auto& [k, v] : shards.at(i).core().failures()) {
             failure_count& f = failures[k];
             if (f.count == 0) {
@@ -634,6 +657,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     }
     for (const auto& [k, v] : failures) {
         t.top_failures.emplace_back(k.first + "\t" + v.example, v.count);
+    }
+    for (const auto& [k, v] : tallies) {
+        t.rule_firings.emplace_back(v.last, v.count);
     }
     std::sort(t.top_failures.begin(), t.top_failures.end(),
               [](const auto& a, const auto& b) { return a.second > b.second; });

@@ -241,8 +241,8 @@ private:
         if (in_doubt) {
             shard_stats::add(_stats.stopped_in_doubt);
             text = "in doubt: the run stopped during its transaction; the server may have taken it";
-        } else {
-            shard_stats::add(_stats.left_deferred);
+        } else if (_core.draining()) {
+            shard_stats::add(_stats.left_deferred);  // else a rule stopped its destination (rule_left)
             text = r.last_reply.code == 0 && r.last_reply.text.empty() ? std::string("the run stopped before it")
                                                                        : r.last_reply.one_line();
         }
@@ -290,6 +290,35 @@ private:
         if (_journal_buffer.size() >= journal_flush_bytes) {
             flush_journal();
         }
+    }
+
+    // {"event":"rule","ts":…,"run":…,"rule":…,"scope":…,"action":…,
+    //  "rate":per second,"base":per second,"until":RFC 3339,"reply":…}:
+    // --resume restores the throttles from these (runner.hpp).
+    void rule_fired(const rule_firing& f) override {
+        std::string& j = _journal_buffer;
+        j += "{\"event\":\"rule\",\"ts\":";
+        detail::append_json_string(j, timestamp());
+        j += ",\"run\":";
+        detail::append_json_string(j, _options.run_id);
+        j += ",\"rule\":";
+        detail::append_json_string(j, f.rule);
+        j += ",\"scope\":";
+        detail::append_json_string(j, f.scope);
+        fmt::format_to(std::back_inserter(j), ",\"action\":\"{}\"", to_string(f.action));
+        if (f.action != rule_action::stop) {
+            fmt::format_to(std::back_inserter(j), ",\"rate\":{:.6g},\"base\":{:.6g}", f.rate_per_s, f.base_per_s);
+        }
+        if (f.action == rule_action::suspend) {
+            std::string until;
+            const auto wait = f.until > _core.now() ? f.until - _core.now() : clock::duration::zero();
+            format_timestamp(until, _wall_now + std::chrono::duration_cast<std::chrono::system_clock::duration>(wait));
+            j += ",\"until\":";
+            detail::append_json_string(j, until);
+        }
+        j += ",\"reply\":";
+        detail::append_json_string(j, f.reply);
+        j += "}\n";
     }
 
     void flush_journal() { _journal.write_batch(_journal_buffer); }

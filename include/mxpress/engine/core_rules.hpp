@@ -1,0 +1,164 @@
+// mxpress/engine/core_rules.hpp — the delivery core's side of the adaptive
+// rules (rules.hpp, throttle.hpp): a reply that matches one counts toward
+// it; a destination a rule suspended or stopped takes no transaction.
+//
+// - A reply counts for the scope rules.hpp describes: the domain, or its
+//   provider (one throttle for every shard, provider.hpp).
+// - scale leaves the reply its usual meaning (a 421 is a deferral); suspend
+//   and stop take the recipient back whatever the code, since such a reply
+//   is about the sender, not the address (a 5xx block does not bounce it).
+// - A recipient of a suspended destination waits in the retry queue until
+//   the suspension lifts, and the wait does not age it (first_attempt moves
+//   on by as much), so a suspension never makes mail expire. One of a
+//   stopped destination leaves unfinished (journaled `deferred`, due at
+//   once): `--resume` after the fix sends it.
+// - Checked where work is taken: enqueue() for what arrives or comes due,
+//   fill() for what queued at a host before the rule fired.
+#pragma once
+
+#include "mxpress/engine/core.hpp"
+
+namespace mxpress::engine {
+
+// Takes over what a stopped run's rule left on a destination (its journal
+// event line), as if the time between had passed here: a suspension still
+// on holds until it lifts; a scaled rate has recovered the steps since.
+// A stop is not restored: the fix is why the run is resumed.
+inline void restore_throttle(throttle& t, const journal_rule_event& ev, const rule_set& rules, clock::time_point now,
+                             std::chrono::system_clock::time_point wall_now) {
+    if (ev.rate <= 0 || (ev.action != "scale" && ev.action != "suspend")) {
+        return;
+    }
+    double step = 0.10;
+    std::chrono::milliseconds every = std::chrono::minutes(5);
+    for (const rule& r : rules.rules) {
+        if (r.name == ev.rule) {
+            step = r.recover_step;
+            every = r.recover_every;
+        }
+    }
+    const std::int64_t wall_ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(wall_now.time_since_epoch()).count();
+    auto steady = [&](std::int64_t ms) { return now + std::chrono::milliseconds(ms - wall_ms); };
+    if (ev.action == "suspend") {
+        t.restore_suspended(steady(ev.until_ms), ev.rate, ev.base, step, every, ev.rule);
+    } else {
+        t.restore_scaled(ev.rate, ev.base, step, every, steady(ev.ts_ms), ev.rule);
+    }
+    t.advance(now);
+}
+
+inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep) {
+    if (rep.code < 400 || (d == nullptr && prov == nullptr)) {
+        return nullptr;
+    }
+    const rule_set& rules = _o.cfg.rules;
+    const std::string line = rep.one_line();
+    const rule* m = rules.match(rep.code, line, d != nullptr ? std::string_view(d->name) : std::string_view(),
+                                prov != nullptr ? std::string_view(prov->config().name) : std::string_view());
+    if (m == nullptr) {
+        return nullptr;
+    }
+    const std::size_t index = static_cast<std::size_t>(m - rules.rules.data());
+    rule_firing f;
+    bool fired = false;
+    if (prov != nullptr && (m->domain.empty() || d == nullptr)) {
+        fired = prov->rule_hit(*m, index, _now, f);
+    } else {
+        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.per_second(_now), f);
+        if (fired) {
+            f.scope = "domain:" + d->name;
+            refresh_pace(*d);
+        }
+    }
+    if (!fired) {
+        return m;
+    }
+    f.reply = line;
+    switch (f.action) {
+        case rule_action::scale: shard_stats::add(_stats.rule_scaled); break;
+        case rule_action::suspend: shard_stats::add(_stats.rule_suspended); break;
+        case rule_action::stop: shard_stats::add(_stats.rule_stopped); break;
+    }
+    rule_tally& t = _rule_tallies[{f.rule, f.scope}];
+    ++t.count;
+    t.last = f;
+    _sink.rule_fired(f);
+    return m;
+}
+
+// The domain's pace as its throttle says: the scaled rate, else its own.
+inline void delivery_core::refresh_pace(domain_state& d) {
+    const throttle::state st = d.adapt.current();
+    rate r;
+    if (st == throttle::state::scaled || st == throttle::state::suspended) {
+        r = rate_per_second(d.adapt.rate_per_s());
+    } else if (const auto lim = _o.cfg.limits_for(d.name).max_message_rate) {
+        r = *lim;
+    }
+    d.pace.set_rate(r);
+    d.send_pace.set_rate(with_slack(r, provider_state::send_slack));
+}
+
+// Is the recipient's destination suspended or stopped now? (Moves the
+// throttles' time first: a suspension may have lifted, a rate recovered.)
+inline delivery_core::hold delivery_core::held(const recipient& r) {
+    domain_state& d = *r.domain;
+    if (d.adapt.current() != throttle::state::normal) {
+        if (d.adapt.advance(_now)) {
+            refresh_pace(d);
+        }
+        if (d.adapt.current() == throttle::state::stopped) {
+            return {throttle::state::stopped, {}};
+        }
+        if (d.adapt.current() == throttle::state::suspended) {
+            return {throttle::state::suspended, d.adapt.until()};
+        }
+    }
+    if (d.provider != nullptr && d.provider->adaptive() != throttle::state::normal) {
+        clock::time_point until{};
+        const throttle::state st = d.provider->advance(_now, until);
+        if (st == throttle::state::stopped || st == throttle::state::suspended) {
+            return {st, until};
+        }
+    }
+    return {throttle::state::normal, {}};
+}
+
+// Takes the recipient when a rule holds its destination back: true then.
+inline bool delivery_core::hold_back(std::unique_ptr<recipient>& r) {
+    const hold h = held(*r);
+    if (h.state == throttle::state::stopped) {
+        shard_stats::add(_stats.rule_left);
+        r->paced = false;
+        leave_unfinished(std::move(r), _now, false);
+        return true;
+    }
+    if (h.state != throttle::state::suspended) {
+        return false;
+    }
+    shard_stats::add(_stats.rule_held);
+    r->paced = false;
+    if (r->started) {
+        r->first_attempt += h.until - _now;  // a suspension does not age it
+    }
+    r->not_before = h.until;
+    park(*r);
+    _retries.push(h.until, std::move(r));
+    return true;
+}
+
+// What queued at `p` before a rule held its destination back leaves the queue.
+inline void delivery_core::hold_back_queue(mx_pool& p) {
+    std::deque<std::unique_ptr<recipient>> keep;
+    std::deque<std::unique_ptr<recipient>> work;
+    work.swap(p.work);
+    for (auto& r : work) {
+        if (!hold_back(r)) {
+            keep.push_back(std::move(r));
+        }
+    }
+    p.work.swap(keep);
+}
+
+}  // namespace mxpress::engine
