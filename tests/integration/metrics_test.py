@@ -144,7 +144,7 @@ def check_scrape(test, text):
             continue
         test.assertIn(name, types, f"{name} has no TYPE")
         test.assertEqual(name.endswith("_total"), types[name] == "counter", name)
-        test.assertTrue(set(labels) <= {"run", "status", "class", "version"}, labels)
+        test.assertTrue(set(labels) <= {"run", "status", "class", "version", "action"}, labels)
         test.assertIn("run", labels)
     for run in {labels["run"] for name, labels, _ in samples if name.startswith("mxpress_")}:
         runs[run] = series_of(samples, run)
