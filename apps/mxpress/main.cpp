@@ -1158,7 +1158,8 @@ int main(int argc, char** argv) {
     send->add_option("--config", so.config, "TOML configuration (see README; safe defaults built in)");
     send->add_option("--journal", so.journal,
                      "Outcome journal, JSON Lines (default: beside the recipients file, "
-                     "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run)");
+                     "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run; with --plan, "
+                     "NAME.shard-I-of-N.journal.jsonl)");
     send->add_option("--threads", so.threads, "Delivery shards (default: number of cores)");
     send->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
     send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
