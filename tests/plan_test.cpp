@@ -159,6 +159,7 @@ shard_plan sample_plan() {
     p.fingerprint.mtime_ns = 1700000000123456789;
     p.fingerprint.hash = "0123456789abcdef";
     p.config = "c.toml";
+    p.providers = providers_fingerprint(with_provider("big", {"*.big.test"}));
     p.shard_count = 2;
     p.rows = 20;
     p.invalid_rows = 1;
@@ -181,6 +182,9 @@ TEST(PlanJson, RoundTripsAndIsValidJson) {
     EXPECT_EQ(q.fingerprint.mtime_ns, 1700000000123456789);
     EXPECT_EQ(q.fingerprint.hash, "0123456789abcdef");
     EXPECT_EQ(q.config, "c.toml");
+    EXPECT_EQ(q.providers, p.providers);
+    EXPECT_NE(q.providers, providers_fingerprint(with_provider("big", {"*.big.example"})));
+    EXPECT_NE(q.providers, providers_fingerprint(config{}));
     EXPECT_EQ(q.shard_count, 2u);
     EXPECT_EQ(q.rows, 20u);
     EXPECT_EQ(q.invalid_rows, 1u);

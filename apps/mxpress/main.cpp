@@ -703,6 +703,13 @@ int run_send(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
+    if (o.loaded_plan && engine::providers_fingerprint(ro.shard.cfg) != o.loaded_plan->providers) {
+        std::fprintf(stderr,
+                     "mxpress: warning: the [provider] sections of %s differ from those the plan grouped by (%s): "
+                     "a provider may be split across shards, and its limits then hold per shard\n",
+                     o.config.empty() ? "this run (no --config)" : o.config.c_str(),
+                     o.loaded_plan->config.empty() ? "no --config" : o.loaded_plan->config.c_str());
+    }
     check_dns_servers(o.dns);
     ro.shard.dns_servers = o.dns;
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
@@ -1115,12 +1122,6 @@ void load_send_plan(send_options& o) {
                           fmt::format("this is not the recipients file {} was made for ({} bytes, hash {}; the plan "
                                       "says {} bytes, hash {}): plan again, or give the file it planned",
                                       o.plan, now.size, now.hash, plan->fingerprint.size, plan->fingerprint.hash));
-    }
-    if (plan->config != o.config && !plan->config.empty()) {
-        std::fprintf(stderr,
-                     "mxpress: warning: the plan grouped providers by %s, this run uses %s: a [provider] the plan "
-                     "did not see may be split across shards\n",
-                     plan->config.c_str(), o.config.empty() ? "no --config" : o.config.c_str());
     }
     o.shard_index = static_cast<unsigned>(index);
     o.loaded_plan = std::move(plan);

@@ -173,6 +173,7 @@ class Plan(unittest.TestCase):
                 out, err = p.communicate(timeout=240)
                 self.assertEqual(p.returncode, 0, f"index {i}: {out}{err}")
                 self.assertIn(f"plan: shard {i} of {SHARDS}", out)
+                self.assertNotIn("warning", err)
             self.check_journals(world, shard_of)
             # The provider's rows were journaled by one process only.
             provider_journals = {i for i in range(SHARDS) for es in journal(world.journal_path(i)).values()
@@ -270,6 +271,12 @@ class Plan(unittest.TestCase):
                 return r
 
             run(base, says="--plan needs a shard index")
+            # A configuration whose [provider] sections the plan did not group by: a warning, not an error.
+            other = peers.path("other.toml")
+            with open(other, "w") as f:
+                f.write(CONFIG)
+            r = run(base + ["--shard-index", "1", "--config", other, "--journal", peers.path("w.jsonl")], code=0)
+            self.assertIn("differ from those the plan grouped by", r.stderr)
             run(base, {"JOB_COMPLETION_INDEX": "x1"}, says="JOB_COMPLETION_INDEX='x1' is not a shard index")
             run(base + ["--shard-index", "3"], says="--shard-index 3: the plan")
             run(base, {"SLURM_ARRAY_TASK_ID": "7"}, says="SLURM_ARRAY_TASK_ID 7")

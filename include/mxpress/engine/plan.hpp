@@ -101,6 +101,21 @@ inline file_fingerprint fingerprint_file(const std::string& path) {
     return fp;
 }
 
+// What the grouping depends on in a configuration: each [provider]'s name
+// and match patterns, in file order (16 hex digits). `send --plan` warns
+// when its configuration's differs from the plan's.
+inline std::string providers_fingerprint(const config& c) {
+    std::uint64_t h = plan_hash_seed;
+    for (const provider_config& p : c.providers) {
+        h = plan_hash(plan_hash(h, p.name), std::string_view("\0", 1));
+        for (const std::string& m : p.match) {
+            h = plan_hash(plan_hash(h, m), std::string_view("\1", 1));
+        }
+        h = plan_hash(h, std::string_view("\2", 1));
+    }
+    return fmt::format("{:016x}", h);
+}
+
 // One destination domain as the planner saw it.
 struct planned_domain {
     std::string domain;
@@ -128,7 +143,8 @@ struct plan_shard {
 struct shard_plan {
     std::string recipients;  // the path as given to `mxpress plan`
     file_fingerprint fingerprint;
-    std::string config;  // the --config the plan grouped with ("" when none)
+    std::string config;     // the --config the plan grouped with ("" when none)
+    std::string providers;  // providers_fingerprint() of that configuration
     unsigned shard_count = 1;
     std::uint64_t rows = 0;          // data rows
     std::uint64_t invalid_rows = 0;  // rows without a valid address: shard 0 journals them
@@ -270,6 +286,8 @@ inline std::string plan_to_json(const shard_plan& p) {
     detail::append_json_string(j, p.fingerprint.hash);
     j += "},\n\"config\":";
     detail::append_json_string(j, p.config);
+    j += ",\"providers\":";
+    detail::append_json_string(j, p.providers);
     j += fmt::format(",\n\"shard_count\":{},\"rows\":{},\"invalid_rows\":{},\"unresolved_domains\":{},\n\"shards\":[",
                      p.shard_count, p.rows, p.invalid_rows, p.unresolved);
     for (std::size_t s = 0; s < p.shards.size(); ++s) {
@@ -360,6 +378,7 @@ inline shard_plan plan_from_json(std::string_view text, const std::string& path)
     p.fingerprint.mtime_ns = std::strtoll(mtime.c_str(), nullptr, 10);
     p.fingerprint.hash = member(r, "hash", kind::string, path).text;
     p.config = member(root, "config", kind::string, path).text;
+    p.providers = member(root, "providers", kind::string, path).text;
     const std::uint64_t n = count(root, "shard_count", path);
     if (n < 1 || n > 100'000) {
         throw mail::input_error(path, 0, fmt::format("plan: shard_count {} is not between 1 and 100000", n));

@@ -139,6 +139,7 @@ inline shard_plan build_plan(const plan_options& o) {
     shard_plan p;
     p.recipients = o.recipients;
     p.config = o.config_path;
+    p.providers = providers_fingerprint(o.cfg);
     p.shard_count = o.shards;
     p.fingerprint = fingerprint_file(o.recipients);
     domain_counts counts = count_domains(o.recipients);
