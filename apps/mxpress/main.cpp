@@ -1,4 +1,4 @@
-// apps/mxpress/main.cpp — the runner: `mxpress send|render|check-config|dkim-record`.
+// apps/mxpress/main.cpp — the runner: `mxpress send|render|plan|report|check-config|dkim-record|suppressions`.
 //
 // Exit status (README, Exit status): 0 when every recipient has a final outcome (or the
 // command did what was asked); 2 for usage or configuration errors, with a
@@ -30,8 +30,10 @@
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/metrics.hpp"
+#include "mxpress/engine/plan_build.hpp"
 #include "mxpress/engine/progress.hpp"
 #include "mxpress/engine/relay_check.hpp"
+#include "mxpress/engine/report.hpp"
 #include "mxpress/engine/runner.hpp"
 #include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/io/unique_fd.hpp"
@@ -78,6 +80,11 @@ struct send_options {
     std::vector<std::string> suppress;  // --suppress FILE ...
     std::string metrics_textfile;       // --metrics-textfile DIR
     double metrics_interval = metrics_interval_default_s;
+    std::string plan;                          // --plan FILE
+    std::optional<long long> shard_index_arg;  // --shard-index I
+    // Resolved from the two above before run_send (null: no plan).
+    std::shared_ptr<const engine::shard_plan> loaded_plan;
+    unsigned shard_index = 0;
 };
 
 // What `render` takes besides the row.
@@ -116,6 +123,15 @@ std::string journal_beside(const std::string& recipients, const std::string& suf
                                  ? recipients.substr(0, dot)
                                  : recipients;
     return stem + "." + suffix;
+}
+
+// The journal's default suffix: with --plan, each shard has its own
+// (NAME.shard-I-of-N.journal.jsonl), so a retried index resumes its own.
+std::string journal_suffix(const send_options& o, const std::string& suffix) {
+    if (!o.loaded_plan) {
+        return suffix;
+    }
+    return fmt::format("shard-{}-of-{}.{}", o.shard_index, o.loaded_plan->shard_count, suffix);
 }
 
 std::uint64_t peak_rss_bytes() {
@@ -326,7 +342,8 @@ int run_dry_run(const send_options& o) {
     const auto dkim_keys = load_dkim(cfg);
     const auto suppress = load_suppression_lists(o.suppress);
 
-    const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "dry-run.jsonl") : o.journal;
+    const std::string journal_path =
+        o.journal.empty() ? journal_beside(o.recipients, journal_suffix(o, "dry-run.jsonl")) : o.journal;
     engine::journal_state done;
     if (o.resume) {
         done = engine::read_journal(journal_path);
@@ -374,7 +391,16 @@ int run_dry_run(const send_options& o) {
             first_invalid.push_back(fmt::format("{}:{}: {}", o.recipients, r.line, reason));
         }
     };
+    std::uint64_t elsewhere = 0;
     while (reader.next(row)) {
+        if (o.loaded_plan) {
+            mail::checked_address pa;
+            const bool ok = mail::check_row(row, pa).empty();
+            if (o.loaded_plan->shard_of(ok ? pa.domain() : std::string_view()) != o.shard_index) {
+                ++elsewhere;
+                continue;
+            }
+        }
         ++rows;
         if (o.resume && done.has_final(row.line)) {
             ++skipped;
@@ -441,6 +467,10 @@ int run_dry_run(const send_options& o) {
         o.resume ? fmt::format(", {} already final (skipped)", skipped) : "", rendered_bytes,
         valid ? double(rendered_bytes) / double(valid) : 0.0, seconds, human_count(per_hour),
         peak_rss_bytes() / (1024 * 1024), journal_path);
+    if (o.loaded_plan) {
+        summary += fmt::format("plan: shard {} of {}; {} rows of other shards passed over\n", o.shard_index,
+                               o.loaded_plan->shard_count, elsewhere);
+    }
     std::fputs(summary.c_str(), stdout);
     if (!o.summary_json.empty()) {
         std::string j = fmt::format(
@@ -673,6 +703,13 @@ int run_send(const send_options& o) {
     const auto sender = check_sender(o.from);
     engine::runner_options ro;
     ro.shard.cfg = o.config.empty() ? engine::config{} : engine::load_config(o.config);
+    if (o.loaded_plan && engine::providers_fingerprint(ro.shard.cfg) != o.loaded_plan->providers) {
+        std::fprintf(stderr,
+                     "mxpress: warning: the [provider] sections of %s differ from those the plan grouped by (%s): "
+                     "a provider may be split across shards, and its limits then hold per shard\n",
+                     o.config.empty() ? "this run (no --config)" : o.config.c_str(),
+                     o.loaded_plan->config.empty() ? "no --config" : o.loaded_plan->config.c_str());
+    }
     check_dns_servers(o.dns);
     ro.shard.dns_servers = o.dns;
     ro.shard.mx_port = static_cast<std::uint16_t>(o.mx_port);
@@ -726,7 +763,8 @@ int run_send(const send_options& o) {
     ro.shard.message_id_run_key = message_id_run_key(text, o.recipients, sender.address);
     const auto suppress = load_suppression_lists(o.suppress);  // before the journal: a bad list sends nothing
     ro.suppress = suppress.get();
-    const std::string journal_path = o.journal.empty() ? journal_beside(o.recipients, "journal.jsonl") : o.journal;
+    const std::string journal_path =
+        o.journal.empty() ? journal_beside(o.recipients, journal_suffix(o, "journal.jsonl")) : o.journal;
     // Deferred recipients are parked without their fields and read again
     // from the file when they retry (a pipe keeps them in memory).
     const std::optional<mail::row_source> rows = mail::row_source::make(o.recipients, reader.email_column());
@@ -764,7 +802,22 @@ int run_send(const send_options& o) {
     append_journal_header(header_line, header);
     journal.write_batch(header_line);
 
+    std::uint64_t unplanned_rows = 0;  // rows of domains the plan does not name (read on the reader thread)
+    if (o.loaded_plan) {
+        ro.take_domain = [&o, &unplanned_rows](std::string_view domain) {
+            bool known = true;
+            const unsigned s = o.loaded_plan->shard_of(domain, &known);
+            unplanned_rows += known ? 0 : 1;
+            return s == o.shard_index;
+        };
+    }
     const engine::run_totals t = engine::run_delivery(reader, tmpl, journal, done, ro);
+    if (unplanned_rows > 0) {
+        std::fprintf(stderr,
+                     "mxpress: warning: %llu rows have a domain the plan does not name; each such domain went to "
+                     "the shard its hash picks (the same in every shard), outside the provider grouping\n",
+                     static_cast<unsigned long long>(unplanned_rows));
+    }
     const double secs = std::max(1e-9, t.seconds);
     const double per_hour = double(t.delivered) / secs * 3600.0;
     std::string summary = fmt::format(
@@ -778,6 +831,10 @@ int run_send(const send_options& o) {
         t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path, t.in_flight_peak);
+    if (o.loaded_plan) {
+        summary += fmt::format("plan: shard {} of {}; {} rows of other shards passed over\n", o.shard_index,
+                               o.loaded_plan->shard_count, t.elsewhere);
+    }
     if (t.in_doubt > 0) {
         summary += fmt::format(
             "in doubt: {} (the server took the message but the session ended before its reply, on every attempt "
@@ -850,8 +907,13 @@ int run_send(const send_options& o) {
             j += "}";
         }
         j += fmt::format("],\"rule_held\":{},\"rule_left\":{}", t.rule_held, t.rule_left);
-        j += fmt::format(",\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},\"run\":", t.stop_signal,
+        j += fmt::format(",\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},", t.stop_signal,
                          t.left_deferred, t.stopped_in_doubt);
+        if (o.loaded_plan) {
+            j += fmt::format("\"shard_index\":{},\"shard_count\":{},\"elsewhere\":{},", o.shard_index,
+                             o.loaded_plan->shard_count, t.elsewhere);
+        }
+        j += "\"run\":";
         mxpress::detail::append_json_string(j, header.run);
         j += ",\"journal\":";
         mxpress::detail::append_json_string(j, journal_path);
@@ -1100,6 +1162,139 @@ int run_explain_reply(const std::string& reply_text, const std::string& config_p
     return exit_ok;
 }
 
+// ---- Shards on several machines (`plan`, `send --plan`, `report`) ----
+
+struct plan_cli {
+    std::string recipients;
+    unsigned shards = 0;
+    std::string config;
+    std::string dns;
+    std::vector<std::string> routes;
+    std::string out;
+    std::size_t queries_max = 64;
+};
+
+// Writes `text` to `path` through a temporary file and a rename: a reader
+// never sees half a plan.
+void write_atomically(const std::string& path, const std::string& text) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!(out << text) || !out.flush()) {
+            throw input_error(tmp, 0, fmt::format("cannot write: {}", std::strerror(errno)));
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        throw input_error(path, 0, fmt::format("cannot write: {}", std::strerror(errno)));
+    }
+}
+
+int run_plan(const plan_cli& c) {
+    engine::plan_options o;
+    o.recipients = c.recipients;
+    o.config_path = c.config;
+    o.cfg = c.config.empty() ? engine::config{} : engine::load_config(c.config);
+    o.shards = c.shards;
+    check_dns_servers(c.dns);
+    o.dns_servers = c.dns;
+    o.routes = parse_routes(c.routes);
+    o.queries_max = c.queries_max;
+    const auto start = std::chrono::steady_clock::now();
+    const engine::shard_plan p = engine::build_plan(o);
+    write_atomically(c.out, engine::plan_to_json(p));
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::size_t domains = 0;
+    for (const engine::plan_group& g : p.groups) {
+        domains += g.domains.size();
+    }
+    std::string text = fmt::format(
+        "plan: {} rows ({} without a valid address, sent by shard 0), {} domains in {} groups, {} shards, "
+        "{:.3f} s\n",
+        p.rows, p.invalid_rows, domains, p.groups.size(), p.shard_count, secs);
+    for (std::size_t s = 0; s < p.shards.size(); ++s) {
+        text += fmt::format("  shard {}: {} rows, {} domains, {} groups\n", s, p.shards[s].rows,
+                            p.shards[s].domains.size(), p.shards[s].groups.size());
+    }
+    if (p.unresolved > 0) {
+        text += fmt::format("  {} domains did not resolve: each is a group of its own (send looks them up again)\n",
+                            p.unresolved);
+    }
+    text += fmt::format("wrote {}\n", c.out);
+    std::fputs(text.c_str(), stdout);
+    return exit_ok;
+}
+
+// --plan and --shard-index (else JOB_COMPLETION_INDEX, else
+// SLURM_ARRAY_TASK_ID): loads the plan, picks the index, checks the
+// recipients file against the plan's fingerprint. Every failure is exit 2:
+// a retry would fail the same way.
+void load_send_plan(send_options& o) {
+    if (o.plan.empty()) {
+        if (o.shard_index_arg) {
+            throw std::invalid_argument("--shard-index needs --plan");
+        }
+        if (o.recipients.empty()) {
+            throw std::invalid_argument("--recipients is required (or --plan, whose list it names)");
+        }
+        return;
+    }
+    auto plan =
+        std::make_shared<engine::shard_plan>(engine::plan_from_json(mail::read_input_file(o.plan, "plan"), o.plan));
+    long long index = -1;
+    std::string from = "--shard-index";
+    if (o.shard_index_arg) {
+        index = *o.shard_index_arg;
+    } else {
+        for (const char* name : {"JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"}) {
+            const char* v = std::getenv(name);
+            if (v == nullptr || *v == '\0') {
+                continue;
+            }
+            char* end = nullptr;
+            errno = 0;
+            index = std::strtoll(v, &end, 10);
+            if (*end != '\0' || errno != 0 || index < 0) {
+                throw std::invalid_argument(fmt::format("{}='{}' is not a shard index", name, v));
+            }
+            from = name;
+            break;
+        }
+        if (index < 0) {
+            throw std::invalid_argument(
+                "--plan needs a shard index: --shard-index I, or JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or "
+                "SLURM_ARRAY_TASK_ID (Slurm array) in the environment");
+        }
+    }
+    if (index < 0 || index >= static_cast<long long>(plan->shard_count)) {
+        throw std::invalid_argument(
+            fmt::format("{} {}: the plan {} has shards 0 to {}", from, index, o.plan, plan->shard_count - 1));
+    }
+    if (o.recipients.empty()) {
+        o.recipients = plan->recipients;
+    }
+    const engine::file_fingerprint now = engine::fingerprint_file(o.recipients);
+    if (!now.same_content(plan->fingerprint)) {
+        throw input_error(o.recipients, 0,
+                          fmt::format("this is not the recipients file {} was made for ({} bytes, hash {}; the plan "
+                                      "says {} bytes, hash {}): plan again, or give the file it planned",
+                                      o.plan, now.size, now.hash, plan->fingerprint.size, plan->fingerprint.hash));
+    }
+    o.shard_index = static_cast<unsigned>(index);
+    o.loaded_plan = std::move(plan);
+}
+
+int run_report(const std::vector<std::string>& journals, bool json, const std::string& plan_path) {
+    engine::merged_report m = engine::merge_journals(journals);
+    if (!plan_path.empty()) {
+        m.planned_rows = engine::plan_from_json(mail::read_input_file(plan_path, "plan"), plan_path).rows;
+    }
+    const std::string out = json ? engine::report_json(m) : engine::report_text(m);
+    std::fputs(out.c_str(), stdout);
+    return exit_ok;
+}
+
+// ---- end of shards on several machines ----
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1111,7 +1306,8 @@ int main(int argc, char** argv) {
 
     send_options so;
     auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
-    send->add_option("--recipients", so.recipients, "Recipients CSV (header row; column 'email' required)")->required();
+    send->add_option("--recipients", so.recipients,
+                     "Recipients CSV (header row; column 'email' required); with --plan, default: the plan's list");
     send->add_option("--message", so.message,
                      "Message template (RFC 5322, {{field}} merge fields); or a message from parts (--text, ...)");
     send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
@@ -1119,7 +1315,8 @@ int main(int argc, char** argv) {
     send->add_option("--config", so.config, "TOML configuration (see README; safe defaults built in)");
     send->add_option("--journal", so.journal,
                      "Outcome journal, JSON Lines (default: beside the recipients file, "
-                     "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run)");
+                     "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run; with --plan, "
+                     "NAME.shard-I-of-N.journal.jsonl)");
     send->add_option("--threads", so.threads, "Delivery shards (default: number of cores)");
     send->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
     send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
@@ -1151,6 +1348,12 @@ int main(int argc, char** argv) {
     send->add_option("--metrics-interval", so.metrics_interval, "Seconds between rewrites of the metrics file")
         ->capture_default_str()
         ->check(CLI::Range(0.1, 3600.0));
+    send->add_option("--plan", so.plan,
+                     "Send only this shard's rows of a plan made by `mxpress plan` (journal default: "
+                     "NAME.shard-I-of-N.journal.jsonl; a retried index runs with --resume)");
+    send->add_option("--shard-index", so.shard_index_arg,
+                     "With --plan: this shard's index, 0 to N-1 (default: $JOB_COMPLETION_INDEX, else "
+                     "$SLURM_ARRAY_TASK_ID; neither: exit 2)");
 
     render_options ro;
     auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
@@ -1182,6 +1385,36 @@ int main(int argc, char** argv) {
     dkim_record->add_option("--domain", d_domain, "d= domain, for the record's name (with --key)")->needs(d_key_opt);
     dkim_record->add_option("--selector", d_selector, "s= selector, for the record's name (with --key)")
         ->needs(d_key_opt);
+
+    plan_cli pc;
+    auto* plan = app.add_subcommand(
+        "plan",
+        "Split a list over N machines: resolve each domain's MX once, group domains by [provider] (else by MX set), "
+        "bin-pack the groups by rows; write plan.json for `send --plan P --shard-index I`");
+    plan->add_option("--recipients", pc.recipients, "Recipients CSV (a regular file: the plan records its hash)")
+        ->required();
+    plan->add_option("--shards", pc.shards, "Number of shards N (machines, or Indexed Job completions)")
+        ->required()
+        ->check(CLI::Range(1u, 100000u));
+    plan->add_option("--config", pc.config,
+                     "TOML configuration whose [provider.\"…\"] sections group domains (give send the same)");
+    plan->add_option("--dns", pc.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
+    plan->add_option("--route", pc.routes,
+                     "DOMAIN=HOST[:PORT]: as for send; the domain's MX is HOST, not looked up ('*' = all)");
+    plan->add_option("--dns-queries-max", pc.queries_max, "MX lookups at once")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
+    plan->add_option("--out", pc.out, "Where to write the plan (JSON; replaced atomically)")->required();
+
+    std::vector<std::string> r_journals;
+    bool r_json = false;
+    std::string r_plan;
+    auto* report = app.add_subcommand(
+        "report", "Merge shard journals into one summary: rows by final status, duplicates across journals");
+    report->add_option("JOURNAL", r_journals, "Journal files (JSON Lines), e.g. list.shard-*-of-N.journal.jsonl")
+        ->required();
+    report->add_flag("--json", r_json, "Print the summary as JSON");
+    report->add_option("--plan", r_plan, "The plan: also count its rows that no journal has a final outcome for");
 
     std::string c_path;
     bool c_keys = false;
@@ -1231,6 +1464,7 @@ int main(int argc, char** argv) {
                     throw std::invalid_argument(why);
                 }
             }
+            load_send_plan(so);
             return run_send(so);
         }
         if (*render) {
@@ -1238,6 +1472,12 @@ int main(int argc, char** argv) {
         }
         if (*suppressions) {
             return run_suppressions(s_journals);
+        }
+        if (*plan) {
+            return run_plan(pc);
+        }
+        if (*report) {
+            return run_report(r_journals, r_json, r_plan);
         }
         if (*dkim_record) {
             if (d_key.empty() && d_config.empty()) {

@@ -40,6 +40,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -87,6 +88,7 @@ struct run_totals {
     std::vector<std::pair<rule_firing, std::uint64_t>> rule_firings;  // the last firing, and how many
     std::uint64_t rule_held = 0;                                      // parks while a suspension lasted
     std::uint64_t rule_left = 0;  // left unfinished: a rule stopped their destination
+    std::uint64_t elsewhere = 0;  // --plan: rows another shard sends (not counted in rows)
 };
 
 // A row that --resume would skip names another address than its journal
@@ -120,6 +122,10 @@ struct runner_options {
     std::string metrics_dir;          // --metrics-textfile; empty: no metrics file
     std::chrono::milliseconds metrics_interval{10'000};
     std::string version;  // for mxpress_build_info
+    // --plan: does this process send rows of this domain ("" for a row
+    // without a valid address)? Null: every row. Rows it declines are not
+    // read further, counted or journaled (run_totals::elsewhere).
+    std::function<bool(std::string_view domain)> take_domain;
 };
 
 // Calls `fn` at once, then every `period`, on its own thread until stop()
@@ -524,6 +530,15 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     std::exception_ptr reader_error;
     try {
         while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
+            mail::checked_address a;
+            std::string why;
+            if (o.take_domain) {
+                why = mail::check_row(row, a);
+                if (!o.take_domain(why.empty() ? a.domain() : std::string_view())) {
+                    ++t.elsewhere;
+                    continue;
+                }
+            }
             ++t.rows;
             reader_counts::add(counts.rows);
             if (const std::uint32_t tag = done.final_tag(row.line); tag != 0) {
@@ -538,8 +553,10 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 reader_counts::add(counts.skipped);
                 continue;
             }
-            mail::checked_address a;
-            if (const std::string why = mail::check_row(row, a); !why.empty()) {
+            if (!o.take_domain) {
+                why = mail::check_row(row, a);
+            }
+            if (!why.empty()) {
                 record_invalid(row, why);
                 continue;
             }
