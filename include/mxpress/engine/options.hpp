@@ -74,6 +74,7 @@ struct shard_options {
     // (provider.hpp); borrowed; null or empty: no provider sections.
     const provider_table* providers = nullptr;
     unsigned shard_index = 0;  // which shard this is (set by the shard)
+    unsigned shards = 1;       // how many run (set by the runner): they split [dns] queries_in_flight_max
     std::chrono::milliseconds tick{50};
     // After SIGINT/SIGTERM, how long transactions in flight may take to end
     // before their connections are torn down (a second signal: at once).
@@ -102,9 +103,12 @@ struct shard_stats {
     std::atomic<std::uint64_t> connections_opened{0};
     std::atomic<std::uint64_t> connections_closed{0};  // opened minus closed: open now
     std::atomic<std::uint64_t> sent_bytes{0};
-    std::atomic<std::uint64_t> tls_handshakes{0};  // completed
-    std::atomic<std::uint64_t> tls_resumed{0};     // of those, resumed sessions
-    std::atomic<std::uint64_t> tls_failures{0};    // handshakes that failed or timed out
+    std::atomic<std::uint64_t> tls_handshakes{0};      // completed
+    std::atomic<std::uint64_t> tls_resumed{0};         // of those, resumed sessions
+    std::atomic<std::uint64_t> tls_failures{0};        // handshakes that failed or timed out
+    std::atomic<std::uint64_t> dns_queries{0};         // DNS questions sent (MX, A, AAAA)
+    std::atomic<std::uint64_t> dns_retries{0};         // of those, asked again after a timeout (a lost query)
+    std::atomic<std::uint64_t> dns_in_flight_peak{0};  // the most sent and unanswered at once
 
     static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) noexcept {
         counter.fetch_add(n, std::memory_order_relaxed);
