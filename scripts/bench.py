@@ -16,6 +16,18 @@ Workloads (seeded, reproducible; recipients skewed over 1,000 domains):
              high they never bind) against plain-2k without them, both to
              mxsink, three alternating pairs: medians, rate ratio (goal >=
              0.95). [[rule]]s do not exist yet, so none are in it.
+  domains-1k MX lookups against none: 100,000 messages (plain-2k, skewed over
+             1,000 domains, four MX hosts) with lookups through dnsmasq
+             against the same with every domain routed (--route) to its MX
+             address, both to mxsink, alternating, --domain-runs times
+             (default 10): medians, time ratio (goal <= 1.3), and the runs
+             with a retry stall (a DNS query asked again after a timeout, or
+             dropped at dnsmasq's socket)
+  domains-20k
+             100,000 messages over 20,000 domains (5 each, one row per domain
+             in turn: 20,000 lookups at the start) through dnsmasq, in the
+             same rounds as domains-1k: rate ratio to domains-1k's lookups
+             (goal >= 0.7), CPU per message, retry stalls
   scale      plain-2k at --threads 1, 2, ... up to the core count
   memory     10 million rows through --dry-run: peak RSS
 Every delivery workload runs Postfix's smtp-source (-d -s 20 -l SIZE, one
@@ -37,6 +49,11 @@ from peers import Peers, certs, free_port, wait_tcp  # noqa: E402
 MX = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 MXPRESS = os.path.join(ROOT, "build", "mxpress")
 MXSINK = os.path.join(ROOT, "build", "mxsink")
+# domains-1k and domains-20k (issue 14, item 12): same run, medians.
+DOMAINS_MESSAGES = 100_000
+DOMAINS_RUNS = 10
+LOOKUP_TIME_RATIO_MAX = 1.3  # lookups through dnsmasq / routed, 1,000 domains
+DOMAINS_20K_RATE_RATIO_MIN = 0.7  # 20,000-domain rate / 1,000-domain rate
 TEMPLATES = {"plain-2k": "bench/templates/plain-2k.eml", "plain-32k": "bench/templates/html-32k.eml"}
 DEFAULT_TARGET_PER_HOUR = 20_000_000
 TLS_RATE_RATIO_MIN = 0.80  # issue 4: STARTTLS rate >= 0.8x plaintext, same run
@@ -123,13 +140,18 @@ class Bench:
             p.wait()
         return cpu
 
-    def mxpress(self, template, threads, sink, extra=()):
+    def mxpress(self, template, threads, sink, extra=(), recipients=None, dns=None, messages=None):
+        """extra: more arguments, or a function of the sinks' port that gives them."""
         procs = self.start_sinks(sink)
+        if callable(extra):
+            extra = extra(self.port)
         j = self.peers.path("journal.jsonl")
         if os.path.exists(j):
             os.unlink(j)
-        args = [MXPRESS, "send", "--recipients", self.recipients, "--message", os.path.join(ROOT, template),
-                "--from", "bounce@town.example", "--dns", self.dns, "--mx-port", str(self.port), "--journal", j,
+        messages = messages or self.messages
+        args = [MXPRESS, "send", "--recipients", recipients or self.recipients, "--message",
+                os.path.join(ROOT, template), "--from", "bounce@town.example", "--dns", dns or self.dns,
+                "--mx-port", str(self.port), "--journal", j,
                 "--progress", "off", "--summary-json", self.peers.path("s.json"), "--config", self.config] + list(extra)
         if threads:
             args += ["--threads", str(threads)]
@@ -137,11 +159,13 @@ class Bench:
         sink_cpu = self.stop_sinks(procs)
         with open(self.peers.path("s.json")) as f:
             s = json.load(f)
-        if s["delivered"] != self.messages:
-            sys.exit(f"bench: only {s['delivered']} of {self.messages} delivered:\n{out}")
-        return dict(sender=f"mxpress --threads {s['threads']}", sink=sink, messages=self.messages, wall_s=wall,
+        if s["delivered"] != messages:
+            sys.exit(f"bench: only {s['delivered']} of {messages} delivered:\n{out}")
+        return dict(sender=f"mxpress --threads {s['threads']}", sink=sink, messages=messages, wall_s=wall,
                     cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu, tls_handshakes=s.get("tls_handshakes", 0),
-                    tls_resumed=s.get("tls_resumed", 0), tls_failures=s.get("tls_failures", 0))
+                    tls_resumed=s.get("tls_resumed", 0), tls_failures=s.get("tls_failures", 0),
+                    dns_queries=s.get("dns_queries", 0), dns_retries=s.get("dns_retries", 0),
+                    dns_in_flight_peak=s.get("dns_in_flight_peak", 0))
 
     def smtp_source(self, size, sink):
         procs = self.start_sinks(sink)
@@ -326,6 +350,88 @@ def shaped_workload(b):
     return [s, p]
 
 
+def udp_socket_drops(address):
+    """Datagrams the kernel dropped at the UDP socket bound to `address`
+    ("127.0.0.1:PORT"): a full receive buffer. /proc/net/udp's last column."""
+    host, port = address.rsplit(":", 1)
+    local = "".join(f"{int(x):02X}" for x in reversed(host.split("."))) + f":{int(port):04X}"
+    with open("/proc/net/udp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local:
+                return int(fields[-1])
+    return 0
+
+
+def domains_workloads(b, names, runs, messages):
+    """domains-1k (lookups through dnsmasq against --route to the MX
+    addresses) and domains-20k, in the same rounds: each round runs 1k with
+    lookups, 1k routed, then 20k, so drift hits them alike. A run has a retry
+    stall when mxpress asked a DNS question again after a timeout
+    (summary dns_retries) or dnsmasq's socket dropped a query."""
+    r1k, r20k = b.peers.path("domains-1k.csv"), b.peers.path("domains-20k.csv")
+    gen = ["python3", os.path.join(ROOT, "scripts/gen-recipients"), "--rows", str(messages)]
+    subprocess.run(gen + ["--domains", "1000", "--out", r1k], check=True)
+    subprocess.run(gen + ["--domains", "20000", "--uniform", "--domain-pattern", "e{:05d}.test", "--out", r20k],
+                   check=True)
+    lines = [f"mx-host=d{k:04d}.test,mx{k % 4}.test,10" for k in range(1000)]
+    lines += [f"mx-host=e{k:05d}.test,mx{k % 4}.test,10" for k in range(20000)]
+    lines += [f"host-record=mx{i}.test,{h}" for i, h in enumerate(MX)]
+    dns = b.peers.dnsmasq(lines)
+    dnsmasq_pid = [p for p in b.peers.procs if p.args[0] == "dnsmasq"][-1].pid
+
+    def routes(port):  # every domain to its MX host's address, as dnsmasq answers
+        return sum((["--route", f"d{k:04d}.test={MX[k % 4]}:{port}"] for k in range(1000)), [])
+
+    kinds = [("lookups", r1k, ())] if "domains-1k" in names or "domains-20k" in names else []
+    if "domains-1k" in names:
+        kinds.append(("routed", r1k, routes))
+    if "domains-20k" in names:
+        kinds.append(("20k", r20k, ()))
+    rows = {k: [] for k, _, _ in kinds}
+    for _ in range(runs):
+        for kind, recipients, extra in kinds:
+            before, resolver_cpu = udp_socket_drops(dns), proc_cpu_seconds(dnsmasq_pid)
+            row = with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink", extra=extra, recipients=recipients,
+                                        dns=dns, messages=messages), None)
+            row["dns_drops"] = udp_socket_drops(dns) - before
+            row["resolver_cpu_s"] = proc_cpu_seconds(dnsmasq_pid) - resolver_cpu
+            row["stall"] = row["dns_retries"] > 0 or row["dns_drops"] > 0
+            row["sender"] += {"lookups": " 1k dnsmasq", "routed": " 1k --route", "20k": " 20k dnsmasq"}[kind]
+            rows[kind].append(row)
+    keys = ("wall_s", "cpu_s", "peak_rss_kib", "sink_cpu_s", "msgs_per_s", "msgs_per_hour", "cpu_us_per_msg",
+            "sink_cpu_us_per_msg")
+    med = {}
+    for kind, rs in rows.items():
+        m = dict(rs[0])
+        for k in keys:
+            m[k] = median(r[k] for r in rs)
+        m["sender"] += f" (median of {len(rs)})"
+        m["stalls"] = sum(1 for r in rs if r["stall"])
+        m["runs"] = len(rs)
+        m["walls"] = [r["wall_s"] for r in rs]
+        m["resolver_cpu_s"] = median(r["resolver_cpu_s"] for r in rs)
+        med[kind] = m
+    out = {}
+    look = med["lookups"]
+    if "routed" in med:
+        routed = med["routed"]
+        ratios = [x["wall_s"] / y["wall_s"] for x, y in zip(rows["lookups"], rows["routed"])]
+        look["time_ratio_to_routed"] = median(ratios)
+        look["time_ratios"] = ratios
+        look["rate_ratio"] = look["msgs_per_s"] / routed["msgs_per_s"]
+        look["cpu_ratio"] = look["cpu_us_per_msg"] / routed["cpu_us_per_msg"]
+        out["domains-1k"] = [look, routed]
+    if "20k" in med:
+        t = med["20k"]
+        ratios = [y["wall_s"] / x["wall_s"] for x, y in zip(rows["lookups"], rows["20k"])]  # rate 20k / rate 1k
+        t["rate_ratio"] = t["msgs_per_s"] / look["msgs_per_s"]
+        t["rate_ratios"] = [1 / r for r in ratios]
+        t["cpu_ratio"] = t["cpu_us_per_msg"] / look["cpu_us_per_msg"]
+        out["domains-20k"] = [t, look]
+    return out
+
+
 def memory_workload(peers, rows):
     path = peers.path("big.csv")
     subprocess.run(["python3", os.path.join(ROOT, "scripts/gen-recipients"), "--rows", str(rows), "--domains",
@@ -383,14 +489,23 @@ def main():
     ap.add_argument("--pairs", type=int, default=GATE_PAIRS, help="pairs for --quick")
     ap.add_argument("--messages", type=int, help="messages per delivery workload (default 200,000)")
     ap.add_argument("--workloads",
-                    default="plain-2k,plain-32k,tls-2k,dkim-rsa-2k,dkim-ed25519-2k,shaped-2k,scale,memory")
+                    default="plain-2k,plain-32k,tls-2k,dkim-rsa-2k,dkim-ed25519-2k,shaped-2k,domains-1k,domains-20k,scale,"
+                            "memory")
     ap.add_argument("--memory-rows", type=int, default=10_000_000)
+    ap.add_argument("--domain-runs", type=int, default=DOMAINS_RUNS,
+                    help=f"rounds of domains-1k and domains-20k (default {DOMAINS_RUNS})")
+    ap.add_argument("--domain-messages", type=int, default=DOMAINS_MESSAGES,
+                    help=f"messages per domains-1k and domains-20k run (default {DOMAINS_MESSAGES:,})")
+    ap.add_argument("--bin", help="the directory of the mxpress and mxsink to measure (default: build/)")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--target-per-hour", type=float, default=DEFAULT_TARGET_PER_HOUR,
                     help=f"exit 1 when plain-2k's mxpress rate is below this (default {DEFAULT_TARGET_PER_HOUR:,})")
     ap.add_argument("--profile", metavar="WORKLOAD", help="record a CPU profile of mxpress on WORKLOAD and stop")
     ap.add_argument("--micro", action="store_true", help="run the Google Benchmark micro benches and stop")
     a = ap.parse_args()
+    if a.bin:
+        global MXPRESS, MXSINK
+        MXPRESS, MXSINK = os.path.join(a.bin, "mxpress"), os.path.join(a.bin, "mxsink")
 
     if a.micro:
         micro(a.json)
@@ -408,6 +523,9 @@ def main():
     missed = []  # goals not met on this machine: printed and in --json, exit status unchanged
     with Peers() as peers:
         b = Bench(peers, messages)
+        domain_names = [w for w in workloads if w in ("domains-1k", "domains-20k")]
+        if domain_names:
+            domain_rows = domains_workloads(b, domain_names, a.domain_runs, a.domain_messages)
         for w in workloads:
             if w == "plain-2k" and a.quick:
                 rows, ratios = gate_workload(b, a.pairs)
@@ -469,6 +587,41 @@ def main():
                     # Reported, not failed: one pair's noise on a shared 2-core
                     # box is larger than the cost measured (see the pairs).
                     missed.append(f"shaped-2k: rate {t['rate_ratio']:.2f}x unshaped (goal >= {SHAPED_RATIO_MIN})")
+            elif w == "domains-1k":
+                rows = domain_rows[w]
+                results["workloads"][w] = rows
+                t, routed = rows
+                print_table(f"domains-1k: {a.domain_messages:,} messages over 1,000 domains, lookups through dnsmasq "
+                            f"against --route to the MX addresses, mxsink, medians of {t['runs']} (ratios: lookups "
+                            "/ routed)", rows)
+                print(f"  time ratio {t['time_ratio_to_routed']:.2f} (goal <= {LOOKUP_TIME_RATIO_MAX}), per run: "
+                      + " ".join(f"{x:.2f}" for x in t["time_ratios"]))
+                for r in rows:
+                    print(f"  {r['sender']}: wall s " + " ".join(f"{x:.2f}" for x in r["walls"])
+                          + f"; retry stalls in {r['stalls']} of {r['runs']} runs; dnsmasq CPU "
+                          f"{r['resolver_cpu_s']:.2f} s (median)")
+                if t["time_ratio_to_routed"] > LOOKUP_TIME_RATIO_MAX:
+                    missed.append(f"domains-1k: lookups take {t['time_ratio_to_routed']:.2f}x the routed time "
+                                  f"(goal <= {LOOKUP_TIME_RATIO_MAX})")
+                if t["stalls"] or routed["stalls"]:
+                    missed.append(f"domains-1k: a retry stall in {t['stalls']} of {t['runs']} runs (goal: none)")
+            elif w == "domains-20k":
+                rows = domain_rows[w]
+                results["workloads"][w] = rows
+                t = rows[0]
+                print_table(f"domains-20k: {a.domain_messages:,} messages over 20,000 domains (5 each) against "
+                            f"1,000 domains, both through dnsmasq, mxsink, medians of {t['runs']} (ratios: 20k / 1k)",
+                            rows)
+                print(f"  rate ratio {t['rate_ratio']:.2f} (goal >= {DOMAINS_20K_RATE_RATIO_MIN}), per run: "
+                      + " ".join(f"{x:.2f}" for x in t["rate_ratios"]) + f"; CPU ratio {t['cpu_ratio']:.2f}")
+                print(f"  {t['sender']}: wall s " + " ".join(f"{x:.2f}" for x in t["walls"])
+                      + f"; retry stalls in {t['stalls']} of {t['runs']} runs; dnsmasq CPU "
+                      f"{t['resolver_cpu_s']:.2f} s (median: it scans its mx-host list per query)")
+                if t["rate_ratio"] < DOMAINS_20K_RATE_RATIO_MIN:
+                    missed.append(f"domains-20k: rate {t['rate_ratio']:.2f}x the 1,000-domain rate "
+                                  f"(goal >= {DOMAINS_20K_RATE_RATIO_MIN})")
+                if t["stalls"]:
+                    missed.append(f"domains-20k: a retry stall in {t['stalls']} of {t['runs']} runs (goal: none)")
             elif w == "memory":
                 m = memory_workload(peers, a.memory_rows)
                 results["workloads"]["memory"] = m

@@ -304,8 +304,9 @@ TEST(Config, OperatorKnobs) {
     EXPECT_EQ(d.idle_timeout, std::chrono::seconds(2));
     EXPECT_EQ(d.tls_plaintext_after_failure, std::chrono::minutes(10));
     EXPECT_EQ(d.tls_sessions_max, 8u);
-    EXPECT_EQ(d.dns_timeout, std::chrono::seconds(2));
-    EXPECT_EQ(d.dns_tries, 3u);
+    EXPECT_EQ(d.dns_timeout, milliseconds(300));
+    EXPECT_EQ(d.dns_tries, 5u);
+    EXPECT_EQ(d.dns_queries_in_flight_max, 128u);
     EXPECT_EQ(d.mx_cache_ttl, std::chrono::minutes(5));
     EXPECT_EQ(d.dns_failure_cache_ttl, std::chrono::seconds(30));
     EXPECT_EQ(d.host_skip_max, std::chrono::minutes(1));
@@ -317,7 +318,8 @@ TEST(Config, OperatorKnobs) {
         "[defaults]\npending_max = 1000\nidle_timeout = \"250ms\"\ntls_plaintext_after_failure = \"1h\"\n"
         "tls_sessions_max = 0\nhost_skip_max = \"5s\"\n"
         "[timeouts]\nquit = \"10s\"\nehlo = \"1m\"\nother = \"20s\"\n"
-        "[dns]\ntimeout = \"500ms\"\ntries = 5\nmx_cache_ttl = \"1h\"\nfailure_cache_ttl = \"5s\"\n",
+        "[dns]\ntimeout = \"500ms\"\ntries = 7\nmx_cache_ttl = \"1h\"\nfailure_cache_ttl = \"5s\"\n"
+        "queries_in_flight_max = 16\n",
         "c.toml");
     EXPECT_EQ(c.pending_max, 1000u);
     EXPECT_EQ(c.idle_timeout, milliseconds(250));
@@ -328,12 +330,15 @@ TEST(Config, OperatorKnobs) {
     EXPECT_EQ(c.smtp_timeouts.ehlo, std::chrono::minutes(1));
     EXPECT_EQ(c.smtp_timeouts.other, std::chrono::seconds(20));
     EXPECT_EQ(c.dns_timeout, milliseconds(500));
-    EXPECT_EQ(c.dns_tries, 5u);
+    EXPECT_EQ(c.dns_tries, 7u);
+    EXPECT_EQ(c.dns_queries_in_flight_max, 16u);
     EXPECT_EQ(c.mx_cache_ttl, std::chrono::hours(1));
     EXPECT_EQ(c.dns_failure_cache_ttl, std::chrono::seconds(5));
     EXPECT_EQ(error_of("[dns]\ntries = 0\n"), "c.toml:2: [dns] tries = 0 is out of range (1..20)");
     EXPECT_EQ(error_of("[dns]\ntimout = \"1s\"\n"),
-              "c.toml:2: unknown key 'timout' in [dns]; did you mean 'timeout'? (known: timeout, tries, mx_cache_ttl, "
+              "c.toml:2: unknown key 'timout' in [dns]; did you mean 'timeout'? (known: timeout, tries, "
+              "queries_in_flight_max, "
+              "mx_cache_ttl, "
               "failure_cache_ttl)");
 }
 

@@ -835,6 +835,10 @@ int run_send(const send_options& o) {
         summary += fmt::format("plan: shard {} of {}; {} rows of other shards passed over\n", o.shard_index,
                                o.loaded_plan->shard_count, t.elsewhere);
     }
+    if (t.dns_queries > 0) {
+        summary += fmt::format("dns: {} queries, {} asked again after a timeout, at most {} in flight at once\n",
+                               t.dns_queries, t.dns_retries, t.dns_in_flight_peak);
+    }
     if (t.in_doubt > 0) {
         summary += fmt::format(
             "in doubt: {} (the server took the message but the session ended before its reply, on every attempt "
@@ -878,10 +882,12 @@ int run_send(const send_options& o) {
             "resumed\":{},"
             "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
-            "\"throttled\":{},\"throttle_wait_seconds\":{:.3f},\"top_failures\":[",
+            "\"throttled\":{},\"throttle_wait_seconds\":{:.3f},\"dns_queries\":{},\"dns_retries\":{},"
+            "\"dns_in_flight_peak\":{},\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
             t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour,
-            ro.threads, peak_rss_bytes(), t.in_flight_peak, t.throttled, double(t.throttle_wait_ms) / 1000.0);
+            ro.threads, peak_rss_bytes(), t.in_flight_peak, t.throttled, double(t.throttle_wait_ms) / 1000.0,
+            t.dns_queries, t.dns_retries, t.dns_in_flight_peak);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');

@@ -119,8 +119,10 @@ class Peers:
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def dnsmasq(self, lines):
-        """Serves the given dnsmasq config lines on 127.0.0.1; returns 'ip:port'."""
+    def dnsmasq(self, lines, query_log=None):
+        """Serves the given dnsmasq config lines on 127.0.0.1; returns 'ip:port'.
+        query_log: a file where dnsmasq writes one line per query it read
+        ("query[MX] d1.test from 127.0.0.1"), see dnsmasq_queries()."""
         port = free_port(kind=socket.SOCK_DGRAM)
         conf = self.path("dnsmasq.conf")
         with open(conf, "w") as f:
@@ -128,7 +130,9 @@ class Peers:
             f.write("\n".join(lines) + "\n")
         args = ["dnsmasq", "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
                 "--bind-interfaces", "--no-resolv", "--no-hosts", f"--conf-file={conf}",
-                f"--pid-file={self.path('dnsmasq.pid')}", "--log-facility=-", "--quiet-dhcp"]
+                f"--pid-file={self.path('dnsmasq.pid')}", f"--log-facility={query_log or '-'}", "--quiet-dhcp"]
+        if query_log:
+            args.append("--log-queries")
         if os.geteuid() == 0:
             args.append("--user=nobody")
         p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -159,6 +163,19 @@ class Peers:
         self.procs.append(p)
         wait_tcp(host.strip("[]"), port)
         return dump_dir
+
+
+def dnsmasq_queries(query_log):
+    """The queries in a dnsmasq query log: [(type, name)] in the order read."""
+    out = []
+    with open(query_log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.split()
+            for k, w in enumerate(words[:-1]):
+                if w.startswith("query[") and w.endswith("]"):
+                    out.append((w[len("query["):-1], words[k + 1]))
+                    break
+    return out
 
 
 def read_dumps(dump_dir):

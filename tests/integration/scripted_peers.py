@@ -1,6 +1,7 @@
 """Scripted peers, in this process, for the tests that need a peer to
 misbehave on cue or to report what it saw: a DNS server (SERVFAIL, REFUSED,
-silence, slow answers; a log of every query) and an SMTP server (STARTTLS or
+silence, slow answers; a log of every query), a DNS server that sheds load
+under a burst as real resolvers do, and an SMTP server (STARTTLS or
 implicit TLS, a chosen range of TLS versions; the SNI name and version of
 every handshake, and each message in peers.assert_exactly_once's form).
 
@@ -8,6 +9,9 @@ Both run in threads on loopback and stop when their `with` block ends.
 """
 import email.parser
 import email.policy
+import heapq
+import random
+import select
 import socket
 import socketserver
 import ssl
@@ -133,6 +137,115 @@ class ScriptedDns:
             threading.Timer(delay, send).start()
         else:
             send()
+
+
+def _reply(data, zone):
+    """The answer to one query from `zone` (ScriptedDns's form): (id, name,
+    type name, reply bytes), or None for a datagram that is not one question."""
+    qid, flags, qdcount = struct.unpack("!HHH", data[:6])
+    if qdcount != 1:
+        return None
+    name, off = _name(data, 12)
+    qtype, _ = struct.unpack("!HH", data[off:off + 4])
+    tname = TYPES.get(qtype, str(qtype))
+    records = zone.get(name)
+    rcode = 0 if records is not None else RCODES["nxdomain"]
+    answers = []
+    for value in (records or {}).get(tname, []):
+        if tname == "MX":
+            rdata = struct.pack("!H", value[0]) + _encode_name(value[1])
+        elif tname == "A":
+            rdata = socket.inet_pton(socket.AF_INET, value)
+        else:
+            rdata = socket.inet_pton(socket.AF_INET6, value)
+        answers.append(struct.pack("!HHHIH", 0xC00C, qtype, 1, 60, len(rdata)) + rdata)
+    reply = struct.pack("!HHHHHH", qid, 0x8400 | (flags & 0x0100) | 0x0080 | rcode, 1, len(answers), 0, 0)
+    return qid, name, tname, reply + data[12:off + 4] + b"".join(answers)
+
+
+class SheddingDns:
+    """A resolver that sheds load under a burst of UDP queries as real ones
+    do (dnsmasq answered 257 of 500 MX queries sent at once: its receive
+    buffer holds a few hundred datagrams, the rest are dropped).
+
+    It takes `delay` seconds to answer each query (a recursive resolver's
+    work), holds at most `capacity` queries unanswered, and drops every query
+    that arrives while it holds that many. With `loss`, it also drops the
+    first transmission of that fraction of the questions, picked by
+    random.Random over (seed, name, type): the same questions on every run,
+    whatever the order they come in. A retransmission (the same id and
+    question again, as c-ares asks after its timeout) is answered as usual
+    unless the server is full.
+
+    zone: as ScriptedDns. log: one dict per datagram: t (monotonic), name,
+    type, retransmission (bool), dropped (None, "capacity" or "loss")."""
+
+    def __init__(self, zone, capacity, delay, loss=0.0, seed=1, host="127.0.0.1"):
+        self.zone = {k.lower(): v for k, v in zone.items()}
+        self.capacity, self.delay, self.loss, self.seed = capacity, delay, loss, seed
+        self.log = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # A large buffer: the kernel must not drop what the model keeps.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((host, 0))
+        self.sock.setblocking(False)
+        self.address = f"{host}:{self.sock.getsockname()[1]}"
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+    def lost_by_design(self, name, qtype):
+        return self.loss > 0 and random.Random(f"{self.seed}:{name}:{qtype}").random() < self.loss
+
+    def _serve(self):
+        pending = []  # heap of (due, seq, reply, peer): held, not yet answered
+        seen = set()  # (id, name, type) of every question received
+        seq = 0
+        while not self._stop:
+            wait = 0.01 if not pending else min(0.01, max(0.0, pending[0][0] - time.monotonic()))
+            select.select([self.sock], [], [], wait)
+            for _ in range(100_000):  # everything queued now, bounded
+                try:
+                    data, peer = self.sock.recvfrom(4096)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return
+                try:
+                    parsed = _reply(data, self.zone)
+                except (IndexError, UnicodeDecodeError, struct.error):
+                    continue
+                if parsed is None:
+                    continue
+                qid, name, tname, reply = parsed
+                now = time.monotonic()
+                retransmission = (qid, name, tname) in seen
+                seen.add((qid, name, tname))
+                dropped = None
+                if len(pending) >= self.capacity:
+                    dropped = "capacity"
+                elif not retransmission and self.lost_by_design(name, tname):
+                    dropped = "loss"
+                self.log.append({"t": now, "name": name, "type": tname, "retransmission": retransmission,
+                                 "dropped": dropped})
+                if dropped is None:
+                    seq += 1
+                    heapq.heappush(pending, (now + self.delay, seq, reply, peer))
+            now = time.monotonic()
+            while pending and pending[0][0] <= now:
+                _, _, reply, peer = heapq.heappop(pending)
+                try:
+                    self.sock.sendto(reply, peer)
+                except OSError:
+                    pass
 
 
 class ScriptedSmtp:

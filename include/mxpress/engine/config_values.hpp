@@ -196,6 +196,7 @@ struct config {
     // [dns]
     milliseconds dns_timeout{};
     std::uint32_t dns_tries = 0;
+    std::uint32_t dns_queries_in_flight_max = 0;
     milliseconds mx_cache_ttl{};
     milliseconds dns_failure_cache_ttl{};
     // [domain."…"] and [mx."…"]

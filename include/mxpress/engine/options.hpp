@@ -76,6 +76,7 @@ struct shard_options {
     // (provider.hpp); borrowed; null or empty: no provider sections.
     const provider_table* providers = nullptr;
     unsigned shard_index = 0;  // which shard this is (set by the shard)
+    unsigned shards = 1;       // how many run (set by the runner): they split [dns] queries_in_flight_max
     std::chrono::milliseconds tick{50};
     // After SIGINT/SIGTERM, how long transactions in flight may take to end
     // before their connections are torn down (a second signal: at once).
@@ -114,8 +115,11 @@ struct shard_stats {
     std::atomic<std::uint64_t> rule_scaled{0};     // adaptive rules that fired, by action
     std::atomic<std::uint64_t> rule_suspended{0};
     std::atomic<std::uint64_t> rule_stopped{0};
-    std::atomic<std::uint64_t> rule_held{0};  // recipients parked while a suspension lasts (each time)
-    std::atomic<std::uint64_t> rule_left{0};  // recipients left unfinished: a rule stopped their destination
+    std::atomic<std::uint64_t> rule_held{0};           // recipients parked while a suspension lasts (each time)
+    std::atomic<std::uint64_t> rule_left{0};           // recipients left unfinished: a rule stopped their destination
+    std::atomic<std::uint64_t> dns_queries{0};         // DNS questions sent (MX, A, AAAA)
+    std::atomic<std::uint64_t> dns_retries{0};         // of those, asked again after a timeout (a lost query)
+    std::atomic<std::uint64_t> dns_in_flight_peak{0};  // the most sent and unanswered at once
 
     static void add(std::atomic<std::uint64_t>& counter, std::uint64_t n = 1) noexcept {
         counter.fetch_add(n, std::memory_order_relaxed);

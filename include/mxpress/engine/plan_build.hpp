@@ -83,7 +83,7 @@ inline void resolve_domains(std::vector<planned_domain>& domains, const plan_opt
     ro.servers = o.dns_servers;
     ro.timeout_ms = static_cast<int>(o.cfg.dns_timeout.count());
     ro.tries = static_cast<int>(o.cfg.dns_tries);
-    ro.queries_max = std::max<std::size_t>(1, o.queries_max);
+    ro.queries_in_flight_max = std::max<std::size_t>(1, o.queries_max);
     net::resolver resolver(ring, ro);
 
     std::size_t pending = 0;
@@ -112,7 +112,7 @@ inline void resolve_domains(std::vector<planned_domain>& domains, const plan_opt
     }
     // Each wave of queries_max lookups: an MX query, then A and AAAA, each
     // tried dns_tries times for dns_timeout; ten seconds to spare.
-    const std::size_t waves = (looked_up + ro.queries_max - 1) / ro.queries_max;
+    const std::size_t waves = (looked_up + ro.queries_in_flight_max - 1) / ro.queries_in_flight_max;
     const auto per_wave = std::chrono::milliseconds(std::int64_t{ro.timeout_ms} * std::max(1, ro.tries) * 2);
     const auto deadline = net::clock::now() + per_wave * static_cast<std::int64_t>(waves) + std::chrono::seconds(10);
     while (pending > 0 || resolver.busy()) {

@@ -77,6 +77,9 @@ struct run_totals {
     std::uint64_t tls_handshakes = 0;
     std::uint64_t tls_resumed = 0;
     std::uint64_t tls_failures = 0;
+    std::uint64_t dns_queries = 0;
+    std::uint64_t dns_retries = 0;         // queries asked again after a timeout: a lost query, a stall
+    std::uint64_t dns_in_flight_peak = 0;  // sum of the shards' peaks: the most the resolver could see at once
     double seconds = 0;
     std::vector<std::pair<std::string, std::uint64_t>> top_failures;  // "domain\treply", count
     int stop_signal = 0;                 // SIGINT or SIGTERM stopped the run (0: it ran to the end)
@@ -412,6 +415,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     });
     shard_options so = o.shard;
     so.providers = &providers;
+    so.shards = n;
     shard_threads shards(n, so, tmpl, journal);
     std::atomic<int> stop_level{0};
     if (o.signals != nullptr) {
@@ -655,6 +659,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.tls_handshakes += s.tls_handshakes;
         t.tls_resumed += s.tls_resumed;
         t.tls_failures += s.tls_failures;
+        t.dns_queries += s.dns_queries;
+        t.dns_retries += s.dns_retries;
+        t.dns_in_flight_peak += s.dns_in_flight_peak;
         t.left_deferred += s.left_deferred;
         t.stopped_in_doubt += s.stopped_in_doubt;
         t.rule_held += s.rule_held;

@@ -136,6 +136,7 @@ public:
             flush_journal();  // every turn: outcomes reach the file within milliseconds
         }
         flush_journal();
+        publish_dns_stats();
     }
 
 private:
@@ -167,11 +168,21 @@ private:
         socklen_t addr_len = 0;
     };
 
+    // [dns] queries_in_flight_max is the run's: what the resolver sees at
+    // once. Each shard gets its share, rounded up, and never fewer than
+    // dns_queries_per_shard_min (so many shards still look up in parallel).
+    static constexpr std::size_t dns_queries_per_shard_min = 4;
+    static std::size_t dns_queries_in_flight(std::size_t run_max, unsigned shards) {
+        const std::size_t n = std::max(1u, shards);
+        return std::max(dns_queries_per_shard_min, (run_max + n - 1) / n);
+    }
+
     static net::resolver::options resolver_options(const shard_options& o) {
         net::resolver::options r;
         r.servers = o.dns_servers;
         r.timeout_ms = static_cast<int>(o.cfg.dns_timeout.count());
         r.tries = static_cast<int>(o.cfg.dns_tries);
+        r.queries_in_flight_max = dns_queries_in_flight(o.cfg.dns_queries_in_flight_max, o.shards);
         r.positive_ttl = o.cfg.mx_cache_ttl;
         r.negative_ttl = o.cfg.dns_failure_cache_ttl;
         return r;
@@ -182,6 +193,14 @@ private:
         r.dkim = o.dkim;
         r.message_id_run_key = o.message_id_run_key;
         return r;
+    }
+
+    // The resolver counts on this thread; the summary reads the copies.
+    void publish_dns_stats() noexcept {
+        const net::resolver::counters& c = _resolver.stats();
+        _stats.dns_queries.store(c.queries, std::memory_order_relaxed);
+        _stats.dns_retries.store(c.retries, std::memory_order_relaxed);
+        _stats.dns_in_flight_peak.store(c.in_flight_peak, std::memory_order_relaxed);
     }
 
     bool finished() const {
@@ -558,6 +577,7 @@ private:
     static void on_tick(io::completion* c, int /*res*/, unsigned /*flags*/) {
         shard* self = static_cast<shard_op*>(c)->owner;
         self->_resolver.tick();
+        self->publish_dns_stats();
         self->_core.set_now(clock::now());
         self->_wall_now = std::chrono::system_clock::now();
         self->_ts.clear();

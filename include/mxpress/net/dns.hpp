@@ -13,10 +13,20 @@
 //   addresses, shared by every domain that names the host) for positive_ttl,
 //   failures for negative_ttl (c-ares 1.18's MX parser gives no TTL, so a
 //   fixed TTL is used, not the records' own).
-// - At most queries_max lookups run at once; the rest wait in order.
+// - At most queries_in_flight_max queries (MX, A and AAAA together) are
+//   sent and unanswered at once; the rest wait in order (address queries,
+//   which finish lookups already under way, before new MX queries). A burst
+//   of a thousand queries overflows a resolver's UDP receive buffer (dnsmasq
+//   answered 257 of 500 sent at once), and c-ares only notices a lost query
+//   when its timeout ends.
+// - A lost query is asked again after timeout_ms (300 ms by default), then
+//   after twice that each round (c-ares doubles it), `tries` rounds in all.
+// - stats(): queries sent, retransmissions after a timeout, and the most
+//   in flight at once, for the summary.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <arpa/inet.h>
 #include <chrono>
 #include <cstdint>
@@ -144,12 +154,18 @@ public:
 
     struct options {
         std::string servers;  // "127.0.0.1:5353" (c-ares CSV syntax); empty: /etc/resolv.conf
-        int timeout_ms = 2000;
-        int tries = 3;
+        int timeout_ms = 300;
+        int tries = 5;
         // Kept to the millisecond: `[dns] failure_cache_ttl = "500ms"` is 500 ms, not 0.
         std::chrono::milliseconds positive_ttl{300'000};
         std::chrono::milliseconds negative_ttl{30'000};
-        std::size_t queries_max = 128;
+        std::size_t queries_in_flight_max = 64;
+    };
+
+    struct counters {
+        std::uint64_t queries = 0;         // sent to c-ares (each MX, A, AAAA question once)
+        std::uint64_t retries = 0;         // asked again after a timeout (c-ares' count, per query)
+        std::uint64_t in_flight_peak = 0;  // the most sent and unanswered at once
     };
 
     resolver(io::ring& ring, options o) : _ring(ring), _options(std::move(o)), _rng(std::random_device{}()) {
@@ -180,6 +196,13 @@ public:
     ~resolver() {
         _destroying = true;
         ares_destroy(_channel);  // runs pending callbacks with ARES_EDESTRUCTION
+        // Queries never sent end the same way, so their jobs are freed.
+        while (!_address_queue.empty()) {
+            const queued_query q = std::move(_address_queue.front());
+            _address_queue.pop_front();
+            ++_in_flight;  // the callback counts it out
+            q.done(q.arg, ARES_EDESTRUCTION, 0, nullptr, 0);
+        }
     }
 
     // Resolves `domain` (lowercase A-labels); `done` runs later on this
@@ -196,7 +219,7 @@ public:
             return;  // a lookup for this domain is already under way
         }
         _queue.push_back(domain);
-        start_queued();
+        pump();
     }
 
     // Resolves a host name to its addresses (for --route HOST).
@@ -204,16 +227,36 @@ public:
         auto* job = new lookup{this, host, {}, {}, 0, std::move(done), true};
         job->targets.push_back(mx_target{host, 0, {}});
         lookup_addresses(job);  // may complete (and free job) at once from the cache
+        pump();
     }
 
-    bool busy() const noexcept { return _outstanding > 0 || !_queue.empty(); }
+    bool busy() const noexcept { return _in_flight > 0 || !_queue.empty() || !_address_queue.empty(); }
+
+    const counters& stats() const noexcept { return _counters; }
 
     // Called from the shard's tick: lets c-ares time out queries, and drops
     // expired cache entries now and then, so the caches hold the live
     // domains and hosts, not every one ever seen.
     void tick() {
-        if (_outstanding > 0) {
-            ares_process_fd(_channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+        if (_in_flight > 0) {
+            // Read the sockets first, then let c-ares time queries out: an
+            // answer that came while this turn was busy elsewhere is not a
+            // lost query (c-ares reads before it checks timeouts). The fds
+            // are copied: processing may close a socket and change _watches.
+            std::array<ares_socket_t, tick_sockets_max> fds{};
+            std::size_t n = 0;
+            for (const auto& [fd, w] : _watches) {
+                if (n == fds.size()) {
+                    break;
+                }
+                fds[n++] = fd;
+            }
+            if (n == 0) {
+                ares_process_fd(_channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+            }
+            for (std::size_t i = 0; i < n; ++i) {
+                ares_process_fd(_channel, fds[i], ARES_SOCKET_BAD);
+            }
         }
         const auto now = clock::now();
         if (now - _last_prune >= prune_every) {
@@ -271,15 +314,51 @@ private:
         clock::time_point expires;
     };
 
-    void start_queued() {
-        while (!_queue.empty() && _mx_running < _options.queries_max) {
-            const std::string domain = std::move(_queue.front());
-            _queue.pop_front();
-            auto* job = new lookup{this, domain, {}, {}, 0, {}, false};
-            ++_mx_running;
-            ++_outstanding;
-            ares_query(_channel, domain.c_str(), ns_c_in, ns_t_mx, &resolver::on_mx_answer, job);
+    // A question waiting for a place among the queries in flight.
+    struct queued_query {
+        std::string name;
+        int type = ns_t_a;
+        ares_callback done = nullptr;
+        void* arg = nullptr;
+    };
+
+    void send_query(const std::string& name, int type, ares_callback done, void* arg) {
+        ++_in_flight;
+        ++_counters.queries;
+        _counters.in_flight_peak = std::max<std::uint64_t>(_counters.in_flight_peak, _in_flight);
+        ares_query(_channel, name.c_str(), ns_c_in, type, done, arg);  // may call back at once (a bad name)
+    }
+
+    // An answer (or a final failure) came: one place is free again.
+    void query_done(int timeouts) {
+        --_in_flight;
+        _counters.retries += static_cast<std::uint64_t>(std::max(0, timeouts));
+    }
+
+    // Sends waiting queries while places are free: address queries first
+    // (they finish lookups already started), then the next domains' MX
+    // queries, each in the order they came. Reentrant calls (a callback
+    // that runs inside ares_query) return: the outer loop goes on. Each turn
+    // takes one item off a queue, so the loop ends.
+    void pump() {
+        if (_pumping || _destroying) {
+            return;
         }
+        _pumping = true;
+        while (_in_flight < _options.queries_in_flight_max) {
+            if (!_address_queue.empty()) {
+                const queued_query q = std::move(_address_queue.front());
+                _address_queue.pop_front();
+                send_query(q.name, q.type, q.done, q.arg);
+            } else if (!_queue.empty()) {
+                const std::string domain = std::move(_queue.front());
+                _queue.pop_front();
+                send_query(domain, ns_t_mx, &resolver::on_mx_answer, new lookup{this, domain, {}, {}, 0, {}, false});
+            } else {
+                break;
+            }
+        }
+        _pumping = false;
     }
 
     static mx_answer failure(dns_status s, std::string enhanced, std::string reason) {
@@ -304,37 +383,42 @@ private:
         }
     }
 
-    static void on_mx_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+    static void on_mx_answer(void* arg, int status, int timeouts, unsigned char* abuf, int alen) {
         auto* job = static_cast<lookup*>(arg);
         resolver* self = job->self;
-        --self->_outstanding;
+        self->query_done(timeouts);
         if (self->_destroying) {
             delete job;
             return;
         }
+        self->on_mx_result(job, status, abuf, alen);
+        self->pump();
+    }
+
+    void on_mx_result(lookup* job, int status, unsigned char* abuf, int alen) {
         if (status == ARES_ENODATA) {
             // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
             job->targets.push_back(mx_target{job->domain, 0, {}});
-            self->lookup_addresses(job);
+            lookup_addresses(job);
             return;
         }
         if (status != ARES_SUCCESS) {
-            self->finish(job, classify_error(job->domain, status, false));
+            finish(job, classify_error(job->domain, status, false));
             return;
         }
         bool implicit = false;
-        mx_answer answer = interpret_mx_answer(job->domain, abuf, alen, self->_rng, implicit);
+        mx_answer answer = interpret_mx_answer(job->domain, abuf, alen, _rng, implicit);
         if (implicit) {
             job->targets.push_back(mx_target{job->domain, 0, {}});
-            self->lookup_addresses(job);
+            lookup_addresses(job);
             return;
         }
         if (answer.status != dns_status::ok) {
-            self->finish(job, std::move(answer));
+            finish(job, std::move(answer));
             return;
         }
         job->targets = std::move(answer.targets);
-        self->lookup_addresses(job);
+        lookup_addresses(job);
     }
 
     // Addresses for every target, from the host cache or from A and AAAA
@@ -356,9 +440,8 @@ private:
             if (h == nullptr) {
                 h = new host_lookup{this, hosts[i], 2, ARES_SUCCESS, {}, {}, {}};
                 for (bool v6 : {false, true}) {
-                    ++_outstanding;
-                    ares_query(_channel, hosts[i].c_str(), ns_c_in, v6 ? ns_t_aaaa : ns_t_a,
-                               &resolver::on_address_answer, new a_job{h, v6});
+                    _address_queue.push_back(queued_query{hosts[i], v6 ? ns_t_aaaa : ns_t_a,
+                                                          &resolver::on_address_answer, new a_job{h, v6}});
                 }
             }
             h->waiters.emplace_back(job, i);
@@ -391,13 +474,18 @@ private:
         }
     }
 
-    static void on_address_answer(void* arg, int status, int /*timeouts*/, unsigned char* abuf, int alen) {
+    static void on_address_answer(void* arg, int status, int timeouts, unsigned char* abuf, int alen) {
         auto* a = static_cast<a_job*>(arg);
+        resolver* self = a->parent->self;
+        self->query_done(timeouts);
+        self->on_address_result(a, status, abuf, alen);
+        self->pump();
+    }
+
+    void on_address_result(a_job* a, int status, unsigned char* abuf, int alen) {
         host_lookup* h = a->parent;
-        resolver* self = h->self;
         const bool v6 = a->v6;
         delete a;
-        --self->_outstanding;
         if (status == ARES_SUCCESS) {
             parse_addresses(abuf, alen, v6, v6 ? h->v6 : h->v4);
         } else if (status != ARES_ENODATA && status != ARES_ENOTFOUND) {
@@ -406,18 +494,18 @@ private:
         if (--h->pending > 0) {
             return;
         }
-        self->_host_lookups.erase(h->host);
+        _host_lookups.erase(h->host);
         std::vector<ip_address> addresses = std::move(h->v4);
         addresses.insert(addresses.end(), h->v6.begin(), h->v6.end());
         if (h->error == ARES_SUCCESS || !addresses.empty()) {
-            const auto ttl = addresses.empty() ? self->_options.negative_ttl : self->_options.positive_ttl;
-            self->_hosts[h->host] = cached_host{addresses, clock::now() + ttl};
+            const auto ttl = addresses.empty() ? _options.negative_ttl : _options.positive_ttl;
+            _hosts[h->host] = cached_host{addresses, clock::now() + ttl};
         }
         const std::vector<std::pair<lookup*, std::size_t>> waiters = std::move(h->waiters);
         const int error = h->error;
         delete h;
         for (const auto& [job, index] : waiters) {
-            self->address_known(job, index, addresses, error);
+            address_known(job, index, addresses, error);
         }
     }
 
@@ -462,7 +550,6 @@ private:
     }
 
     void finish(lookup* job, mx_answer answer) {
-        --_mx_running;
         const auto ttl = answer.status == dns_status::ok ? _options.positive_ttl : _options.negative_ttl;
         _cache[job->domain] = cached{answer, clock::now() + ttl};
         auto node = _waiting.extract(job->domain);
@@ -472,7 +559,6 @@ private:
                 cb(answer);
             }
         }
-        start_queued();
     }
 
     // c-ares: start, change or stop watching a socket.
@@ -544,14 +630,17 @@ private:
     std::mt19937 _rng;
     std::unordered_map<int, watch*> _watches;
     static constexpr auto prune_every = std::chrono::seconds(30);
+    static constexpr std::size_t tick_sockets_max = 16;  // one UDP socket per server (and TCP for truncation)
     clock::time_point _last_prune = clock::now();
     std::unordered_map<std::string, cached> _cache;
     std::unordered_map<std::string, cached_host> _hosts;          // host name -> addresses
     std::unordered_map<std::string, host_lookup*> _host_lookups;  // in flight
     std::unordered_map<std::string, std::vector<callback>> _waiting;
-    std::deque<std::string> _queue;
-    std::size_t _mx_running = 0;
-    std::size_t _outstanding = 0;
+    std::deque<std::string> _queue;           // domains whose MX query waits for a place
+    std::deque<queued_query> _address_queue;  // A and AAAA queries waiting for a place
+    std::size_t _in_flight = 0;               // queries sent and not yet answered
+    counters _counters;
+    bool _pumping = false;
     bool _destroying = false;
 };
 
