@@ -28,7 +28,7 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             static_cast<unsigned long long>(w.seed), r.violation.c_str(), static_cast<unsigned long long>(w.seed),
             w.recipients, w.domains,
             (std::string(w.drain_after_seconds > 0 ? fmt::format(" --drain-after {}", w.drain_after_seconds) : "") +
-             (w.shaped ? " --shaped" : ""))
+             (w.shaped ? " --shaped" : "") + (w.rules ? " --rules" : ""))
                 .c_str());
         return 1;
     }
@@ -37,14 +37,17 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             "seed %llu: ok: %zu recipients, %zu domains, connections_max %u: %llu delivered, %llu bounced, "
             "%llu expired, %llu invalid, %llu in doubt, %llu unfinished; %llu connections, %llu TLS handshakes, "
             "%llu TLS failures, %llu taken "
-            "without a reply; %zu shaped domains checked; %llu steps, %.0f s simulated in %.2f s\n",
+            "without a reply; %zu shaped domains checked; rules fired on %zu throttled domains (%llu refused, %llu "
+            "accepted there); %llu steps, %.0f s simulated in %.2f s\n",
             static_cast<unsigned long long>(w.seed), w.recipients, w.domains, s.options().cfg.connections_max,
             static_cast<unsigned long long>(r.delivered), static_cast<unsigned long long>(r.bounced),
             static_cast<unsigned long long>(r.expired), static_cast<unsigned long long>(r.invalid),
             static_cast<unsigned long long>(r.in_doubt), static_cast<unsigned long long>(r.unfinished),
             static_cast<unsigned long long>(r.connections), static_cast<unsigned long long>(r.tls_handshakes),
             static_cast<unsigned long long>(r.tls_failures), static_cast<unsigned long long>(r.accepted_without_reply),
-            r.shaped_checked, static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
+            r.shaped_checked, r.rules_fired, static_cast<unsigned long long>(r.throttle_refused),
+            static_cast<unsigned long long>(r.throttle_accepted), static_cast<unsigned long long>(r.steps),
+            r.simulated_seconds, cpu);
     }
     return 0;
 }
@@ -63,6 +66,9 @@ int main(int argc, char** argv) {
     app.add_option("--domains", w.domains, "destination domains per run")->capture_default_str();
     app.add_option("--faulty-hosts", w.faulty_hosts, "share of MX hosts with a fault")->capture_default_str();
     app.add_flag("--shaped", w.shaped, "a quarter of the domains get max_message_rate and connections_max");
+    app.add_flag("--rules", w.rules,
+                 "a quarter of the other domains' hosts take N messages a minute and answer 421 4.7.28 beyond: "
+                 "the built-in rule must fire where it should");
     app.add_option("--drain-after", w.drain_after_seconds,
                    "stop the run (drain, as SIGTERM) after this many simulated seconds");
     CLI11_PARSE(app, argc, argv);

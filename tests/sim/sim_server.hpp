@@ -14,11 +14,25 @@
 
 #include <cstdint>
 #include <random>
+#include <deque>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace mxpress::sim {
+
+// A host that limits its accepted messages per minute, as the big
+// providers do: beyond the limit, RCPT gets their throttling reply (which
+// the built-in rule gmail-rate matches). The simulator owns it and its clock.
+struct host_throttle {
+    std::uint32_t per_minute = 0;
+    std::deque<std::int64_t> accepted_ms;  // the last minute's accepted RCPTs
+    std::uint64_t refused = 0;
+    std::uint64_t accepted = 0;
+    std::vector<std::int64_t> refused_ms;  // when each refusal was sent
+    std::function<std::int64_t()> now_ms;
+};
 
 // How one simulated MX host behaves. Probabilities are per command.
 struct server_profile {
@@ -34,11 +48,12 @@ struct server_profile {
     double rcpt_5xx = 0;
     double dot_4xx = 0;
     double dot_5xx = 0;
-    double mid_421 = 0;              // 421 to MAIL, then the connection ends
-    double drop_in_body = 0;         // the connection drops while the body arrives
-    double drop_after_dot = 0;       // the message is taken, the connection drops before the reply
-    double stall = 0;                // stops answering for good (per command)
-    std::uint32_t max_sessions = 0;  // 0: no limit; over it: 421 at the greeting
+    double mid_421 = 0;                 // 421 to MAIL, then the connection ends
+    double drop_in_body = 0;            // the connection drops while the body arrives
+    double drop_after_dot = 0;          // the message is taken, the connection drops before the reply
+    double stall = 0;                   // stops answering for good (per command)
+    std::uint32_t max_sessions = 0;     // 0: no limit; over it: 421 at the greeting
+    host_throttle* throttle = nullptr;  // null: no per-minute limit
 };
 
 struct accepted_message {
@@ -208,6 +223,20 @@ private:
             if (chance(_p.rcpt_4xx)) {
                 out += "450 4.2.1 sim: mailbox busy\r\n";
                 return after::keep_open;
+            }
+            if (host_throttle* t = _p.throttle; t != nullptr) {
+                const std::int64_t now = t->now_ms();
+                while (!t->accepted_ms.empty() && now - t->accepted_ms.front() >= 60'000) {
+                    t->accepted_ms.pop_front();
+                }
+                if (t->accepted_ms.size() >= t->per_minute) {
+                    ++t->refused;
+                    t->refused_ms.push_back(now);
+                    out += "421 4.7.28 sim: our system has detected an unusual rate of unsolicited mail\r\n";
+                    return after::keep_open;
+                }
+                t->accepted_ms.push_back(now);
+                ++t->accepted;
             }
             const std::size_t end = line.find('>');
             _rcpt = line.substr(9, end == std::string::npos ? std::string::npos : end - 9);

@@ -74,6 +74,11 @@ struct world_options {
     // connections_max) and healthy hosts; each is checked at its receivers:
     // never faster than the rate allows, and within 2% of it over the run.
     bool shaped = false;
+    // A quarter of the other domains have healthy hosts that take at most
+    // N messages a minute and answer Gmail's "421 4.7.28 ... unusual rate"
+    // beyond it; the built-in rule gmail-rate must fire exactly where three
+    // such replies came within 10 minutes, and every recipient still ends.
+    bool rules = false;
     bool verbose = false;
 };
 
@@ -82,8 +87,10 @@ struct run_report {
     std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0, in_doubt = 0, unfinished = 0;
     std::uint64_t connections = 0, tls_handshakes = 0, tls_failures = 0, accepted_without_reply = 0;
     double simulated_seconds = 0;
-    std::size_t shaped_checked = 0;  // shaped domains with enough mail to check their rate
-    std::string violation;           // empty: every invariant held
+    std::size_t shaped_checked = 0;                             // shaped domains with enough mail to check their rate
+    std::size_t rules_fired = 0;                                // throttled domains the rule fired on (--rules)
+    std::uint64_t throttle_refused = 0, throttle_accepted = 0;  // at those hosts
+    std::string violation;                                      // empty: every invariant held
 };
 
 // TLS as identity: the handshake is decided by the server's profile.
@@ -170,7 +177,8 @@ private:
         std::uint32_t sessions_max = 0;           // its domain's connections_max
         std::vector<clock::time_point> connects;  // when we opened each connection
         engine::tls_policy policy = engine::tls_policy::opportunistic;
-        std::deque<clock::time_point> refused;  // sessions refused over max_sessions, last refusal_window
+        std::deque<clock::time_point> refused;    // sessions refused over max_sessions, last refusal_window
+        std::unique_ptr<host_throttle> throttle;  // --rules: its per-minute limit
     };
     // A host at its session limit is not hammered: at most this many
     // refusals over max_sessions in any refusal_window (the first burst of
@@ -283,6 +291,9 @@ private:
             dom.name = fmt::format("d{}.{}", d, suffix);
             const std::uint32_t mx_count = 1 + pick(3);
             const bool shaped = _w.shaped && pick(4) == 0;
+            // (Not a domain of the --shaped provider: its rules act on the provider.)
+            const bool throttled =
+                _w.rules && !shaped && !(_w.shaped && std::string_view(suffix) == "ver.sim") && pick(4) == 0;
             std::uint32_t sessions_max = std::max<std::uint32_t>(1, _o.cfg.connections_max);
             if (shaped) {
                 engine::domain_limits dl;
@@ -303,7 +314,15 @@ private:
                                        h.addr);
                 h.policy = _o.cfg.tls_for(dom.name, h.name);
                 h.sessions_max = sessions_max;
-                if (!shaped && uniform() < _w.faulty_hosts) {
+                if (throttled) {
+                    h.throttle = std::make_unique<host_throttle>();
+                    h.throttle->per_minute = 60 + pick(540);
+                    h.throttle->now_ms = [this] {
+                        return std::chrono::duration_cast<milliseconds>(_core->now().time_since_epoch()).count();
+                    };
+                    h.profile.throttle = h.throttle.get();
+                    _throttled.push_back(dom.name);
+                } else if (!shaped && uniform() < _w.faulty_hosts) {
                     h.profile = random_fault();
                 }
                 _host_by_name[h.name] = index;
@@ -411,10 +430,12 @@ private:
     std::unordered_map<std::uint64_t, std::uint32_t> _outcomes;        // line -> outcomes (final or unfinished)
     std::unordered_map<std::string, std::uint32_t> _accepted_by_rcpt;  // address -> messages taken
     std::unordered_map<std::string, shaped_domain> _shaped;            // by domain name
+    std::vector<std::string> _throttled;                               // --rules: names, once per host
     std::optional<engine::provider_table> _providers;
     std::vector<clock::time_point> _provider_accepted;  // messages the provider's hosts took
     std::uint32_t _provider_sessions = 0;               // open at the provider's hosts now
     void check_shaping();
+    void check_rules();
     void check_window(const std::vector<clock::time_point>& t, const engine::rate& r, double in_flight,
                       double min_span_s, double slack, const std::string& what);
     void session_ended(host& h);

@@ -72,6 +72,7 @@ inline run_report simulator::run() {
     }
     full_check();
     check_shaping();
+    check_rules();
     for (std::size_t i = 0; i < _fed && _report.violation.empty(); ++i) {
         const std::uint64_t line = i + 2;
         auto it = _outcomes.find(line);
@@ -112,6 +113,41 @@ inline void simulator::check_window(const std::vector<clock::time_point>& t, con
                                       r.text, j - i + 1, span, allowed));
                 break;
             }
+        }
+    }
+}
+
+// --rules: the built-in gmail-rate (3 within 10 minutes) fired on a
+// throttled domain if and only if three of its hosts' refusals came within
+// 10 minutes (a second of slack either way: the reply travels).
+inline void simulator::check_rules() {
+    std::sort(_throttled.begin(), _throttled.end());
+    _throttled.erase(std::unique(_throttled.begin(), _throttled.end()), _throttled.end());
+    for (const std::string& name : _throttled) {
+        std::vector<std::int64_t> t;
+        for (const domain& d : _domains) {
+            if (d.name != name) {
+                continue;
+            }
+            for (std::size_t hi : d.hosts) {
+                const host_throttle& ht = *_hosts[hi].throttle;
+                t.insert(t.end(), ht.refused_ms.begin(), ht.refused_ms.end());
+                _report.throttle_refused += ht.refused;
+                _report.throttle_accepted += ht.accepted;
+            }
+        }
+        std::sort(t.begin(), t.end());
+        std::int64_t closest = INT64_MAX;  // the shortest span holding three refusals
+        for (std::size_t i = 0; i + 2 < t.size(); ++i) {
+            closest = std::min(closest, t[i + 2] - t[i]);
+        }
+        const bool fired = _core->rule_tallies().count({"gmail-rate", "domain:" + name}) != 0;
+        _report.rules_fired += fired ? 1 : 0;
+        if (!fired && closest <= 600'000 - 1'000) {
+            violation(fmt::format("{}: three 4.7.28 refusals within {} ms and gmail-rate never fired", name, closest));
+        } else if (fired && closest > 600'000 + 1'000) {
+            violation(fmt::format("{}: gmail-rate fired without three refusals within 10 minutes ({} refusals)", name,
+                                  t.size()));
         }
     }
 }
