@@ -35,7 +35,16 @@
 
 #include <chrono>
 #include <cstdint>
+// GCC 12 warns -Wmaybe-uninitialized inside <regex>'s automaton when it is
+// built with -fsanitize (a false positive in the library's own code).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <regex>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #include <string>
 #include <string_view>
 #include <vector>
