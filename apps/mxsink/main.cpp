@@ -21,6 +21,12 @@
 //          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
 //          [--fault tls-garbage|tls-drop|tls-stall] [--record FILE]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
+//          [--profile FILE.toml [--seed N]]
+//
+// With --profile it plays a provider (see profile.hpp): per-domain accept
+// rates with the provider's throttling reply beyond them, a connection cap
+// per client address, seeded fractions of refusals and drops, and delays;
+// --stats-json then has "refused", what it refused and why.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -52,6 +58,7 @@
 #include "mxpress/io/ring.hpp"
 #include "mxpress/net/tls.hpp"
 #include "mxpress/net/tls_channel.hpp"
+#include "profile.hpp"
 
 namespace {
 
@@ -178,6 +185,7 @@ struct sink_settings {
     SSL_CTX* tls = nullptr;  // null: no STARTTLS offered, no TLS listeners
     enum class fault { none, tls_garbage, tls_drop, tls_stall } fault = fault::none;
     message_recorder* recorder = nullptr;  // null: no --record
+    mxsink::provider* provider = nullptr;  // null: no --profile
 };
 
 void on_signal(int) {
@@ -232,6 +240,16 @@ struct session {
     // --record only: the transaction's recipients and DATA bytes so far.
     std::vector<std::string> rcpt_addrs;
     std::string data;
+    // --profile only: the client's address (counted against connections_max
+    // while `counted`), the fate of the message in DATA, and the delay the
+    // next write of replies waits (delay_ms).
+    std::uint32_t client = 0;
+    bool counted = false;
+    mxsink::fate data_fate = mxsink::fate::none;
+    std::uint32_t delay_ms = 0;
+    bool delaying = false;
+    op delay_op;
+    __kernel_timespec delay_ts{};
 };
 
 // Owns every session and listener of a worker. Declared before the ring in
@@ -334,8 +352,23 @@ private:
         s->recv_op.s = s;
         s->send_op.fn = &worker::on_send;
         s->send_op.s = s;
+        s->delay_op.fn = &worker::on_delay;
+        s->delay_op.s = s;
         w->_counters.connections.fetch_add(1, std::memory_order_relaxed);
         s->out = greeting;
+        if (mxsink::provider* p = w->_settings.provider) {
+            sockaddr_in peer{};
+            socklen_t len = sizeof peer;
+            if (::getpeername(res, reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
+                s->client = peer.sin_addr.s_addr;
+            }
+            s->delay_ms = p->config().defaults.delay_ms;
+            s->counted = p->open(s->client);
+            if (!s->counted) {
+                s->out = p->config().connections_reply + "\r\n";
+                s->closing = true;
+            }
+        }
         if (l->implicit_tls) {
             s->tls = std::make_unique<tls_channel>(w->_settings.tls, tls_stream::role::server);
             s->tls->start();
@@ -352,12 +385,21 @@ private:
     // One send in flight per session; a short send resumes from send_off,
     // so ciphertext is never reordered.
     void pump(session* s) {
-        if (s->sending || s->dead) {
+        if (s->sending || s->dead || s->delaying) {
             return;
         }
         if (s->send_off >= s->sending_buf.size()) {
             s->sending_buf.clear();
             s->send_off = 0;
+            if (s->delay_ms > 0 && (!s->out.empty() || !s->plain_first.empty())) {
+                // --profile delay_ms: these replies wait, then go in one write.
+                s->delaying = true;
+                ++s->in_flight;
+                s->delay_ts = mxpress::io::timespec_ms(s->delay_ms);
+                s->delay_ms = 0;
+                io_uring_prep_timeout(_ring.sqe(&s->delay_op), &s->delay_ts, 0, 0);
+                return;
+            }
             if (!s->plain_first.empty()) {
                 s->sending_buf.swap(s->plain_first);
             } else if (s->tls) {
@@ -387,6 +429,18 @@ private:
         ++s->in_flight;
         io_uring_prep_send(_ring.sqe(&s->send_op), s->fd, s->sending_buf.data() + s->send_off,
                            s->sending_buf.size() - s->send_off, MSG_NOSIGNAL);
+    }
+
+    static void on_delay(mxpress::io::completion* c, int, unsigned) {
+        session* s = static_cast<session::op*>(c)->s;
+        worker* w = s->owner;
+        --s->in_flight;
+        s->delaying = false;
+        if (s->dead) {
+            w->maybe_free(s);
+            return;
+        }
+        w->pump(s);
     }
 
     static void on_send(mxpress::io::completion* c, int res, unsigned) {
@@ -464,6 +518,9 @@ private:
         while (i < in.size()) {
             if (s->in_data) {
                 i = scan_data(s, in, i);
+                if (s->closing) {
+                    return;  // --profile drop_after_dot
+                }
                 continue;
             }
             const std::size_t nl = in.find('\n', i);
@@ -511,9 +568,6 @@ private:
                     s->in_data = false;
                     s->data_match = 0;
                     s->rcpts = 0;
-                    _counters.messages.fetch_add(1, std::memory_order_relaxed);
-                    g_messages.fetch_add(1, std::memory_order_relaxed);
-                    s->out += "250 2.0.0 Ok: queued\r\n";
                     complete = true;
                     break;
                 }
@@ -524,18 +578,52 @@ private:
         _counters.bytes.fetch_add(i - start, std::memory_order_relaxed);
         if (_settings.recorder != nullptr) {
             s->data.append(in.substr(start, i - start));
-            if (complete) {
-                _settings.recorder->record(s->rcpt_addrs, message_recorder::unstuff(s->data));
-                s->data.clear();
-                s->rcpt_addrs.clear();
-            }
+        }
+        if (complete) {
+            end_of_data(s);
         }
         return i;
+    }
+
+    // The final dot arrived: the message is accepted (recorded, counted,
+    // 250), or refused or dropped as the --profile decided at DATA.
+    void end_of_data(session* s) {
+        const mxsink::fate f = s->data_fate;
+        s->data_fate = mxsink::fate::none;
+        if (f == mxsink::fate::data_4xx || f == mxsink::fate::data_5xx) {
+            reply(s, _settings.provider->reply(f, mxsink::provider::domain_of(s->rcpt_addrs.front())));
+        } else {
+            _counters.messages.fetch_add(1, std::memory_order_relaxed);
+            g_messages.fetch_add(1, std::memory_order_relaxed);
+            if (_settings.recorder != nullptr) {
+                _settings.recorder->record(s->rcpt_addrs, message_recorder::unstuff(s->data));
+            }
+            if (f == mxsink::fate::drop_after_dot) {
+                s->closing = true;  // kept, but the client never hears so
+            } else {
+                s->out += "250 2.0.0 Ok: queued\r\n";
+            }
+        }
+        s->data.clear();
+        s->rcpt_addrs.clear();
+    }
+
+    // A --profile refusal: its text, and a 421 closes the connection.
+    static void reply(session* s, std::string_view text) {
+        s->out += text;
+        s->out += "\r\n";
+        if (text.starts_with("421")) {
+            s->closing = true;
+        }
     }
 
     void command(session* s, std::string_view line) {
         using mxpress::detail::iequals;
         const std::string_view verb = line.substr(0, 4);
+        mxsink::provider* const p = _settings.provider;
+        if (p != nullptr) {
+            s->delay_ms = std::max(s->delay_ms, p->config().defaults.delay_ms);
+        }
         if (iequals(verb, "EHLO")) {
             s->out += _settings.tls != nullptr && !s->tls ? ehlo_reply_starttls : ehlo_reply;
         } else if (iequals(verb, "HELO")) {
@@ -545,10 +633,20 @@ private:
             s->rcpt_addrs.clear();
             s->out += "250 2.1.0 Ok\r\n";
         } else if (iequals(verb, "RCPT")) {
-            ++s->rcpts;
-            if (_settings.recorder != nullptr) {
+            if (p != nullptr) {
+                std::string addr = rcpt_address(line);
+                const std::string domain = mxsink::provider::domain_of(addr);
+                s->delay_ms = std::max(s->delay_ms, p->config().for_domain(domain).delay_ms);
+                const mxsink::fate f = p->rcpt(addr, std::chrono::steady_clock::now());
+                if (f != mxsink::fate::none) {
+                    reply(s, p->reply(f, domain));
+                    return;
+                }
+                s->rcpt_addrs.push_back(std::move(addr));
+            } else if (_settings.recorder != nullptr) {
                 s->rcpt_addrs.emplace_back(rcpt_address(line));
             }
+            ++s->rcpts;
             _counters.recipients.fetch_add(1, std::memory_order_relaxed);
             s->out += "250 2.1.5 Ok\r\n";
         } else if (iequals(verb, "DATA")) {
@@ -558,6 +656,15 @@ private:
                 s->in_data = true;
                 s->data_match = 2;  // at the start of a line: ".\r\n" alone ends the data
                 s->out += "354 End data with <CR><LF>.<CR><LF>\r\n";
+                if (p != nullptr) {
+                    s->data_fate = p->data(s->rcpt_addrs);
+                    s->delay_ms =
+                        std::max(s->delay_ms,
+                                 p->config().for_domain(mxsink::provider::domain_of(s->rcpt_addrs.front())).delay_ms);
+                    if (s->data_fate == mxsink::fate::drop_before_dot) {
+                        s->closing = true;  // the client's data finds a closed socket
+                    }
+                }
             }
         } else if (iequals(verb, "RSET")) {
             s->rcpts = 0;
@@ -625,6 +732,9 @@ private:
 
     void maybe_free(session* s) {
         if (s->in_flight == 0) {
+            if (s->counted) {
+                _settings.provider->close(s->client);
+            }
             ::close(s->fd);
             _registry.sessions.erase(s);
             delete s;
@@ -673,6 +783,8 @@ int main(int argc, char** argv) {
     std::string tls_key;
     std::string fault = "none";
     std::string record_path;
+    std::string profile_path;
+    std::uint64_t seed = 1;
     app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable); offers STARTTLS with --tls-cert");
     app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (like port 465; needs --tls-cert)");
     app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
@@ -684,6 +796,10 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--record", record_path,
                    "Write one JSON line per message: recipients, size, SHA-256 and the To: and X-Row-Code: values");
+    app.add_option("--profile", profile_path,
+                   "Play a provider (TOML): accept rates, connection cap, refusals, drops, delays");
+    app.add_option("--seed", seed, "Seed of the --profile's refusals and drops (same seed, same refusals)")
+        ->capture_default_str();
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
     app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
@@ -697,6 +813,7 @@ int main(int argc, char** argv) {
     std::vector<sockaddr_in> tls_addrs;
     std::optional<mxpress::net::tls_context> tls;
     std::optional<message_recorder> recorder;
+    std::optional<mxsink::provider> provider;
     sink_settings settings;
     try {
         if (listen.empty() && listen_tls.empty()) {
@@ -729,6 +846,13 @@ int main(int argc, char** argv) {
             recorder.emplace(record_path);
             settings.recorder = &*recorder;
         }
+        if (!profile_path.empty()) {
+            provider.emplace(mxsink::load_profile(profile_path), seed);
+            settings.provider = &*provider;
+        }
+    } catch (const mxpress::mail::input_error& e) {
+        std::fprintf(stderr, "mxsink: %s\n", e.describe().c_str());
+        return 2;
     } catch (const std::exception& e) {
         std::fprintf(stderr, "mxsink: %s\n", e.what());
         return 2;
@@ -769,9 +893,10 @@ int main(int argc, char** argv) {
         double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     const std::string stats = fmt::format(
         "{{\"connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"tls_handshakes\":{},"
-        "\"tls_resumed\":{},\"tls_failures\":{},\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
+        "\"tls_resumed\":{},\"tls_failures\":{},{}\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
         c.connections.load(), c.messages.load(), c.recipients.load(), c.bytes.load(), c.tls_handshakes.load(),
-        c.tls_resumed.load(), c.tls_failures.load(), cpu,
+        c.tls_resumed.load(), c.tls_failures.load(),
+        provider ? fmt::format("\"refused\":{},", provider->refused_json()) : std::string(), cpu,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!stats_json.empty()) {
         std::ofstream(stats_json) << stats;

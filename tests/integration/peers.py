@@ -204,9 +204,10 @@ def certs(peers):
     return peers._certs
 
 
-def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1):
-    """Starts mxsink; tls = (cert, key). Returns the path of its --stats-json;
-    what it received is in record_of(that path) (see read_record)."""
+def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1, profile=None, seed=None):
+    """Starts mxsink; tls = (cert, key); profile = a --profile file (with
+    --seed seed). Returns the path of its --stats-json; what it received is
+    in record_of(that path) (see read_record)."""
     stats = peers.path(f"mxsink-{listen.replace(':', '_')}-{len(peers.procs)}.json")
     args = [binary, "--listen", listen, "--threads", str(threads), "--stats-json", stats,
             "--record", record_of(stats)]
@@ -216,6 +217,10 @@ def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1
         args += ["--tls-cert", tls[0], "--tls-key", tls[1]]
     if fault:
         args += ["--fault", fault]
+    if profile:
+        args += ["--profile", profile]
+    if seed is not None:
+        args += ["--seed", str(seed)]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peers.procs.append(p)
     host, port = listen.rsplit(":", 1)
