@@ -163,11 +163,11 @@ TEST(Throttle, TriggerCountsMatchesWithinItsSpan) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    EXPECT_FALSE(t.hit(r, 0, now, 100, 0, f));
-    EXPECT_FALSE(t.hit(r, 0, now + 6min, 100, 0, f));
-    EXPECT_FALSE(t.hit(r, 0, now + 12min, 100, 0, f));  // the first fell out of the span
+    EXPECT_FALSE(t.hit(r, 0, now, 100, 0, f, clock::time_point::max()));
+    EXPECT_FALSE(t.hit(r, 0, now + 6min, 100, 0, f, clock::time_point::max()));
+    EXPECT_FALSE(t.hit(r, 0, now + 12min, 100, 0, f, clock::time_point::max()));  // the first fell out of the span
     EXPECT_EQ(t.current(), throttle::state::normal);
-    EXPECT_TRUE(t.hit(r, 0, now + 13min, 100, 0, f));
+    EXPECT_TRUE(t.hit(r, 0, now + 13min, 100, 0, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::scaled);
     EXPECT_DOUBLE_EQ(f.rate_per_s, 50);
     EXPECT_EQ(f.rule, "r");
@@ -181,12 +181,12 @@ TEST(Throttle, ScaleHalvesThenRecoversStepByStep) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    ASSERT_TRUE(t.hit(r, 0, now, 100, 0, f));
+    ASSERT_TRUE(t.hit(r, 0, now, 100, 0, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 50);
-    ASSERT_TRUE(t.hit(r, 0, now + 1s, 100, 0, f));
+    ASSERT_TRUE(t.hit(r, 0, now + 1s, 100, 0, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 25);
-    ASSERT_TRUE(t.hit(r, 0, now + 2s, 100, 0, f));
-    ASSERT_TRUE(t.hit(r, 0, now + 3s, 100, 0, f));
+    ASSERT_TRUE(t.hit(r, 0, now + 2s, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(r, 0, now + 3s, 100, 0, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 10);  // the floor, not 6.25
     now += 3s;
     EXPECT_FALSE(t.advance(now + 4min));
@@ -209,7 +209,7 @@ TEST(Throttle, AnUnlimitedDestinationScalesFromWhatItSent) {
     EXPECT_NEAR(m.per_second(now + 20s), 100, 5);
     throttle t;
     rule_firing f;
-    ASSERT_TRUE(t.hit(only_rule(c), 0, now + 20s, 0, m.per_second(now + 20s), f));
+    ASSERT_TRUE(t.hit(only_rule(c), 0, now + 20s, 0, m.per_second(now + 20s), f, clock::time_point::max()));
     EXPECT_NEAR(f.rate_per_s, 50, 3);
     EXPECT_NEAR(f.base_per_s, 100, 5);
 }
@@ -224,7 +224,7 @@ TEST(Throttle, SuspendLiftsIntoARampAndStopStays) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    ASSERT_TRUE(t.hit(c.rules.rules[0], 0, now, 100, 0, f));
+    ASSERT_TRUE(t.hit(c.rules.rules[0], 0, now, 100, 0, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::suspended);
     EXPECT_EQ(f.until, now + 30min);
     EXPECT_FALSE(t.advance(now + 29min));
@@ -235,9 +235,33 @@ TEST(Throttle, SuspendLiftsIntoARampAndStopStays) {
     EXPECT_TRUE(t.advance(now + 35min));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 20);
 
-    ASSERT_TRUE(t.hit(c.rules.rules[1], 1, now + 36min, 100, 0, f));
+    ASSERT_TRUE(t.hit(c.rules.rules[1], 1, now + 36min, 100, 0, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::stopped);
     EXPECT_FALSE(t.advance(now + 48h));
     EXPECT_EQ(t.current(), throttle::state::stopped);
-    EXPECT_FALSE(t.hit(c.rules.rules[0], 0, now + 49h, 100, 0, f));
+    EXPECT_FALSE(t.hit(c.rules.rules[0], 0, now + 49h, 100, 0, f, clock::time_point::max()));
+}
+
+// Replies to mail sent before a firing are one signal with the replies that
+// fired it: a burst of them from every connection in flight does not halve
+// the rate again and again.
+TEST(Throttle, RepliesToMailSentBeforeAFiringDoNotFireAgain) {
+    const config c = parse_config("[[rule]]\nname = \"r\"\nmatch = 'x'\ntrigger = \"3/10m\"\n", "c.toml");
+    const rule& r = only_rule(c);
+    throttle t;
+    rule_firing f;
+    const clock::time_point sent = clock::time_point{} + 1h;
+    const clock::time_point now = sent + 100ms;
+    ASSERT_FALSE(t.hit(r, 0, now, 100, 0, f, sent));
+    ASSERT_FALSE(t.hit(r, 0, now, 100, 0, f, sent));
+    ASSERT_TRUE(t.hit(r, 0, now, 100, 0, f, sent));
+    for (int k = 0; k < 9; ++k) {  // the other connections' replies
+        EXPECT_FALSE(t.hit(r, 0, now + 10ms, 100, 0, f, sent));
+    }
+    EXPECT_DOUBLE_EQ(t.rate_per_s(), 50);
+    for (int k = 0; k < 2; ++k) {  // sent after the firing: these count
+        EXPECT_FALSE(t.hit(r, 0, now + 2s, 100, 0, f, now + 1s));
+    }
+    EXPECT_TRUE(t.hit(r, 0, now + 2s, 100, 0, f, now + 1s));
+    EXPECT_DOUBLE_EQ(t.rate_per_s(), 25);
 }

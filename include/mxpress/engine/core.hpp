@@ -629,7 +629,9 @@ private:
         throttle::state state = throttle::state::normal;
         clock::time_point until{};  // suspended: when it lifts
     };
-    const rule* apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep);
+    const rule* apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep, clock::time_point sent);
+    bool scaled(const domain_state& d) const noexcept;
+    void rebook_scaled(mx_pool& p, domain_state& d, clock::time_point when);
     void refresh_pace(domain_state& d);
     hold held(const recipient& r);
     bool hold_back(std::unique_ptr<recipient>& r);

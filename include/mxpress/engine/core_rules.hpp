@@ -48,7 +48,8 @@ inline void restore_throttle(throttle& t, const journal_rule_event& ev, const ru
     t.advance(now);
 }
 
-inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep) {
+inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep,
+                                              clock::time_point sent) {
     if (rep.code < 400 || (d == nullptr && prov == nullptr)) {
         return nullptr;
     }
@@ -63,9 +64,9 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
     rule_firing f;
     bool fired = false;
     if (prov != nullptr && (m->domain.empty() || d == nullptr)) {
-        fired = prov->rule_hit(*m, index, _now, f);
+        fired = prov->rule_hit(*m, index, _now, f, sent);
     } else {
-        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.per_second(_now), f);
+        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.per_second(_now), f, sent);
         if (fired) {
             f.scope = "domain:" + d->name;
             refresh_pace(*d);
@@ -146,6 +147,38 @@ inline bool delivery_core::hold_back(std::unique_ptr<recipient>& r) {
     park(*r);
     _retries.push(h.until, std::move(r));
     return true;
+}
+
+// The front of `p`'s queue may not start a transaction yet and a rule
+// scaled its destination down after it queued: its domain's queued mail is
+// booked again at the scaled pace and waits parked, so it does not hold up
+// the other domains sharing the host (each booking is a slot of its own, no
+// earlier than `when`).
+inline void delivery_core::rebook_scaled(mx_pool& p, domain_state& d, clock::time_point when) {
+    std::deque<std::unique_ptr<recipient>> keep;
+    std::deque<std::unique_ptr<recipient>> work;
+    work.swap(p.work);
+    for (auto& r : work) {
+        if (r->domain != &d) {
+            keep.push_back(std::move(r));
+            continue;
+        }
+        clock::time_point slot = d.pace.next_free(when);
+        if (d.provider != nullptr) {
+            slot = d.provider->pace().reserve(slot);
+        }
+        slot = std::max(when, d.pace.reserve(slot));
+        r->paced = true;
+        r->not_before = slot;
+        park(*r);
+        _retries.push(slot, std::move(r));
+    }
+    p.work.swap(keep);
+}
+
+inline bool delivery_core::scaled(const domain_state& d) const noexcept {
+    return d.adapt.current() == throttle::state::scaled ||
+           (d.provider != nullptr && d.provider->adaptive() == throttle::state::scaled);
 }
 
 // What queued at `p` before a rule held its destination back leaves the queue.

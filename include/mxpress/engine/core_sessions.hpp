@@ -294,7 +294,7 @@ inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
                 // Greeting or EHLO failed: this host is not taking mail now.
                 // The reply counts for the host's provider, or the domain
                 // of the mail queued there.
-                apply_rules(p.work.empty() ? nullptr : p.work.front()->domain, p.provider, e.last_reply);
+                apply_rules(p.work.empty() ? nullptr : p.work.front()->domain, p.provider, e.last_reply, _now);
                 host_failed(p, e.last_reply);
             }
             break;
@@ -329,7 +329,7 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         default: break;
     }
     const bool closed = c.client.current_state() == smtp::client::state::closed;
-    const rule* matched = e.result->in_doubt ? nullptr : apply_rules(r->domain, r->domain->provider, rep);
+    const rule* matched = e.result->in_doubt ? nullptr : apply_rules(r->domain, r->domain->provider, rep, r->sent_at);
     if (matched != nullptr && matched->action != rule_action::scale) {
         // A block or an authentication failure: about the sender, not this
         // address. Held back if the rule fired; retried as usual if not yet.
@@ -451,6 +451,10 @@ inline void delivery_core::fill(connection& c) {
             continue;
         }
         if (clock::time_point when{}; !may_send(*p.work.front(), when)) {
+            if (domain_state& d = *p.work.front()->domain; scaled(d) && p.work.size() > 1) {
+                rebook_scaled(p, d, when);  // a rule slowed it after it queued: do not hold the others up
+                continue;
+            }
             // Over its domain's or provider's rate right now (mail that
             // queued while the host was busy): wait, and look again then.
             if (ready && c.state != conn_state::idle) {
@@ -493,6 +497,7 @@ inline void delivery_core::fill(connection& c) {
         env.rcpt_to.push_back(r->email);
         env.eight_bit = rr.eight_bit;
         env.smtputf8 = r->smtputf8 || rr.needs_smtputf8;
+        r->sent_at = _now;
         r->domain->meter.note(_now);  // what a rule scales from when no rate is configured
         if (r->domain->provider != nullptr) {
             r->domain->provider->note_sent(_now);

@@ -105,10 +105,10 @@ public:
     void note_sent(clock::time_point now) noexcept { _meter.note(now); }
 
     // A reply of one of its hosts matched rule `r` (the `index`th).
-    bool rule_hit(const rule& r, std::size_t index, clock::time_point now, rule_firing& out) {
+    bool rule_hit(const rule& r, std::size_t index, clock::time_point now, rule_firing& out, clock::time_point sent) {
         const std::lock_guard<std::mutex> lock(_adapt_mutex);
         const double configured = _cfg.max_message_rate ? per_second(*_cfg.max_message_rate) : 0.0;
-        if (!_throttle.hit(r, index, now, configured, _meter.per_second(now), out)) {
+        if (!_throttle.hit(r, index, now, configured, _meter.per_second(now), out, sent)) {
             return false;
         }
         out.scope = "provider:" + _cfg.name;

@@ -35,6 +35,7 @@ struct recipient {
     std::uint8_t in_doubt = 0;   // attempts that ended after the body went out, before the server's reply
     bool retried_fresh = false;  // requeued once after a reused session ended under it
     clock::time_point first_attempt{};
+    clock::time_point sent_at{};  // its last transaction started (a reply to it counts for rules after that)
     clock::time_point not_before{};
     smtp::reply last_reply;
     std::string last_mx;

@@ -108,12 +108,18 @@ public:
     // when this hit fires it (then `out` says what it did). `configured`:
     // the destination's max_message_rate (0: unlimited); `observed`: its
     // recent rate (rate_meter).
+    // `sent`: when the transaction the reply answers started. A reply to
+    // mail sent before the last firing does not count: the burst of replies
+    // to what was in flight then is one signal, not several.
     bool hit(const rule& r, std::size_t index, clock::time_point now, double configured, double observed,
-             rule_firing& out) {
+             rule_firing& out, clock::time_point sent) {
         if (_state == state::stopped) {
             return false;
         }
         _quiet_since = now;  // recovery starts over
+        if (sent < _fired_at) {
+            return false;
+        }
         if (_hits.size() <= index) {
             _hits.resize(index + 1);
         }
@@ -129,6 +135,7 @@ public:
             return false;
         }
         h.clear();
+        _fired_at = now;
         if (_state == state::normal) {
             _base = configured > 0 ? configured : std::max(observed, per_second(r.floor));
         }
@@ -209,6 +216,7 @@ private:
     std::chrono::milliseconds _every{0};
     clock::time_point _quiet_since{};  // no hit since
     clock::time_point _until{};
+    clock::time_point _fired_at{};  // the last firing
     std::string _by;
     std::vector<std::deque<clock::time_point>> _hits;  // per rule index, the recent hits (at most trigger_count)
 };
