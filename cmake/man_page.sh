@@ -10,7 +10,8 @@ name=$(basename "$bin")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # Run it by name, so its usage lines say "mxpress", not the build path.
-export PATH="$(cd "$(dirname "$bin")" && pwd):$PATH"
+bindir=$(cd "$(dirname "$bin")" && pwd)
+export PATH="$bindir:$PATH"
 
 # roff for a verbatim block: backslashes, hyphens (so options copy and
 # paste), and lines that would start with a control character.
