@@ -90,9 +90,11 @@ class SinkProfile(unittest.TestCase):
             print(f"refused {stats['refused']}, rule fired {len(ev)} times", file=sys.stderr)
 
     def test_the_same_seed_gives_the_same_refusals(self):
-        profile = ('[default]\nrcpt_4xx = 0.2\nrcpt_5xx = 0.05\ndata_4xx = 0.15\ndata_5xx = 0.05\n'
+        # Small enough that the longest chain of retried 4xx is a few seconds
+        # (it was 50 s at 200 rows and 35% 4xx, 130 s under TSan).
+        profile = ('[default]\nrcpt_4xx = 0.1\nrcpt_5xx = 0.05\ndata_4xx = 0.1\ndata_5xx = 0.05\n'
                    'data_4xx_reply = "451 4.3.0 Mail server temporarily rejected message"\n')
-        emails = [f"r{k}@seed{k % 3}.test" for k in range(200)]
+        emails = [f"r{k}@seed{k % 3}.test" for k in range(100)]
         runs = []
         with Peers() as peers:
             for tag, seed in (("a", 42), ("b", 42), ("c", 43)):
@@ -106,7 +108,7 @@ class SinkProfile(unittest.TestCase):
                 assert_exactly_once(self, arrivals, {e: c for e, c in codes.items() if e not in bounced})
                 runs.append((rows, stats["refused"]))
         (rows_a, refused_a), (rows_b, refused_b), (rows_c, refused_c) = runs
-        self.assertGreater(refused_a["rcpt_4xx"] + refused_a["data_4xx"], 40, refused_a)
+        self.assertGreater(refused_a["rcpt_4xx"] + refused_a["data_4xx"], 8, refused_a)
         self.assertEqual(rows_a, rows_b, "same seed, other outcomes or attempts")
         self.assertEqual(refused_a, refused_b)
         self.assertNotEqual(rows_a, rows_c, "another seed, the same outcomes")
