@@ -73,6 +73,25 @@ inline void append_json_escaped(std::string& out, std::string_view s) {
     }
 }
 
+// Appends code point `cp` as UTF-8 (the JSON readers' \u escapes).
+inline void append_utf8(std::string& out, std::uint32_t cp) {
+    if (cp < 0x80) {
+        out += static_cast<char>(cp);
+    } else if (cp < 0x800) {
+        out += static_cast<char>(0xC0 | (cp >> 6));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        out += static_cast<char>(0xE0 | (cp >> 12));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else {
+        out += static_cast<char>(0xF0 | (cp >> 18));
+        out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+        out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+        out += static_cast<char>(0x80 | (cp & 0x3F));
+    }
+}
+
 inline void append_json_string(std::string& out, std::string_view s) {
     out += '"';
     append_json_escaped(out, s);
@@ -122,23 +141,6 @@ std::string parse_flat_json_object(std::string_view s, OnMember&& on_member) {
         }
         return true;
     };
-    auto put_utf8 = [](std::string& out, std::uint32_t cp) {
-        if (cp < 0x80) {
-            out += static_cast<char>(cp);
-        } else if (cp < 0x800) {
-            out += static_cast<char>(0xC0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        } else {
-            out += static_cast<char>(0xF0 | (cp >> 18));
-            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        }
-    };
     auto parse_string = [&](std::string& out) -> bool {
         if (i >= s.size() || s[i] != '"') {
             return false;
@@ -187,7 +189,7 @@ std::string parse_flat_json_object(std::string_view s, OnMember&& on_member) {
                     } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                         return false;
                     }
-                    put_utf8(out, cp);
+                    append_utf8(out, cp);
                     break;
                 }
                 default: return false;

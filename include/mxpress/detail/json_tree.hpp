@@ -17,6 +17,8 @@
 #include <utility>
 #include <vector>
 
+#include "mxpress/detail/json.hpp"
+
 namespace mxpress::detail {
 
 inline constexpr int json_depth_max = 32;
@@ -219,24 +221,6 @@ private:
         return v;
     }
 
-    static void put_utf8(std::string& out, std::uint32_t cp) {
-        if (cp < 0x80) {
-            out += static_cast<char>(cp);
-        } else if (cp < 0x800) {
-            out += static_cast<char>(0xC0 | (cp >> 6));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        } else if (cp < 0x10000) {
-            out += static_cast<char>(0xE0 | (cp >> 12));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        } else {
-            out += static_cast<char>(0xF0 | (cp >> 18));
-            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (cp & 0x3F));
-        }
-    }
-
     std::string string() {
         if (_i >= _s.size() || _s[_i] != '"') {
             fail("expected a string");
@@ -282,7 +266,7 @@ private:
                     } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                         fail("lone surrogate");
                     }
-                    put_utf8(out, cp);
+                    append_utf8(out, cp);
                     break;
                 }
                 default: fail("bad escape");
