@@ -219,7 +219,14 @@ class Interrupt(unittest.TestCase):
             jpath = peers.path("j.jsonl")
             first = subprocess.Popen(self.send_args(recipients, message, jpath, port), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
-            time.sleep(0.1)
+            # The first run holds the lock once its journal has a header; only
+            # then is the second one started (on a loaded machine 0.1 s was
+            # not always enough, and the first run was the one refused).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and first.poll() is None and \
+                    (not os.path.exists(jpath) or os.path.getsize(jpath) == 0):
+                time.sleep(0.01)
+            self.assertIsNone(first.poll(), "the first run ended before its journal could be seen in use")
             second = subprocess.run(self.send_args(recipients, message, jpath, port, "--resume"),
                                     capture_output=True, text=True, timeout=120)
             _, err = first.communicate(timeout=120)
