@@ -797,6 +797,12 @@ int run_send(const send_options& o) {
     }
     ro.shard.stop_grace = std::chrono::milliseconds(static_cast<std::int64_t>(o.stop_grace * 1000));
     ro.signals = &signals;
+    // SIGHUP reads --config again during the run (engine/config_reload.hpp).
+    std::optional<engine::config_reloader> reloader;
+    if (!o.config.empty()) {
+        reloader.emplace(o.config, ro.shard.cfg);
+        ro.reloader = &*reloader;
+    }
     engine::shared_journal journal(std::move(writer));
     std::string header_line;
     append_journal_header(header_line, header);
@@ -1318,7 +1324,9 @@ int main(int argc, char** argv) {
                      "Message template (RFC 5322, {{field}} merge fields); or a message from parts (--text, ...)");
     send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
         ->required();
-    send->add_option("--config", so.config, "TOML configuration (see README; safe defaults built in)");
+    send->add_option("--config", so.config,
+                     "TOML configuration (see README; safe defaults built in). SIGHUP reads it again during the "
+                     "run: limits, rules and timeouts change within a second; an invalid file changes nothing");
     send->add_option("--journal", so.journal,
                      "Outcome journal, JSON Lines (default: beside the recipients file, "
                      "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run; with --plan, "

@@ -11,6 +11,7 @@ exactly once.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,6 +88,72 @@ class Shaping(unittest.TestCase):
             print(f"slow.test: {len(slow)} messages at {measured:.2f}/s over {span:.1f} s; fast.test: {len(fast)} in "
                   f"{fast[-1] - fast[0]:.2f} s", file=sys.stderr)
 
+
+    def test_sighup_applies_new_limits_within_a_second_and_a_bad_file_changes_nothing(self):
+        fast_rate, slow_rate = (10, 4) if sanitized() else (40, 10)
+        rows = fast_rate * 4 + slow_rate * 8
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            recipients, message, config = peers.path("r.csv"), peers.path("m.eml"), peers.path("c.toml")
+            codes = write_coded_recipients(recipients, [f"s{k}@slow.test" for k in range(rows)])
+            with open(message, "w") as f:
+                f.write(CODED_TEMPLATE)
+
+            def limits(rate, connections):
+                with open(config, "w") as f:
+                    f.write(f'[domain."slow.test"]\nmax_message_rate = "{rate}/s,burst=2"\n'
+                            f'connections_max = {connections}\n')
+
+            limits(fast_rate, 2)
+            p = subprocess.Popen([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                  "b@sender.test", "--route", f"*=127.0.0.2:{port}", "--config", config,
+                                  "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                time.sleep(1.5)
+                # A file that does not parse: the run goes on as it was, and says why.
+                with open(config, "w") as f:
+                    f.write('[domain."slow.test"]\nmax_message_rate = "fast"\n')
+                bad_at = time.time()
+                p.send_signal(signal.SIGHUP)
+                time.sleep(2.0)
+                limits(slow_rate, 1)
+                hup_at = time.time()
+                p.send_signal(signal.SIGHUP)
+                out, err = p.communicate(timeout=120)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+            self.assertEqual(p.returncode, 0, err)
+            self.assertIn(f"mxpress: SIGHUP: {config}:2:", err)
+            self.assertIn("the configuration in force stays", err)
+            self.assertIn(f"mxpress: SIGHUP: {config} reloaded", err)
+            stop_and_read_stats(peers, stats)
+            arrivals = read_record(record_of(stats))
+            assert_exactly_once(self, arrivals, codes)
+            t = sorted(a["t"] for a in arrivals)
+
+            def rate_between(a, b):
+                return sum(1 for x in t if a <= x < b) / (b - a)
+
+            # Between the bad file and the good one, the first rate held.
+            kept = rate_between(bad_at + 0.3, hup_at)
+            self.assertAlmostEqual(kept / fast_rate, 1.0, delta=0.25,
+                                   msg=f"{kept:.1f}/s after the bad file, max_message_rate {fast_rate}/s")
+            # From a second after the good one: the new rate, over what is left.
+            after = [x for x in t if x >= hup_at + 1.0]
+            self.assertGreaterEqual(len(after), slow_rate * 5, "enough mail left to measure the new rate")
+            measured = (len(after) - 1) / (after[-1] - after[0])
+            self.assertAlmostEqual(measured / slow_rate, 1.0, delta=0.10,
+                                   msg=f"{measured:.2f}/s after SIGHUP, max_message_rate {slow_rate}/s")
+            j = 0
+            for i in range(len(after)):
+                while j < len(after) and after[j] - after[i] <= 1.0:
+                    j += 1
+                self.assertLessEqual(j - i, slow_rate + 2 + 2, f"{j - i} messages within 1 s after SIGHUP")
+            print(f"slow.test: {kept:.1f}/s after the bad file, {measured:.2f}/s after SIGHUP "
+                  f"({len(after)} messages)", file=sys.stderr)
 
     def test_a_provider_budget_is_one_across_shards(self):
         rate = 6 if sanitized() else 50

@@ -28,7 +28,8 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             static_cast<unsigned long long>(w.seed), r.violation.c_str(), static_cast<unsigned long long>(w.seed),
             w.recipients, w.domains,
             (std::string(w.drain_after_seconds > 0 ? fmt::format(" --drain-after {}", w.drain_after_seconds) : "") +
-             (w.shaped ? " --shaped" : "") + (w.rules ? " --rules" : ""))
+             (w.shaped ? " --shaped" : "") + (w.rules ? " --rules" : "") +
+             (w.reload_after_seconds > 0 ? fmt::format(" --reload-after {}", w.reload_after_seconds) : ""))
                 .c_str());
         return 1;
     }
@@ -71,7 +72,14 @@ int main(int argc, char** argv) {
                  "the built-in rule must fire where it should");
     app.add_option("--drain-after", w.drain_after_seconds,
                    "stop the run (drain, as SIGTERM) after this many simulated seconds");
+    app.add_option("--reload-after", w.reload_after_seconds,
+                   "with --shaped: reload the configuration (SIGHUP) with new limits after this many simulated "
+                   "seconds");
     CLI11_PARSE(app, argc, argv);
+    if (w.reload_after_seconds > 0 && !w.shaped) {
+        std::fprintf(stderr, "mxpress_sim: --reload-after needs --shaped (the limits it changes)\n");
+        return 2;
+    }
 
     if (minutes > 0) {
         const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double, std::ratio<60>>(minutes);

@@ -79,6 +79,11 @@ struct world_options {
     // beyond it; the built-in rule gmail-rate must fire exactly where three
     // such replies came within 10 minutes, and every recipient still ends.
     bool rules = false;
+    // > 0 (with --shaped): this many simulated seconds in, the configuration
+    // is reloaded (SIGHUP) with new rates and connections_max for every
+    // shaped domain and the provider; from then on the new limits are
+    // checked at the receivers, and still nothing is lost.
+    double reload_after_seconds = 0;
     bool verbose = false;
 };
 
@@ -191,6 +196,8 @@ private:
         std::size_t hosts = 0;
         std::uint32_t connections_max = 0;
         std::vector<clock::time_point> accepted;  // when its receivers took a message
+        engine::rate limit_after;                 // --reload-after: the new limit
+        std::uint32_t connections_max_after = 0;
     };
     struct domain {
         std::string name;
@@ -303,7 +310,7 @@ private:
                 dl.max_message_rate = r;
                 dl.connections_max = 1 + pick(3);
                 sessions_max = dl.connections_max;
-                _shaped[dom.name] = shaped_domain{r, mx_count, dl.connections_max, {}};
+                _shaped[dom.name] = shaped_domain{r, mx_count, dl.connections_max, {}, {}, 0};
                 _o.cfg.domain_limit.push_back(std::move(dl));
             }
             for (std::uint32_t m = 0; m < mx_count; ++m) {
@@ -432,9 +439,14 @@ private:
     std::unordered_map<std::string, shaped_domain> _shaped;            // by domain name
     std::vector<std::string> _throttled;                               // --rules: names, once per host
     std::optional<engine::provider_table> _providers;
-    std::vector<clock::time_point> _provider_accepted;  // messages the provider's hosts took
-    std::uint32_t _provider_sessions = 0;               // open at the provider's hosts now
+    std::vector<clock::time_point> _provider_accepted;          // messages the provider's hosts took
+    std::uint32_t _provider_sessions = 0;                       // open at the provider's hosts now
+    clock::time_point _reloaded_at = clock::time_point::max();  // --reload-after: when
+    std::optional<engine::provider_config> _provider_after;     // the provider's section after it
     void check_shaping();
+    void check_shaped(const std::string& name, const shaped_domain& s, const engine::rate& limit,
+                      std::uint32_t connections_max, clock::time_point from, clock::time_point to);
+    void reload_config();
     void check_rules();
     void check_window(const std::vector<clock::time_point>& t, const engine::rate& r, double in_flight,
                       double min_span_s, double slack, const std::string& what);

@@ -47,6 +47,10 @@ inline run_report simulator::run() {
             _core->set_now(e.at);
             e.fn();
         }
+        if (_w.reload_after_seconds > 0 && _reloaded_at == clock::time_point::max() &&
+            seconds_since_start() >= _w.reload_after_seconds) {
+            reload_config();
+        }
         if (_w.drain_after_seconds > 0 && !_drained && seconds_since_start() >= _w.drain_after_seconds) {
             _drained = true;
             _in_flight_at_drain = _stats.in_flight.load();
@@ -175,27 +179,92 @@ inline void simulator::check_shaping() {
     constexpr double minute = 60;
     if (!_o.cfg.providers.empty()) {
         const engine::provider_config& pc = _o.cfg.providers.front();
-        check_window(_provider_accepted, *pc.max_message_rate, double(pc.connections_max * 2), minute, 1.02,
-                     "provider " + pc.name);
-    }
-    for (const auto& [name, s] : _shaped) {
-        const std::vector<clock::time_point>& t = s.accepted;
-        const bool contended = !_o.cfg.providers.empty() && name.ends_with(".ver.sim");
-        const double in_flight = double(s.hosts * s.connections_max * 2);
-        check_window(t, s.limit, in_flight, contended ? minute : 0, contended ? 1.02 : 1.0, name);
-        constexpr std::size_t enough = 50;
-        if (t.size() >= enough && !contended && _report.violation.empty()) {
-            const double interval = std::chrono::duration<double>(s.limit.interval()).count();
-            const double span = std::chrono::duration<double>(t.back() - t.front()).count();
-            const double measured = double(t.size() - s.limit.burst) / span;
-            const double ratio = measured * interval;
-            if (ratio < 0.98 || ratio > 1.02) {
-                violation(fmt::format("{} (max_message_rate {}) got {:.4f} messages/s over {:.0f} s: {:.3f} x the rate",
-                                      name, s.limit.text, measured, span, ratio));
-            }
-            ++_report.shaped_checked;
+        std::vector<clock::time_point> before;
+        std::vector<clock::time_point> after;
+        for (clock::time_point t : _provider_accepted) {
+            (t < _reloaded_at ? before : after).push_back(t);
+        }
+        check_window(before, *pc.max_message_rate, double(pc.connections_max * 2), minute, 1.02, "provider " + pc.name);
+        if (_provider_after) {
+            // What was in flight at the reload may still arrive: the larger count of either.
+            const std::uint32_t in_flight = std::max(pc.connections_max, _provider_after->connections_max);
+            check_window(after, *_provider_after->max_message_rate, double(in_flight * 2), minute, 1.02,
+                         "provider " + pc.name + " after the reload");
         }
     }
+    for (const auto& [name, s] : _shaped) {
+        check_shaped(name, s, s.limit, s.connections_max, clock::time_point::min(), _reloaded_at);
+        if (_reloaded_at != clock::time_point::max()) {
+            check_shaped(name + " after the reload", s, s.limit_after,
+                         std::max(s.connections_max, s.connections_max_after), _reloaded_at, clock::time_point::max());
+        }
+    }
+}
+
+// One shaped domain's arrivals in [from, to) against `limit`.
+inline void simulator::check_shaped(const std::string& name, const shaped_domain& s, const engine::rate& limit,
+                                    std::uint32_t connections_max, clock::time_point from, clock::time_point to) {
+    constexpr double minute = 60;
+    std::vector<clock::time_point> t;
+    for (clock::time_point a : s.accepted) {
+        if (a >= from && a < to) {
+            t.push_back(a);
+        }
+    }
+    const bool contended = !_o.cfg.providers.empty() && name.find(".ver.sim") != std::string::npos;
+    const double in_flight = double(s.hosts * connections_max * 2);
+    check_window(t, limit, in_flight, contended ? minute : 0, contended ? 1.02 : 1.0, name);
+    constexpr std::size_t enough = 50;
+    if (t.size() >= enough && !contended && _report.violation.empty()) {
+        const double interval = std::chrono::duration<double>(limit.interval()).count();
+        const double span = std::chrono::duration<double>(t.back() - t.front()).count();
+        const double measured = double(t.size() - limit.burst) / span;
+        const double ratio = measured * interval;
+        if (ratio < 0.98 || ratio > 1.02) {
+            violation(fmt::format("{} (max_message_rate {}) got {:.4f} messages/s over {:.0f} s: {:.3f} x the rate",
+                                  name, limit.text, measured, span, ratio));
+        }
+        ++_report.shaped_checked;
+    }
+}
+
+// --reload-after: what SIGHUP does in a run (runner.hpp), here at once: a
+// new configuration with other limits for every shaped domain and the
+// provider, taken by the provider's shared state and the core.
+inline void simulator::reload_config() {
+    _reloaded_at = _core->now();
+    auto c = std::make_shared<engine::config>(_o.cfg);
+    for (engine::domain_limits& dl : c->domain_limit) {
+        auto s = _shaped.find(dl.name);
+        if (s == _shaped.end()) {
+            continue;
+        }
+        engine::rate r;
+        engine::parse_rate(fmt::format("{}/min,burst={}", 30 + pick(600), 1 + pick(5)), r);
+        dl.max_message_rate = r;
+        dl.connections_max = 1 + pick(3);
+        s->second.limit_after = r;
+        s->second.connections_max_after = dl.connections_max;
+        for (const domain& d : _domains) {
+            if (d.name == dl.name) {
+                for (std::size_t hi : d.hosts) {
+                    // A lowered limit holds for new sessions at once; the
+                    // ones over it end with their transactions.
+                    _hosts[hi].sessions_max = dl.connections_max;
+                }
+            }
+        }
+    }
+    if (!c->providers.empty()) {
+        engine::provider_config& pc = c->providers.front();
+        engine::rate r;
+        engine::parse_rate(fmt::format("{}/min,burst={}", 300 + pick(1200), 1 + pick(5)), r);
+        pc.max_message_rate = r;
+        pc.connections_max = 2 + pick(6);
+        _provider_after = pc;
+        _providers->by_name(pc.name)->reload(pc);
+    }
+    _core->reload(std::move(c));
 }
 
 inline void simulator::feed_recipients() {
@@ -294,11 +363,12 @@ inline void simulator::connect(const engine::command& c) {
     sc.server = std::make_unique<server_session>(h.profile, _rng, false);
     sc.open = true;
     ++h.sessions;
-    if (!_o.cfg.providers.empty() && _o.cfg.providers.front().matches(h.name) &&
-        ++_provider_sessions > _o.cfg.providers.front().connections_max) {
-        violation(fmt::format("provider {} holds {} sessions from us (connections_max {})",
-                              _o.cfg.providers.front().name, _provider_sessions,
-                              _o.cfg.providers.front().connections_max));
+    if (!_o.cfg.providers.empty() && _o.cfg.providers.front().matches(h.name)) {
+        const engine::provider_config& pc = _provider_after ? *_provider_after : _o.cfg.providers.front();
+        if (++_provider_sessions > pc.connections_max) {
+            violation(fmt::format("provider {} holds {} sessions from us (connections_max {})", pc.name,
+                                  _provider_sessions, pc.connections_max));
+        }
     }
     if (h.sessions > h.sessions_max) {
         violation(fmt::format("{} holds {} sessions from us (connections_max {})", h.name, h.sessions, h.sessions_max));

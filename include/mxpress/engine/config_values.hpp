@@ -145,6 +145,9 @@ struct domain_limits {
     std::optional<rate> max_message_rate;
     std::uint32_t connections_max = 0;
     std::uint32_t messages_per_connection_max = 0;
+    // limits_for(): the domain's section sets connections_max or
+    // messages_per_connection_max (its pools are its own).
+    bool own_connection_limits = false;
 };
 
 // A [provider."…"] section: every MX host whose name matches one of
@@ -257,6 +260,7 @@ struct config {
                 if (d.messages_per_connection_max != 0) {
                     out.messages_per_connection_max = d.messages_per_connection_max;
                 }
+                out.own_connection_limits = d.connections_max != 0 || d.messages_per_connection_max != 0;
                 break;
             }
         }

@@ -147,6 +147,10 @@ public:
     void send_done(conn_id id, int res, std::string& buffer);
 
     // The clock moved: retries due, deadlines passed, idle connections.
+    // A reloaded configuration (SIGHUP; config_reload.hpp says what it may
+    // change): limits, rules and timeouts from now on (core_rules.hpp).
+    void reload(std::shared_ptr<const config> c);
+
     void tick() {
         std::vector<std::unique_ptr<recipient>> due;
         _retries.pop_due(_now, due);
@@ -254,7 +258,7 @@ public:
 
     // Room for more recipients (options.hpp: the intake bounds).
     bool accepting() const noexcept {
-        return _pending - _retries.size() < _o.cfg.pending_max && _held_bytes < _o.pending_bytes_max &&
+        return _pending - _retries.size() < _cfg->pending_max && _held_bytes < _o.pending_bytes_max &&
                _retries.size() < _o.deferred_max;
     }
     std::size_t held_bytes() const noexcept { return _held_bytes; }
@@ -277,7 +281,7 @@ public:
         for (const auto& [id, c] : _conns) {
             t = std::min(t, c->deadline);
             if (c->state == conn_state::idle) {
-                t = std::min(t, c->idle_since + _o.cfg.idle_timeout);
+                t = std::min(t, c->idle_since + _cfg->idle_timeout);
             }
         }
         return t;
@@ -372,7 +376,7 @@ private:
         const route* rt = d.rt;
         const std::uint16_t port = rt != nullptr ? rt->port : _o.mx_port;
         for (const net::mx_target& t : ans.targets) {
-            const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _o.cfg.tls_for(d.name, t.host);
+            const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _cfg->tls_for(d.name, t.host);
             const bool implicit = rt != nullptr && rt->implicit_tls;
             for (const net::ip_address& a : t.addresses) {
                 // A domain whose section sets connection limits has pools of
@@ -380,14 +384,9 @@ private:
                 // same host keep [defaults].
                 mx_pool& p = _pools.get(a, port, t.host, tls, implicit, d.own_pools ? d.name : std::string_view());
                 if (p.connections_max == 0) {  // new
-                    p.connections_max = d.connections_max;
-                    p.messages_per_connection_max = d.messages_per_connection_max;
-                    p.connect_pace = gcra(_o.cfg.max_connection_rate);
+                    p.connect_pace = gcra(_cfg->max_connection_rate);
                     p.provider = _o.providers != nullptr ? _o.providers->for_host(t.host) : nullptr;
-                    if (p.provider != nullptr && p.provider->config().messages_per_connection_max != 0) {
-                        p.messages_per_connection_max = std::min<std::uint64_t>(
-                            p.messages_per_connection_max, p.provider->config().messages_per_connection_max);
-                    }
+                    set_pool_limits(p, d);
                 }
                 ++p.domain_refs;
                 d.targets.push_back(&p);
@@ -400,7 +399,7 @@ private:
             }
         }
         d.state = domain_state::status::ready;
-        d.expires = _now + _o.cfg.mx_cache_ttl;
+        d.expires = _now + _cfg->mx_cache_ttl;
         for (auto& r : waiting) {
             enqueue(std::move(r));
         }
@@ -414,20 +413,35 @@ private:
         d.targets.clear();
     }
 
-    // A domain's limits, from its [domain."…"] section over [defaults].
-    void apply_limits(domain_state& d) {
-        const domain_limits lim = _o.cfg.limits_for(d.name);
+    // A pool's connection limits: its domains' (a pool of its own, or
+    // [defaults] for a shared one), and its provider's messages per connection.
+    static void set_pool_limits(mx_pool& p, const domain_state& d) {
+        p.connections_max = d.connections_max;
+        p.messages_per_connection_max = d.messages_per_connection_max;
+        if (p.provider != nullptr && p.provider->messages_per_connection_max() != 0) {
+            p.messages_per_connection_max =
+                std::min<std::uint64_t>(p.messages_per_connection_max, p.provider->messages_per_connection_max());
+        }
+    }
+
+    // A domain's limits, from its [domain."…"] section over [defaults]
+    // (again after a reload: the paces keep what they booked).
+    void set_limits(domain_state& d) {
+        const domain_limits lim = _cfg->limits_for(d.name);
         d.configured_rate = lim.max_message_rate ? per_second(*lim.max_message_rate) : 0.0;
-        d.pace = lim.max_message_rate ? gcra(*lim.max_message_rate) : gcra();
-        d.send_pace =
-            lim.max_message_rate ? gcra(with_slack(*lim.max_message_rate, provider_state::send_slack)) : gcra();
         d.connections_max = std::max<std::uint32_t>(1, lim.connections_max);
         d.messages_per_connection_max = std::max<std::uint32_t>(1, lim.messages_per_connection_max);
-        d.own_pools = d.connections_max != _o.cfg.connections_max ||
-                      d.messages_per_connection_max != _o.cfg.messages_per_connection_max;
+        // Keyed by whether the section sets connection limits, not by their
+        // values: a reload that changes them keeps the domain's pools.
+        d.own_pools = lim.own_connection_limits;
+        refresh_pace(d);
+    }
+
+    void apply_limits(domain_state& d) {
+        set_limits(d);
         if (!_o.rule_restore.empty()) {
             if (auto it = _o.rule_restore.find("domain:" + d.name); it != _o.rule_restore.end()) {
-                restore_throttle(d.adapt, it->second, _o.cfg.rules, _now, std::chrono::system_clock::now());
+                restore_throttle(d.adapt, it->second, _cfg->rules, _now, std::chrono::system_clock::now());
                 refresh_pace(d);
             }
         }
@@ -548,8 +562,8 @@ private:
         r->paced = false;  // a slot booked before is spent: the retry books its own
         r->last_reply = rep;
         r->last_mx = mx;
-        const auto delay = retry_delay(_o.cfg, r->attempts);
-        if (_now + delay >= r->first_attempt + _o.cfg.max_age) {
+        const auto delay = retry_delay(*_cfg, r->attempts);
+        if (_now + delay >= r->first_attempt + _cfg->max_age) {
             const smtp::reply last = r->last_reply;
             const std::string last_mx = r->last_mx;
             final_outcome(std::move(r), outcome_status::expired, last, last_mx);
@@ -622,6 +636,7 @@ private:
     void plan_probe(mx_pool& p);
     void teardown(connection& c);
     void reap();
+    static std::size_t staying(const mx_pool& p) noexcept;
 
     // ---- adaptive rules (core_rules.hpp) ---------------------------------------
 
@@ -643,6 +658,9 @@ private:
     }
 
     const shard_options& _o;
+    // The configuration in force: _o.cfg, until a reload replaces it.
+    const config* _cfg = &_o.cfg;
+    std::shared_ptr<const config> _cfg_owner;
     mail::renderer& _renderer;
     net::secure_channel_factory& _tls;
     outcome_sink& _sink;

@@ -22,7 +22,7 @@ inline std::string delivery_core::check_invariants() const {
         }
     });
     _pools.for_each([&](const mx_pool& p) {
-        const std::size_t limit = std::max<std::size_t>(1, p.connections_max);
+        const std::size_t limit = std::max<std::size_t>({1, p.connections_max, p.shrinking_from});
         held += p.work.size();
         std::size_t live = 0;
         for (const connection* c : p.conns) {

@@ -16,6 +16,9 @@
 //   fill() for what queued at a host before the rule fired.
 #pragma once
 
+#include <algorithm>
+#include <unordered_map>
+
 #include "mxpress/engine/core.hpp"
 
 namespace mxpress::engine {
@@ -53,7 +56,7 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
     if (rep.code < 400 || (d == nullptr && prov == nullptr)) {
         return nullptr;
     }
-    const rule_set& rules = _o.cfg.rules;
+    const rule_set& rules = _cfg->rules;
     const std::string line = rep.one_line();
     const rule* m = rules.match(rep.code, line, d != nullptr ? std::string_view(d->name) : std::string_view(),
                                 prov != nullptr ? std::string_view(prov->config().name) : std::string_view());
@@ -94,7 +97,7 @@ inline void delivery_core::refresh_pace(domain_state& d) {
     rate r;
     if (st == throttle::state::scaled || st == throttle::state::suspended) {
         r = rate_per_second(d.adapt.rate_per_s());
-    } else if (const auto lim = _o.cfg.limits_for(d.name).max_message_rate) {
+    } else if (const auto lim = _cfg->limits_for(d.name).max_message_rate) {
         r = *lim;
     }
     d.pace.set_rate(r);
@@ -192,6 +195,76 @@ inline void delivery_core::hold_back_queue(mx_pool& p) {
         }
     }
     p.work.swap(keep);
+}
+
+// A reloaded configuration. What is read when it is needed (timeouts,
+// retries, TLS policies of hosts routed from now on, the rules) takes
+// effect with the swap; what the core derived from the old one is derived
+// again here:
+// - each domain's rates and connection limits;
+// - paced mail is booked again at the rates now in force, in the order it
+//   was due: what queued at a host first, then what waits parked (its old
+//   slot may be far off at a slower rate, or too soon at a faster one);
+// - each pool's limits (the strictest of the domains routed to it: a
+//   domain that now has limits of its own gets pools of its own when its
+//   MX answer is next looked up, and until then its limits hold where it
+//   is) and connection pace; connections over a lowered connections_max
+//   close as their transactions end (shrinking_from);
+// - counts toward rule triggers start over (rules may be numbered anew);
+//   a throttle's state in force stays.
+inline void delivery_core::reload(std::shared_ptr<const config> c) {
+    assert(c != nullptr);
+    _cfg_owner = std::move(c);
+    _cfg = _cfg_owner.get();
+    _domains.for_each([&](domain_state& d) {
+        set_limits(d);
+        d.adapt.forget_hits();
+        d.pace.forget_bookings();
+        d.send_pace.forget_bookings();
+    });
+    auto paced = [](const domain_state& d) {
+        return !d.pace.unlimited() || (d.provider != nullptr && !d.provider->pace().unlimited());
+    };
+    _pools.for_each([&](mx_pool& p) {
+        p.connect_pace.set_rate(_cfg->max_connection_rate);
+        std::vector<domain_state*> queued;
+        for (const auto& r : p.work) {
+            if (paced(*r->domain) && std::find(queued.begin(), queued.end(), r->domain) == queued.end()) {
+                queued.push_back(r->domain);
+            }
+        }
+        for (domain_state* d : queued) {
+            rebook_scaled(p, *d, _now);
+        }
+        mark_dirty(p);
+    });
+    _retries.reschedule([](const recipient& r) { return r.paced; },
+                        [&](recipient& r) {
+                            domain_state& d = *r.domain;
+                            clock::time_point slot = d.pace.next_free(_now);
+                            if (d.provider != nullptr) {
+                                slot = d.provider->pace().reserve(slot);
+                            }
+                            r.not_before = std::max(_now, d.pace.reserve(slot));
+                            return r.not_before;
+                        });
+    std::unordered_map<mx_pool*, std::size_t> before;  // connections_max, for the pools domains route to
+    _domains.for_each([&](domain_state& d) {
+        for (mx_pool* p : d.targets) {
+            if (before.try_emplace(p, p->connections_max).second) {
+                set_pool_limits(*p, d);
+            } else {
+                p->connections_max = std::min<std::size_t>(p->connections_max, d.connections_max);
+                p->messages_per_connection_max =
+                    std::min<std::uint64_t>(p->messages_per_connection_max, d.messages_per_connection_max);
+            }
+        }
+    });
+    for (const auto& [p, was] : before) {
+        if (p->connections_max < was && p->conns.size() > std::max<std::size_t>(1, p->connections_max)) {
+            p->shrinking_from = std::max(p->shrinking_from, p->conns.size());
+        }
+    }
 }
 
 }  // namespace mxpress::engine

@@ -156,14 +156,14 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
 
 inline void delivery_core::open_connection(mx_pool& p) {
     const conn_id id = _next_conn_id++;
-    auto c = std::make_unique<connection>(id, &p, _o.cfg.helo_name, _o.cfg.smtp_timeouts);
+    auto c = std::make_unique<connection>(id, &p, _cfg->helo_name, _cfg->smtp_timeouts);
     if (!_o.auth_user.empty()) {
         c->client.set_credentials(_o.auth_user, _o.auth_password);
     }
     if (p.implicit_tls) {
         c->client.implicit_tls();
     }
-    c->deadline = _now + _o.cfg.connect_timeout;
+    c->deadline = _now + _cfg->connect_timeout;
     p.conns.push_back(c.get());
     shard_stats::add(_stats.connections_opened);
     command cmd;
@@ -179,7 +179,7 @@ inline void delivery_core::close_idle(bool all_done) {
     for (auto& [id, cp] : _conns) {
         connection& c = *cp;
         if (c.state == conn_state::idle && c.client.current_state() == smtp::client::state::ready &&
-            (all_done || _now - c.idle_since >= _o.cfg.idle_timeout)) {
+            (all_done || _now - c.idle_since >= _cfg->idle_timeout)) {
             c.state = conn_state::closing;
             c.client.quit();
             update_deadline(c);
@@ -204,7 +204,7 @@ inline void delivery_core::check_deadlines() {
         switch (c->state) {
             case conn_state::tls_handshake:
                 tls_failed(*c,
-                           fmt::format("handshake timed out after {}", format_duration(_o.cfg.tls_handshake_timeout)));
+                           fmt::format("handshake timed out after {}", format_duration(_cfg->tls_handshake_timeout)));
                 break;
             case conn_state::connecting:
                 connection_failed(*c, fmt::format("connect to {}: timed out", c->pool->key));
@@ -338,7 +338,7 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         if (!hold_back(r)) {
             defer(std::move(r), rep, p.mx_name);
         }
-    } else if (e.result->in_doubt && ++r->in_doubt > _o.cfg.in_doubt_retries) {
+    } else if (e.result->in_doubt && ++r->in_doubt > _cfg->in_doubt_retries) {
         // The server may hold copies already: another attempt could be one
         // more duplicate in the recipient's mailbox. Say so and stop.
         smtp::reply why = rep;
@@ -423,6 +423,13 @@ inline bool delivery_core::may_send(const recipient& r, clock::time_point& when)
     return true;
 }
 
+// Connections of `p` not on their way out.
+inline std::size_t delivery_core::staying(const mx_pool& p) noexcept {
+    return static_cast<std::size_t>(std::count_if(p.conns.begin(), p.conns.end(), [](const connection* c) {
+        return c->state != conn_state::closing && c->state != conn_state::ended;
+    }));
+}
+
 // Gives the connection work while its session can take a transaction: one
 // when ready, a second one back to back once the first body is out. Without
 // work it goes idle (or says QUIT when the run is over).
@@ -430,7 +437,11 @@ inline void delivery_core::fill(connection& c) {
     mx_pool& p = *c.pool;
     while ((c.state == conn_state::open || c.state == conn_state::idle) && c.client.can_start_transaction()) {
         const bool ready = c.client.current_state() == smtp::client::state::ready;
-        const bool used_up = c.messages >= p.messages_per_connection_max;
+        // A reload lowered connections_max: the extra ones close between transactions.
+        const bool surplus = (p.shrinking_from != 0 && staying(p) > std::max<std::size_t>(1, p.connections_max)) ||
+                             (p.provider != nullptr && p.provider->connections_max() != 0 &&
+                              p.provider->connections() > p.provider->connections_max());
+        const bool used_up = c.messages >= p.messages_per_connection_max || surplus;
         // Another shard waits for a place under the provider's
         // connections_max and this one holds more than its share: give one back.
         const bool yield = ready && c.holds_provider_place && p.provider->should_yield(_o.shard_index, _now);
@@ -583,7 +594,7 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
         learn_ceiling(p);
         return;
     }
-    p.down_until = _now + std::min<std::chrono::milliseconds>(_o.cfg.retry_initial, _o.cfg.host_skip_max);
+    p.down_until = _now + std::min<std::chrono::milliseconds>(_cfg->retry_initial, _cfg->host_skip_max);
     std::deque<std::unique_ptr<recipient>> work;
     work.swap(p.work);
     for (auto& r : work) {
@@ -664,6 +675,9 @@ inline void delivery_core::reap() {
         mx_pool& p = *it->second->pool;
         auto& v = p.conns;
         v.erase(std::remove(v.begin(), v.end(), it->second.get()), v.end());
+        if (p.shrinking_from != 0 && v.size() <= std::max<std::size_t>(1, p.connections_max)) {
+            p.shrinking_from = 0;  // back within the reloaded limit
+        }
         mark_dirty(p);
         _conns.erase(it);
     }

@@ -27,7 +27,7 @@ inline void delivery_core::start_tls(connection& c) {
         return;
     }
     c.state = conn_state::tls_handshake;
-    c.tls_deadline = _now + _o.cfg.tls_handshake_timeout;
+    c.tls_deadline = _now + _cfg->tls_handshake_timeout;
     handshake_progress(c, c.tls->start());
 }
 
@@ -87,7 +87,7 @@ inline void delivery_core::note_tls_failure(connection& c, const std::string& wh
     const tls_decision d = decide(c, tls_step::handshake_failed, why);
     c.state = conn_state::closing;
     if (d.action == tls_action::reconnect_plaintext) {
-        p.plaintext_until = _now + _o.cfg.tls_plaintext_after_failure;
+        p.plaintext_until = _now + _cfg->tls_plaintext_after_failure;
         mark_dirty(p);
     } else {
         smtp::reply rep;

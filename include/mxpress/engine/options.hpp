@@ -28,6 +28,8 @@
 
 namespace mxpress::engine {
 
+class config_reloader;
+
 // A route that skips MX lookup: DOMAIN (or "*") delivered to HOST:PORT.
 struct route {
     std::string domain;   // lowercase; "*" matches every domain
@@ -86,6 +88,9 @@ struct shard_options {
     // domain's throttle takes it over when the domain is first seen
     // (core_rules.hpp: restore_throttle), a provider's when the run starts.
     std::map<std::string, journal_rule_event> rule_restore;
+    // SIGHUP's new configuration (config_reload.hpp): each shard looks once
+    // a tick and hands a new one to its core. Borrowed; null: none.
+    const config_reloader* reloader = nullptr;
 };
 
 // Counters the reader thread reads while shards run.

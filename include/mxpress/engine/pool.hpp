@@ -64,6 +64,10 @@ struct mx_pool {
     // strictest), and the pace of new connections (max_connection_rate).
     std::size_t connections_max = 0;
     std::uint64_t messages_per_connection_max = 0;
+    // A reload (SIGHUP) lowered connections_max below the connections open
+    // here: they close as their transactions end, and until then this many
+    // may be open. 0: not shrinking.
+    std::size_t shrinking_from = 0;
     gcra connect_pace;
     provider_state* provider = nullptr;  // its host's [provider."…"], shared by the shards
     bool send_wake_armed = false;        // a probe entry wakes it when the head may be sent

@@ -24,6 +24,10 @@
 // - Adaptive rules (rules.hpp) act on a provider as a whole: one throttle
 //   behind a mutex taken only when a reply matches a rule or while a rule
 //   holds the provider back; a lock-free flag says when none does.
+// - A reloaded configuration (SIGHUP, config_reload.hpp) changes a
+//   provider's max_message_rate, connections_max and
+//   messages_per_connection_max in place (reload()); its name, match and
+//   tls stay as the run started.
 // Lock-free otherwise; the objects never move (the table holds them by pointer).
 #pragma once
 
@@ -34,6 +38,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -53,11 +58,32 @@ public:
     explicit provider_state(const provider_config& c)
         : _cfg(c),
           _pace(c.max_message_rate ? *c.max_message_rate : rate{}),
-          _send_pace(with_slack(c.max_message_rate ? *c.max_message_rate : rate{}, send_slack)) {}
+          _send_pace(with_slack(c.max_message_rate ? *c.max_message_rate : rate{}, send_slack)),
+          _rate(c.max_message_rate),
+          _connections_max(c.connections_max),
+          _messages_per_connection_max(c.messages_per_connection_max) {}
     provider_state(const provider_state&) = delete;
     provider_state& operator=(const provider_state&) = delete;
 
+    // name, match and tls; the limits below may change during a run (reload()).
     const provider_config& config() const noexcept { return _cfg; }
+    std::uint32_t connections_max() const noexcept { return _connections_max.load(std::memory_order_relaxed); }
+    std::uint32_t messages_per_connection_max() const noexcept {
+        return _messages_per_connection_max.load(std::memory_order_relaxed);
+    }
+
+    // A reloaded section's limits: from now on, for every shard. Counts
+    // toward rule triggers start over (the rules may be numbered anew).
+    void reload(const provider_config& c) {
+        const std::lock_guard<std::mutex> lock(_adapt_mutex);
+        _rate = c.max_message_rate;
+        _connections_max.store(c.connections_max, std::memory_order_relaxed);
+        _messages_per_connection_max.store(c.messages_per_connection_max, std::memory_order_relaxed);
+        _throttle.forget_hits();
+        apply_locked();
+        _pace.forget_bookings();  // each shard books what it parked again (delivery_core::reload)
+        _send_pace.forget_bookings();
+    }
     shared_gcra& pace() noexcept { return _pace; }            // booked on entry to a host's queue
     shared_gcra& send_pace() noexcept { return _send_pace; }  // taken when a transaction starts
 
@@ -65,17 +91,21 @@ public:
 
     // Takes a place for one more connection of `shard`; false at
     // connections_max, or when the shard has its share and another wants one.
+    // Every place is counted, with a limit or without: a reload may set one.
     bool try_open(unsigned shard, clock::time_point now) noexcept {
-        if (_cfg.connections_max == 0) {
+        const unsigned s = slot(shard);
+        const std::uint32_t max = connections_max();
+        if (max == 0) {
+            _connections.fetch_add(1, std::memory_order_relaxed);
+            _held[s].fetch_add(1, std::memory_order_relaxed);
             return true;
         }
-        const unsigned s = slot(shard);
         if (over_share(s, now, 1)) {
             return false;
         }
         std::uint32_t n = _connections.load(std::memory_order_relaxed);
         do {
-            if (n >= _cfg.connections_max) {
+            if (n >= max) {
                 _refused_at[s].store(now.time_since_epoch().count(), std::memory_order_relaxed);
                 return false;
             }
@@ -85,16 +115,14 @@ public:
         return true;
     }
     void closed(unsigned shard) noexcept {
-        if (_cfg.connections_max != 0) {
-            _held[slot(shard)].fetch_sub(1, std::memory_order_relaxed);
-            _connections.fetch_sub(1, std::memory_order_relaxed);
-        }
+        _held[slot(shard)].fetch_sub(1, std::memory_order_relaxed);
+        _connections.fetch_sub(1, std::memory_order_relaxed);
     }
     // Should a connection of `shard` give its place back (between
     // transactions)? When another shard wants one and this one holds more
     // than its share.
     bool should_yield(unsigned shard, clock::time_point now) const noexcept {
-        return _cfg.connections_max != 0 && over_share(slot(shard), now, 0);
+        return connections_max() != 0 && over_share(slot(shard), now, 0);
     }
     std::uint32_t connections() const noexcept { return _connections.load(std::memory_order_relaxed); }
 
@@ -107,7 +135,7 @@ public:
     // A reply of one of its hosts matched rule `r` (the `index`th).
     bool rule_hit(const rule& r, std::size_t index, clock::time_point now, rule_firing& out, clock::time_point sent) {
         const std::lock_guard<std::mutex> lock(_adapt_mutex);
-        const double configured = _cfg.max_message_rate ? per_second(*_cfg.max_message_rate) : 0.0;
+        const double configured = _rate ? per_second(*_rate) : 0.0;
         if (!_throttle.hit(r, index, now, configured, _meter.per_second(now), out, sent)) {
             return false;
         }
@@ -137,7 +165,7 @@ private:
         const rate r =
             _throttle.current() == throttle::state::scaled || _throttle.current() == throttle::state::suspended
                 ? rate_per_second(_throttle.rate_per_s())
-                : (_cfg.max_message_rate ? *_cfg.max_message_rate : rate{});
+                : (_rate ? *_rate : rate{});
         _pace.set_rate(r);
         _send_pace.set_rate(with_slack(r, send_slack));
         _adaptive.store(_throttle.current(), std::memory_order_relaxed);
@@ -162,13 +190,16 @@ private:
         if (!others_want) {
             return false;
         }
-        const std::uint32_t share = std::max<std::uint32_t>(1, _cfg.connections_max / sharing);
+        const std::uint32_t share = std::max<std::uint32_t>(1, connections_max() / sharing);
         return _held[s].load(std::memory_order_relaxed) + extra > share;
     }
 
     const provider_config& _cfg;
     shared_gcra _pace;
     shared_gcra _send_pace;
+    std::optional<rate> _rate;  // max_message_rate in force; guarded by _adapt_mutex
+    std::atomic<std::uint32_t> _connections_max;
+    std::atomic<std::uint32_t> _messages_per_connection_max;
     std::atomic<std::uint32_t> _connections{0};
     std::array<std::atomic<std::uint32_t>, shards_tracked> _held{};       // places each shard holds
     std::array<std::atomic<std::int64_t>, shards_tracked> _refused_at{};  // its last refusal (clock ticks); 0: none

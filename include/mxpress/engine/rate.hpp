@@ -117,6 +117,8 @@ public:
         _interval = r.interval();
         _tolerance = r.tolerance();
     }
+    // Cells booked are forgotten (a reload books them again).
+    void forget_bookings() noexcept { _tat = {}; }
 
     // Takes one cell if the limit allows it now; otherwise returns false and
     // sets `when` to the earliest time it will.
@@ -174,6 +176,8 @@ public:
         _tolerance.store(r.tolerance().count(), std::memory_order_relaxed);
         _interval.store(r.interval().count(), std::memory_order_relaxed);
     }
+    // Cells booked are forgotten: every shard books its own again (a reload).
+    void forget_bookings() noexcept { _tat.store(0, std::memory_order_relaxed); }
 
     // As gcra::reserve: books the next cell, returns when it conforms.
     clock::time_point reserve(clock::time_point now) noexcept {

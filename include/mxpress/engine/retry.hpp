@@ -46,6 +46,26 @@ public:
 
     bool empty() const noexcept { return _heap.empty(); }
     std::size_t size() const noexcept { return _heap.size(); }
+    // Gives each recipient `pick` chooses the time `when` returns for it,
+    // asking in the order they were due (a reload books paced mail again).
+    template <class Pick, class When>
+    void reschedule(Pick&& pick, When&& when) {
+        std::vector<std::size_t> chosen;
+        for (std::size_t i = 0; i < _heap.size(); ++i) {
+            if (pick(*_heap[i].r)) {
+                chosen.push_back(i);
+            }
+        }
+        if (chosen.empty()) {
+            return;
+        }
+        std::sort(chosen.begin(), chosen.end(),
+                  [&](std::size_t a, std::size_t b) { return _heap[a].due < _heap[b].due; });
+        for (std::size_t i : chosen) {
+            _heap[i].due = when(*_heap[i].r);
+        }
+        std::make_heap(_heap.begin(), _heap.end(), later);
+    }
     clock::time_point next_due() const noexcept { return _heap.empty() ? clock::time_point::max() : _heap.front().due; }
 
 private:

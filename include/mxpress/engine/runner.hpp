@@ -14,6 +14,8 @@
 // shard drain (shard.hpp) and the reader stop reading; a second, or the end
 // of the grace period, tears connections down. run_totals says how far the
 // run got (stop_signal, left_deferred, stopped_in_doubt).
+// SIGHUP (runner_options::reloader) reads the --config file again; the
+// shards take the new one at their next tick (config_reload.hpp).
 // Metrics (runner_options::metrics_dir): a sampler thread of the runner reads
 // the shards' relaxed counters and the reader's, and rewrites the metrics
 // file (metrics.hpp) at the start, every metrics_interval and once more at
@@ -28,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <csignal>
 #include <exception>
 #include <map>
 #include <stdexcept>
@@ -46,6 +49,7 @@
 
 #include <fmt/format.h>
 
+#include "mxpress/engine/config_reload.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/metrics.hpp"
 #include "mxpress/engine/progress.hpp"
@@ -122,7 +126,10 @@ struct runner_options {
     std::size_t batch_bytes_max = 256 * 1024;
     bool show_progress = false;
     stop_signals* signals = nullptr;  // borrowed; null: signals are not watched
-    std::string metrics_dir;          // --metrics-textfile; empty: no metrics file
+    // SIGHUP reads it again (config_reload.hpp). Borrowed; null: no --config,
+    // and SIGHUP is ignored with a word on stderr.
+    config_reloader* reloader = nullptr;
+    std::string metrics_dir;  // --metrics-textfile; empty: no metrics file
     std::chrono::milliseconds metrics_interval{10'000};
     std::string version;  // for mxpress_build_info
     // --plan: does this process send rows of this domain ("" for a row
@@ -396,6 +403,24 @@ private:
     std::chrono::steady_clock::time_point _last_write;
 };
 
+// SIGHUP: the file read again; the shards take it at their next tick, the
+// providers (shared) here. One line on stderr says what happened.
+inline void reload_configuration(config_reloader* reloader, const provider_table& providers) {
+    if (reloader == nullptr) {
+        std::fprintf(stderr, "\nmxpress: SIGHUP: this run has no --config to read again; nothing changed\n");
+        return;
+    }
+    const config_reloader::result r = reloader->reload();
+    if (r.applied) {
+        for (const provider_config& pc : r.in_force->providers) {
+            if (provider_state* p = providers.by_name(pc.name)) {
+                p->reload(pc);
+            }
+        }
+    }
+    std::fprintf(stderr, "\nmxpress: %s\n", r.message.c_str());
+}
+
 // Reads the recipients, feeds the shards, waits for them. Throws run_error
 // when a shard failed, or what the reader threw (a read error on the
 // recipients file): in both cases after every shard thread has ended, with
@@ -415,11 +440,16 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     });
     shard_options so = o.shard;
     so.providers = &providers;
+    so.reloader = o.reloader;
     so.shards = n;
     shard_threads shards(n, so, tmpl, journal);
     std::atomic<int> stop_level{0};
     if (o.signals != nullptr) {
-        o.signals->start([&](int /*signo*/, unsigned count) {
+        o.signals->start([&](int signo, unsigned count) {
+            if (signo == SIGHUP) {
+                reload_configuration(o.reloader, providers);
+                return;
+            }
             const int level = count >= 2 ? 2 : 1;
             stop_level.store(level);
             for (unsigned i = 0; i < n; ++i) {

@@ -45,6 +45,7 @@
 
 #include <fmt/format.h>
 
+#include "mxpress/engine/config_reload.hpp"
 #include "mxpress/engine/core.hpp"
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/options.hpp"
@@ -580,6 +581,12 @@ private:
         self->publish_dns_stats();
         self->_core.set_now(clock::now());
         self->_wall_now = std::chrono::system_clock::now();
+        if (const config_reloader* cr = self->_options.reloader; cr != nullptr) {
+            if (const std::uint64_t g = cr->generation(); g != self->_config_generation) {
+                self->_config_generation = g;
+                self->_core.reload(cr->current());
+            }
+        }
         self->_ts.clear();
         self->_core.tick();
         self->flush_journal();
@@ -604,6 +611,7 @@ private:
     shard_stats& _stats;
     shard_op _eventfd_op;
     shard_op _tick_op;
+    std::uint64_t _config_generation = 0;  // the reloader's, when the core last took it
     shard_op _stop_op;
     io::unique_fd _stop_fd;
     std::uint64_t _stop_value = 0;

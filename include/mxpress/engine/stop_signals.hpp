@@ -1,15 +1,17 @@
-// mxpress/engine/stop_signals.hpp — SIGINT and SIGTERM as events, not
-// handlers: the signals are blocked in every thread and read from a
+// mxpress/engine/stop_signals.hpp — SIGINT, SIGTERM and SIGHUP as events,
+// not handlers: the signals are blocked in every thread and read from a
 // signalfd by one watcher thread, which only calls back (the runner's
-// callback stores a stop level and writes each shard's eventfd).
+// callback stores a stop level and writes each shard's eventfd, or, for
+// SIGHUP, reads the configuration again: config_reload.hpp).
 //
 // Promises:
 // - Construct it before any other thread starts: threads inherit the mask,
 //   so no thread is ever interrupted by these signals and no work runs in a
 //   signal handler.
 // - The watcher's loop ends when stop() is called (an eventfd wakes it) or
-//   the object is destroyed; it counts signals, so the callback can tell a
-//   first signal (drain) from a second (stop at once).
+//   the object is destroyed; it counts stop signals, so the callback can
+//   tell a first signal (drain) from a second (stop at once). SIGHUP is not
+//   one: its callback gets a count of 0.
 #pragma once
 
 #include <poll.h>
@@ -38,6 +40,7 @@ public:
         sigemptyset(&set);
         sigaddset(&set, SIGINT);
         sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGHUP);
         if (int e = ::pthread_sigmask(SIG_BLOCK, &set, nullptr); e != 0) {
             throw std::system_error(e, std::generic_category(), "pthread_sigmask");
         }
@@ -84,6 +87,12 @@ private:
             }
             signalfd_siginfo si{};
             while (::read(_sigfd.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                if (si.ssi_signo == SIGHUP) {
+                    if (_on_signal) {
+                        _on_signal(SIGHUP, 0);
+                    }
+                    continue;
+                }
                 int expected = 0;
                 _first.compare_exchange_strong(expected, static_cast<int>(si.ssi_signo));
                 const unsigned n = _count.fetch_add(1) + 1;

@@ -190,6 +190,10 @@ public:
         return changed;
     }
 
+    // A reloaded configuration (SIGHUP) may number its rules differently:
+    // the hits counted toward triggers start over. The state in force stays.
+    void forget_hits() noexcept { _hits.clear(); }
+
     // A resumed run takes over what the last one left (journal event lines).
     void restore_scaled(double rate, double base, double step, std::chrono::milliseconds every, clock::time_point now,
                         const std::string& by) {
