@@ -131,3 +131,23 @@ TEST(Progress, PercentageIsExactForEveryCountOfAHundred) {
         EXPECT_NE(line.find(fmt::format("{:3}%", done)), std::string::npos) << line;
     }
 }
+
+namespace {
+
+// What a rule holds back shows on the line: last on a wide terminal and in
+// a log line, dropped before the counts that matter most on a narrow one.
+TEST(Progress, HeldBackDestinationsShowWithWhy) {
+    progress_counts c = half();
+    EXPECT_EQ(format_progress(c, 200, false).find("held back"), std::string::npos);
+    c.held = 2;
+    c.held_example = "gmail.com: scaled to 1.50/s by gmail-rate";
+    const std::string plain = format_progress(c, 200, false);
+    EXPECT_NE(plain.find("  held back 2 (gmail.com: scaled to 1.50/s by gmail-rate)"), std::string::npos) << plain;
+    const std::string wide = format_progress(c, 200, true);
+    EXPECT_NE(wide.find("held back 2 (gmail.com"), std::string::npos) << wide;
+    const std::string narrow = format_progress(c, 80, true);
+    EXPECT_LE(narrow.size(), 80u);
+    EXPECT_NE(narrow.find("15,000 / 30,000"), std::string::npos) << narrow;
+}
+
+}  // namespace

@@ -48,12 +48,12 @@ def outcomes(journal_path):
 
 
 class Rules(unittest.TestCase):
-    def send(self, peers, port, recipients, config, journal, *extra, timeout=120):
+    def send(self, peers, port, recipients, config, journal, *extra, timeout=120, progress="off"):
         message = peers.path("m.eml")
         with open(message, "w") as f:
             f.write(CODED_TEMPLATE)
         return [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "b@sender.test",
-                "--route", f"*=127.0.0.2:{port}", "--config", config, "--journal", journal, "--progress", "off",
+                "--route", f"*=127.0.0.2:{port}", "--config", config, "--journal", journal, "--progress", progress,
                 "--threads", "1", *extra]
 
     def test_a_throttling_reply_halves_the_rate_at_the_receiver(self):
@@ -148,6 +148,39 @@ class Rules(unittest.TestCase):
                                    capture_output=True, text=True, timeout=120)
                 self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
                 assert_exactly_once(self, peer.arrivals, codes)
+
+    def test_the_progress_line_shows_what_a_rule_holds_back_and_why(self):
+        SUSPEND = 8
+        blocked = []
+
+        def reply(addr):
+            if not blocked:
+                blocked.append(addr)
+                return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
+            return None
+
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            recipients, config, journal = peers.path("r.csv"), peers.path("c.toml"), peers.path("j.jsonl")
+            codes = write_coded_recipients(recipients, [f"b{k}@blk.test" for k in range(10)])
+            with open(config, "w") as f:
+                f.write('[defaults]\nconnections_max = 1\n[[rule]]\nname = "microsoft-block"\n'
+                        f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{SUSPEND}s"\n'
+                        'floor = "100/s"\n')
+            with ScriptedSmtp("127.0.0.2", port, rcpt_reply=reply) as peer:
+                # Not a terminal: a plain progress line every 5 s, the first
+                # one inside the suspension.
+                p = subprocess.run(self.send(peers, port, recipients, config, journal, progress="on"),
+                                   capture_output=True, text=True, timeout=120)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                assert_exactly_once(self, peer.arrivals, codes)
+            held = [line for line in p.stderr.splitlines() if "held back" in line]
+            print(held[0] if held else "", file=sys.stderr)
+            self.assertTrue(held, p.stderr)
+            self.assertRegex(held[0], r"held back 1 \(blk\.test: suspended \d+s more by microsoft-block\)$")
+            # Once it lifted, the destination ramps back in (scaled), no longer suspended.
+            last = [line for line in p.stderr.splitlines() if "delivered" in line][-1]
+            self.assertNotIn("suspended", last)
 
     def test_a_block_suspends_the_destination_and_a_resumed_run_still_waits_for_it(self):
         SUSPEND = 6.0

@@ -33,6 +33,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <queue>
 #include <string>
@@ -267,6 +268,14 @@ public:
     bool finished() const noexcept { return _input_closed && _pending == 0 && _conns.empty(); }
     const std::map<std::pair<std::string, std::string>, failure_count>& failures() const noexcept { return _failures; }
     // Rule firings by (rule, scope): how many, and the last (core_rules.hpp).
+    // Domains a rule holds back now (scaled, suspended or stopped), one of
+    // them described; forgets those a rule let go. O(domains a rule fired on).
+    struct held_summary {
+        std::uint32_t count = 0;
+        std::string example;  // "gmail.com: suspended 3h59m more by ms-block"
+    };
+    held_summary held_destinations();
+
     const std::map<std::pair<std::string, std::string>, rule_tally>& rule_tallies() const noexcept {
         return _rule_tallies;
     }
@@ -689,6 +698,7 @@ private:
     std::vector<std::string_view> _fields;  // reused for each render
     std::map<std::pair<std::string, std::string>, failure_count> _failures;
     std::map<std::pair<std::string, std::string>, rule_tally> _rule_tallies;
+    std::set<std::string> _held_domains;  // a rule fired on each (held_destinations() forgets them)
 };
 
 }  // namespace mxpress::engine

@@ -73,6 +73,7 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
         if (fired) {
             f.scope = "domain:" + d->name;
             refresh_pace(*d);
+            _held_domains.insert(d->name);
         }
     }
     if (!fired) {
@@ -89,6 +90,26 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
     t.last = f;
     _sink.rule_fired(f);
     return m;
+}
+
+inline delivery_core::held_summary delivery_core::held_destinations() {
+    held_summary out;
+    for (auto it = _held_domains.begin(); it != _held_domains.end();) {
+        domain_state* d = _domains.find(*it);
+        if (d != nullptr && d->adapt.advance(_now)) {
+            refresh_pace(*d);
+        }
+        if (d == nullptr || d->adapt.current() == throttle::state::normal) {
+            it = _held_domains.erase(it);
+            continue;
+        }
+        ++out.count;
+        if (out.example.empty() || d->adapt.current() == throttle::state::stopped) {
+            out.example = *it + ": " + d->adapt.describe(_now);
+        }
+        ++it;
+    }
+    return out;
 }
 
 // The domain's pace as its throttle says: the scaled rate, else its own.

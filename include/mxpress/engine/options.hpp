@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -95,6 +96,11 @@ struct shard_options {
 
 // Counters the reader thread reads while shards run.
 struct shard_stats {
+    // Destinations a rule holds back now (the progress line), refreshed
+    // about once a second: how many, and one of them described.
+    std::atomic<std::uint32_t> held{0};
+    mutable std::mutex held_mutex;
+    std::string held_example;  // guarded by held_mutex: "gmail.com: scaled to 1.50/s by gmail-rate"
     std::atomic<std::uint64_t> delivered{0};
     std::atomic<std::uint64_t> bounced{0};
     std::atomic<std::uint64_t> expired{0};

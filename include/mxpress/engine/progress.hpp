@@ -8,6 +8,8 @@
 //   useful first, then the bar, then the text is cut), so the line never
 //   wraps. Not on a terminal: the same fields without the bar, for a log
 //   line (the caller adds the newline; no \r, no escape codes).
+// - Destinations an adaptive rule holds back show last, as
+//   `held back 2 (gmail.com: scaled to 1.50/s by gmail-rate)`.
 // - The total (the rows to send) is known only once the reader reached the
 //   end of the recipients file: until then the line shows the rows read so
 //   far (`13,377 / 20,000+ read`), no percentage, no bar and no ETA. The
@@ -37,6 +39,10 @@ struct progress_counts {
     std::uint64_t failed = 0;  // bounced, expired, in doubt, invalid
     std::uint64_t in_flight = 0;
     double seconds = 0;  // since the run started
+    // Destinations a rule holds back now (scaled, suspended, stopped), and
+    // one of them described ("gmail.com: suspended 3h59m more by ms-block").
+    std::uint64_t held = 0;
+    std::string held_example;
 };
 
 // 13377 -> "13,377".
@@ -160,6 +166,11 @@ inline std::string format_progress(const progress_counts& c, unsigned width, boo
     fields.push_back({"deferred " + thousands(c.deferred), 4});
     fields.push_back({"failed " + thousands(c.failed), 4});
     fields.push_back({"in flight " + thousands(c.in_flight), 3});
+    if (c.held > 0) {
+        // What holds the batch back: worth more than the counts.
+        fields.push_back(
+            {"held back " + thousands(c.held) + (c.held_example.empty() ? "" : " (" + c.held_example + ")"), 6});
+    }
 
     const std::string sep = "  ";
     auto joined_size = [&]() {

@@ -152,6 +152,14 @@ public:
         until = _throttle.until();
         return _throttle.current();
     }
+    // What a rule does to it now ("scaled to … by …"); empty: nothing.
+    std::string describe_hold(clock::time_point now) {
+        if (adaptive() == throttle::state::normal) {
+            return {};
+        }
+        const std::lock_guard<std::mutex> lock(_adapt_mutex);
+        return _throttle.describe(now);
+    }
     template <class F>
     void with_throttle(F&& f) {
         const std::lock_guard<std::mutex> lock(_adapt_mutex);

@@ -521,7 +521,20 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                         s.expired.load(std::memory_order_relaxed) + s.in_doubt.load(std::memory_order_relaxed);
             c.deferred += s.deferred.load(std::memory_order_relaxed);
             c.in_flight += s.in_flight.load(std::memory_order_relaxed);
+            if (const std::uint32_t h = s.held.load(std::memory_order_relaxed); h > 0) {
+                c.held += h;
+                const std::lock_guard<std::mutex> lock(s.held_mutex);
+                if (c.held_example.empty()) {
+                    c.held_example = s.held_example;
+                }
+            }
         }
+        providers.for_each([&](provider_state& p) {
+            if (std::string d = p.describe_hold(clock::now()); !d.empty()) {
+                ++c.held;
+                c.held_example = "[provider." + p.config().name + "]: " + d;  // a whole provider first
+            }
+        });
         const std::uint64_t invalid = counts.invalid.load(std::memory_order_relaxed);
         const std::uint64_t suppressed = counts.suppressed.load(std::memory_order_relaxed);
         c.failed += invalid;

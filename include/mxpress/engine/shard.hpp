@@ -197,6 +197,15 @@ private:
     }
 
     // The resolver counts on this thread; the summary reads the copies.
+    // Destinations a rule holds back, for the progress line (about once a second).
+    static constexpr unsigned held_every_ticks = 20;
+    void publish_held() {
+        delivery_core::held_summary h = _core.held_destinations();
+        _stats.held.store(h.count, std::memory_order_relaxed);
+        const std::lock_guard<std::mutex> lock(_stats.held_mutex);
+        _stats.held_example = std::move(h.example);
+    }
+
     void publish_dns_stats() noexcept {
         const net::resolver::counters& c = _resolver.stats();
         _stats.dns_queries.store(c.queries, std::memory_order_relaxed);
@@ -589,6 +598,9 @@ private:
         }
         self->_ts.clear();
         self->_core.tick();
+        if (++self->_ticks % held_every_ticks == 0) {
+            self->publish_held();
+        }
         self->flush_journal();
         // Always again: run()'s loop is the one place that decides the shard
         // is finished. A tick left unarmed because finished() held here, and
@@ -611,7 +623,8 @@ private:
     shard_stats& _stats;
     shard_op _eventfd_op;
     shard_op _tick_op;
-    std::uint64_t _config_generation = 0;  // the reloader's, when the core last took it
+    std::uint64_t _config_generation = 0;
+    unsigned _ticks = 0;  // the reloader's, when the core last took it
     shard_op _stop_op;
     io::unique_fd _stop_fd;
     std::uint64_t _stop_value = 0;

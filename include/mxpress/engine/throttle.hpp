@@ -190,6 +190,26 @@ public:
         return changed;
     }
 
+    // What it does to its destination now, for the progress line:
+    // "scaled to 1.50/s by gmail-rate", "suspended 3h59m by ms-block",
+    // "stopped by gmail-auth"; empty when normal.
+    std::string describe(clock::time_point now) const {
+        switch (_state) {
+            case state::normal: return {};
+            case state::scaled: return fmt::format("scaled to {:.2f}/s by {}", _rate, _by);
+            case state::suspended: {
+                const auto left =
+                    std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::seconds>(_until - now).count());
+                const std::string t = left < 60     ? fmt::format("{}s", left)
+                                      : left < 3600 ? fmt::format("{}m{:02}s", left / 60, left % 60)
+                                                    : fmt::format("{}h{:02}m", left / 3600, left % 3600 / 60);
+                return fmt::format("suspended {} more by {}", t, _by);
+            }
+            case state::stopped: return "stopped by " + _by;
+        }
+        return {};
+    }
+
     // A reloaded configuration (SIGHUP) may number its rules differently:
     // the hits counted toward triggers start over. The state in force stays.
     void forget_hits() noexcept { _hits.clear(); }
