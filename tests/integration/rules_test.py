@@ -236,6 +236,48 @@ class Rules(unittest.TestCase):
                 self.assertGreaterEqual(earliest, lifts - 0.3,
                                         f"the resumed run sent {lifts - earliest:.2f} s before the suspension lifted")
 
+    def test_a_suspended_provider_holds_all_its_domains_then_resumes(self):
+        SUSPEND = 4.0
+        blocked = []
+
+        def reply(addr):
+            if not blocked:
+                blocked.append(addr)
+                return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
+            return None
+
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            recipients, config, journal = peers.path("r.csv"), peers.path("c.toml"), peers.path("j.jsonl")
+            emails = [f"{d}{k}@{d}.test" for k in range(15) for d in ("a", "b", "c")]
+            codes = write_coded_recipients(recipients, emails)
+            # Every domain here is routed to the one host, which is the provider's.
+            with open(config, "w") as f:
+                f.write('[defaults]\nconnections_max = 1\n[provider.blockco]\nmatch = ["127.0.0.2"]\n'
+                        '[[rule]]\nname = "blockco-block"\nprovider = "blockco"\n'
+                        f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{int(SUSPEND)}s"\n'
+                        'floor = "100/s"\n')
+            with ScriptedSmtp("127.0.0.2", port, rcpt_reply=reply) as peer:
+                p = subprocess.run(self.send(peers, port, recipients, config, journal, "--summary-json",
+                                             peers.path("s.json")), capture_output=True, text=True, timeout=120)
+                self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+                assert_exactly_once(self, peer.arrivals, codes)
+                self.assertEqual(len(peer.rcpt_refusals), 1)
+                lifts = peer.rcpt_refusals[0][0] + SUSPEND
+            ev = events(journal)
+            self.assertEqual([(e["rule"], e["action"], e["scope"]) for e in ev],
+                             [("blockco-block", "suspend", "provider:blockco")])
+            # Mail to every domain of the provider waited for the suspension,
+            # not only the one the block came for (what was in flight with it aside).
+            late = {d: min(a["t"] for a in peer.arrivals if a["rcpt"][0].endswith(f"@{d}.test"))
+                    for d in ("a", "b", "c")}
+            early = [a for a in peer.arrivals if peer.rcpt_refusals[0][0] + 0.2 < a["t"] < lifts - 0.3]
+            self.assertEqual(early, [], f"{len(early)} messages arrived while the provider was suspended")
+            self.assertGreater(max(late.values()), lifts - 0.3, late)
+            with open(peers.path("s.json")) as f:
+                self.assertGreater(json.load(f)["rule_held"], 0)
+
+
 
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
