@@ -335,7 +335,7 @@ private:
             c.quitting = true;
             return;
         }
-        std::array<char, 1024> cmd{};
+        std::array<char, 1024> cmd;  // not zeroed: 1 KB of memset per message showed in perf
         char* p = std::copy(_job.mail_prefix.begin(), _job.mail_prefix.end(), cmd.data());
         p = std::to_chars(p, p + 24, _next++).ptr;
         p = std::copy(_job.rcpt_suffix.begin(), _job.rcpt_suffix.end(), p);
