@@ -33,6 +33,15 @@ Workloads (seeded, reproducible; recipients skewed over 1,000 domains):
 Every delivery workload runs Postfix's smtp-source (-d -s 20 -l SIZE, one
 process per MX address) against the same sink in the same run, and reports
 mxpress/reference ratios for rate and CPU per message.
+
+The floor (issue 13): plain-2k, plain-32k and tls-2k also run mxpress_floor
+(bench/floor_sender.cpp: one pre-rendered message, no CSV, rendering or
+journal, pipelined SMTP on io_uring, every reply checked) in the same
+rounds, against the same sink, with mxpress's connection and thread counts
+of that round, and report "CPU x floor" (mxpress CPU per message / the
+floor's) and "rate x floor": how close mxpress is to the cheapest sender of
+the same mail. n/a where the floor cannot run the workload (DNS, DKIM,
+shaping). --quick runs the floor once, after the gate's pairs (not gated).
 """
 import argparse
 import json
@@ -49,6 +58,7 @@ from peers import Peers, certs, free_port, wait_tcp  # noqa: E402
 MX = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 MXPRESS = os.path.join(ROOT, "build", "mxpress")
 MXSINK = os.path.join(ROOT, "build", "mxsink")
+FLOOR = os.path.join(ROOT, "build", "bench", "mxpress_floor")
 # domains-1k and domains-20k (issue 14, item 12): same run, medians.
 DOMAINS_MESSAGES = 100_000
 DOMAINS_RUNS = 10
@@ -106,6 +116,7 @@ class Bench:
         with open(self.config, "w") as f:
             f.write(BENCH_CONFIG)
         self.messages = messages
+        self.floor_messages = {}  # template: its rendered, dot-stuffed file
         subprocess.run(["python3", os.path.join(ROOT, "scripts/gen-recipients"), "--rows", str(messages),
                         "--domains", "1000", "--out", self.recipients], check=True)
 
@@ -162,10 +173,46 @@ class Bench:
         if s["delivered"] != messages:
             sys.exit(f"bench: only {s['delivered']} of {messages} delivered:\n{out}")
         return dict(sender=f"mxpress --threads {s['threads']}", sink=sink, messages=messages, wall_s=wall,
-                    cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu, tls_handshakes=s.get("tls_handshakes", 0),
+                    cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu, threads=s["threads"],
+                    connections=s["connections"], tls_handshakes=s.get("tls_handshakes", 0),
                     tls_resumed=s.get("tls_resumed", 0), tls_failures=s.get("tls_failures", 0),
                     dns_queries=s.get("dns_queries", 0), dns_retries=s.get("dns_retries", 0),
                     dns_in_flight_peak=s.get("dns_in_flight_peak", 0))
+
+    def floor_message(self, template):
+        """The message the recipients file's first row gets (`mxpress render`),
+        CRLF and dot-stuffed: what mxpress_floor sends every time."""
+        if template not in self.floor_messages:
+            out = subprocess.run([MXPRESS, "render", "--recipients", self.recipients, "--message",
+                                  os.path.join(ROOT, template), "--line", "2", "--from", "bounce@town.example"],
+                                 capture_output=True, check=True).stdout
+            lines = out.replace(b"\r\n", b"\n").split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            path = self.peers.path(os.path.basename(template) + ".floor")
+            with open(path, "wb") as f:
+                f.write(b"".join((b"." + l if l.startswith(b".") else l) + b"\r\n" for l in lines))
+            self.floor_messages[template] = path
+        return self.floor_messages[template]
+
+    def floor(self, template, connections, threads, sink):
+        """mxpress_floor: the same message count over `connections`
+        connections (round-robin over the MX addresses) from `threads`
+        threads, as mxpress used in its run."""
+        procs = self.start_sinks(sink)
+        args = [FLOOR, "--messages", str(self.messages), "--connections", str(connections), "--threads",
+                str(threads), "--message", self.floor_message(template), "--from", "bounce@town.example", "--to",
+                "r{}@d0000.test", "--timeout", "300"] + sum((["--connect", f"{h}:{self.port}"] for h in MX), [])
+        if sink == "mxsink-tls":
+            args.append("--tls")
+        wall, cpu, rss, out = timed(args)
+        sink_cpu = self.stop_sinks(procs)
+        s = json.loads(out)
+        if s["messages"] != self.messages or s["errors"]:
+            sys.exit(f"bench: the floor delivered {s['messages']} of {self.messages}:\n{out}")
+        return dict(sender=f"floor {connections} conns x{threads}", sink=sink, messages=self.messages, wall_s=wall,
+                    cpu_s=cpu, peak_rss_kib=rss, sink_cpu_s=sink_cpu, threads=threads, connections=connections,
+                    tls_handshakes=s["tls_handshakes"], tls_resumed=s["tls_resumed"], floor=True)
 
     def smtp_source(self, size, sink):
         procs = self.start_sinks(sink)
@@ -205,24 +252,87 @@ def with_ratios(run, ref):
     return r
 
 
+def with_floor(run, floor):
+    """mxpress's rate and CPU per message against the floor's (same sink,
+    same round): floor_rate_ratio, floor_cpu_ratio."""
+    run["floor_rate_ratio"] = run["msgs_per_s"] / floor["msgs_per_s"]
+    run["floor_cpu_ratio"] = run["cpu_us_per_msg"] / floor["cpu_us_per_msg"]
+    return run
+
+
+MEDIAN_KEYS = ("wall_s", "cpu_s", "peak_rss_kib", "sink_cpu_s", "msgs_per_s", "msgs_per_hour", "cpu_us_per_msg",
+               "sink_cpu_us_per_msg")
+RATIO_KEYS = ("rate_ratio", "cpu_ratio", "floor_rate_ratio", "floor_cpu_ratio")
+
+
+def median_row(rows):
+    """One row of medians (ratios: the median of the per-round ratios)."""
+    m = dict(rows[0])
+    for k in MEDIAN_KEYS + RATIO_KEYS + ("tls_handshakes", "tls_resumed"):
+        if k in m:
+            m[k] = median(r[k] for r in rows)
+    if len(rows) > 1:
+        m["sender"] += f" (median of {len(rows)})"
+        for k in RATIO_KEYS:
+            if k in m:
+                m[k + "s"] = [r[k] for r in rows]
+    return m
+
+
 def print_table(title, rows):
     print(f"\n{title}")
-    print(f"  {'sender':<22} {'sink':<10} {'msgs/s':>8} {'msgs/hour':>10} {'CPU s/100k':>10} {'us/msg':>7}"
-          f" {'RSS MB':>7} {'sink us/msg':>11} {'rate x':>7} {'CPU x':>6}")
+    print(f"  {'sender':<32} {'sink':<10} {'msgs/s':>8} {'msgs/hour':>10} {'CPU s/100k':>10} {'us/msg':>7}"
+          f" {'RSS MB':>7} {'sink us/msg':>11} {'rate x':>7} {'CPU x':>6} {'rate x fl':>9} {'CPU x fl':>8}")
+
+    def vs_floor(r, k, width):
+        if r.get("floor"):
+            return f"{1:>{width}.2f}"
+        return f"{r[k]:>{width}.2f}" if k in r else f"{'n/a':>{width}}"
+
     for r in rows:
-        print(f"  {r['sender']:<22} {r['sink']:<10} {r['msgs_per_s']:>8.0f} {r['msgs_per_hour'] / 1e6:>9.1f}M"
+        print(f"  {r['sender']:<32} {r['sink']:<10} {r['msgs_per_s']:>8.0f} {r['msgs_per_hour'] / 1e6:>9.1f}M"
               f" {r['cpu_us_per_msg'] / 10:>10.2f} {r['cpu_us_per_msg']:>7.1f} {r['peak_rss_kib'] / 1024:>7.1f}"
-              f" {r['sink_cpu_us_per_msg']:>11.1f} {r.get('rate_ratio', 1):>7.2f} {r.get('cpu_ratio', 1):>6.2f}")
+              f" {r['sink_cpu_us_per_msg']:>11.1f} {r.get('rate_ratio', 1):>7.2f} {r.get('cpu_ratio', 1):>6.2f}"
+              f" {vs_floor(r, 'floor_rate_ratio', 9)} {vs_floor(r, 'floor_cpu_ratio', 8)}")
 
 
-def delivery_workload(b, name, sinks, threads=0):
+def floor_summary(run, floor, ref=None):
+    """The "how close to the limit" figures of a workload, for --json and the
+    line under its table."""
+    out = dict(mxpress_cpu_us_per_msg=run["cpu_us_per_msg"], floor_cpu_us_per_msg=floor["cpu_us_per_msg"],
+               cpu_ratio=run["floor_cpu_ratio"], mxpress_msgs_per_s=run["msgs_per_s"],
+               floor_msgs_per_s=floor["msgs_per_s"], rate_ratio=run["floor_rate_ratio"],
+               connections=floor["connections"], threads=floor["threads"])
+    if ref is not None:
+        out.update(smtp_source_cpu_us_per_msg=ref["cpu_us_per_msg"], smtp_source_msgs_per_s=ref["msgs_per_s"])
+    print(f"  vs floor: mxpress {run['cpu_us_per_msg']:.1f} us/msg, floor {floor['cpu_us_per_msg']:.1f} us/msg "
+          f"({run['floor_cpu_ratio']:.2f}x CPU); rate {run['msgs_per_s']:.0f} vs {floor['msgs_per_s']:.0f} msgs/s "
+          f"({run['floor_rate_ratio']:.2f}x)"
+          + (f"; smtp-source {ref['cpu_us_per_msg']:.1f} us/msg, {ref['msgs_per_s']:.0f} msgs/s" if ref else ""))
+    return out
+
+
+def delivery_workload(b, name, sinks, rounds=1):
+    """Per sink, `rounds` rounds of smtp-source, mxpress, then the floor with
+    mxpress's connections and threads of that round. Returns the rows (per
+    sink: the medians of mxpress, the floor and smtp-source, then each
+    round's when there are several) and the floor figures of the first sink."""
     size = 2000 if name == "plain-2k" else 32000
-    rows = []
+    rows, summary = [], None
     for sink in sinks:
-        ref = with_ratios(b.smtp_source(size, sink), None)
-        run = with_ratios(b.mxpress(TEMPLATES[name], threads, sink), ref)
-        rows += [run, ref]
-    return rows
+        refs, runs, floors = [], [], []
+        for _ in range(rounds):
+            ref = with_ratios(b.smtp_source(size, sink), None)
+            run = with_ratios(b.mxpress(TEMPLATES[name], 0, sink), ref)
+            floor = with_ratios(b.floor(TEMPLATES[name], run["connections"], run["threads"], sink), ref)
+            runs.append(with_floor(run, floor))
+            floors.append(floor)
+            refs.append(ref)
+        med = [median_row(runs), median_row(floors), median_row(refs)]
+        rows += med + ([r for trio in zip(runs, floors, refs) for r in trio] if rounds > 1 else [])
+        if summary is None:
+            summary = med
+    return rows, summary
 
 
 def median(values):
@@ -232,9 +342,10 @@ def median(values):
 
 def gate_workload(b, pairs):
     """The CI gate: `pairs` alternating (smtp-source, mxpress) pairs on mxsink,
-    so that drift on the machine hits both sides alike. Returns the rows (the
-    medians first: mxpress with the medians of the per-pair ratios, then
-    smtp-source) and the per-pair ratios."""
+    so that drift on the machine hits both sides alike, then one floor run
+    (about a second; reported, not gated). Returns the rows (the medians
+    first: mxpress with the medians of the per-pair ratios, then
+    smtp-source, then the floor) and the per-pair ratios."""
     runs, refs = [], []
     for _ in range(pairs):
         ref = with_ratios(b.smtp_source(2000, "mxsink"), None)
@@ -250,15 +361,23 @@ def gate_workload(b, pairs):
     med_run["rate_ratio"] = median(ratios["rate_ratio"])
     med_run["sender"] += f" (median of {pairs})"
     med_ref["sender"] += f" (median of {pairs})"
-    return [med_run, med_ref] + [r for pair in zip(runs, refs) for r in pair], ratios
+    floor = with_ratios(b.floor(TEMPLATES["plain-2k"], runs[-1]["connections"], runs[-1]["threads"], "mxsink"),
+                        med_ref)
+    with_floor(med_run, floor)
+    return [med_run, med_ref, floor] + [r for pair in zip(runs, refs) for r in pair], ratios
 
 
 def tls_workload(b):
-    """STARTTLS against plaintext, alternating, three pairs; medians."""
-    plain, tls = [], []
+    """STARTTLS against plaintext, alternating, three rounds (mxpress
+    plaintext, mxpress STARTTLS, the floor over STARTTLS with mxpress's
+    connections and threads); medians."""
+    plain, tls, floors = [], [], []
     for _ in range(3):
         plain.append(with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink"), None))
-        tls.append(with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink-tls"), None))
+        t = with_ratios(b.mxpress(TEMPLATES["plain-2k"], 0, "mxsink-tls"), None)
+        floor = with_ratios(b.floor(TEMPLATES["plain-2k"], t["connections"], t["threads"], "mxsink-tls"), None)
+        tls.append(with_floor(t, floor))
+        floors.append(floor)
 
     def summary(rows):
         keep = dict(rows[0])
@@ -273,7 +392,10 @@ def tls_workload(b):
     t["handshakes_per_100k"] = t["tls_handshakes"] / t["messages"] * 100_000
     t["resumed_per_100k"] = t["tls_resumed"] / t["messages"] * 100_000
     t["pairs"] = [(x["msgs_per_s"], y["msgs_per_s"]) for x, y in zip(plain, tls)]
-    return [t, p]
+    t["floor_rate_ratio"] = median(r["floor_rate_ratio"] for r in tls)
+    t["floor_cpu_ratio"] = median(r["floor_cpu_ratio"] for r in tls)
+    t["floor_cpu_ratios"] = [r["floor_cpu_ratio"] for r in tls]
+    return [t, p, median_row(floors)]
 
 
 def dkim_workload(b, algorithm):
@@ -487,6 +609,8 @@ def main():
                     help=f"plain-2k only, {GATE_PAIRS} alternating pairs against smtp-source, mxsink, "
                          "medians; the CI gate")
     ap.add_argument("--pairs", type=int, default=GATE_PAIRS, help="pairs for --quick")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="rounds of plain-2k and plain-32k (smtp-source, mxpress, floor each); medians (default 1)")
     ap.add_argument("--messages", type=int, help="messages per delivery workload (default 200,000)")
     ap.add_argument("--workloads",
                     default="plain-2k,plain-32k,tls-2k,dkim-rsa-2k,dkim-ed25519-2k,shaped-2k,domains-1k,domains-20k,scale,"
@@ -518,7 +642,7 @@ def main():
 
     workloads = ["plain-2k"] if a.quick else a.workloads.split(",")
     messages = a.messages or (50_000 if a.quick else 200_000)
-    results = {"messages": messages, "cores": os.cpu_count(), "workloads": {}}
+    results = {"messages": messages, "cores": os.cpu_count(), "workloads": {}, "vs_floor": {}}
     failed = []
     missed = []  # goals not met on this machine: printed and in --json, exit status unchanged
     with Peers() as peers:
@@ -531,14 +655,18 @@ def main():
                 rows, ratios = gate_workload(b, a.pairs)
                 results["workloads"][w] = rows
                 results["gate_ratios"] = ratios
-                print_table(f"gate: {messages:,} messages per run, {a.pairs} alternating pairs, medians first", rows)
+                print_table(f"gate: {messages:,} messages per run, {a.pairs} alternating pairs, medians first, "
+                            "then one floor run", rows)
                 for k, v in ratios.items():
                     print(f"  {k} per pair: {' '.join(f'{x:.2f}' for x in v)} (spread {max(v) - min(v):.2f})")
+                results["vs_floor"][w] = floor_summary(rows[0], rows[2], rows[1])
             elif w in ("plain-2k", "plain-32k"):
                 sinks = ["mxsink"] if a.quick or w == "plain-32k" else ["mxsink", "smtp-sink"]
-                rows = delivery_workload(b, w, sinks)
+                rows, (run, floor, ref) = delivery_workload(b, w, sinks, a.rounds)
                 results["workloads"][w] = rows
-                print_table(f"{w}: {messages:,} personalized messages, 1,000 domains, 4 MX addresses on loopback", rows)
+                print_table(f"{w}: {messages:,} personalized messages, 1,000 domains, 4 MX addresses on loopback"
+                            + (f", medians of {a.rounds} rounds first" if a.rounds > 1 else ""), rows)
+                results["vs_floor"][w] = floor_summary(run, floor, ref)
             elif w == "scale":
                 threads = list(range(1, (os.cpu_count() or 1) + 1))
                 ref = with_ratios(b.smtp_source(2000, "mxsink"), None)
@@ -556,6 +684,7 @@ def main():
                 t = rows[0]
                 print_table(f"tls-2k: {messages:,} messages over STARTTLS against plaintext, mxsink, medians of 3 "
                             "(ratios: STARTTLS / plaintext)", rows)
+                results["vs_floor"][w] = floor_summary(t, rows[2])
                 print(f"  handshakes: {t['handshakes_per_100k']:.0f} per 100k messages, "
                       f"{t['resumed_per_100k']:.0f} of them resumed; rate ratio {t['rate_ratio']:.2f} "
                       f"(goal >= {TLS_RATE_RATIO_MIN}), CPU ratio {t['cpu_ratio']:.2f}")
@@ -645,6 +774,9 @@ def main():
                 failed.append(f"gate: rate {run['rate_ratio']:.2f}x smtp-source's (min {GATE_RATE_RATIO_MIN})")
             print(f"\ngate: median CPU ratio {run['cpu_ratio']:.2f} (max {GATE_CPU_RATIO_MAX}), median rate ratio "
                   f"{run['rate_ratio']:.2f} (min {GATE_RATE_RATIO_MIN}), target {a.target_per_hour / 1e6:.0f}M/h")
+    for w in workloads:  # delivery workloads the floor cannot run: DNS, DKIM, shaping, thread counts
+        if w != "memory" and w not in results["vs_floor"]:
+            results["vs_floor"][w] = "n/a"
     results["failed"] = failed
     results["goals_missed"] = missed
     if a.json:
