@@ -54,7 +54,11 @@ namespace engine = mxpress::engine;
 constexpr int exit_ok = 0;
 constexpr int exit_unfinished = 1;
 constexpr int exit_usage = 2;
-constexpr const char* mxpress_version = "0.1.0";
+// project(VERSION) in CMakeLists.txt, the one place a release changes it.
+#ifndef MXPRESS_VERSION
+#error "MXPRESS_VERSION is set by CMakeLists.txt (project VERSION)"
+#endif
+constexpr const char* mxpress_version = MXPRESS_VERSION;
 constexpr double metrics_interval_default_s = 10;
 
 struct send_options {
