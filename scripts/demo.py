@@ -6,7 +6,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
-from peers import Peers, free_port, wait_tcp  # noqa: E402
+from peers import Peers, certs, free_port, wait_tcp  # noqa: E402
 
 MX = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
 
@@ -16,6 +16,8 @@ def main():
     ap.add_argument("--messages", type=int, default=100000)
     ap.add_argument("--threads", type=int, default=0, help="mxpress --threads (default: number of cores)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build"), help="where mxpress and mxsink are built")
+    ap.add_argument("--plain", action="store_true",
+                    help="plaintext SMTP (default: STARTTLS, mxsink with a throwaway certificate)")
     a = ap.parse_args()
     bin_dir = os.path.abspath(a.bin)
     with Peers() as peers:
@@ -23,7 +25,14 @@ def main():
         lines = [f"mx-host=d{k:04d}.test,mx{k % 4}.test,10" for k in range(1000)]
         lines += [f"host-record=mx{i}.test,{h}" for i, h in enumerate(MX)]
         dns = peers.dnsmasq(lines)
-        sink = subprocess.Popen([os.path.join(bin_dir, "mxsink"), "--stats-json", peers.path("sink.json")] +
+        tls = []
+        if not a.plain:
+            # Warm STARTTLS pools are what mxpress is for: mxsink offers
+            # STARTTLS with a certificate made for this run; mxpress's default
+            # policy (opportunistic) takes it and resumes sessions per pool.
+            c = certs(peers)
+            tls = ["--tls-cert", os.path.join(c, "mx.crt"), "--tls-key", os.path.join(c, "mx.key")]
+        sink = subprocess.Popen([os.path.join(bin_dir, "mxsink"), "--stats-json", peers.path("sink.json")] + tls +
                                 sum((["--listen", f"{h}:{port}"] for h in MX), []))
         peers.procs.append(sink)
         for h in MX:
@@ -32,7 +41,9 @@ def main():
         subprocess.run(["python3", os.path.join(ROOT, "scripts/gen-recipients"), "--rows", str(a.messages),
                         "--domains", "1000", "--out", recipients], check=True)
         print(f"demo: {a.messages} recipients over 1,000 domains; MX from dnsmasq at {dns}; "
-              f"mxsink on {', '.join(MX)} port {port}", flush=True)
+              f"mxsink on {', '.join(MX)} port {port}, "
+              f"{'plaintext' if a.plain else 'STARTTLS (the tls: line counts handshakes and resumptions)'}",
+              flush=True)
         args = [os.path.join(bin_dir, "mxpress"), "send", "--recipients", recipients,
                 "--message", os.path.join(ROOT, "bench/templates/plain-2k.eml"), "--from", "bounce@town.example",
                 "--dns", dns, "--mx-port", str(port), "--journal", peers.path("journal.jsonl")]

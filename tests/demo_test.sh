@@ -24,4 +24,8 @@ grep -Eq "^sent: $messages rows, $messages delivered, 0 bounced, 0 expired, 0 in
     fail "not every message delivered"
 grep -Eq '^time: [0-9.]+ s, [0-9.]+[kMG]? messages/hour delivered' <<<"$out" || fail "no rate per hour"
 grep -Eq '^  \{"line":[0-9]+,.*"status":"delivered"' <<<"$out" || fail "no journal lines shown"
+# STARTTLS by default: sessions were set up, most of them resumed, none failed.
+grep -Eq '^tls: [1-9][0-9]* handshakes, [1-9][0-9]* resumed \([0-9.]+%\), 0 failed' <<<"$out" ||
+    fail "the demo did not go over STARTTLS with resumed sessions"
+grep -Eq '"tls":"TLSv1\.3' <<<"$out" || fail "the journal lines do not show TLS"
 echo "demo ok"
