@@ -142,10 +142,37 @@ TEST(Metrics, EndedRunSaysSoAndLabelValuesAreEscaped) {
     EXPECT_NE(text.find(R"(version="1.0 \"beta\"\\x\ny"} 1)"), std::string::npos) << text;
 }
 
+// Two [provider] sections' series.
+metrics_snapshot with_providers() {
+    metrics_snapshot s = example();
+    s.providers.push_back({"google", 70, 6, 1, 1500, 3});
+    s.providers.push_back({"micro\"soft", 5, 2, 3, 0, 0});
+    return s;
+}
+
+TEST(Metrics, ProviderSeriesCarryTheSectionNameAndNoDomain) {
+    EXPECT_EQ(exposition(example()).find("provider="), std::string::npos) << "no [provider]: no series";
+    const std::string text = exposition(with_providers());
+    for (const char* line : {
+             "# TYPE mxpress_provider_smtp_replies_total counter\n",
+             "mxpress_provider_smtp_replies_total{run=\"0123abcd4567ef89\",provider=\"google\",class=\"2xx\"} 70\n",
+             "mxpress_provider_smtp_replies_total{run=\"0123abcd4567ef89\",provider=\"google\",class=\"5xx\"} 1\n",
+             "mxpress_provider_smtp_replies_total{run=\"0123abcd4567ef89\",provider=\"micro\\\"soft\",class=\"4xx\"} "
+             "2\n",
+             "# TYPE mxpress_provider_throttle_wait_seconds_total counter\n",
+             "mxpress_provider_throttle_wait_seconds_total{run=\"0123abcd4567ef89\",provider=\"google\"} 1.500\n",
+             "# TYPE mxpress_provider_connections_open gauge\n",
+             "mxpress_provider_connections_open{run=\"0123abcd4567ef89\",provider=\"google\"} 3\n",
+         }) {
+        EXPECT_NE(text.find(line), std::string::npos) << line << "\nin\n" << text;
+    }
+}
+
 // Counters end in _total, every sample has HELP and TYPE before it, and no
-// label but run, status, class and version (never a domain or an address).
+// label but run, status, class, action, version and provider (never a
+// domain or an address).
 TEST(Metrics, NamingFollowsPrometheusConventions) {
-    const std::string text = exposition(example());
+    const std::string text = exposition(with_providers());
     std::string family;
     std::string type;
     std::size_t samples = 0;
@@ -172,13 +199,14 @@ TEST(Metrics, NamingFollowsPrometheusConventions) {
         const std::string labels = line.substr(family.size() + 1, line.find('}') - family.size() - 1);
         for (std::size_t p = 0; p < labels.size();) {
             const std::string name = labels.substr(p, labels.find('=', p) - p);
-            EXPECT_TRUE(name == "run" || name == "status" || name == "class" || name == "version" || name == "action")
+            EXPECT_TRUE(name == "run" || name == "status" || name == "class" || name == "version" || name == "action" ||
+                        name == "provider")
                 << line;
             p = labels.find("\",", p);
             p = p == std::string::npos ? labels.size() : p + 2;
         }
     }
-    EXPECT_EQ(samples, 29u);
+    EXPECT_EQ(samples, 29u + 2 * 5);
 }
 
 std::vector<std::string> names_in(const std::string& dir) {

@@ -144,7 +144,7 @@ def check_scrape(test, text):
             continue
         test.assertIn(name, types, f"{name} has no TYPE")
         test.assertEqual(name.endswith("_total"), types[name] == "counter", name)
-        test.assertTrue(set(labels) <= {"run", "status", "class", "version", "action"}, labels)
+        test.assertTrue(set(labels) <= {"run", "status", "class", "version", "action", "provider"}, labels)
         test.assertIn("run", labels)
     for run in {labels["run"] for name, labels, _ in samples if name.startswith("mxpress_")}:
         runs[run] = series_of(samples, run)
@@ -164,7 +164,8 @@ class Metrics(unittest.TestCase):
         with open(message, "w") as f:
             f.write(CODED_TEMPLATE)
         with open(config, "w") as f:
-            f.write(SHORT_CONFIG)
+            # Every host here is 127.0.0.2: one [provider], for its series.
+            f.write(SHORT_CONFIG + '\n[provider.loop]\nmatch = ["127.0.0.2"]\n')
         args = [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "b@sender.test",
                 "--config", config, "--journal", jpath, "--progress", "off", "--threads", "2"]
         for r in routes:
@@ -257,6 +258,13 @@ class Metrics(unittest.TestCase):
                               ("tls_failures", "mxpress_tls_handshake_failures_total")):
                 self.assertEqual(m[name], summary[key], name)
             self.assertEqual(m["mxpress_smtp_replies_total{class=2xx}"], 20000)
+            # The provider's own series: every reply came from its host.
+            self.assertEqual(m["mxpress_provider_smtp_replies_total{class=2xx}{provider=loop}"], 20000)
+            self.assertEqual(m["mxpress_provider_smtp_replies_total{class=4xx}{provider=loop}"], 0)
+            self.assertEqual(m["mxpress_provider_connections_open{provider=loop}"], 0)
+            self.assertIn("mxpress_provider_throttle_wait_seconds_total{provider=loop}", m)
+            self.assertTrue(any(s.get("mxpress_provider_connections_open{provider=loop}", 0) > 0 for s in during),
+                            "connections to the provider's host were open during the run")
             self.assertEqual(m["mxpress_attempts_total"], 20000)  # the dead host never took a transaction
             self.assertGreaterEqual(m["mxpress_deferrals_total"], 30)
             self.assertEqual(m["mxpress_connections_open"], 0)

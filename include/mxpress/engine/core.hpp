@@ -484,10 +484,13 @@ private:
             }
             slot = d.pace.reserve(slot);
             if (slot > _now) {
+                const auto wait_ms = static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::milliseconds>(slot - _now).count());
                 shard_stats::add(_stats.throttled);
-                shard_stats::add(_stats.throttle_wait_ms,
-                                 static_cast<std::uint64_t>(
-                                     std::chrono::duration_cast<std::chrono::milliseconds>(slot - _now).count()));
+                shard_stats::add(_stats.throttle_wait_ms, wait_ms);
+                if (d.provider != nullptr) {
+                    d.provider->note_wait(wait_ms);
+                }
                 r->paced = true;
                 r->not_before = slot;
                 park(*r);

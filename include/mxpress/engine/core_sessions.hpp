@@ -328,6 +328,9 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         case 5: shard_stats::add(_stats.replies_5xx); break;
         default: break;
     }
+    if (p.provider != nullptr) {
+        p.provider->note_reply(rep.code);
+    }
     const bool closed = c.client.current_state() == smtp::client::state::closed;
     const rule* matched = e.result->in_doubt ? nullptr : apply_rules(r->domain, r->domain->provider, rep, r->sent_at);
     if (matched != nullptr && matched->action != rule_action::scale) {

@@ -7,7 +7,8 @@
 //   HELP and TYPE lines, counters end in _total, values are in base units
 //   (seconds, bytes), and the only labels are `run` (one file per run, so
 //   that the files of several runs in one directory never collide), `status`,
-//   `class` and `version`: never a domain or an address.
+//   `class`, `action`, `version` and `provider` (a [provider."…"] section's
+//   name: the operator's few, never a domain or an address).
 // - write_textfile() replaces DIR/mxpress_<run>.prom atomically: the text
 //   goes to a temporary file in DIR whose name does not end in .prom (the
 //   collector ignores it), then rename(2) puts it in place. A reader sees
@@ -29,6 +30,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -69,6 +71,16 @@ struct metrics_snapshot {
     std::uint64_t tls_resumed = 0;
     std::uint64_t tls_failures = 0;
     std::uint64_t sent_bytes = 0;
+    // Per [provider."…"] section, in the file's order (none: no series).
+    struct provider_sample {
+        std::string name;
+        std::uint64_t replies_2xx = 0;  // replies of its hosts that ended a transaction
+        std::uint64_t replies_4xx = 0;
+        std::uint64_t replies_5xx = 0;
+        std::uint64_t throttle_wait_ms = 0;  // its domains' sends that waited for a slot
+        std::uint64_t connections_open = 0;  // every shard's, to its hosts
+    };
+    std::vector<provider_sample> providers;
 };
 
 // A label value with \, " and newline escaped (the exposition format's rules).
@@ -143,6 +155,29 @@ inline std::string exposition(const metrics_snapshot& s) {
     one("mxpress_tls_handshake_failures_total", "counter", "TLS handshakes that failed or timed out.", s.tls_failures);
     one("mxpress_sent_bytes_total", "counter", "Bytes written to SMTP connections (TLS records included).",
         s.sent_bytes);
+    if (!s.providers.empty()) {
+        auto each = [&](std::string_view name, auto&& labels_and_value) {
+            for (const metrics_snapshot::provider_sample& p : s.providers) {
+                const std::string provider = "provider=\"" + metrics_label_value(p.name) + "\"";
+                labels_and_value(name, provider, p);
+            }
+        };
+        family("mxpress_provider_smtp_replies_total", "counter",
+               "Replies of a [provider]'s hosts that ended a transaction, by class.");
+        each("mxpress_provider_smtp_replies_total", [&](auto name, const std::string& l, const auto& p) {
+            sample(name, l + ",class=\"2xx\"", p.replies_2xx);
+            sample(name, l + ",class=\"4xx\"", p.replies_4xx);
+            sample(name, l + ",class=\"5xx\"", p.replies_5xx);
+        });
+        family("mxpress_provider_throttle_wait_seconds_total", "counter",
+               "How long sends to a [provider]'s domains waited for a max_message_rate slot, in all.");
+        each("mxpress_provider_throttle_wait_seconds_total", [&](auto name, const std::string& l, const auto& p) {
+            sample(name, l, seconds(double(p.throttle_wait_ms) / 1000.0));
+        });
+        family("mxpress_provider_connections_open", "gauge", "SMTP connections open now to a [provider]'s hosts.");
+        each("mxpress_provider_connections_open",
+             [&](auto name, const std::string& l, const auto& p) { sample(name, l, p.connections_open); });
+    }
     return out;
 }
 

@@ -126,6 +126,24 @@ public:
     }
     std::uint32_t connections() const noexcept { return _connections.load(std::memory_order_relaxed); }
 
+    // ---- counters for the metrics file (relaxed; summed by every shard) -----
+    struct counters {
+        std::atomic<std::uint64_t> replies_2xx{0};  // replies of its hosts that ended a transaction
+        std::atomic<std::uint64_t> replies_4xx{0};
+        std::atomic<std::uint64_t> replies_5xx{0};
+        std::atomic<std::uint64_t> throttle_wait_ms{0};  // its domains' sends that waited for a slot
+    };
+    void note_reply(int code) noexcept {
+        switch (code / 100) {
+            case 2: _counters.replies_2xx.fetch_add(1, std::memory_order_relaxed); break;
+            case 4: _counters.replies_4xx.fetch_add(1, std::memory_order_relaxed); break;
+            case 5: _counters.replies_5xx.fetch_add(1, std::memory_order_relaxed); break;
+            default: break;
+        }
+    }
+    void note_wait(std::uint64_t ms) noexcept { _counters.throttle_wait_ms.fetch_add(ms, std::memory_order_relaxed); }
+    const counters& stats() const noexcept { return _counters; }
+
     // ---- adaptive rules (throttle.hpp), one state for every shard ----------
 
     // Lock-free: normal for a provider no rule fired on (the common case).
@@ -209,6 +227,7 @@ private:
     std::atomic<std::uint32_t> _connections_max;
     std::atomic<std::uint32_t> _messages_per_connection_max;
     std::atomic<std::uint32_t> _connections{0};
+    counters _counters;
     std::array<std::atomic<std::uint32_t>, shards_tracked> _held{};       // places each shard holds
     std::array<std::atomic<std::int64_t>, shards_tracked> _refused_at{};  // its last refusal (clock ticks); 0: none
     std::mutex _adapt_mutex;  // guards _throttle (taken only when a rule matches, or while one holds it back)

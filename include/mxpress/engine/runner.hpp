@@ -138,7 +138,8 @@ struct runner_options {
 // The counters now, summed over the shards. Relaxed loads: each counter is
 // exact, their sum a view of a moment (the final one, after the shards
 // ended, is exact).
-inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader_counts& rc) {
+inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader_counts& rc,
+                                       const provider_table* providers = nullptr) {
     auto get = [](const std::atomic<std::uint64_t>& a) { return a.load(std::memory_order_relaxed); };
     metrics_snapshot m;
     m.rows = get(rc.rows);
@@ -172,6 +173,18 @@ inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader
         m.tls_failures += get(s.tls_failures);
         m.sent_bytes += get(s.sent_bytes);
     }
+    if (providers != nullptr) {
+        providers->for_each([&](const provider_state& p) {
+            metrics_snapshot::provider_sample ps;
+            ps.name = p.config().name;
+            ps.replies_2xx = get(p.stats().replies_2xx);
+            ps.replies_4xx = get(p.stats().replies_4xx);
+            ps.replies_5xx = get(p.stats().replies_5xx);
+            ps.throttle_wait_ms = get(p.stats().throttle_wait_ms);
+            ps.connections_open = p.connections();
+            m.providers.push_back(std::move(ps));
+        });
+    }
     return m;
 }
 
@@ -194,9 +207,10 @@ public:
     }
 
     // Notes progress; writes the file when the interval has passed (always when final).
-    void sample(const shard_threads& shards, const reader_counts& rc, bool final) {
+    void sample(const shard_threads& shards, const reader_counts& rc, bool final,
+                const provider_table* providers = nullptr) {
         const auto now = std::chrono::steady_clock::now();
-        metrics_snapshot m = sample_metrics(shards, rc);
+        metrics_snapshot m = sample_metrics(shards, rc, providers);
         const std::uint64_t progress =
             m.delivered + m.bounced + m.expired + m.in_doubt + m.invalid + m.suppressed + m.deferrals;
         if (progress != _progress) {
@@ -308,7 +322,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     std::optional<periodic_thread> sampler;  // after `shards`: ends before them
     if (!o.metrics_dir.empty()) {
         metrics.emplace(o, wall_start);
-        sampler.emplace(metrics->sample_period(), [&]() { metrics->sample(shards, counts, false); });
+        sampler.emplace(metrics->sample_period(), [&]() { metrics->sample(shards, counts, false, &providers); });
     }
 
     run_totals t;
@@ -511,7 +525,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     journal.sync();
     if (metrics) {
         sampler.reset();  // joins: the final write is the last
-        metrics->sample(shards, counts, true);
+        metrics->sample(shards, counts, true, &providers);
     }
     if (reader_error) {
         std::rethrow_exception(reader_error);
