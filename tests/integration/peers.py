@@ -123,28 +123,34 @@ class Peers:
         """Serves the given dnsmasq config lines on 127.0.0.1; returns 'ip:port'.
         query_log: a file where dnsmasq writes one line per query it read
         ("query[MX] d1.test from 127.0.0.1"), see dnsmasq_queries()."""
-        port = free_port(kind=socket.SOCK_DGRAM)
         conf = self.path("dnsmasq.conf")
         with open(conf, "w") as f:
             f.write("local=/test/\n")
             f.write("\n".join(lines) + "\n")
-        args = ["dnsmasq", "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
-                "--bind-interfaces", "--no-resolv", "--no-hosts", f"--conf-file={conf}",
-                f"--pid-file={self.path('dnsmasq.pid')}", f"--log-facility={query_log or '-'}", "--quiet-dhcp"]
-        if query_log:
-            args.append("--log-queries")
-        if os.geteuid() == 0:
-            args.append("--user=nobody")
-        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.procs.append(p)
-        # Wait until it answers.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
-                                  "probe.invalid.test", "A"], capture_output=True, text=True)
-            if out.returncode == 0 and "connection refused" not in out.stdout:
-                return f"127.0.0.1:{port}"
-            time.sleep(0.1)
+        # A port picked free may be taken before dnsmasq binds it (another
+        # test's peer): dnsmasq then exits, and it is started again on
+        # another. Each start gets 30 s to answer (a loaded machine, a long
+        # configuration).
+        for _ in range(3):
+            port = free_port(kind=socket.SOCK_DGRAM)
+            args = ["dnsmasq", "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1",
+                    "--bind-interfaces", "--no-resolv", "--no-hosts", f"--conf-file={conf}",
+                    f"--pid-file={self.path('dnsmasq.pid')}", f"--log-facility={query_log or '-'}", "--quiet-dhcp"]
+            if query_log:
+                args.append("--log-queries")
+            if os.geteuid() == 0:
+                args.append("--user=nobody")
+            p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and p.poll() is None:
+                out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
+                                      "probe.invalid.test", "A"], capture_output=True, text=True)
+                if out.returncode == 0 and "connection refused" not in out.stdout:
+                    return f"127.0.0.1:{port}"
+                time.sleep(0.1)
+            if p.poll() is None:
+                break  # running but silent: starting another would not help
         raise RuntimeError("dnsmasq did not answer")
 
     def smtp_sink(self, host, port, flags=(), dump=True):
