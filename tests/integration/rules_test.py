@@ -47,6 +47,30 @@ def outcomes(journal_path):
     return last
 
 
+def block_once():
+    """A scripted peer's RCPT hook: the first recipient gets Microsoft's
+    block (550 5.7.606), every other one is taken."""
+    blocked = []
+
+    def reply(addr):
+        if not blocked:
+            blocked.append(addr)
+            return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
+        return None
+    return reply
+
+
+def write_block_rule(path, seconds, name="microsoft-block", provider=None):
+    """One connection per host and a [[rule]] that suspends on 5.7.606 (for
+    `provider`, a [provider] of the one host 127.0.0.2, when given)."""
+    with open(path, "w") as f:
+        f.write("[defaults]\nconnections_max = 1\n")
+        if provider:
+            f.write(f'[provider.{provider}]\nmatch = ["127.0.0.2"]\n')
+        f.write(f'[[rule]]\nname = "{name}"\n' + (f'provider = "{provider}"\n' if provider else "") +
+                f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{int(seconds)}s"\nfloor = "100/s"\n')
+
+
 class Rules(unittest.TestCase):
     def send(self, peers, port, recipients, config, journal, *extra, timeout=120, progress="off"):
         message = peers.path("m.eml")
@@ -151,22 +175,13 @@ class Rules(unittest.TestCase):
 
     def test_the_progress_line_shows_what_a_rule_holds_back_and_why(self):
         SUSPEND = 8
-        blocked = []
-
-        def reply(addr):
-            if not blocked:
-                blocked.append(addr)
-                return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
-            return None
+        reply = block_once()
 
         with Peers() as peers:
             port = free_port("127.0.0.2")
             recipients, config, journal = peers.path("r.csv"), peers.path("c.toml"), peers.path("j.jsonl")
             codes = write_coded_recipients(recipients, [f"b{k}@blk.test" for k in range(10)])
-            with open(config, "w") as f:
-                f.write('[defaults]\nconnections_max = 1\n[[rule]]\nname = "microsoft-block"\n'
-                        f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{SUSPEND}s"\n'
-                        'floor = "100/s"\n')
+            write_block_rule(config, SUSPEND)
             with ScriptedSmtp("127.0.0.2", port, rcpt_reply=reply) as peer:
                 # Not a terminal: a plain progress line every 5 s, the first
                 # one inside the suspension.
@@ -184,22 +199,13 @@ class Rules(unittest.TestCase):
 
     def test_a_block_suspends_the_destination_and_a_resumed_run_still_waits_for_it(self):
         SUSPEND = 6.0
-        blocked = []
-
-        def reply(addr):
-            if not blocked:
-                blocked.append(addr)
-                return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
-            return None
+        reply = block_once()
 
         with Peers() as peers:
             port = free_port("127.0.0.2")
             recipients, config, journal = peers.path("r.csv"), peers.path("c.toml"), peers.path("j.jsonl")
             codes = write_coded_recipients(recipients, [f"b{k}@blk.test" for k in range(40)])
-            with open(config, "w") as f:
-                f.write('[defaults]\nconnections_max = 1\n[[rule]]\nname = "microsoft-block"\n'
-                        f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{int(SUSPEND)}s"\n'
-                        'floor = "100/s"\n')
+            write_block_rule(config, SUSPEND)
             with ScriptedSmtp("127.0.0.2", port, rcpt_reply=reply) as peer:
                 first = subprocess.Popen(self.send(peers, port, recipients, config, journal), stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
@@ -238,13 +244,7 @@ class Rules(unittest.TestCase):
 
     def test_a_suspended_provider_holds_all_its_domains_then_resumes(self):
         SUSPEND = 4.0
-        blocked = []
-
-        def reply(addr):
-            if not blocked:
-                blocked.append(addr)
-                return "550 5.7.606 Access denied, banned sending IP [127.0.0.1]"
-            return None
+        reply = block_once()
 
         with Peers() as peers:
             port = free_port("127.0.0.2")
@@ -252,11 +252,7 @@ class Rules(unittest.TestCase):
             emails = [f"{d}{k}@{d}.test" for k in range(15) for d in ("a", "b", "c")]
             codes = write_coded_recipients(recipients, emails)
             # Every domain here is routed to the one host, which is the provider's.
-            with open(config, "w") as f:
-                f.write('[defaults]\nconnections_max = 1\n[provider.blockco]\nmatch = ["127.0.0.2"]\n'
-                        '[[rule]]\nname = "blockco-block"\nprovider = "blockco"\n'
-                        f'match = \'5\\.7\\.606\'\naction = "suspend"\nduration = "{int(SUSPEND)}s"\n'
-                        'floor = "100/s"\n')
+            write_block_rule(config, SUSPEND, "blockco-block", provider="blockco")
             with ScriptedSmtp("127.0.0.2", port, rcpt_reply=reply) as peer:
                 p = subprocess.run(self.send(peers, port, recipients, config, journal, "--summary-json",
                                              peers.path("s.json")), capture_output=True, text=True, timeout=120)
