@@ -730,6 +730,29 @@ TEST(SmtpClientChunking, ConnectionLostAfterBdatIsInDoubtUnlessRefused) {
     }
 }
 
+TEST(SmtpClientChunking, Server421BeforeTheBdatIsNotInDoubt) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n421 4.7.28 unusual rate\r\n");
+    const event e = s.take_event();
+    EXPECT_FALSE(e.result->in_doubt) << "the server closed at RCPT: it never read the BDAT";
+    EXPECT_EQ(e.result->recipients[0].one_line(), "421 4.7.28 unusual rate");
+    EXPECT_EQ(s.take_event().kind, event_kind::closed);
+    session t;
+    t.open(chunking_caps);
+    t.c.start_transaction(env({"a@x.org"}), msg);
+    t.sent();
+    t.server("250 ok\r\n250 ok\r\n");
+    t.c.start_transaction(env({"b@x.org"}), msg, 1);
+    t.server("421 4.3.2 shutting down\r\n");
+    const event first = t.take_event();
+    const event second = t.take_event();
+    EXPECT_TRUE(first.result->in_doubt) << "as a 421 to DATA's final dot";
+    EXPECT_FALSE(second.result->in_doubt) << "behind it: never read";
+}
+
 TEST(SmtpClientChunking, BackToBackNextMailRidesBehindTheBdat) {
     session s;
     s.open(chunking_caps);

@@ -550,9 +550,14 @@ private:
     // Ends the session. Every transaction in flight ends with `r` as the
     // outcome of each recipient that has no final answer yet.
     void finish_closed(reply r, bool protocol_error) {
+        // A 421 that answered MAIL or RCPT came before the BDAT was read: no
+        // BDAT transaction is in doubt then but the one whose BDAT it answered.
+        bool bdat_answered = _closed_at_reply && !_expected.empty() && _expected.front().what == command::bdat;
         while (!_txns.empty()) {
             txn& t = _txns.front();
-            if (t.body_sent && !t.discard && (!t.bdat || might_take(t))) {
+            const bool reached = !_closed_at_reply || bdat_answered;
+            bdat_answered = false;  // a later transaction's BDAT was not read
+            if (t.body_sent && !t.discard && (!t.bdat || (reached && might_take(t)))) {
                 t.result.in_doubt = true;
             }
             for (reply& rr : t.result.recipients) {
@@ -596,7 +601,9 @@ private:
 
     void on_reply(reply r) {
         if (r.code == 421 && _state != state::quit) {
-            // §3.8: the server is shutting the channel down.
+            // §3.8: the server is shutting the channel down. It answered the
+            // oldest command waiting: nothing after it was taken.
+            _closed_at_reply = true;
             finish_closed(std::move(r), false);
             return;
         }
@@ -882,6 +889,7 @@ private:
     std::uint64_t _transactions = 0;
     bool _needs_rset = false;
     bool _chunking_allowed = true;
+    bool _closed_at_reply = false;  // the session ends on a 421 reply (not a drop or timeout)
     bool _tls_active = false;
     bool _starttls_sent = false;
     bool _authenticate = false;
