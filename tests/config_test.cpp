@@ -57,9 +57,10 @@ TEST(Config, Errors) {
               "max_message_rate, max_connection_rate, connect_timeout, idle_timeout, pending_max, host_skip_max, "
               "in_doubt_retries, tls, tls_ca_file, "
               "tls_sessions_max, "
-              "tls_plaintext_after_failure)");
+              "tls_plaintext_after_failure, chunking)");
     EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
               "c.toml:3: [defaults] connections_max must be an integer");
+    EXPECT_EQ(error_of("[defaults]\nchunking = \"no\"\n"), "c.toml:2: [defaults] chunking must be true or false");
     EXPECT_EQ(error_of("[defaults]\nconnections_max = 0\n"),
               "c.toml:2: [defaults] connections_max = 0 is out of range (1..10000)");
     EXPECT_EQ(error_of("[defaults]\nmax_age = 24\n"),
@@ -405,6 +406,7 @@ TEST(Config, EveryKeyRoundTripsThroughItsOwnField) {
             case key_type::file: value = fmt::format("\"{}\"", readable); break;
             case key_type::tls_policy: value = "\"disabled\""; break;
             case key_type::rate: value = "\"7/min,burst=3\""; break;
+            case key_type::boolean: value = "false"; break;  // every boolean defaults to true
         }
         std::string text = fmt::format("[{}]\n{} = {}\n", k.section, k.name, value);
         if (k.name == "retry_initial") {

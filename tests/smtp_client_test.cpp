@@ -557,3 +557,237 @@ TEST(SmtpClientOutput, TakeOutputMovesEverythingPending) {
 }
 
 }  // namespace
+
+// ---- CHUNKING (RFC 3030): BDAT instead of DATA -------------------------------------------
+
+namespace {
+
+const std::string chunking_caps =
+    "250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+std::string bdat_of(const std::string& m) {
+    return "BDAT " + std::to_string(m.size()) + " LAST\r\n" + m;
+}
+
+TEST(SmtpClientChunking, PipelinedBdatCarriesTheRawBodyInTheSameWrite) {
+    session s;
+    s.open(chunking_caps);
+    EXPECT_TRUE(s.c.uses_chunking());
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}, true), msg);
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example> SIZE=" + std::to_string(msg.size()) +
+                            " BODY=8BITMIME\r\nRCPT TO:<a@x.org>\r\nRCPT TO:<b@x.org>\r\n" + bdat_of(msg))
+        << "one write, no 354 round trip; the body raw: \".dot\" not stuffed, no \".\" line, no BINARYMIME";
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(600)) << "the body is out: data_term";
+    EXPECT_FALSE(s.c.can_start_transaction()) << "not before MAIL and a RCPT were accepted";
+    s.server("250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n");
+    EXPECT_TRUE(s.c.can_start_transaction()) << "BDAT LAST now ends the server's transaction whatever it says";
+    s.server("250 2.0.0 queued as X\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_TRUE(e.result->data_sent);
+    EXPECT_FALSE(e.result->in_doubt);
+    EXPECT_EQ(e.result->recipients[0].one_line(), "250 2.0.0 queued as X");
+    EXPECT_EQ(e.result->recipients[1].one_line(), "550 5.1.1 no such user");
+    EXPECT_EQ(s.c.transactions_completed(), 1u);
+    s.c.start_transaction(env({"c@x.org"}), "no final crlf");
+    EXPECT_EQ(s.sent(),
+              "MAIL FROM:<bounce@sender.example> SIZE=13\r\nRCPT TO:<c@x.org>\r\nBDAT 15 LAST\r\nno final crlf\r\n")
+        << "no RSET after a completed transaction; the last line gets its CRLF, counted";
+}
+
+TEST(SmtpClientChunking, AllRecipientsRefusedKeepTheirOwnReplies) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    EXPECT_TRUE(s.sent().ends_with(bdat_of(msg))) << "pipelined: the BDAT went before any reply";
+    s.server("250 ok\r\n550 5.1.1 no a\r\n450 4.2.1 later b\r\n");
+    EXPECT_FALSE(s.c.can_start_transaction()) << "no MAIL behind a transaction nobody accepted";
+    s.server("554 5.5.1 Error: no valid recipients\r\n");
+    const event e = s.take_event();
+    ASSERT_EQ(e.kind, event_kind::transaction_done);
+    EXPECT_FALSE(e.result->data_sent);
+    EXPECT_EQ(e.result->recipients[0].one_line(), "550 5.1.1 no a");
+    EXPECT_EQ(e.result->recipients[1].one_line(), "450 4.2.1 later b");
+    EXPECT_EQ(s.c.transactions_completed(), 0u);
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_TRUE(s.sent().starts_with("RSET\r\nMAIL FROM:")) << "the server may still hold the MAIL";
+}
+
+TEST(SmtpClientChunking, AcceptedBdatForNobodyIsNotADelivery) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n550 5.1.1 no a\r\n250 2.0.0 queued (a broken server)\r\n");
+    const event e = s.take_event();
+    EXPECT_FALSE(e.result->data_sent);
+    EXPECT_EQ(e.result->recipients[0].one_line(), "550 5.1.1 no a");
+}
+
+TEST(SmtpClientChunking, BdatRefusedIsEachAcceptedRecipientsOutcome) {
+    for (const std::string refusal : {"554 5.7.1 content rejected", "451 4.3.0 try later"}) {
+        session s;
+        s.open(chunking_caps);
+        s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+        s.sent();
+        s.server("250 ok\r\n250 ok\r\n550 5.1.1 no b\r\n" + refusal + "\r\n");
+        const event e = s.take_event();
+        EXPECT_EQ(e.result->recipients[0].one_line(), refusal);
+        EXPECT_EQ(e.result->recipients[1].one_line(), "550 5.1.1 no b");
+        EXPECT_TRUE(e.result->data_sent);
+        s.c.start_transaction(env({"c@x.org"}), msg);
+        EXPECT_TRUE(s.sent().starts_with("RSET\r\nMAIL FROM:")) << "after a refused BDAT";
+        s.server("250 ok\r\n250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n");
+        EXPECT_EQ(s.take_event().result->recipients[0].one_line(), "250 2.0.0 queued");
+    }
+}
+
+TEST(SmtpClientChunking, MailRefusedAppliesToEveryRecipient) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("552 5.3.4 too big\r\n503 no MAIL\r\n503 no MAIL\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.result->recipients[0].one_line(), "552 5.3.4 too big");
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_TRUE(s.sent().starts_with("MAIL FROM:")) << "no transaction was open";
+}
+
+TEST(SmtpClientChunking, WithoutPipeliningBdatWaitsForTheRcptReplies) {
+    session s;
+    s.open("250-CHUNKING\r\n250 8BITMIME\r\n");
+    s.c.start_transaction(env({"a@x.org", "b@x.org"}), msg);
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example>\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), "RCPT TO:<a@x.org>\r\n");
+    s.server("550 no\r\n");
+    EXPECT_EQ(s.sent(), "RCPT TO:<b@x.org>\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), bdat_of(msg));
+    EXPECT_EQ(s.c.timeout(), std::chrono::seconds(600));
+    s.server("250 done\r\n");
+    const event e = s.take_event();
+    EXPECT_EQ(e.result->recipients[0].code, 550);
+    EXPECT_EQ(e.result->recipients[1].one_line(), "250 done");
+    // Every RCPT refused: no BDAT at all (as no DATA), then RSET.
+    s.c.start_transaction(env({"c@x.org"}), msg);
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example>\r\n");
+    s.server("250 ok\r\n");
+    EXPECT_EQ(s.sent(), "RCPT TO:<c@x.org>\r\n");
+    s.server("550 no\r\n");
+    EXPECT_EQ(s.sent(), "");
+    EXPECT_EQ(s.take_event().result->recipients[0].code, 550);
+}
+
+TEST(SmtpClientChunking, DataWhenChunkingIsNotOfferedOrTurnedOff) {
+    session plain;
+    plain.open();  // PIPELINING, no CHUNKING
+    plain.c.start_transaction(env({"a@x.org"}), msg);
+    EXPECT_TRUE(plain.sent().ends_with("\r\nDATA\r\n"));
+    session off;
+    off.c.set_chunking(false);
+    off.open(chunking_caps);
+    EXPECT_FALSE(off.c.uses_chunking());
+    off.c.start_transaction(env({"a@x.org"}), msg);
+    EXPECT_TRUE(off.sent().ends_with("\r\nDATA\r\n"));
+    off.server("250 ok\r\n250 ok\r\n354 go\r\n");
+    EXPECT_EQ(off.sent(), "Subject: t\r\n\r\n..dot\r\nbody\r\n.\r\n") << "DATA stays dot-stuffed";
+}
+
+TEST(SmtpClientChunking, ConnectionLostAfterBdatIsInDoubtUnlessRefused) {
+    {
+        session s;
+        s.open(chunking_caps);
+        s.c.start_transaction(env({"a@x.org"}), msg);
+        s.sent();
+        s.c.connection_lost("reset by peer");
+        const event e = s.c.next_event().value();
+        EXPECT_TRUE(e.result->in_doubt) << "the body went with MAIL: the server may have taken it";
+        EXPECT_EQ(e.result->recipients[0].code, 421);
+    }
+    {
+        session s;
+        s.open(chunking_caps);
+        s.c.start_transaction(env({"a@x.org"}), msg);
+        s.sent();
+        s.server("250 ok\r\n550 no\r\n");
+        s.c.connection_lost("reset by peer");
+        const event e = s.c.next_event().value();
+        EXPECT_FALSE(e.result->in_doubt) << "nobody was accepted";
+        EXPECT_EQ(e.result->recipients[0].code, 550);
+    }
+    {
+        session s;
+        s.open(chunking_caps);
+        s.c.start_transaction(env({"a@x.org"}), msg);
+        s.sent();
+        s.server("250 ok\r\n250 ok\r\n");
+        s.c.timed_out();
+        const event e = s.c.next_event().value();
+        EXPECT_TRUE(e.result->in_doubt);
+        EXPECT_EQ(e.result->recipients[0].one_line(), "421 4.4.2 timeout waiting for the reply to BDAT");
+    }
+}
+
+TEST(SmtpClientChunking, Server421BeforeTheBdatIsNotInDoubt) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    s.sent();
+    s.server("250 ok\r\n421 4.7.28 unusual rate\r\n");
+    const event e = s.take_event();
+    EXPECT_FALSE(e.result->in_doubt) << "the server closed at RCPT: it never read the BDAT";
+    EXPECT_EQ(e.result->recipients[0].one_line(), "421 4.7.28 unusual rate");
+    EXPECT_EQ(s.take_event().kind, event_kind::closed);
+    session t;
+    t.open(chunking_caps);
+    t.c.start_transaction(env({"a@x.org"}), msg);
+    t.sent();
+    t.server("250 ok\r\n250 ok\r\n");
+    t.c.start_transaction(env({"b@x.org"}), msg, 1);
+    t.server("421 4.3.2 shutting down\r\n");
+    const event first = t.take_event();
+    const event second = t.take_event();
+    EXPECT_TRUE(first.result->in_doubt) << "as a 421 to DATA's final dot";
+    EXPECT_FALSE(second.result->in_doubt) << "behind it: never read";
+}
+
+TEST(SmtpClientChunking, BackToBackNextMailRidesBehindTheBdat) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), "m1\r\n", 0);
+    s.sent();
+    s.server("250 ok\r\n250 ok\r\n");
+    ASSERT_TRUE(s.c.can_start_transaction());
+    s.c.start_transaction(env({"b@x.org"}), "m2\r\n", 1);
+    EXPECT_FALSE(s.c.can_start_transaction()) << "at most two in flight";
+    EXPECT_EQ(s.sent(), "MAIL FROM:<bounce@sender.example> SIZE=4\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm2\r\n");
+    s.server("250 one\r\n250 ok\r\n250 ok\r\n250 two\r\n");
+    const event e1 = s.take_event();
+    const event e2 = s.take_event();
+    EXPECT_EQ(e1.tag, 0u);
+    EXPECT_EQ(e1.result->recipients[0].text, "one");
+    EXPECT_EQ(e2.tag, 1u);
+    EXPECT_EQ(e2.result->recipients[0].text, "two");
+    EXPECT_EQ(s.c.current_state(), client::state::ready);
+}
+
+TEST(SmtpClientChunking, CapabilitiesAfterStarttlsDecide) {
+    session s;
+    s.open("250-PIPELINING\r\n250-CHUNKING\r\n250 STARTTLS\r\n");
+    EXPECT_TRUE(s.c.uses_chunking());
+    s.c.starttls();
+    EXPECT_EQ(s.sent(), "STARTTLS\r\n");
+    s.server("220 go\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::tls_start);
+    s.c.tls_established();
+    EXPECT_EQ(s.sent(), "EHLO sender.example\r\n");
+    s.server("250-mx\r\n250 PIPELINING\r\n");
+    EXPECT_EQ(s.take_event().kind, event_kind::ready);
+    EXPECT_FALSE(s.c.uses_chunking()) << "the EHLO after TLS no longer offers it";
+    s.c.start_transaction(env({"a@x.org"}), msg);
+    EXPECT_TRUE(s.sent().ends_with("\r\nDATA\r\n"));
+}
+
+}  // namespace

@@ -2,8 +2,9 @@
 //
 // Accepts any number of connections on every --listen address, answers
 // SMTP with PIPELINING (every complete command in a read is answered in one
-// write), discards message data, and counts connections, messages,
-// recipients and bytes. Thread-per-core: each --threads worker has its own
+// write) and CHUNKING (BDAT, RFC 3030; --no-chunking offers DATA only),
+// discards message data, and counts connections, messages (and those that
+// came by BDAT), recipients and bytes. Thread-per-core: each --threads worker has its own
 // io_uring and its own SO_REUSEPORT listening sockets, so the kernel spreads
 // connections over workers and nothing is shared but the counters.
 //
@@ -21,7 +22,7 @@
 //          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
 //          [--fault tls-garbage|tls-drop|tls-stall] [--record FILE]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
-//          [--profile FILE.toml [--seed N]]
+//          [--profile FILE.toml [--seed N]] [--no-chunking]
 //
 // With --profile it plays a provider (see profile.hpp): per-domain accept
 // rates with the provider's throttling reply beyond them, a connection cap
@@ -37,6 +38,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -73,7 +75,8 @@ using mxpress::net::tls_stream;
 // before its 250 reply is queued:
 //   {"rcpt":["a@x.test"],"size":1234,"sha256":"…","to":"…","code":"…","t":1795000000.123456}
 // size and sha256 are of the message as the client meant it (dots
-// un-stuffed, CRLF line ends, without the final "."), so a test can compare
+// un-stuffed, CRLF line ends, without the final "."; a BDAT message's
+// chunks as they came), so a test can compare
 // them with `mxpress render`; "to" and "code" are the unfolded values of the
 // To: and X-Row-Code: headers ("" when absent), the recipient's own fields;
 // "t" is when the final dot arrived (Unix time, microseconds), so a test
@@ -186,6 +189,7 @@ struct sink_settings {
     enum class fault { none, tls_garbage, tls_drop, tls_stall } fault = fault::none;
     message_recorder* recorder = nullptr;  // null: no --record
     mxsink::provider* provider = nullptr;  // null: no --profile
+    bool chunking = true;                  // offer CHUNKING (BDAT)
 };
 
 void on_signal(int) {
@@ -195,6 +199,7 @@ void on_signal(int) {
 struct counters {
     std::atomic<std::uint64_t> connections{0};
     std::atomic<std::uint64_t> messages{0};
+    std::atomic<std::uint64_t> bdat_messages{0};  // of messages: those sent with BDAT
     std::atomic<std::uint64_t> recipients{0};
     std::atomic<std::uint64_t> bytes{0};
     std::atomic<std::uint64_t> tls_handshakes{0};
@@ -205,10 +210,20 @@ struct counters {
 constexpr std::string_view greeting = "220 mxsink ESMTP ready\r\n";
 constexpr std::string_view ehlo_reply =
     "250-mxsink\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-    "250 ENHANCEDSTATUSCODES\r\n";
+    "250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n";
 constexpr std::string_view ehlo_reply_starttls =
     "250-mxsink\r\n250-PIPELINING\r\n250-SIZE 104857600\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-    "250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n";
+    "250-CHUNKING\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n";
+
+// The EHLO reply: STARTTLS when it can still be started, CHUNKING unless
+// --no-chunking.
+std::string ehlo_for(bool starttls, bool chunking) {
+    std::string r(starttls ? ehlo_reply_starttls : ehlo_reply);
+    if (!chunking) {
+        r.erase(r.find("250-CHUNKING\r\n"), 14);
+    }
+    return r;
+}
 
 class worker;
 
@@ -235,6 +250,13 @@ struct session {
     std::string plain;                 // decrypted input
     bool in_data = false;
     int data_match = 0;  // how much of "\r\n.\r\n" was seen
+    // BDAT: octets of the current chunk still to read, whether it is the
+    // LAST one, whether it is thrown away (refused), and whether the
+    // transaction's data came by BDAT (raw, not dot-stuffed).
+    std::uint64_t chunk_left = 0;
+    bool chunk_last = false;
+    bool chunk_refused = false;
+    bool bdat = false;
     std::uint32_t rcpts = 0;
     std::uint64_t messages_sent_counted = 0;
     // --record only: the transaction's recipients and DATA bytes so far.
@@ -523,6 +545,13 @@ private:
                 }
                 continue;
             }
+            if (s->chunk_left > 0) {
+                i = read_chunk(s, in, i);
+                if (s->closing) {
+                    return;  // --profile drop_after_dot
+                }
+                continue;
+            }
             const std::size_t nl = in.find('\n', i);
             if (nl == std::string_view::npos) {
                 s->line.append(in.substr(i));
@@ -585,6 +614,92 @@ private:
         return i;
     }
 
+    // BDAT: takes up to chunk_left octets of the chunk; returns the index
+    // after what was used.
+    std::size_t read_chunk(session* s, std::string_view in, std::size_t i) {
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(s->chunk_left, in.size() - i));
+        _counters.bytes.fetch_add(n, std::memory_order_relaxed);
+        if (_settings.recorder != nullptr && !s->chunk_refused) {
+            s->data.append(in.substr(i, n));
+        }
+        s->chunk_left -= n;
+        if (s->chunk_left == 0) {
+            end_of_chunk(s);
+        }
+        return i + n;
+    }
+
+    // A whole chunk arrived: 250 for a middle one; after the LAST one, the
+    // message as after DATA's final dot. A refused chunk gets its error now
+    // (RFC 3030 §2: the octets are read first).
+    void end_of_chunk(session* s) {
+        if (s->chunk_refused) {
+            s->out += "554 5.5.1 Error: no valid recipients\r\n";
+            s->chunk_refused = false;
+            if (s->chunk_last) {
+                s->bdat = false;
+                s->data.clear();
+            }
+            return;
+        }
+        if (!s->chunk_last) {
+            s->out += "250 2.0.0 Ok: chunk\r\n";
+            return;
+        }
+        s->rcpts = 0;
+        _counters.bdat_messages.fetch_add(1, std::memory_order_relaxed);
+        end_of_data(s);
+        s->bdat = false;
+    }
+
+    // "BDAT <n> [LAST]" (RFC 3030 §2). A size that cannot be read leaves the
+    // chunk's end unknown: the connection closes.
+    void bdat_command(session* s, std::string_view line) {
+        std::string_view rest = line.substr(4);
+        while (rest.starts_with(' ')) {
+            rest.remove_prefix(1);
+        }
+        const std::size_t sp = rest.find(' ');
+        const std::string_view size = rest.substr(0, sp);
+        std::string_view flag = sp == std::string_view::npos ? std::string_view{} : rest.substr(sp + 1);
+        while (flag.ends_with(' ')) {
+            flag.remove_suffix(1);
+        }
+        std::uint64_t n = 0;
+        const auto [end, ec] = std::from_chars(size.data(), size.data() + size.size(), n);
+        if (!_settings.chunking) {
+            s->out += "502 5.5.1 Error: command not recognized\r\n";
+            s->closing = true;  // its octets would read as commands
+            return;
+        }
+        if (size.empty() || ec != std::errc() || end != size.data() + size.size() ||
+            !(flag.empty() || mxpress::detail::iequals(flag, "LAST"))) {
+            s->out += "501 5.5.4 Syntax: BDAT count [LAST]\r\n";
+            s->closing = true;
+            return;
+        }
+        s->chunk_last = !flag.empty();
+        s->chunk_refused = s->rcpts == 0;
+        mxsink::provider* const p = _settings.provider;
+        if (!s->chunk_refused && !s->bdat) {
+            // The transaction's first chunk: where DATA would say 354.
+            s->bdat = true;
+            if (p != nullptr) {
+                s->data_fate = p->data(s->rcpt_addrs);
+                s->delay_ms = std::max(
+                    s->delay_ms, p->config().for_domain(mxsink::provider::domain_of(s->rcpt_addrs.front())).delay_ms);
+                if (s->data_fate == mxsink::fate::drop_before_dot) {
+                    s->closing = true;  // the chunk finds a closed socket
+                    return;
+                }
+            }
+        }
+        s->chunk_left = n;
+        if (n == 0) {
+            end_of_chunk(s);
+        }
+    }
+
     // The final dot arrived: the message is accepted (recorded, counted,
     // 250), or refused or dropped as the --profile decided at DATA.
     void end_of_data(session* s) {
@@ -596,7 +711,7 @@ private:
             _counters.messages.fetch_add(1, std::memory_order_relaxed);
             g_messages.fetch_add(1, std::memory_order_relaxed);
             if (_settings.recorder != nullptr) {
-                _settings.recorder->record(s->rcpt_addrs, message_recorder::unstuff(s->data));
+                _settings.recorder->record(s->rcpt_addrs, s->bdat ? s->data : message_recorder::unstuff(s->data));
             }
             if (f == mxsink::fate::drop_after_dot) {
                 s->closing = true;  // kept, but the client never hears so
@@ -625,12 +740,14 @@ private:
             s->delay_ms = std::max(s->delay_ms, p->config().defaults.delay_ms);
         }
         if (iequals(verb, "EHLO")) {
-            s->out += _settings.tls != nullptr && !s->tls ? ehlo_reply_starttls : ehlo_reply;
+            s->out += ehlo_for(_settings.tls != nullptr && !s->tls, _settings.chunking);
         } else if (iequals(verb, "HELO")) {
             s->out += "250 mxsink\r\n";
         } else if (iequals(verb, "MAIL")) {
             s->rcpts = 0;
             s->rcpt_addrs.clear();
+            s->bdat = false;
+            s->data.clear();
             s->out += "250 2.1.0 Ok\r\n";
         } else if (iequals(verb, "RCPT")) {
             if (p != nullptr) {
@@ -649,6 +766,8 @@ private:
             ++s->rcpts;
             _counters.recipients.fetch_add(1, std::memory_order_relaxed);
             s->out += "250 2.1.5 Ok\r\n";
+        } else if (iequals(verb, "BDAT")) {
+            bdat_command(s, line);
         } else if (iequals(verb, "DATA")) {
             if (s->rcpts == 0) {
                 s->out += "554 5.5.1 Error: no valid recipients\r\n";
@@ -669,6 +788,9 @@ private:
         } else if (iequals(verb, "RSET")) {
             s->rcpts = 0;
             s->rcpt_addrs.clear();
+            s->bdat = false;
+            s->data.clear();
+            s->data_fate = mxsink::fate::none;
             s->out += "250 2.0.0 Ok\r\n";
         } else if (iequals(verb, "NOOP")) {
             s->out += "250 2.0.0 Ok\r\n";
@@ -718,6 +840,7 @@ private:
         s->tls = std::make_unique<tls_channel>(_settings.tls, tls_stream::role::server);
         s->tls->start();
         s->in_data = false;
+        s->chunk_left = 0;
         s->rcpts = 0;
     }
 
@@ -785,6 +908,7 @@ int main(int argc, char** argv) {
     std::string record_path;
     std::string profile_path;
     std::uint64_t seed = 1;
+    bool no_chunking = false;
     app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable); offers STARTTLS with --tls-cert");
     app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (like port 465; needs --tls-cert)");
     app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
@@ -800,6 +924,7 @@ int main(int argc, char** argv) {
                    "Play a provider (TOML): accept rates, connection cap, refusals, drops, delays");
     app.add_option("--seed", seed, "Seed of the --profile's refusals and drops (same seed, same refusals)")
         ->capture_default_str();
+    app.add_flag("--no-chunking", no_chunking, "Do not offer CHUNKING: clients send DATA (BDAT is refused)");
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
     app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
@@ -842,6 +967,7 @@ int main(int argc, char** argv) {
         if (settings.fault != sink_settings::fault::none && settings.tls == nullptr) {
             throw std::invalid_argument("--fault " + fault + " needs --tls-cert and --tls-key (STARTTLS)");
         }
+        settings.chunking = !no_chunking;
         if (!record_path.empty()) {
             recorder.emplace(record_path);
             settings.recorder = &*recorder;
@@ -892,10 +1018,10 @@ int main(int argc, char** argv) {
     const double cpu =
         double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     const std::string stats = fmt::format(
-        "{{\"connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"tls_handshakes\":{},"
-        "\"tls_resumed\":{},\"tls_failures\":{},{}\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
-        c.connections.load(), c.messages.load(), c.recipients.load(), c.bytes.load(), c.tls_handshakes.load(),
-        c.tls_resumed.load(), c.tls_failures.load(),
+        "{{\"connections\":{},\"messages\":{},\"bdat_messages\":{},\"recipients\":{},\"bytes\":{},"
+        "\"tls_handshakes\":{},\"tls_resumed\":{},\"tls_failures\":{},{}\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
+        c.connections.load(), c.messages.load(), c.bdat_messages.load(), c.recipients.load(), c.bytes.load(),
+        c.tls_handshakes.load(), c.tls_resumed.load(), c.tls_failures.load(),
         provider ? fmt::format("\"refused\":{},", provider->refused_json()) : std::string(), cpu,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!stats_json.empty()) {

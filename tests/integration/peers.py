@@ -210,10 +210,12 @@ def certs(peers):
     return peers._certs
 
 
-def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1, profile=None, seed=None):
+def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1, profile=None, seed=None,
+           chunking=True):
     """Starts mxsink; tls = (cert, key); profile = a --profile file (with
-    --seed seed). Returns the path of its --stats-json; what it received is
-    in record_of(that path) (see read_record)."""
+    --seed seed); chunking=False: --no-chunking (DATA only). Returns the path
+    of its --stats-json; what it received is in record_of(that path) (see
+    read_record)."""
     stats = peers.path(f"mxsink-{listen.replace(':', '_')}-{len(peers.procs)}.json")
     args = [binary, "--listen", listen, "--threads", str(threads), "--stats-json", stats,
             "--record", record_of(stats)]
@@ -227,6 +229,8 @@ def mxsink(peers, binary, listen, tls=None, listen_tls=(), fault=None, threads=1
         args += ["--profile", profile]
     if seed is not None:
         args += ["--seed", str(seed)]
+    if not chunking:
+        args += ["--no-chunking"]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peers.procs.append(p)
     host, port = listen.rsplit(":", 1)

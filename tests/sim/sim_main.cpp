@@ -38,7 +38,8 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             "seed %llu: ok: %zu recipients, %zu domains, connections_max %u: %llu delivered, %llu bounced, "
             "%llu expired, %llu invalid, %llu in doubt, %llu unfinished; %llu connections, %llu TLS handshakes, "
             "%llu TLS failures, %llu taken "
-            "without a reply; %zu shaped domains checked; rules fired on %zu throttled domains (%llu refused, %llu "
+            "without a reply, %llu by BDAT; %zu shaped domains checked; rules fired on %zu throttled domains (%llu "
+            "refused, %llu "
             "accepted there); %llu steps, %.0f s simulated in %.2f s\n",
             static_cast<unsigned long long>(w.seed), w.recipients, w.domains, s.options().cfg.connections_max,
             static_cast<unsigned long long>(r.delivered), static_cast<unsigned long long>(r.bounced),
@@ -46,9 +47,9 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             static_cast<unsigned long long>(r.in_doubt), static_cast<unsigned long long>(r.unfinished),
             static_cast<unsigned long long>(r.connections), static_cast<unsigned long long>(r.tls_handshakes),
             static_cast<unsigned long long>(r.tls_failures), static_cast<unsigned long long>(r.accepted_without_reply),
-            r.shaped_checked, r.rules_fired, static_cast<unsigned long long>(r.throttle_refused),
-            static_cast<unsigned long long>(r.throttle_accepted), static_cast<unsigned long long>(r.steps),
-            r.simulated_seconds, cpu);
+            static_cast<unsigned long long>(r.accepted_by_bdat), r.shaped_checked, r.rules_fired,
+            static_cast<unsigned long long>(r.throttle_refused), static_cast<unsigned long long>(r.throttle_accepted),
+            static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
     }
     return 0;
 }

@@ -5,7 +5,10 @@
 // Promises:
 // - It speaks enough ESMTP for the core's client: greeting, EHLO/HELO,
 //   PIPELINING (every complete line in a chunk is answered in order),
-//   STARTTLS, MAIL, RCPT, DATA with a dot-terminated body, RSET, NOOP, QUIT.
+//   STARTTLS, MAIL, RCPT, DATA with a dot-terminated body, RSET, NOOP, QUIT,
+//   and CHUNKING when its profile offers it (BDAT <n> [LAST]: n octets,
+//   read even when refused; the dot and drop faults apply to BDAT LAST and
+//   to the chunk as they do to the final "." and the body).
 // - Every fault is decided by the server's profile and the world's seeded
 //   generator, so a seed replays exactly.
 // - It records what a receiver would: each message it accepted (250 to the
@@ -37,6 +40,7 @@ struct host_throttle {
 // How one simulated MX host behaves. Probabilities are per command.
 struct server_profile {
     bool offers_starttls = true;
+    bool offers_chunking = false;       // CHUNKING in the EHLO reply: BDAT is taken
     bool starttls_refused = false;      // 454 to STARTTLS
     double tls_handshake_fail = 0;      // the handshake fails
     bool tls_handshake_stalls = false;  // the handshake never completes
@@ -60,6 +64,7 @@ struct accepted_message {
     std::string rcpt;
     bool tls = false;
     bool reply_sent = false;  // false: taken, then the connection dropped (a duplicate may follow)
+    bool bdat = false;        // it came by BDAT, not DATA
 };
 
 class server_session {
@@ -89,6 +94,23 @@ public:
         after result = after::keep_open;
         std::size_t pos = 0;
         while (result == after::keep_open && !_stalled) {
+            if (_in_chunk) {
+                const std::size_t n = std::min<std::size_t>(_chunk_left, _in.size() - pos);
+                if (!_chunk_refused) {
+                    _body.append(_in, pos, n);
+                }
+                pos += n;
+                _chunk_left -= n;
+                if (_chunk_left > 0) {
+                    if (chance(_p.drop_in_body)) {
+                        result = after::close;
+                    }
+                    break;
+                }
+                _in_chunk = false;
+                result = end_of_chunk(out, accepted);
+                continue;
+            }
             if (_in_body) {
                 _body.append(_in, pos);
                 pos = _in.size();
@@ -174,6 +196,9 @@ private:
             if (_p.offers_starttls && !_tls) {
                 out += "250-STARTTLS\r\n";
             }
+            if (_p.offers_chunking) {
+                out += "250-CHUNKING\r\n";
+            }
             out += "250 SIZE 10000000\r\n";
             return after::keep_open;
         }
@@ -195,6 +220,7 @@ private:
         }
         if (starts_with_ci(line, "MAIL FROM:")) {
             _rcpt.clear();
+            _chunk_started = false;
             if (!_tls) {
                 ++_plaintext_mail;
             }
@@ -243,6 +269,19 @@ private:
             out += "250 2.1.5 ok\r\n";
             return after::keep_open;
         }
+        if (starts_with_ci(line, "BDAT ") && _p.offers_chunking) {
+            // RFC 3030 §2: the octets follow whatever the reply will be.
+            const std::size_t sp = line.find(' ', 5);
+            _chunk_left = std::stoull(line.substr(5, sp == std::string::npos ? std::string::npos : sp - 5));
+            _chunk_last = sp != std::string::npos && starts_with_ci(line.substr(sp + 1), "LAST");
+            _chunk_refused = !_mail_ok || _rcpt.empty();
+            _in_chunk = true;
+            if (!_chunk_started) {
+                _body.clear();
+                _chunk_started = true;
+            }
+            return after::keep_open;
+        }
         if (starts_with_ci(line, "DATA")) {
             if (!_mail_ok || _rcpt.empty()) {
                 out += "554 5.5.1 sim: no valid recipients\r\n";
@@ -255,6 +294,7 @@ private:
         if (starts_with_ci(line, "RSET")) {
             _mail_ok = false;
             _rcpt.clear();
+            _chunk_started = false;
             out += "250 2.0.0 ok\r\n";
             return after::keep_open;
         }
@@ -268,6 +308,28 @@ private:
         }
         out += "500 5.5.2 sim: unknown command\r\n";
         return after::keep_open;
+    }
+
+    // A whole BDAT chunk arrived. A refused one leaves MAIL as it was (the
+    // client must RSET); the LAST one ends the transaction as the final "."
+    // does, with the same faults.
+    after end_of_chunk(std::string& out, std::vector<accepted_message>& accepted) {
+        if (_chunk_refused) {
+            out += "554 5.5.1 sim: no valid recipients\r\n";
+            _chunk_started = false;
+            return after::keep_open;
+        }
+        if (!_chunk_last) {
+            out += "250 2.0.0 sim: chunk ok\r\n";
+            return after::keep_open;
+        }
+        _chunk_started = false;
+        const std::size_t before = accepted.size();
+        const after a = end_of_data(out, accepted);
+        if (accepted.size() > before) {
+            accepted.back().bdat = true;
+        }
+        return a;
     }
 
     after end_of_data(std::string& out, std::vector<accepted_message>& accepted) {
@@ -300,6 +362,11 @@ private:
     bool _ehlo_seen = false;
     bool _mail_ok = false;
     bool _in_body = false;
+    bool _in_chunk = false;       // reading a BDAT chunk's octets
+    bool _chunk_last = false;     // it is the LAST one
+    bool _chunk_refused = false;  // its reply will be an error: the octets are dropped
+    bool _chunk_started = false;  // a chunk of this transaction came: _body holds the chunks so far
+    std::uint64_t _chunk_left = 0;
     bool _stalled = false;
     std::uint64_t _plaintext_mail = 0;
     std::string _rcpt;

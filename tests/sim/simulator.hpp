@@ -91,6 +91,7 @@ struct run_report {
     std::uint64_t steps = 0;
     std::uint64_t delivered = 0, bounced = 0, expired = 0, invalid = 0, in_doubt = 0, unfinished = 0;
     std::uint64_t connections = 0, tls_handshakes = 0, tls_failures = 0, accepted_without_reply = 0;
+    std::uint64_t accepted_by_bdat = 0;  // messages servers took by BDAT (hosts that offer CHUNKING)
     double simulated_seconds = 0;
     std::size_t shaped_checked = 0;                             // shaped domains with enough mail to check their rate
     std::size_t rules_fired = 0;                                // throttled domains the rule fired on (--rules)
@@ -332,6 +333,9 @@ private:
                 } else if (!shaped && uniform() < _w.faulty_hosts) {
                     h.profile = random_fault();
                 }
+                // From a generator of its own, so that the rest of the world
+                // is the one this seed built before hosts offered CHUNKING.
+                h.profile.offers_chunking = std::uniform_int_distribution<int>(0, 1)(_chunking_rng) == 0;
                 _host_by_name[h.name] = index;
                 _hosts.push_back(std::move(h));
                 dom.hosts.push_back(index);
@@ -417,6 +421,7 @@ private:
 
     world_options _w;
     std::mt19937_64 _rng;
+    std::mt19937_64 _chunking_rng{_w.seed ^ 0xC4A2'71D6'5E3B'9F01ULL};  // which hosts offer CHUNKING
     clock::time_point _start;
     engine::shard_options _o;
     engine::shard_stats _stats;

@@ -427,6 +427,7 @@ inline void simulator::send(engine::command& c) {
                                       _accepted_by_rcpt[m.rcpt], _o.cfg.in_doubt_retries));
             }
             _report.accepted_without_reply += m.reply_sent ? 0 : 1;
+            _report.accepted_by_bdat += m.bdat ? 1 : 0;
             if (!_o.cfg.providers.empty() && _o.cfg.providers.front().matches(h.name)) {
                 _provider_accepted.push_back(_core->now());
             }

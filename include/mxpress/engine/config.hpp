@@ -157,6 +157,12 @@ inline std::string assign(const config_key& k, config& c, std::string_view text,
             return {};
         case key_type::tls_policy: return parse_tls_policy(text, k.policy.ref(c)) ? std::string() : type_error(k);
         case key_type::rate: return parse_rate(text, k.limit.ref(c)) ? std::string() : type_error(k);
+        case key_type::boolean:
+            if (text != "true" && text != "false") {
+                return type_error(k);
+            }
+            k.flag.ref(c) = text == "true";
+            return {};
     }
     return "unknown key type";
 }
@@ -174,6 +180,7 @@ inline std::string type_error(const config_key& k) {
             return fmt::format("[{}] {} must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", k.section,
                                k.name);
         case key_type::rate: return rate_error(fmt::format("[{}] {}", k.section, k.name));
+        case key_type::boolean: return fmt::format("[{}] {} must be true or false", k.section, k.name);
     }
     return "unknown key type";
 }
@@ -184,6 +191,9 @@ inline void assign_from(const std::string& file, const config_key& k, config& c,
     if (k.type == key_type::count) {
         const auto* v = n.as_integer();
         error = v != nullptr ? assign(k, c, {}, v->get()) : type_error(k);
+    } else if (k.type == key_type::boolean) {
+        const auto* v = n.as_boolean();
+        error = v != nullptr ? assign(k, c, v->get() ? "true" : "false", 0) : type_error(k);
     } else {
         const auto* s = n.as_string();
         error = s != nullptr ? assign(k, c, s->get(), 0) : type_error(k);
@@ -202,6 +212,7 @@ inline std::string value_text(const config_key& k, const config& c) {
         case key_type::file: return fmt::format("\"{}\"", k.text.cref(c));
         case key_type::tls_policy: return fmt::format("\"{}\"", to_string(k.policy.cref(c)));
         case key_type::rate: return fmt::format("\"{}\"", k.limit.cref(c).text);
+        case key_type::boolean: return k.flag.cref(c) ? "true" : "false";
     }
     return {};
 }
@@ -214,6 +225,7 @@ inline const char* type_name(key_type t) {
         case key_type::file: return "file name";
         case key_type::tls_policy: return "TLS policy";
         case key_type::rate: return "rate";
+        case key_type::boolean: return "boolean";
     }
     return "?";
 }
@@ -754,7 +766,7 @@ inline std::string describe_keys_markdown() {
         std::string def;
         if (k.computed_default != nullptr) {
             def = k.computed_default_doc;
-        } else if (k.type == key_type::count) {
+        } else if (k.type == key_type::count || k.type == key_type::boolean) {
             def = fmt::format("`{}`", k.default_value);
         } else {
             def = fmt::format("`\"{}\"`", k.default_value);

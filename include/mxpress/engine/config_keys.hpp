@@ -20,6 +20,7 @@ enum class key_type : std::uint8_t {
     file,        // a readable file name, or "" for none
     tls_policy,  // "disabled" | "opportunistic" | "required" | "verify"
     rate,        // "unlimited" | "N/s" | "N/min" | "N/h" | "N/d", optionally ",burst=B"
+    boolean,     // true | false (a TOML boolean)
 };
 
 // Where a row's value lives: a reference into a config (mutable and const).
@@ -50,6 +51,7 @@ struct config_key {
     config_field<std::string> text{};  // host_name, file
     config_field<engine::tls_policy> policy{};
     config_field<engine::rate> limit{};
+    config_field<bool> flag{};
 };
 
 namespace detail_config {
@@ -108,6 +110,14 @@ constexpr config_key rate_key(std::string_view section, std::string_view name, s
                               std::string_view doc, F f) {
     config_key k = row(section, name, key_type::rate, def, doc);
     k.limit = config_field<engine::rate>::of(f);
+    return k;
+}
+
+template <class F>
+constexpr config_key bool_key(std::string_view section, std::string_view name, std::string_view def,
+                              std::string_view doc, F f) {
+    config_key k = row(section, name, key_type::boolean, def, doc);
+    k.flag = config_field<bool>::of(f);
     return k;
 }
 
@@ -181,6 +191,9 @@ inline constexpr config_key all_keys[] = {
         days(30),
         "opportunistic: a host whose TLS handshake failed gets plaintext this long",
         [](auto& c) -> auto& { return c.tls_plaintext_after_failure; }),
+    bool_key("defaults", "chunking", "true",
+        "send the body with BDAT (RFC 3030) instead of DATA when the server offers CHUNKING",
+        [](auto& c) -> auto& { return c.chunking; }),
     duration_key("timeouts", "greeting", "5m", ms1, days(1),
         "the server's 220 greeting (RFC 5321 4.5.3.2.1)",
         [](auto& c) -> auto& { return c.smtp_timeouts.greeting; }),

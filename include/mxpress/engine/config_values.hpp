@@ -193,6 +193,7 @@ struct config {
     std::string tls_ca_file;  // empty: the system's CAs
     std::uint32_t tls_sessions_max = 0;
     milliseconds tls_plaintext_after_failure{};
+    bool chunking = true;  // BDAT when the server offers CHUNKING
     // [timeouts]
     smtp::timeouts smtp_timeouts{};
     milliseconds tls_handshake_timeout{};

@@ -157,6 +157,7 @@ inline void delivery_core::schedule_pool(mx_pool& p) {
 inline void delivery_core::open_connection(mx_pool& p) {
     const conn_id id = _next_conn_id++;
     auto c = std::make_unique<connection>(id, &p, _cfg->helo_name, _cfg->smtp_timeouts);
+    c->client.set_chunking(_cfg->chunking);
     if (!_o.auth_user.empty()) {
         c->client.set_credentials(_o.auth_user, _o.auth_password);
     }

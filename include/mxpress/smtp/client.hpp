@@ -14,11 +14,27 @@
 // that ends without a final reply to the data leaves the server with state
 // to clear: the next transaction starts with RSET.
 //
+// CHUNKING (RFC 3030): when the server offers it (and set_chunking() left it
+// on), the body goes as one "BDAT <n> LAST" chunk instead of DATA: raw, not
+// dot-stuffed, no "." line, and no 354 to wait for. With PIPELINING, MAIL,
+// every RCPT, the BDAT command and the body leave in one write (RFC 3030
+// §4.2); without it, BDAT waits for the last RCPT's reply, and is not sent
+// when no RCPT was accepted. When every pipelined RCPT was refused the BDAT
+// still went: its (error) reply ends the transaction and each recipient
+// keeps its own RCPT reply. A refused BDAT leaves the server's MAIL state
+// in doubt: the next transaction starts with RSET. The reply to BDAT LAST
+// is the final reply, under data_term's timeout; a session that ends before
+// it, once the body is out, leaves the message in doubt as after a ".".
+//
 // Back to back: with PIPELINING, once a transaction's body is out the next
 // transaction may start before the final reply arrives (RFC 2920 §3.1 lets
 // message content lead a group), so its MAIL, RCPTs and DATA travel in the
 // same write as the previous "." and a message costs one round trip, not
-// two. can_start_transaction() says when; at most two are in flight.
+// two. With BDAT the body leaves with MAIL, before any reply, so the next
+// transaction waits until MAIL and some RCPT were accepted (then BDAT LAST
+// ends the server's transaction whatever its reply; a MAIL pipelined behind
+// a refused one could meet "503 nested MAIL"). can_start_transaction() says
+// when; at most two are in flight.
 // transaction_done events come in order, each with the tag it started with.
 //
 // AUTH (RFC 4954, relays): with credentials set, the client authenticates
@@ -173,6 +189,12 @@ public:
 
     explicit client(std::string helo_name, timeouts t = {}) : _helo_name(std::move(helo_name)), _timeouts(t) {}
 
+    // Whether BDAT may replace DATA when the server offers CHUNKING (on by
+    // default; the [defaults] chunking setting).
+    void set_chunking(bool on) noexcept { _chunking_allowed = on; }
+    // The transactions that use BDAT: the server offers CHUNKING and it is allowed.
+    bool uses_chunking() const noexcept { return _chunking_allowed && _caps.chunking; }
+
     // Credentials for AUTH (relays). Set before the session starts.
     void set_credentials(std::string user, std::string password) {
         _user = std::move(user);
@@ -281,11 +303,17 @@ public:
                 if (_expected.empty()) {
                     return std::nullopt;
                 }
+                if (_expected.back().what == command::bdat) {
+                    // The body went with the commands: a server may answer
+                    // MAIL and RCPT only once it has taken the message.
+                    return has_output() ? _timeouts.data_block : _timeouts.data_term;
+                }
                 switch (_expected.front().what) {
                     case command::mail: return _timeouts.mail;
                     case command::rcpt: return _timeouts.rcpt;
                     case command::data: return _timeouts.data_init;
-                    case command::body: return has_output() ? _timeouts.data_block : _timeouts.data_term;
+                    case command::body:
+                    case command::bdat: return has_output() ? _timeouts.data_block : _timeouts.data_term;
                     default: return _timeouts.other;
                 }
             case state::auth:
@@ -311,8 +339,15 @@ public:
         if (_state == state::ready) {
             return true;
         }
-        return _state == state::transaction && _caps.pipelining && _txns.size() == 1 && _txns.front().body_sent &&
-               _unsent.empty();
+        if (_state != state::transaction || !_caps.pipelining || _txns.size() != 1 || !_txns.front().body_sent ||
+            !_unsent.empty()) {
+            return false;
+        }
+        const txn& t = _txns.front();
+        // BDAT: only the final reply is outstanding and the server took MAIL
+        // and a recipient, so BDAT LAST closes its transaction either way.
+        return !t.bdat || (_expected.size() == 1 && _expected.front().what == command::bdat && !t.discard &&
+                           t.accepted > 0 && t.result.mail.positive());
     }
 
     // Starts a mail transaction; `tag` comes back in its transaction_done
@@ -349,6 +384,7 @@ public:
         txn t;
         t.tag = tag;
         t.message = message;
+        t.bdat = uses_chunking();
         t.result.recipients.assign(env.rcpt_to.size(), reply{});
         _txns.push_back(std::move(t));
         _state = state::transaction;
@@ -371,7 +407,14 @@ public:
         for (std::size_t i = 0; i < env.rcpt_to.size(); ++i) {
             queue(command::rcpt, "RCPT TO:<" + env.rcpt_to[i] + ">\r\n", i);
         }
-        queue(command::data, "DATA\r\n");
+        if (_txns.back().bdat) {
+            // The size counts the CRLF that ends the last line, which DATA
+            // would add too (the renderer's messages end with one already).
+            const bool add_crlf = !message.ends_with("\r\n");
+            queue(command::bdat, "BDAT " + std::to_string(message.size() + (add_crlf ? 2 : 0)) + " LAST\r\n");
+        } else {
+            queue(command::data, "DATA\r\n");
+        }
         send_queued();
     }
 
@@ -414,7 +457,8 @@ public:
     }
 
 private:
-    enum class command : std::uint8_t { rset, mail, rcpt, data, body };
+    // bdat: "BDAT <n> LAST" and the body after it, answered by one final reply.
+    enum class command : std::uint8_t { rset, mail, rcpt, data, body, bdat };
 
     struct pending {
         command what;
@@ -443,6 +487,7 @@ private:
                         case command::data: return "the reply to DATA";
                         case command::rset: return "the reply to RSET";
                         case command::body: return "the reply to the end of data";
+                        case command::bdat: return "the reply to BDAT";
                     }
                 }
                 return "a reply";
@@ -465,6 +510,16 @@ private:
             _unsent.pop_front();
             _out += p.bytes;
             p.bytes.clear();
+            if (p.what == command::bdat) {
+                // The BDAT in _unsent is the newest transaction's: a second
+                // one starts only once the first has nothing unsent.
+                txn& t = _txns.back();
+                _out += t.message;
+                if (!t.message.ends_with("\r\n")) {
+                    _out += "\r\n";
+                }
+                t.body_sent = true;
+            }
             _expected.push_back(std::move(p));
             if (!_caps.pipelining) {
                 break;
@@ -495,9 +550,14 @@ private:
     // Ends the session. Every transaction in flight ends with `r` as the
     // outcome of each recipient that has no final answer yet.
     void finish_closed(reply r, bool protocol_error) {
+        // A 421 that answered MAIL or RCPT came before the BDAT was read: no
+        // BDAT transaction is in doubt then but the one whose BDAT it answered.
+        bool bdat_answered = _closed_at_reply && !_expected.empty() && _expected.front().what == command::bdat;
         while (!_txns.empty()) {
             txn& t = _txns.front();
-            if (t.body_sent && !t.discard) {
+            const bool reached = !_closed_at_reply || bdat_answered;
+            bdat_answered = false;  // a later transaction's BDAT was not read
+            if (t.body_sent && !t.discard && (!t.bdat || (reached && might_take(t)))) {
                 t.result.in_doubt = true;
             }
             for (reply& rr : t.result.recipients) {
@@ -541,7 +601,9 @@ private:
 
     void on_reply(reply r) {
         if (r.code == 421 && _state != state::quit) {
-            // §3.8: the server is shutting the channel down.
+            // §3.8: the server is shutting the channel down. It answered the
+            // oldest command waiting: nothing after it was taken.
+            _closed_at_reply = true;
             finish_closed(std::move(r), false);
             return;
         }
@@ -669,6 +731,15 @@ private:
                 }
                 end_front(false, std::move(r));
                 return;
+            case command::bdat:
+                if (t.discard || t.accepted == 0 || !t.result.mail.positive()) {
+                    // Every RCPT (or MAIL) was refused and the BDAT went
+                    // pipelined: its error changes nobody's outcome.
+                    t.discard = true;
+                    end_front(false, std::move(r));
+                    return;
+                }
+                [[fallthrough]];
             case command::body:
                 if (t.discard) {
                     end_front(false, std::move(r));
@@ -692,7 +763,9 @@ private:
     void end_front(bool completed, reply last) {
         txn t = std::move(_txns.front());
         _txns.pop_front();
-        if (!t.body_sent && t.result.mail.positive()) {
+        if (t.result.mail.positive() && (!t.body_sent || (t.bdat && !last.positive()))) {
+            // No data sent, or a refused BDAT (the server may still hold the
+            // sender: RFC 3030 does not say the transaction ends).
             _needs_rset = true;
         }
         if (completed) {
@@ -776,9 +849,24 @@ private:
         transaction_result result;
         std::string_view message;
         std::size_t accepted = 0;
-        bool body_sent = false;  // the body (or a lone ".") is in the output
-        bool discard = false;    // a lone "." ended data nobody accepted
+        bool body_sent = false;  // the body (or a lone ".", or BDAT and the body) is in the output
+        bool discard = false;    // a lone "." ended data nobody accepted (or a BDAT nobody could take)
+        bool bdat = false;       // BDAT instead of DATA (CHUNKING)
     };
+
+    // A BDAT transaction whose session ended before its final reply: the
+    // server may have the message unless MAIL or every RCPT was refused.
+    static bool might_take(const txn& t) {
+        if (t.result.mail.code != 0 && !t.result.mail.positive()) {
+            return false;
+        }
+        for (const reply& rr : t.result.recipients) {
+            if (rr.code == 0 || rr.positive()) {
+                return true;
+            }
+        }
+        return false;
+    }
 
     struct deferred_failure {
         envelope env;
@@ -800,6 +888,8 @@ private:
     std::deque<deferred_failure> _deferred_failures;
     std::uint64_t _transactions = 0;
     bool _needs_rset = false;
+    bool _chunking_allowed = true;
+    bool _closed_at_reply = false;  // the session ends on a 421 reply (not a drop or timeout)
     bool _tls_active = false;
     bool _starttls_sent = false;
     bool _authenticate = false;
