@@ -36,6 +36,7 @@
 #include <random>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include <ares.h>
@@ -202,6 +203,14 @@ public:
             _address_queue.pop_front();
             ++_in_flight;  // the callback counts it out
             q.done(q.arg, ARES_EDESTRUCTION, 0, nullptr, 0);
+        }
+        // The ring's completions are not read any more: a watch whose poll
+        // was still armed (or being removed) is freed here, not on_poll.
+        for (const auto& [fd, w] : _watches) {
+            delete w;
+        }
+        for (watch* w : _dying) {
+            delete w;
         }
     }
 
@@ -572,6 +581,7 @@ private:
                 w->dead = true;
                 if (w->armed) {
                     io_uring_prep_poll_remove(self->_ring.sqe(nullptr), reinterpret_cast<std::uint64_t>(w));
+                    self->_dying.insert(w);  // freed by on_poll, or by the destructor if that never comes
                 } else {
                     delete w;
                 }
@@ -603,6 +613,7 @@ private:
         auto* w = static_cast<watch*>(c);
         w->armed = false;
         if (w->dead) {
+            w->owner->_dying.erase(w);
             delete w;
             return;
         }
@@ -629,6 +640,7 @@ private:
     ares_channel _channel = nullptr;
     std::mt19937 _rng;
     std::unordered_map<int, watch*> _watches;
+    std::unordered_set<watch*> _dying;  // dead, their poll still armed: freed when it completes
     static constexpr auto prune_every = std::chrono::seconds(30);
     static constexpr std::size_t tick_sockets_max = 16;  // one UDP socket per server (and TCP for truncation)
     clock::time_point _last_prune = clock::now();
