@@ -223,9 +223,10 @@ inline void delivery_core::hold_back_queue(mx_pool& p) {
 // effect with the swap; what the core derived from the old one is derived
 // again here:
 // - each domain's rates and connection limits;
-// - paced mail is booked again at the rates now in force, in the order it
-//   was due: what queued at a host first, then what waits parked (its old
-//   slot may be far off at a slower rate, or too soon at a faster one);
+// - paced mail is booked again at the rates now in force, once each, in
+//   the order it was due: what queued at a host first, then what waits
+//   parked (its old slot may be far off at a slower rate, or too soon at a
+//   faster one);
 // - each pool's limits (the strictest of the domains routed to it: a
 //   domain that now has limits of its own gets pools of its own when its
 //   MX answer is next looked up, and until then its limits hold where it
@@ -246,17 +247,22 @@ inline void delivery_core::reload(std::shared_ptr<const config> c) {
     auto paced = [](const domain_state& d) {
         return !d.pace.unlimited() || (d.provider != nullptr && !d.provider->pace().unlimited());
     };
+    // What queued at a host for a paced domain waits parked, due now: ahead
+    // of what was parked already when all are booked below, in due order.
     _pools.for_each([&](mx_pool& p) {
         p.connect_pace.set_rate(_cfg->max_connection_rate);
-        std::vector<domain_state*> queued;
-        for (const auto& r : p.work) {
-            if (paced(*r->domain) && std::find(queued.begin(), queued.end(), r->domain) == queued.end()) {
-                queued.push_back(r->domain);
+        std::deque<std::unique_ptr<recipient>> keep;
+        for (auto& r : p.work) {
+            if (!paced(*r->domain)) {
+                keep.push_back(std::move(r));
+                continue;
             }
+            r->paced = true;
+            r->not_before = _now;
+            park(*r);
+            _retries.push(_now, std::move(r));
         }
-        for (domain_state* d : queued) {
-            rebook_scaled(p, *d, _now);
-        }
+        p.work.swap(keep);
         mark_dirty(p);
     });
     _retries.reschedule([](const recipient& r) { return r.paced; },
