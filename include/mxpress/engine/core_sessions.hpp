@@ -176,11 +176,15 @@ inline void delivery_core::open_connection(mx_pool& p) {
     _conns.emplace(id, std::move(c));
 }
 
+// Closes the idle connections whose idle_timeout is over (all of them when
+// the run is done), and those of a host with nothing queued whose
+// provider's place another host waits for.
 inline void delivery_core::close_idle(bool all_done) {
     for (auto& [id, cp] : _conns) {
         connection& c = *cp;
         if (c.state == conn_state::idle && c.client.current_state() == smtp::client::state::ready &&
-            (all_done || _now - c.idle_since >= _cfg->idle_timeout)) {
+            (all_done || _now - c.idle_since >= _cfg->idle_timeout ||
+             (c.holds_provider_place && c.pool->work.empty() && c.pool->provider->wants_idle_place(_now)))) {
             c.state = conn_state::closing;
             c.client.quit();
             update_deadline(c);

@@ -17,10 +17,11 @@
 //   place may be another shard's, which cannot wake it.
 // - Places are shared fairly: a shard that was refused says so (the time
 //   of its last refusal); while one wants, a shard holding more than its
-//   share (connections_max over the shards that hold or want places) closes
-//   a connection between transactions and takes no new place. Without this
-//   the first shard to fill the budget kept it while the other shard's
-//   booked slots went by unused (seen: 43 of 50 messages/s, 19 under TSan).
+//   share (connections_max split over the shards that hold or want places,
+//   share_of) closes a connection between transactions and takes no new
+//   place. Without this the first shard to fill the budget kept it while
+//   the other shard's booked slots went by unused (seen: 43 of 50
+//   messages/s, 19 under TSan).
 // - Adaptive rules (rules.hpp) act on a provider as a whole: one throttle
 //   behind a mutex taken only when a reply matches a rule or while a rule
 //   holds the provider back; a lock-free flag says when none does.
@@ -31,6 +32,7 @@
 // Lock-free otherwise; the objects never move (the table holds them by pointer).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -125,6 +127,34 @@ public:
         return connections_max() != 0 && over_share(slot(shard), now, 0);
     }
     std::uint32_t connections() const noexcept { return _connections.load(std::memory_order_relaxed); }
+    // Should an idle connection of the provider close now, before its
+    // idle_timeout? When every place is taken and a shard (this one or
+    // another) was refused one lately: its mail waits while the idle
+    // connection's host has none. Kept, the idle connection held its place
+    // for the whole idle_timeout, and with all the provider's mail queued
+    // at hosts without a connection nothing was sent for 2 s.
+    bool wants_idle_place(clock::time_point now) const noexcept {
+        const std::uint32_t max = connections_max();
+        if (max == 0 || connections() < max) {
+            return false;
+        }
+        const std::int64_t fresh = (now - 2 * recheck).time_since_epoch().count();
+        return std::any_of(_refused_at.begin(), _refused_at.end(),
+                           [&](const auto& t) { return t.load(std::memory_order_relaxed) > fresh; });
+    }
+
+    // The places of the shard that comes `rank`th (from 0) of `sharing`
+    // shards: connections_max split evenly, the remainder one each to the
+    // lowest ranks, and never less than one. Every shard reckons the same
+    // split, so the shares add up to the limit: with 3 places and 2 shards
+    // one holds 2 and the other 1. (Rounding every share down left a place
+    // that each shard took in turn and then had to give back: a connection
+    // closed and opened again per turn, 36 in a 12 s run instead of 7, and
+    // the connect rate ran out, stalling the provider for up to 0.8 s.)
+    static std::uint32_t share_of(unsigned rank, unsigned sharing, std::uint32_t max) noexcept {
+        const std::uint32_t n = std::max(1u, sharing);
+        return std::max<std::uint32_t>(1, max / n + (rank < max % n ? 1 : 0));
+    }
 
     // ---- counters for the metrics file (relaxed; summed by every shard) -----
     struct counters {
@@ -205,19 +235,21 @@ private:
     bool over_share(unsigned s, clock::time_point now, std::uint32_t extra) const noexcept {
         const std::int64_t fresh = (now - 2 * recheck).time_since_epoch().count();
         unsigned sharing = 0;
+        unsigned before = 0;  // sharing shards in lower slots than s
         bool others_want = false;
         for (unsigned k = 0; k < shards_tracked; ++k) {
             const bool wants = _refused_at[k].load(std::memory_order_relaxed) > fresh;
             if (wants && k != s) {
                 others_want = true;
             }
-            sharing += (wants || _held[k].load(std::memory_order_relaxed) > 0 || k == s) ? 1 : 0;
+            const bool shares = wants || _held[k].load(std::memory_order_relaxed) > 0 || k == s;
+            sharing += shares ? 1 : 0;
+            before += (shares && k < s) ? 1 : 0;
         }
         if (!others_want) {
             return false;
         }
-        const std::uint32_t share = std::max<std::uint32_t>(1, connections_max() / sharing);
-        return _held[s].load(std::memory_order_relaxed) + extra > share;
+        return _held[s].load(std::memory_order_relaxed) + extra > share_of(before, sharing, connections_max());
     }
 
     const provider_config& _cfg;
