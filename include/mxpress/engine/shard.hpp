@@ -138,6 +138,7 @@ public:
         }
         flush_journal();
         publish_dns_stats();
+        publish_held();  // the final progress line reads what holds now, not a second ago
     }
 
 private:
