@@ -33,6 +33,20 @@ def sanitized():
     return "libasan" in out or "libtsan" in out
 
 
+def wait_for_first_delivery(journal, p, seconds=60):
+    """Returns once the run's journal has a delivered line: the run is
+    sending (a sanitizer build beside other tests may take seconds to start,
+    and a rate measured from a fixed time after the start would be its own)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and p.poll() is None:
+        if os.path.exists(journal):
+            with open(journal, encoding="utf-8") as f:
+                if '"status":"delivered"' in f.read():
+                    return
+        time.sleep(0.05)
+    raise AssertionError(f"no delivery in the journal after {seconds} s (exit status {p.poll()})")
+
+
 def most_within_a_second(times):
     """The most arrivals (sorted times, seconds) in any window of 1 s."""
     most, j = 0, 0
@@ -118,7 +132,8 @@ class Shaping(unittest.TestCase):
                                   "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                time.sleep(1.5)
+                wait_for_first_delivery(peers.path("j.jsonl"), p)
+                time.sleep(1.0)
                 # A file that does not parse: the run goes on as it was, and says why.
                 with open(config, "w") as f:
                     f.write('[domain."slow.test"]\nmax_message_rate = "fast"\n')
