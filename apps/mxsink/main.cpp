@@ -65,8 +65,17 @@
 namespace {
 
 std::atomic<bool> g_stop{false};
-std::atomic<std::uint64_t> g_messages{0};
+// Messages whose 250 has been sent in full (or that get none: drop_after_dot),
+// across the workers: what --exit-after-messages counts.
+std::atomic<std::uint64_t> g_acked{0};
 std::uint64_t g_exit_after = 0;
+
+// `n` more messages answered: stop once --exit-after-messages have been.
+void acked(std::uint64_t n) {
+    if (g_acked.fetch_add(n, std::memory_order_relaxed) + n >= g_exit_after && g_exit_after != 0) {
+        g_stop.store(true);
+    }
+}
 
 using mxpress::net::tls_channel;
 using mxpress::net::tls_stream;
@@ -237,7 +246,8 @@ struct session {
     op send_op;
     unsigned in_flight = 0;
     bool sending = false;
-    bool closing = false;  // close after the pending output is sent
+    bool closing = false;           // close after the pending output is sent
+    std::uint32_t unsent_acks = 0;  // 250s for messages queued in `out` or in the send in flight
     bool dead = false;
     std::vector<char> buf = std::vector<char>(64 * 1024);
     std::string line;         // partial command line
@@ -479,9 +489,12 @@ private:
             return;
         }
         s->send_off += static_cast<std::size_t>(res);
-        if (g_exit_after != 0 && g_messages.load(std::memory_order_relaxed) >= g_exit_after && s->out.empty() &&
-            s->send_off >= s->sending_buf.size()) {
-            g_stop.store(true);  // the last message's reply has gone out
+        if (s->unsent_acks != 0 && s->out.empty() && s->send_off >= s->sending_buf.size()) {
+            // Every reply queued so far is out, the 250s among them too. (The
+            // check was once "this session's output is out and the count of
+            // messages reached N": with two workers, another session's last
+            // 250s were still unsent, and the client saw its connection reset.)
+            acked(std::exchange(s->unsent_acks, 0));
         }
         w->pump(s);
     }
@@ -709,14 +722,15 @@ private:
             reply(s, _settings.provider->reply(f, mxsink::provider::domain_of(s->rcpt_addrs.front())));
         } else {
             _counters.messages.fetch_add(1, std::memory_order_relaxed);
-            g_messages.fetch_add(1, std::memory_order_relaxed);
             if (_settings.recorder != nullptr) {
                 _settings.recorder->record(s->rcpt_addrs, s->bdat ? s->data : message_recorder::unstuff(s->data));
             }
             if (f == mxsink::fate::drop_after_dot) {
                 s->closing = true;  // kept, but the client never hears so
+                acked(1);
             } else {
                 s->out += "250 2.0.0 Ok: queued\r\n";
+                ++s->unsent_acks;
             }
         }
         s->data.clear();
