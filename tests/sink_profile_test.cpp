@@ -130,6 +130,22 @@ TEST(SinkProfile, AcceptRateThrottlesItsDomainOnly) {
     EXPECT_EQ(p.reply(fate::throttle, "slow.test").substr(0, 10), "421 4.7.28");
 }
 
+TEST(SinkProfile, ClientAcceptRateCountsEveryDomainOfOneClient) {
+    mxsink::provider p(parse_profile("[default]\nclient_accept_rate = \"10/s,burst=3\"\n", "p.toml"), 1);
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<fate> got;
+    for (const char* a : {"a@one.test", "b@two.test", "c@three.test", "d@four.test"}) {
+        got.push_back(p.rcpt(a, t0, 1));
+    }
+    EXPECT_EQ(got, (std::vector<fate>{fate::none, fate::none, fate::none, fate::throttle}));
+    EXPECT_EQ(p.rcpt("e@five.test", t0, 2), fate::none) << "another client has its own budget";
+    EXPECT_EQ(p.rcpt("f@six.test", t0 + std::chrono::milliseconds(100), 1), fate::none);
+    EXPECT_EQ(error_of("[domain.\"a.test\"]\nclient_accept_rate = \"1/s\"\n"),
+              "p.toml:2: client_accept_rate: per client address, so only in [default]");
+    EXPECT_EQ(error_of("[default]\nclient_accept_rate = \"fast\"\n").substr(0, 38),
+              "p.toml:2: client_accept_rate: expected");
+}
+
 TEST(SinkProfile, ConnectionsMaxPerClientAddress) {
     mxsink::provider p(parse_profile("[default]\nconnections_max = 2\n", "p.toml"), 1);
     EXPECT_TRUE(p.open(1));

@@ -768,7 +768,7 @@ private:
                 std::string addr = rcpt_address(line);
                 const std::string domain = mxsink::provider::domain_of(addr);
                 s->delay_ms = std::max(s->delay_ms, p->config().for_domain(domain).delay_ms);
-                const mxsink::fate f = p->rcpt(addr, std::chrono::steady_clock::now());
+                const mxsink::fate f = p->rcpt(addr, std::chrono::steady_clock::now(), s->client);
                 if (f != mxsink::fate::none) {
                     reply(s, p->reply(f, domain));
                     return;

@@ -4,6 +4,9 @@
 //   [default]                        # every recipient domain not named below
 //   connections_max = 10             # per client address (only here); beyond it
 //   connections_reply = "421 4.7.0 too many connections"   # greeting, then close
+//   client_accept_rate = "60/s"      # per client address (only here): RCPTs
+//                                    # beyond it, whatever their domain, get
+//                                    # the domain's throttle_reply
 //   delay_ms = 0                     # each write of replies waits this long
 //   [domain."gmail.test"]            # per recipient domain (lower case)
 //   accept_rate = "20/s"             # RCPT beyond it gets throttle_reply
@@ -74,6 +77,7 @@ struct domain_profile {
 struct profile {
     std::uint32_t connections_max = 0;  // per client address; 0: unlimited
     std::string connections_reply = "421 4.7.0 too many connections";
+    mxpress::engine::rate client_accept_rate;  // per client address, all domains; unlimited unless set
     domain_profile defaults;
     std::map<std::string, domain_profile, std::less<>> domains;
 
@@ -129,12 +133,13 @@ inline std::uint32_t integer(const std::string& file, std::string_view key, cons
 inline void domain_keys(const std::string& file, const toml::table& t, domain_profile& d, profile* top) {
     for (auto&& [key, node] : t) {
         const std::string_view k = key.str();
-        if (k == "accept_rate") {
+        if (k == "accept_rate" || (top != nullptr && k == "client_accept_rate")) {
             const auto s = node.value_exact<std::string>();
-            if (!s || !mxpress::engine::parse_rate(*s, d.accept_rate)) {
+            if (!s || !mxpress::engine::parse_rate(*s, k == "accept_rate" ? d.accept_rate : top->client_accept_rate)) {
                 fail(file, node,
-                     "accept_rate: expected \"N/s\", \"N/min\", \"N/h\" or \"N/d\" (optionally "
-                     "\",burst=B\") or \"unlimited\"");
+                     fmt::format("{}: expected \"N/s\", \"N/min\", \"N/h\" or \"N/d\" (optionally "
+                                 "\",burst=B\") or \"unlimited\"",
+                                 k));
             }
         } else if (k == "throttle_reply") {
             d.throttle_reply = reply(file, k, node, '4');
@@ -164,7 +169,7 @@ inline void domain_keys(const std::string& file, const toml::table& t, domain_pr
             top->connections_max = integer(file, k, node, 1'000'000);
         } else if (top != nullptr && k == "connections_reply") {
             top->connections_reply = reply(file, k, node, '4');
-        } else if (k == "connections_max" || k == "connections_reply") {
+        } else if (k == "connections_max" || k == "connections_reply" || k == "client_accept_rate") {
             fail(file, node, fmt::format("{}: per client address, so only in [default]", k));
         } else {
             fail(file, node, fmt::format("unknown key '{}'", k));
@@ -269,8 +274,10 @@ public:
         }
     }
 
-    // RCPT TO:<address>: throttle (over accept_rate), rcpt_4xx, rcpt_5xx or none.
-    fate rcpt(std::string_view address, mxpress::engine::clock::time_point now) {
+    // RCPT TO:<address> from `client` (an IPv4 address in network order):
+    // throttle (over the domain's accept_rate or the client's
+    // client_accept_rate), rcpt_4xx, rcpt_5xx or none.
+    fate rcpt(std::string_view address, mxpress::engine::clock::time_point now, std::uint32_t client = 0) {
         const std::string domain = domain_of(address);
         const domain_profile& d = _profile.for_domain(domain);
         const std::lock_guard<std::mutex> lock(_mutex);
@@ -284,6 +291,16 @@ public:
             auto it = _rates.find(domain);
             if (it == _rates.end()) {
                 it = _rates.emplace(domain, mxpress::engine::gcra(d.accept_rate)).first;
+            }
+            mxpress::engine::clock::time_point when;
+            if (!it->second.take(now, when)) {
+                f = fate::throttle;
+            }
+        }
+        if (f == fate::none && !_profile.client_accept_rate.unlimited()) {
+            auto it = _client_rates.find(client);
+            if (it == _client_rates.end()) {
+                it = _client_rates.emplace(client, mxpress::engine::gcra(_profile.client_accept_rate)).first;
             }
             mxpress::engine::clock::time_point when;
             if (!it->second.take(now, when)) {
@@ -359,6 +376,7 @@ private:
     std::unordered_map<std::uint32_t, std::uint32_t> _connections;
     std::unordered_map<std::string, std::uint64_t> _seen;  // bounded by the distinct mail a run sends
     std::unordered_map<std::string, mxpress::engine::gcra> _rates;
+    std::unordered_map<std::uint32_t, mxpress::engine::gcra> _client_rates;
     std::uint64_t _refused[std::size(fate_names)] = {};
     std::uint64_t _refused_connections = 0;
 };

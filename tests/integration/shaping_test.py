@@ -4,8 +4,10 @@ message with its arrival time): a domain with max_message_rate is sent at
 that pace, measured where the mail arrives, while another domain routed to
 the same host is not held back by it; a [provider."…"] whose domains live
 on both shards gets one budget of messages and of connections (counted by
-the kernel at the receiver's port), not one per shard; every row arrives
-exactly once.
+the kernel at the receiver's port), not one per shard; three providers at
+once, each played by an mxsink that refuses what is over its limits, each
+get their own rate and nothing refused; SIGHUP applies new limits; every
+row arrives exactly once.
 
   shaping_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
@@ -226,6 +228,96 @@ class Shaping(unittest.TestCase):
             self.assertLessEqual(most[0], conns, f"{most[0]} sessions at once, connections_max {conns}")
             print(f"provider: {len(t)} messages at {measured:.2f}/s over {span:.1f} s, at most {most[0]} sessions",
                   file=sys.stderr)
+
+    def test_three_providers_each_get_their_rate_from_sinks_that_enforce_them(self):
+        # Issue 10's rehearsal: mxsink plays three providers, each on its own
+        # address, each refusing (421) a client over its connection cap or
+        # over its accept rate. The [provider] sections keep under both;
+        # every provider's domains hash to both shards. Each provider
+        # must get its rate within 10% over its >= 10 s, and no sink may
+        # refuse anything.
+        # A TSan build with three TSan sinks beside it cannot carry 20
+        # messages a second on two cores: a tenth the rates there.
+        libs = subprocess.run(["ldd", MXPRESS], capture_output=True, text=True).stdout
+        k = 10 if "libtsan" in libs else 5 if sanitized() else 1
+        providers = [  # name, address, domains, max_message_rate, connections_max
+            ("gmail", "127.0.0.2", 6, 60 // k, 4),
+            ("outlook", "127.0.0.3", 4, 30 // k, 2),
+            ("yahoo", "127.0.0.4", 2, 10 // k, 1),
+        ]
+        burst = 2
+        seconds = 12
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            sink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
+            lines, emails, config, stats = [], [], "", {}
+            for name, addr, domains, rate, conns in providers:
+                # The sink takes a fifth more than the provider's rate from
+                # one client (a GCRA: mxpress at its rate with its bursts
+                # conforms), and refuses the rest with a 421.
+                prof = peers.path(f"{name}.toml")
+                with open(prof, "w") as f:
+                    f.write(f'[default]\nconnections_max = {conns}\n'
+                            f'client_accept_rate = "{rate + max(1, rate // 5)}/s,burst=10"\n'
+                            'throttle_reply = "421 4.7.0 over the accept rate of this sink"\n')
+                stats[name] = mxsink(peers, sink, f"{addr}:{port}", profile=prof, seed=1)
+                lines += [f"host-record=mx{m}.{name}.test,{addr}" for m in range(2)]
+                for d in range(domains):
+                    lines.append(f"mx-host=d{d}.{name}.test,mx{d % 2}.{name}.test,10")
+                rows = rate * seconds
+                emails += [(f"u{r}@d{r % domains}.{name}.test", r / rate) for r in range(rows)]
+                config += (f'[provider."{name}"]\nmatch = ["*.{name}.test"]\n'
+                           f'max_message_rate = "{rate}/s,burst={burst}"\nconnections_max = {conns}\n')
+            dns = peers.dnsmasq(lines)
+            # The providers' rows interleaved as a list would have them.
+            emails = [e for e, _ in sorted(emails, key=lambda x: x[1])]
+            recipients, message, cfg = peers.path("r.csv"), peers.path("m.eml"), peers.path("c.toml")
+            codes = write_coded_recipients(recipients, emails)
+            with open(message, "w") as f:
+                f.write(CODED_TEMPLATE)
+            with open(cfg, "w") as f:
+                f.write('[defaults]\nretry_initial = "1s"\nretry_max = "2s"\n' + config)
+            most, stop = {name: 0 for name, *_ in providers}, threading.Event()
+
+            def watch():  # each receiver's established sessions, as the kernel counts them
+                while not stop.is_set():
+                    for name, addr, *_ in providers:
+                        out = subprocess.run(["ss", "-Htn", "state", "established", "src", f"{addr}:{port}"],
+                                             capture_output=True, text=True).stdout
+                        most[name] = max(most[name], sum(1 for line in out.splitlines() if line.strip()))
+                    time.sleep(0.02)
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                    "b@sender.test", "--dns", dns, "--mx-port", str(port), "--config", cfg,
+                                    "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
+                                   capture_output=True, text=True, timeout=180)
+            finally:
+                stop.set()
+                watcher.join()
+            self.assertEqual(p.returncode, 0, p.stderr)
+            stop_and_read_stats(peers, stats["gmail"])  # stops every sink
+            arrivals, seen = [], {}
+            for name, addr, domains, rate, conns in providers:
+                with open(stats[name]) as f:
+                    refused = json.load(f)["refused"]
+                got = read_record(record_of(stats[name]))
+                arrivals += got
+                t = sorted(a["t"] for a in got)
+                span = t[-1] - t[0]
+                seen[name] = (refused, len(t), span, (len(t) - burst) / span)
+                print(f"{name}: {len(t)} messages at {seen[name][3]:.2f}/s (max {rate}/s) over {span:.1f} s, "
+                      f"at most {most[name]} of {conns} sessions, refused {sum(refused.values())}", file=sys.stderr)
+            for name, addr, domains, rate, conns in providers:
+                refused, n, span, measured = seen[name]
+                self.assertEqual(sum(refused.values()), 0, f"{name} refused: {refused}")
+                self.assertGreaterEqual(span, 10.0, f"{name}: {n} messages over {span:.1f} s")
+                self.assertAlmostEqual(measured / rate, 1.0, delta=0.10,
+                                       msg=f"{name} got {measured:.2f}/s over {span:.1f} s, max_message_rate {rate}/s")
+                self.assertGreater(most[name], 0, f"{name}: the watcher saw no session")
+                self.assertLessEqual(most[name], conns, f"{name}: {most[name]} sessions, connections_max {conns}")
+            assert_exactly_once(self, arrivals, codes)
 
 
 if __name__ == "__main__":
