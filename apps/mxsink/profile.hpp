@@ -287,25 +287,11 @@ public:
             f = fate::rcpt_4xx;
         } else if (u < d.rcpt_4xx + d.rcpt_5xx) {
             f = fate::rcpt_5xx;
-        } else if (!d.accept_rate.unlimited()) {
-            auto it = _rates.find(domain);
-            if (it == _rates.end()) {
-                it = _rates.emplace(domain, mxpress::engine::gcra(d.accept_rate)).first;
-            }
-            mxpress::engine::clock::time_point when;
-            if (!it->second.take(now, when)) {
-                f = fate::throttle;
-            }
+        } else if (!takes(_rates, domain, d.accept_rate, now)) {
+            f = fate::throttle;
         }
-        if (f == fate::none && !_profile.client_accept_rate.unlimited()) {
-            auto it = _client_rates.find(client);
-            if (it == _client_rates.end()) {
-                it = _client_rates.emplace(client, mxpress::engine::gcra(_profile.client_accept_rate)).first;
-            }
-            mxpress::engine::clock::time_point when;
-            if (!it->second.take(now, when)) {
-                f = fate::throttle;
-            }
+        if (f == fate::none && !takes(_client_rates, client, _profile.client_accept_rate, now)) {
+            f = fate::throttle;
         }
         count(f);
         return f;
@@ -369,6 +355,21 @@ public:
 
 private:
     void count(fate f) { ++_refused[static_cast<std::size_t>(f)]; }
+
+    // A cell of `key`'s limiter at rate `r` (made on first use); true when unlimited.
+    template <typename Map, typename Key>
+    static bool takes(Map& limiters, const Key& key, const mxpress::engine::rate& r,
+                      mxpress::engine::clock::time_point now) {
+        if (r.unlimited()) {
+            return true;
+        }
+        auto it = limiters.find(key);
+        if (it == limiters.end()) {
+            it = limiters.emplace(key, mxpress::engine::gcra(r)).first;
+        }
+        mxpress::engine::clock::time_point when;
+        return it->second.take(now, when);
+    }
 
     profile _profile;
     std::uint64_t _seed;

@@ -49,6 +49,28 @@ def wait_for_first_delivery(journal, p, seconds=60):
     raise AssertionError(f"no delivery in the journal after {seconds} s (exit status {p.poll()})")
 
 
+def run_counting_sessions(args, listeners, timeout):
+    """Runs `args` while counting each listener's established sessions as
+    the kernel sees them (ss, every 20 ms); listeners = {key: "addr:port"}.
+    Returns (completed process, {key: most sessions at once})."""
+    most, stop = {key: 0 for key in listeners}, threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for key, listen in listeners.items():
+                out = subprocess.run(["ss", "-Htn", "state", "established", "src", listen],
+                                     capture_output=True, text=True).stdout
+                most[key] = max(most[key], sum(1 for line in out.splitlines() if line.strip()))
+            time.sleep(0.02)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout), most
+    finally:
+        stop.set()
+        watcher.join()
+
+
 def most_within_a_second(times):
     """The most arrivals (sorted times, seconds) in any window of 1 s."""
     most, j = 0, 0
@@ -197,24 +219,11 @@ class Shaping(unittest.TestCase):
                 f.write(f'[provider."prov"]\nmatch = ["*.prov.test"]\nmax_message_rate = "{rate}/s,burst=5"\n'
                         f"connections_max = {conns}\n")
             # The receiver's established sessions, as the kernel counts them.
-            most, stop = [0], threading.Event()
-
-            def watch():
-                while not stop.is_set():
-                    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
-                                         capture_output=True, text=True).stdout
-                    most[0] = max(most[0], sum(1 for line in out.splitlines() if line.strip()))
-                    time.sleep(0.02)
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            try:
-                p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
-                                    "b@sender.test", "--dns", dns, "--mx-port", str(port), "--config", config,
-                                    "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
-                                   capture_output=True, text=True, timeout=120)
-            finally:
-                stop.set()
-                watcher.join()
+            p, most = run_counting_sessions([MXPRESS, "send", "--recipients", recipients, "--message", message,
+                                             "--from", "b@sender.test", "--dns", dns, "--mx-port", str(port),
+                                             "--config", config, "--journal", peers.path("j.jsonl"),
+                                             "--progress", "off", "--threads", "2"],
+                                            {0: f"127.0.0.2:{port}"}, timeout=120)
             self.assertEqual(p.returncode, 0, p.stderr)
             stop_and_read_stats(peers, stats)
             arrivals = read_record(record_of(stats))
@@ -277,25 +286,11 @@ class Shaping(unittest.TestCase):
                 f.write(CODED_TEMPLATE)
             with open(cfg, "w") as f:
                 f.write('[defaults]\nretry_initial = "1s"\nretry_max = "2s"\n' + config)
-            most, stop = {name: 0 for name, *_ in providers}, threading.Event()
-
-            def watch():  # each receiver's established sessions, as the kernel counts them
-                while not stop.is_set():
-                    for name, addr, *_ in providers:
-                        out = subprocess.run(["ss", "-Htn", "state", "established", "src", f"{addr}:{port}"],
-                                             capture_output=True, text=True).stdout
-                        most[name] = max(most[name], sum(1 for line in out.splitlines() if line.strip()))
-                    time.sleep(0.02)
-            watcher = threading.Thread(target=watch)
-            watcher.start()
-            try:
-                p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
-                                    "b@sender.test", "--dns", dns, "--mx-port", str(port), "--config", cfg,
-                                    "--journal", peers.path("j.jsonl"), "--progress", "off", "--threads", "2"],
-                                   capture_output=True, text=True, timeout=180)
-            finally:
-                stop.set()
-                watcher.join()
+            p, most = run_counting_sessions([MXPRESS, "send", "--recipients", recipients, "--message", message,
+                                             "--from", "b@sender.test", "--dns", dns, "--mx-port", str(port),
+                                             "--config", cfg, "--journal", peers.path("j.jsonl"),
+                                             "--progress", "off", "--threads", "2"],
+                                            {name: f"{addr}:{port}" for name, addr, *_ in providers}, timeout=180)
             self.assertEqual(p.returncode, 0, p.stderr)
             stop_and_read_stats(peers, stats["gmail"])  # stops every sink
             arrivals, seen = [], {}
