@@ -72,10 +72,35 @@ def journal(path):
     return entries
 
 
+# Ports handed out by free_port(), one file each, shared by every test
+# process: integration tests run in parallel, and a test listens on its port
+# at several addresses (127.0.0.2-5), so a port free on one address when
+# picked is not enough. Two tests that picked the same port at the same
+# moment once talked to each other's servers. A claim older than
+# PORT_CLAIM_S is stale (its test is long over).
+PORT_CLAIMS = os.path.join(tempfile.gettempdir(), "mxpress-test-ports")
+PORT_CLAIM_S = 900
+
+
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free on `host` now and claimed by no other test (TCP and UDP share claims)."""
+    os.makedirs(PORT_CLAIMS, exist_ok=True)
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        claim = os.path.join(PORT_CLAIMS, str(port))
+        try:
+            os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return port
+        except FileExistsError:
+            try:
+                if time.time() - os.stat(claim).st_mtime > PORT_CLAIM_S:
+                    os.utime(claim)  # stale: take it over
+                    return port
+            except FileNotFoundError:
+                pass
+    raise RuntimeError(f"no unclaimed port on {host} after 200 tries ({PORT_CLAIMS})")
 
 
 def wait_tcp(host, port, seconds=10):
