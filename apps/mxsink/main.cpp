@@ -90,7 +90,9 @@ using mxpress::net::tls_stream;
 // To: and X-Row-Code: headers ("" when absent), the recipient's own fields;
 // "t" is when the final dot arrived (Unix time, microseconds), so a test
 // can measure the pace a destination was sent at.
-// Shared by every worker (a mutex per line); flushed when it is destroyed.
+// Shared by every worker (a mutex per line). Each line is flushed before
+// its 250 is queued, so a test may read the file while the sink runs (a
+// run of `mxpress steps` at a time) and see every message acknowledged.
 class message_recorder {
 public:
     static constexpr std::string_view code_header = "X-Row-Code";
@@ -118,6 +120,7 @@ public:
         line += fmt::format(",\"t\":{}.{:06}}}\n", now.tv_sec, now.tv_nsec / 1000);
         const std::lock_guard<std::mutex> lock(_mutex);
         std::fwrite(line.data(), 1, line.size(), _file.get());
+        std::fflush(_file.get());
     }
 
     // The message from DATA's bytes up to and including the final ".\r\n":
