@@ -89,6 +89,12 @@ struct send_options {
     // Resolved from the two above before run_send (null: no plan).
     std::shared_ptr<const engine::shard_plan> loaded_plan;
     unsigned shard_index = 0;
+    std::string not_before;  // --not-before TIME: the run waits until then
+    std::string now_text;    // --now TIME: the clock that send_at and steps compare with
+    std::string tz;          // --tz ZONE: the zone of times without an offset
+    // Set by `steps` for each step (null for `send`).
+    const engine::sequence_config* sequence = nullptr;
+    const engine::sequence_step* step = nullptr;
 };
 
 // What `render` takes besides the row.
@@ -661,7 +667,7 @@ std::string new_run_id() {
 // the file once more, before anything is sent.
 void check_resume(const engine::journal_state& done, const std::string& journal_path, const send_options& o,
                   const std::string& recipients_fp, const std::string& template_fp) {
-    if (done.header) {
+    if (done.header && o.step == nullptr) {  // a step's message and columns may change between cron runs
         if (done.header->templ != template_fp) {
             throw input_error(o.message, 0,
                               fmt::format("the message template changed since the run journaled in {} (fingerprint "
@@ -698,6 +704,97 @@ void check_resume(const engine::journal_state& done, const std::string& journal_
                                           row.email, journal_path, row.line));
         }
     }
+}
+
+// The zone of times without an offset: the sequence's, else --tz, else the
+// process's ($TZ, /etc/localtime, UTC).
+engine::time_zone zone_for(const send_options& o) {
+    const std::string& name = o.sequence != nullptr && !o.sequence->tz.empty() ? o.sequence->tz : o.tz;
+    return name.empty() ? engine::default_time_zone() : engine::time_zone::load(name);
+}
+
+// --now, or the clock.
+engine::unix_time now_for(const send_options& o) {
+    if (o.now_text.empty()) {
+        return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    }
+    engine::unix_time t = 0;
+    if (!engine::parse_time(o.now_text, zone_for(o), t)) {
+        throw std::invalid_argument(fmt::format(
+            "--now \"{}\": expected RFC 3339 (2026-11-28T09:00:00+09:00) or \"YYYY-MM-DD HH:MM\"", o.now_text));
+    }
+    return t;
+}
+
+std::size_t column_index(const std::vector<std::string>& columns, std::string_view name) {
+    for (std::size_t i = 0; i < columns.size(); ++i) {
+        if (mxpress::detail::iequals(columns[i], name)) {
+            return i;
+        }
+    }
+    return std::string::npos;
+}
+
+// A step: its anchor column (required). send: the send_at column, if any.
+std::optional<engine::row_scheduler> make_scheduler(const send_options& o, const std::vector<std::string>& columns) {
+    const std::size_t tz_column = column_index(columns, "tz");
+    if (o.step != nullptr) {
+        const std::size_t anchor = column_index(columns, o.sequence->anchor);
+        if (anchor == std::string::npos) {
+            throw input_error(o.recipients, 1,
+                              fmt::format("no column '{}': [sequence.{}] anchor names it (the sign-up time)",
+                                          o.sequence->anchor, o.sequence->name));
+        }
+        return engine::row_scheduler(anchor, o.sequence->anchor, tz_column, zone_for(o), *o.step, now_for(o));
+    }
+    const std::size_t send_at = column_index(columns, "send_at");
+    if (send_at == std::string::npos) {
+        if (!o.now_text.empty()) {
+            (void)now_for(o);  // still a usage error when malformed
+        }
+        return std::nullopt;
+    }
+    return engine::row_scheduler(send_at, "send_at", tz_column, zone_for(o), std::nullopt, now_for(o));
+}
+
+// --not-before: sleep until then (the clock, or --now, says how long).
+void wait_not_before(const send_options& o) {
+    if (o.not_before.empty()) {
+        return;
+    }
+    engine::unix_time at = 0;
+    if (!engine::parse_time(o.not_before, zone_for(o), at)) {
+        throw std::invalid_argument(
+            fmt::format("--not-before \"{}\": expected RFC 3339 (2026-11-28T09:00:00+09:00) or \"YYYY-MM-DD HH:MM\"",
+                        o.not_before));
+    }
+    const engine::unix_time now = now_for(o);
+    if (at <= now) {
+        return;
+    }
+    std::fprintf(stderr, "mxpress: waiting until %s (--not-before), %lld s from now\n", engine::format_utc(at).c_str(),
+                 static_cast<long long>(at - now));
+    const auto until = std::chrono::system_clock::now() + std::chrono::seconds(at - now);
+    while (std::chrono::system_clock::now() < until) {  // bounded: `until` is fixed
+        std::this_thread::sleep_until(std::min(until, std::chrono::system_clock::now() + std::chrono::seconds(1)));
+    }
+}
+
+std::string schedule_summary(const engine::run_totals& t, const send_options& o) {
+    std::string out = fmt::format("schedule: {} not yet due", t.later);
+    if (t.next_due != 0) {
+        out += fmt::format(" (the first at {}: a later run sends {})", engine::format_utc(t.next_due),
+                           o.step != nullptr ? "them" : "them with --resume");
+    }
+    if (o.step != nullptr) {
+        out += fmt::format(", {} skipped (due more than max_late ago)", t.late);
+    }
+    out += fmt::format(", {} without a usable time\n", t.unscheduled);
+    for (const std::string& e : t.unscheduled_examples) {
+        out += fmt::format("  {}:{}\n", o.recipients, e.substr(5));  // "line N: why" -> "FILE:N: why"
+    }
+    return out;
 }
 
 int run_send(const send_options& o) {
@@ -758,6 +855,10 @@ int run_send(const send_options& o) {
 
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
     mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
+    std::optional<engine::row_scheduler> scheduler = make_scheduler(o, reader.columns());
+    if (scheduler) {
+        ro.schedule = [&scheduler](const mail::recipient_row& row) { return scheduler->schedule(*row.fields); };
+    }
     std::string template_name;
     const std::string text = template_text(o.message, o.parts, reader, template_name);
     const mail::message_template tmpl = compile_template(text, template_name, reader.columns(), o.list_unsubscribe);
@@ -767,6 +868,7 @@ int run_send(const send_options& o) {
     ro.shard.message_id_run_key = message_id_run_key(text, o.recipients, sender.address);
     const auto suppress = load_suppression_lists(o.suppress);  // before the journal: a bad list sends nothing
     ro.suppress = suppress.get();
+    wait_not_before(o);  // before the journal is locked: a signal here ends the process, nothing sent
     const std::string journal_path =
         o.journal.empty() ? journal_beside(o.recipients, journal_suffix(o, "journal.jsonl")) : o.journal;
     // Deferred recipients are parked without their fields and read again
@@ -841,6 +943,9 @@ int run_send(const send_options& o) {
         t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path, t.in_flight_peak);
+    if (scheduler) {
+        summary += schedule_summary(t, o);
+    }
     if (o.loaded_plan) {
         summary += fmt::format("plan: shard {} of {}; {} rows of other shards passed over\n", o.shard_index,
                                o.loaded_plan->shard_count, t.elsewhere);
@@ -925,6 +1030,8 @@ int run_send(const send_options& o) {
         j += fmt::format("],\"rule_held\":{},\"rule_left\":{}", t.rule_held, t.rule_left);
         j += fmt::format(",\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},", t.stop_signal,
                          t.left_deferred, t.stopped_in_doubt);
+        j += fmt::format("\"later\":{},\"next_due\":\"{}\",\"late\":{},\"unscheduled\":{},", t.later,
+                         t.next_due == 0 ? "" : engine::format_utc(t.next_due), t.late, t.unscheduled);
         if (o.loaded_plan) {
             j += fmt::format("\"shard_index\":{},\"shard_count\":{},\"elsewhere\":{},", o.shard_index,
                              o.loaded_plan->shard_count, t.elsewhere);
@@ -1313,6 +1420,159 @@ int run_report(const std::vector<std::string>& journals, bool json, const std::s
 
 }  // namespace
 
+// What `send` and `steps` share: the sender, the configuration, where and
+// how to deliver, and the clock.
+void add_delivery_options(CLI::App* cmd, send_options& so) {
+    cmd->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
+        ->required();
+    cmd->add_option("--config", so.config,
+                    "TOML configuration (see README; safe defaults built in). SIGHUP reads it again during the "
+                    "run: limits, rules and timeouts change within a second; an invalid file changes nothing");
+    cmd->add_option("--threads", so.threads, "Delivery shards (default: number of cores)");
+    cmd->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
+    cmd->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
+    cmd->add_option("--route", so.routes, "DOMAIN=HOST[:PORT]: skip MX lookup for DOMAIN ('*' = all)");
+    cmd->add_option("--relay", so.relay,
+                    "[smtp://|smtps://]HOST[:PORT]: send everything through this submission server (STARTTLS, "
+                    "port 587 by default; smtps:// or port 465: implicit TLS); its certificate is verified "
+                    "unless the config says otherwise");
+    cmd->add_option("--auth-user", so.auth_user,
+                    "AUTH PLAIN/LOGIN user for --relay (password: --auth-password-file or MXPRESS_AUTH_PASSWORD; "
+                    "only sent over TLS)");
+    cmd->add_option("--auth-password-file", so.auth_password_file, "File whose first line is the --auth-user password");
+    cmd->add_option("--stop-grace", so.stop_grace,
+                    "Seconds that messages in flight get to finish after SIGINT/SIGTERM (a second signal: none)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 86400.0));
+    cmd->add_option("--progress", so.progress, "Live progress on stderr")
+        ->check(CLI::IsMember({"auto", "on", "off"}))
+        ->default_val("auto");
+    cmd->add_option("--list-unsubscribe", so.list_unsubscribe,
+                    "https URL ({{field}} allowed): adds List-Unsubscribe and one-click List-Unsubscribe-Post");
+    cmd->add_option("--metrics-textfile", so.metrics_textfile,
+                    "Directory of node_exporter's textfile collector: DIR/mxpress_<run>.prom is rewritten "
+                    "atomically every --metrics-interval and at exit (Prometheus text format; README, Metrics)");
+    cmd->add_option("--metrics-interval", so.metrics_interval, "Seconds between rewrites of the metrics file")
+        ->capture_default_str()
+        ->check(CLI::Range(0.1, 3600.0));
+    cmd->add_option("--tz", so.tz,
+                    "Zone of times without an offset (\"Asia/Tokyo\"; default: $TZ, else the system's); a 'tz' "
+                    "column overrides it per row, a [sequence] tz for steps");
+    cmd->add_option("--now", so.now_text,
+                    "TIME (RFC 3339, or \"YYYY-MM-DD HH:MM\"): what send_at and steps take as now (default: the "
+                    "clock; for rehearsals and tests)");
+    parse_suppression_options(cmd, so.suppress);
+}
+
+// Usage errors among the delivery options, before any file is opened.
+void check_delivery_options(const send_options& so) {
+    for (const auto& [name, text] :
+         {std::pair<const char*, const std::string&>{"--now", so.now_text}, {"--not-before", so.not_before}}) {
+        engine::unix_time t = 0;
+        if (!text.empty() && !engine::parse_time(text, engine::time_zone::fixed("UTC", 0), t)) {
+            throw std::invalid_argument(fmt::format(
+                "{} \"{}\": expected RFC 3339 (2026-11-28T09:00:00+09:00) or \"YYYY-MM-DD HH:MM\"", name, text));
+        }
+    }
+    if (!so.tz.empty()) {
+        (void)engine::time_zone::load(so.tz);  // an unknown zone: exit 2 before anything is read
+    }
+    parse_routes(so.routes);
+    if (!so.relay.empty() && !so.routes.empty()) {
+        throw std::invalid_argument("--relay and --route cannot be combined: the relay takes every domain");
+    }
+    if (!so.auth_user.empty() && so.relay.empty()) {
+        throw std::invalid_argument("--auth-user is for --relay (MX delivery does not authenticate)");
+    }
+    if (!so.relay.empty()) {
+        parse_relay(so.relay);
+    }
+    if (!so.metrics_textfile.empty()) {
+        if (const std::string why = engine::check_textfile_dir(so.metrics_textfile); !why.empty()) {
+            throw std::invalid_argument(why);
+        }
+    }
+}
+
+// A step with no row to act on (every row final, not yet due, or without a
+// time) needs no run: no threads, no TLS context, no journal lines. This is
+// what a cron run every few minutes finds most of the time. Returns the
+// line to print then, or "" when the step has work.
+std::string step_idle_line(const send_options& o) {
+    const engine::journal_state done = engine::read_journal(o.journal);
+    const mxpress::io::unique_fd fd = open_recipients(o.recipients);
+    mail::recipients_reader reader(mail::csv_reader::from_fd(fd.get()), o.recipients);
+    std::optional<engine::row_scheduler> scheduler = make_scheduler(o, reader.columns());
+    mail::recipient_row row;
+    std::uint64_t later = 0, unscheduled = 0, final_rows = 0;
+    engine::unix_time next = 0;
+    while (reader.next(row)) {
+        if (done.has_final(row.line)) {
+            ++final_rows;
+            continue;
+        }
+        mail::checked_address a;
+        if (!mail::check_row(row, a).empty()) {
+            return "";  // journaled invalid by a run
+        }
+        const engine::row_schedule when = scheduler->schedule(*row.fields);
+        switch (when.timing) {
+            case engine::row_timing::due:
+            case engine::row_timing::late: return "";
+            case engine::row_timing::later:
+                ++later;
+                next = next == 0 ? when.due_at : std::min(next, when.due_at);
+                break;
+            case engine::row_timing::unscheduled: ++unscheduled; break;
+        }
+    }
+    return fmt::format("nothing due: {} rows final, {} not yet due{}, {} without a usable time\n", final_rows, later,
+                       next == 0 ? "" : fmt::format(" (the first at {})", engine::format_utc(next)), unscheduled);
+}
+
+// `steps`: each step in the file's order, each a run of its own on its own
+// journal (always resumed: the journal is the memory). A stop or a rule
+// that leaves mail unfinished ends the command; the next run goes on.
+int run_steps(const send_options& base, const std::string& sequence_name) {
+    if (base.config.empty()) {
+        throw std::invalid_argument("steps needs --config FILE: the [sequence] lives there");
+    }
+    const engine::config cfg = engine::load_config(base.config);
+    const engine::sequence_config* seq = nullptr;
+    std::string known;
+    for (const engine::sequence_config& sc : cfg.sequences) {
+        seq = sc.name == sequence_name ? &sc : seq;
+        known += known.empty() ? sc.name : ", " + sc.name;
+    }
+    if (seq == nullptr) {
+        throw input_error(
+            base.config, 0,
+            fmt::format("no [sequence.{}] (sequences here: {})", sequence_name, known.empty() ? "none" : known));
+    }
+    send_options o = base;
+    o.sequence = seq;
+    o.now_text = engine::format_utc(now_for(o));  // one instant for every step of this run
+    if (!seq->suppress.empty()) {
+        o.suppress.push_back(seq->suppress);
+    }
+    o.resume = true;
+    for (const engine::sequence_step& step : seq->steps) {
+        o.step = &step;
+        o.message = step.message;
+        o.journal = journal_beside(o.recipients, fmt::format("{}.{}.journal.jsonl", seq->name, step.id));
+        std::printf("step %s (%s):\n", step.id.c_str(), step.message.c_str());
+        if (const std::string idle = step_idle_line(o); !idle.empty()) {
+            std::fputs(idle.c_str(), stdout);
+            continue;
+        }
+        std::fflush(stdout);
+        if (const int rc = run_send(o); rc != exit_ok) {
+            return rc;
+        }
+    }
+    return exit_ok;
+}
+
 int main(int argc, char** argv) {
     CLI::App app{
         "mxpress — fast, correct batch email sender.\n"
@@ -1323,55 +1583,40 @@ int main(int argc, char** argv) {
     send_options so;
     auto* send = app.add_subcommand("send", "Check, render and deliver one message per recipient");
     send->add_option("--recipients", so.recipients,
-                     "Recipients CSV (header row; column 'email' required); with --plan, default: the plan's list");
+                     "Recipients CSV (header row; column 'email' required; a 'send_at' column holds rows until "
+                     "their time); with --plan, default: the plan's list");
     send->add_option("--message", so.message,
                      "Message template (RFC 5322, {{field}} merge fields); or a message from parts (--text, ...)");
-    send->add_option("--from", so.from, "Envelope sender (bounces go here); From: when the template has none")
-        ->required();
-    send->add_option("--config", so.config,
-                     "TOML configuration (see README; safe defaults built in). SIGHUP reads it again during the "
-                     "run: limits, rules and timeouts change within a second; an invalid file changes nothing");
     send->add_option("--journal", so.journal,
                      "Outcome journal, JSON Lines (default: beside the recipients file, "
                      "NAME.journal.jsonl, or NAME.dry-run.jsonl for --dry-run; with --plan, "
                      "NAME.shard-I-of-N.journal.jsonl)");
-    send->add_option("--threads", so.threads, "Delivery shards (default: number of cores)");
-    send->add_option("--dns", so.dns, "Resolver HOST[:PORT] for MX lookups (default: /etc/resolv.conf)");
-    send->add_option("--mx-port", so.mx_port, "Port for MX delivery")->default_val(25)->check(CLI::Range(1, 65535));
-    send->add_option("--route", so.routes, "DOMAIN=HOST[:PORT]: skip MX lookup for DOMAIN ('*' = all)");
-    send->add_option("--relay", so.relay,
-                     "[smtp://|smtps://]HOST[:PORT]: send everything through this submission server (STARTTLS, "
-                     "port 587 by default; smtps:// or port 465: implicit TLS); its certificate is verified "
-                     "unless the config says otherwise");
-    send->add_option("--auth-user", so.auth_user,
-                     "AUTH PLAIN/LOGIN user for --relay (password: --auth-password-file or MXPRESS_AUTH_PASSWORD; "
-                     "only sent over TLS)");
-    send->add_option("--auth-password-file", so.auth_password_file,
-                     "File whose first line is the --auth-user password");
+    add_delivery_options(send, so);
     send->add_flag("--resume", so.resume, "Skip recipients whose final outcome is already in the journal");
-    send->add_option("--stop-grace", so.stop_grace,
-                     "Seconds that messages in flight get to finish after SIGINT/SIGTERM (a second signal: none)")
-        ->capture_default_str()
-        ->check(CLI::Range(0.0, 86400.0));
     send->add_flag("--dry-run", so.dry_run, "Check and render every message, send nothing");
-    send->add_option("--progress", so.progress, "Live progress on stderr")
-        ->check(CLI::IsMember({"auto", "on", "off"}))
-        ->default_val("auto");
     send->add_option("--summary-json", so.summary_json, "Write a machine-readable summary here");
-    send->add_option("--list-unsubscribe", so.list_unsubscribe,
-                     "https URL ({{field}} allowed): adds List-Unsubscribe and one-click List-Unsubscribe-Post");
-    send->add_option("--metrics-textfile", so.metrics_textfile,
-                     "Directory of node_exporter's textfile collector: DIR/mxpress_<run>.prom is rewritten "
-                     "atomically every --metrics-interval and at exit (Prometheus text format; README, Metrics)");
-    send->add_option("--metrics-interval", so.metrics_interval, "Seconds between rewrites of the metrics file")
-        ->capture_default_str()
-        ->check(CLI::Range(0.1, 3600.0));
+    send->add_option("--not-before", so.not_before,
+                     "TIME (RFC 3339, or \"YYYY-MM-DD HH:MM\" in --tz): wait until then before sending");
     send->add_option("--plan", so.plan,
                      "Send only this shard's rows of a plan made by `mxpress plan` (journal default: "
                      "NAME.shard-I-of-N.journal.jsonl; a retried index runs with --resume)");
     send->add_option("--shard-index", so.shard_index_arg,
                      "With --plan: this shard's index, 0 to N-1 (default: $JOB_COMPLETION_INDEX, else "
                      "$SLURM_ARRAY_TASK_ID; neither: exit 2)");
+
+    send_options steps_o;
+    std::string steps_sequence;
+    auto* steps = app.add_subcommand(
+        "steps",
+        "Step mail: send each step of a [sequence] to the rows now due for it (run it every few minutes; one "
+        "journal per step remembers who got what, so each step goes once per subscriber)");
+    steps->add_option("--sequence", steps_sequence, "The [sequence.NAME] of --config to run")->required();
+    steps
+        ->add_option("--recipients", steps_o.recipients,
+                     "Subscribers CSV (email, the sequence's anchor column, optional 'tz'); rows may be appended "
+                     "between runs, never removed or reordered (unsubscribe through the sequence's suppress list)")
+        ->required();
+    add_delivery_options(steps, steps_o);
 
     render_options ro;
     auto* render = app.add_subcommand("render", "Print the message one recipient would get (before dot-stuffing)");
@@ -1385,7 +1630,6 @@ int main(int argc, char** argv) {
     render->add_option("--config", ro.config, "TOML configuration: with [dkim], the message is shown signed");
     render->add_option("--list-unsubscribe", ro.list_unsubscribe, "As for send");
     parse_parts_options(send, so.parts);
-    parse_suppression_options(send, so.suppress);
     std::vector<std::string> s_journals;
     auto* suppressions = app.add_subcommand(
         "suppressions", "Print the hard-bounced addresses of earlier journals (a file for --suppress)");
@@ -1467,23 +1711,13 @@ int main(int argc, char** argv) {
 
     try {
         if (*send) {
-            parse_routes(so.routes);  // usage errors before any file is opened
-            if (!so.relay.empty() && !so.routes.empty()) {
-                throw std::invalid_argument("--relay and --route cannot be combined: the relay takes every domain");
-            }
-            if (!so.auth_user.empty() && so.relay.empty()) {
-                throw std::invalid_argument("--auth-user is for --relay (MX delivery does not authenticate)");
-            }
-            if (!so.relay.empty()) {
-                parse_relay(so.relay);
-            }
-            if (!so.metrics_textfile.empty()) {
-                if (const std::string why = engine::check_textfile_dir(so.metrics_textfile); !why.empty()) {
-                    throw std::invalid_argument(why);
-                }
-            }
+            check_delivery_options(so);
             load_send_plan(so);
             return run_send(so);
+        }
+        if (*steps) {
+            check_delivery_options(steps_o);
+            return run_steps(steps_o, steps_sequence);
         }
         if (*render) {
             return run_render(ro);

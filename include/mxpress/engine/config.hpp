@@ -513,6 +513,11 @@ inline const config_section config_sections[] = {
              "file's\n",
              c.rules.builtin);
      }},
+    {"sequence", "[sequence.\"…\"]",
+     "step mail (`mxpress steps`): anchor column, tz, suppress, and [[sequence.\"…\".step]] tables with id, "
+     "after, at, days, message, max_late (engine/sequence.hpp)",
+     [](config& c, const toml::node& n, const std::string& file) { parse_sequence_table(file, n, c.sequences); },
+     [](const config& c, std::string& out) { out += describe_sequences(c.sequences); }},
     // A section parsed by its own header is one row here, {name, syntax,
     // doc, parse, describe}, with its settings as one field of `config`.
     // Nothing else changes: the unknown-table error, check-config and

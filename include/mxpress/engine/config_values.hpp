@@ -22,6 +22,7 @@
 #include "mxpress/engine/dkim_config.hpp"
 #include "mxpress/engine/rate.hpp"
 #include "mxpress/engine/rules.hpp"
+#include "mxpress/engine/sequence.hpp"
 #include "mxpress/smtp/client.hpp"
 
 namespace mxpress::engine {
@@ -210,6 +211,7 @@ struct config {
     std::vector<std::pair<std::string, tls_policy>> mx_tls;      // pattern, in file order
     mail::dkim::settings dkim;                                   // [dkim]; no keys: unsigned
     rule_set rules;                                              // [[rule]] then the built-ins ([rules])
+    std::vector<sequence_config> sequences;                      // [sequence."…"]: step mail (mxpress steps)
 
     // Which rows of config_keys the file set (bit i: row i).
     std::uint64_t keys_set = 0;

@@ -8,7 +8,8 @@
 //   {"line":N,"email":"…","status":"…","code":250,"enhanced":"2.0.0",
 //    "reply":"…","mx":"…","attempts":1,"tls":"TLSv1.3","ts":"…",
 //    "domain":"…","mx_ip":"…","message_id":"<…>","run":"…"}
-// Final statuses are delivered, bounced, expired, invalid, suppressed and
+// Final statuses are delivered, bounced, expired, invalid, suppressed,
+// skipped (step mail: due longer ago than the step's max_late) and
 // in-doubt (the server took the message but the session ended before its
 // reply, on every attempt allowed: it may have arrived); dry-run marks a row
 // that a --dry-run checked and rendered (not final: a real run sends it);
@@ -65,7 +66,8 @@ enum class outcome_status : std::uint8_t {
     in_doubt,
     dry_run,
     suppressed,
-    deferred
+    deferred,
+    skipped  // step mail: due longer ago than the step's max_late, never sent (final)
 };
 
 constexpr std::string_view to_string(outcome_status s) noexcept {
@@ -78,6 +80,7 @@ constexpr std::string_view to_string(outcome_status s) noexcept {
         case outcome_status::dry_run: return "dry-run";
         case outcome_status::suppressed: return "suppressed";
         case outcome_status::deferred: return "deferred";
+        case outcome_status::skipped: return "skipped";
     }
     return "unknown";
 }
@@ -87,9 +90,9 @@ constexpr bool is_final(outcome_status s) noexcept {
 }
 
 inline bool parse_status(std::string_view text, outcome_status& out) noexcept {
-    for (auto s :
-         {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
-          outcome_status::in_doubt, outcome_status::dry_run, outcome_status::suppressed, outcome_status::deferred}) {
+    for (auto s : {outcome_status::delivered, outcome_status::bounced, outcome_status::expired, outcome_status::invalid,
+                   outcome_status::in_doubt, outcome_status::dry_run, outcome_status::suppressed,
+                   outcome_status::deferred, outcome_status::skipped}) {
         if (text == to_string(s)) {
             out = s;
             return true;

@@ -49,6 +49,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/metrics.hpp"
 #include "mxpress/engine/progress.hpp"
+#include "mxpress/engine/sequence.hpp"
 #include "mxpress/engine/shard.hpp"
 #include "mxpress/engine/shard_threads.hpp"
 #include "mxpress/engine/stop_signals.hpp"
@@ -93,7 +94,18 @@ struct run_totals {
     std::uint64_t rule_held = 0;                                      // parks while a suspension lasted
     std::uint64_t rule_left = 0;  // left unfinished: a rule stopped their destination
     std::uint64_t elsewhere = 0;  // --plan: rows another shard sends (not counted in rows)
+    // runner_options::schedule (steps, send_at): rows not yet due, passed
+    // over; rows too late, journaled "skipped"; rows without a readable
+    // time, passed over (the first few reasons kept, "line N: why").
+    std::uint64_t later = 0;
+    unix_time next_due = 0;  // the earliest due time among `later` (0: none)
+    std::uint64_t late = 0;
+    std::uint64_t unscheduled = 0;
+    std::vector<std::string> unscheduled_examples;
 };
+
+// Reasons kept for the summary; the count has the rest.
+inline constexpr std::size_t unscheduled_examples_max = 5;
 
 // A row that --resume would skip names another address than its journal
 // line: the recipients file changed under the journal (exit 2).
@@ -133,6 +145,9 @@ struct runner_options {
     // without a valid address)? Null: every row. Rows it declines are not
     // read further, counted or journaled (run_totals::elsewhere).
     std::function<bool(std::string_view domain)> take_domain;
+    // Step mail and send_at (engine/sequence.hpp): when each valid row is
+    // due. Null: every row now.
+    std::function<row_schedule(const mail::recipient_row&)> schedule;
 };
 
 // The counters now, summed over the shards. Relaxed loads: each counter is
@@ -330,24 +345,29 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     std::vector<std::size_t> batch_bytes(n, 0);
     std::string invalid_lines;
     mail::recipient_row row;
-    auto record_invalid = [&](const mail::recipient_row& r, const std::string& why) {
-        ++t.invalid;
-        reader_counts::add(counts.invalid);
+    // A final outcome decided on the reader thread, without sending.
+    auto record_final = [&](const mail::recipient_row& r, std::string_view email, outcome_status status,
+                            std::string_view why) {
         journal_entry e;
         e.line = r.line;
-        e.email = r.email;
-        e.status = outcome_status::invalid;
+        e.email = email;
+        e.status = status;
         e.reply = why;
         std::string ts;
         format_timestamp(ts, std::chrono::system_clock::now());
         e.ts = ts;
-        const std::size_t at = r.email.rfind('@');
-        e.domain = at == std::string_view::npos ? std::string_view() : r.email.substr(at + 1);
+        const std::size_t at = email.rfind('@');
+        e.domain = at == std::string_view::npos ? std::string_view() : email.substr(at + 1);
         e.run = o.shard.run_id;
         append_journal_line(invalid_lines, e);
         if (invalid_lines.size() > 64 * 1024) {
             journal.write_batch(invalid_lines);
         }
+    };
+    auto record_invalid = [&](const mail::recipient_row& r, const std::string& why) {
+        ++t.invalid;
+        reader_counts::add(counts.invalid);
+        record_final(r, r.email, outcome_status::invalid, why);
     };
     // The progress line (--progress): its own thread, because the reader
     // may wait on a full mailbox for as long as the shards take. On a
@@ -456,18 +476,30 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 record_invalid(row, why);
                 continue;
             }
+            if (o.schedule) {
+                row_schedule when = o.schedule(row);
+                switch (when.timing) {
+                    case row_timing::due: break;
+                    case row_timing::later:
+                        ++t.later;
+                        t.next_due = t.next_due == 0 ? when.due_at : std::min(t.next_due, when.due_at);
+                        continue;
+                    case row_timing::late:
+                        ++t.late;
+                        record_final(row, a.address, outcome_status::skipped, when.why);
+                        continue;
+                    case row_timing::unscheduled:
+                        ++t.unscheduled;
+                        if (t.unscheduled_examples.size() < unscheduled_examples_max) {
+                            t.unscheduled_examples.push_back(fmt::format("line {}: {}", row.line, when.why));
+                        }
+                        continue;
+                }
+            }
             if (o.suppress != nullptr && o.suppress->contains_normalized(a.address)) {
                 ++t.suppressed;
                 reader_counts::add(counts.suppressed);
-                journal_entry e;
-                e.line = row.line;
-                e.email = a.address;
-                e.status = outcome_status::suppressed;
-                e.reply = "on a suppression list";
-                append_journal_line(invalid_lines, e);
-                if (invalid_lines.size() > 64 * 1024) {
-                    journal.write_batch(invalid_lines);
-                }
+                record_final(row, a.address, outcome_status::suppressed, "on a suppression list");
                 continue;
             }
             auto r = std::make_unique<recipient>();
