@@ -91,6 +91,8 @@ class Exim(unittest.TestCase):
         why = exim_missing()
         if why:
             self.skipTest(why)
+        if self._testMethodName == "test_connection_limit_refusals_do_not_throttle_the_rate":
+            self.limited = self.start_limited_exim()
 
     def test_starttls_batch_arrives_byte_exact(self):
         with Peers() as peers:
@@ -147,29 +149,38 @@ class Exim(unittest.TestCase):
             mx.deliver()
             assert_exactly_once(self, mx.messages(), codes)
 
+    def start_limited_exim(self):
+        """A Peers fixture (closed at cleanup) with an Exim that takes 2
+        connections per client; returns (peers, port). Called from setUp by a
+        test marked expectedFailure, so that a peer that fails to start is an
+        error, not the expected failure."""
+        peers = Peers()
+        self.addCleanup(peers.__exit__, None, None, None)
+        port = free_port("127.0.0.2")
+        exim(peers, "127.0.0.2", port, extra="smtp_accept_max_per_host = 2\n")
+        return peers, port
+
     @unittest.expectedFailure  # the defect in this file's docstring; remove the mark when it is fixed
     def test_connection_limit_refusals_do_not_throttle_the_rate(self):
-        with Peers() as peers:
-            port = free_port("127.0.0.2")
-            exim(peers, "127.0.0.2", port, extra="smtp_accept_max_per_host = 2\n")
-            recipients, message, emails, codes = write_job(peers, 100, ("limited.test",))
-            cfg, jpath = peers.path("c.toml"), peers.path("j.jsonl")
-            with open(cfg, "w") as f:
-                f.write(SHORT_CONFIG.replace('max_age = "3s"', 'max_age = "60s"'))
-            p = subprocess.Popen([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
-                                  "bounce@sender.test", "--journal", jpath, "--config", cfg, "--progress", "off",
-                                  "--threads", "1", "--route", f"*=127.0.0.2:{port}"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            try:
-                out, _ = p.communicate(timeout=15)  # 1 s without the rule
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, _ = p.communicate()
-            with open(jpath, encoding="utf-8") as f:
-                fired = [json.loads(line) for line in f if '"event":"rule"' in line]
-            self.assertEqual(fired, [], "a concurrency limit is not a rate limit")
-            self.assertEqual(p.returncode, 0, out)
-            self.assertEqual({e[0]["status"] for e in journal(jpath).values()}, {"delivered"}, out)
+        peers, port = self.limited
+        recipients, message, emails, codes = write_job(peers, 100, ("limited.test",))
+        cfg, jpath = peers.path("c.toml"), peers.path("j.jsonl")
+        with open(cfg, "w") as f:
+            f.write(SHORT_CONFIG.replace('max_age = "3s"', 'max_age = "60s"'))
+        p = subprocess.Popen([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                              "bounce@sender.test", "--journal", jpath, "--config", cfg, "--progress", "off",
+                              "--threads", "1", "--route", f"*=127.0.0.2:{port}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = p.communicate(timeout=15)  # 1 s without the rule
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+        with open(jpath, encoding="utf-8") as f:
+            fired = [json.loads(line) for line in f if '"event":"rule"' in line]
+        self.assertEqual(fired, [], "a concurrency limit is not a rate limit")
+        self.assertEqual(p.returncode, 0, out)
+        self.assertEqual({e[0]["status"] for e in journal(jpath).values()}, {"delivered"}, out)
 
     def test_messages_per_connection_limit_is_met_by_reconnecting(self):
         with Peers() as peers:
