@@ -1,5 +1,6 @@
 """Real peers on loopback for integration tests: dnsmasq for MX answers,
-Postfix's smtp-sink and a private Postfix smtpd (TLS) as receivers, mxsink,
+Postfix's smtp-sink and a private Postfix smtpd (TLS) as receivers, a private
+Exim daemon (TLS by GnuTLS; unpacked by scripts/setup, not installed), mxsink,
 and an aiosmtpd submission server for relays. Every process is started here, on
 127.0.0.0/8 only, and stopped by PID when the fixture ends.
 
@@ -493,3 +494,143 @@ biff = no
     peers.stops.append(stop)
     wait_tcp(host, port)
     return os.path.join(d, "mail", "inbox"), maillog
+
+
+# Where scripts/setup unpacks Exim (exim4-daemon-light, GnuTLS): not
+# installed, since it conflicts with Postfix. MXPRESS_EXIM_CACHE moves it.
+EXIM_CACHE = os.environ.get("MXPRESS_EXIM_CACHE", "/var/cache/mxpress/exim")
+EXIM_BINARY = os.path.join(EXIM_CACHE, "root/usr/sbin/exim4")
+
+
+def exim_missing():
+    """Why exim() cannot run here (a test skips with it), or None."""
+    if os.geteuid() != 0:
+        return "Exim's daemon and its deliveries (user Debian-exim) need root"
+    if not os.access(EXIM_BINARY, os.X_OK):
+        return f"no unpacked Exim at {EXIM_BINARY} (scripts/setup unpacks it)"
+    try:
+        pwd.getpwnam("Debian-exim")
+    except KeyError:
+        return "no user Debian-exim, which the Exim binary needs (scripts/setup adds it)"
+    return None
+
+
+class Exim:
+    """A private Exim daemon (see exim()): its directories, logs and how to
+    deliver what it queued."""
+
+    def __init__(self, d, conf):
+        self.dir, self.conf = d, conf
+        self.mainlog = os.path.join(d, "log", "mainlog")
+        self.maildir = os.path.join(d, "mail", "inbox")
+
+    def deliver(self):
+        """Delivers every queued message into the maildir (a foreground
+        queue run, done when it returns)."""
+        p = subprocess.run([EXIM_BINARY, "-C", self.conf, "-qff"], capture_output=True, text=True, timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"exim -qff: {p.stdout}{p.stderr}")
+
+    def log(self):
+        with open(self.mainlog, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def messages(self):
+        """The maildir's messages as {"rcpt": [Envelope-to], "to", "code",
+        "data": the bytes mxpress sent (the Envelope-to: and Received: that
+        Exim prepends removed), "received": the Received: header}."""
+        out = []
+        for name in sorted(glob.glob(os.path.join(self.maildir, "new", "*"))):
+            with open(name, "rb") as f:
+                raw = f.read()
+            lines = raw.split(b"\r\n")
+            k, prepended = 0, {}
+            for field in (b"Envelope-to:", b"Received:"):
+                if lines[k].startswith(field):
+                    start = k
+                    k += 1
+                    while lines[k][:1] in (b" ", b"\t"):
+                        k += 1
+                    prepended[field] = b"\r\n".join(lines[start:k]).decode()
+            data = b"\r\n".join(lines[k:])
+            headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(data)
+            out.append({"rcpt": [prepended.get(b"Envelope-to:", "")[len("Envelope-to:"):].strip()],
+                        "to": " ".join((headers["To"] or "").split()), "code": (headers["X-Row-Code"] or "").strip(),
+                        "data": data, "received": prepended.get(b"Received:", "")})
+        return out
+
+
+def exim(peers, host, port, extra=""):
+    """An Exim daemon (the binary scripts/setup unpacks: Debian's
+    exim4-daemon-light, TLS by GnuTLS) on host:port, with its own config,
+    spool, logs and maildir under the fixture's directory; STARTTLS offered
+    with the test CA's mx.crt; `extra` lines are added to the main section
+    (its limits). Messages are queued, not delivered, until
+    Exim.deliver(). Returns an Exim. Skip first when exim_missing().
+
+    Traps: the binary refuses to start without the user Debian-exim (its
+    compiled-in exim_user); root may not be a delivery user (never_users is
+    fixed to root), so the transport delivers as Debian-exim, which owns the
+    spool, log and mail directories; a path built from the address is
+    tainted (refused), so one maildir for everyone and Envelope-to: says
+    whose; after 10 messages in one connection Exim queues rather than
+    delivers unless smtp_accept_queue_per_connection = 0 (moot with
+    queue_only, set anyway); -bdf keeps the daemon in the foreground (-bd
+    forks away from its PID); a config error is printed to stderr and the
+    paniclog only. Server-side TLS resumption is off unless
+    tls_resumption_hosts is set (it is here); log_selector
+    +tls_resumption marks a resumed session's X= with a trailing '*'."""
+    c = certs(peers)
+    d = peers.path(f"exim-{port}")
+    for sub in ("spool", "log", "mail"):
+        os.makedirs(os.path.join(d, sub))
+    pw = pwd.getpwnam("Debian-exim")
+    for sub in ("spool", "log", "mail"):
+        os.chown(os.path.join(d, sub), pw.pw_uid, pw.pw_gid)
+    conf = os.path.join(d, "exim.conf")
+    with open(conf, "w") as f:
+        f.write(f"""primary_hostname = mx.test
+spool_directory = {d}/spool
+log_file_path = {d}/log/%slog
+pid_file_path = {d}/exim.pid
+local_interfaces = {host}
+keep_environment =
+host_lookup =
+rfc1413_hosts =
+tls_advertise_hosts = *
+tls_certificate = {c}/mx.crt
+tls_privatekey = {c}/mx.key
+tls_resumption_hosts = *
+log_selector = +tls_resumption +smtp_connection +received_recipients +pid
+acl_smtp_rcpt = accept
+queue_only = true
+smtp_accept_queue_per_connection = 0
+smtp_accept_max = 100
+message_size_limit = 0
+""" + extra + f"""
+begin routers
+everyone:
+  driver = accept
+  transport = inbox
+
+begin transports
+inbox:
+  driver = appendfile
+  directory = {d}/mail/inbox
+  maildir_format
+  create_directory
+  use_crlf
+  envelope_to_add
+  user = Debian-exim
+  group = Debian-exim
+""")
+    log = open(os.path.join(d, "stderr"), "w")
+    p = subprocess.Popen([EXIM_BINARY, "-C", conf, "-bdf", "-oX", str(port)], stdout=log, stderr=log)
+    log.close()
+    peers.procs.append(p)
+    try:
+        wait_tcp(host, port)
+    except RuntimeError:
+        with open(os.path.join(d, "stderr")) as f:
+            raise RuntimeError(f"exim did not start: {f.read()}")
+    return Exim(d, conf)
