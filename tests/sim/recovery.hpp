@@ -14,9 +14,10 @@
 //            moment it lifts.
 // Checked over each five-minute step, at the receivers (what they took,
 // not what was started): the count is the ramp's rate times the window,
-// within window_slack of it plus the burst and what may be in flight at
-// either edge. And the first seconds after a suspension lifts hold no more
-// than the restart rate allows (no stampede of the held mail).
+// within recovery_window_slack of it plus the burst and what may be in
+// flight at either edge. Nothing arrives while suspended but what was in
+// flight, and the first minute after a suspension lifts holds no more than
+// the restart rate allows (no stampede of the held mail).
 #pragma once
 
 #include <cassert>
