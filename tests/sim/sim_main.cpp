@@ -29,7 +29,8 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             w.recipients, w.domains,
             (std::string(w.drain_after_seconds > 0 ? fmt::format(" --drain-after {}", w.drain_after_seconds) : "") +
              (w.shaped ? " --shaped" : "") + (w.rules ? " --rules" : "") +
-             (w.reload_after_seconds > 0 ? fmt::format(" --reload-after {}", w.reload_after_seconds) : ""))
+             (w.reload_after_seconds > 0 ? fmt::format(" --reload-after {}", w.reload_after_seconds) : "") +
+             (w.recovery ? " --recovery" : ""))
                 .c_str());
         return 1;
     }
@@ -38,16 +39,18 @@ int run_one(const mxpress::sim::world_options& w, bool quiet) {
             "seed %llu: ok: %zu recipients, %zu domains, connections_max %u: %llu delivered, %llu bounced, "
             "%llu expired, %llu invalid, %llu in doubt, %llu unfinished; %llu connections, %llu TLS handshakes, "
             "%llu TLS failures, %llu taken "
-            "without a reply, %llu by BDAT; %zu shaped domains checked; rules fired on %zu throttled domains (%llu "
+            "without a reply, %llu by BDAT; %zu shaped domains checked, %zu recovery windows; rules fired on %zu "
+            "throttled domains (%llu "
             "refused, %llu "
             "accepted there); %llu steps, %.0f s simulated in %.2f s\n",
-            static_cast<unsigned long long>(w.seed), w.recipients, w.domains, s.options().cfg.connections_max,
-            static_cast<unsigned long long>(r.delivered), static_cast<unsigned long long>(r.bounced),
-            static_cast<unsigned long long>(r.expired), static_cast<unsigned long long>(r.invalid),
-            static_cast<unsigned long long>(r.in_doubt), static_cast<unsigned long long>(r.unfinished),
-            static_cast<unsigned long long>(r.connections), static_cast<unsigned long long>(r.tls_handshakes),
-            static_cast<unsigned long long>(r.tls_failures), static_cast<unsigned long long>(r.accepted_without_reply),
-            static_cast<unsigned long long>(r.accepted_by_bdat), r.shaped_checked, r.rules_fired,
+            static_cast<unsigned long long>(w.seed), s.world().recipients, s.world().domains,
+            s.options().cfg.connections_max, static_cast<unsigned long long>(r.delivered),
+            static_cast<unsigned long long>(r.bounced), static_cast<unsigned long long>(r.expired),
+            static_cast<unsigned long long>(r.invalid), static_cast<unsigned long long>(r.in_doubt),
+            static_cast<unsigned long long>(r.unfinished), static_cast<unsigned long long>(r.connections),
+            static_cast<unsigned long long>(r.tls_handshakes), static_cast<unsigned long long>(r.tls_failures),
+            static_cast<unsigned long long>(r.accepted_without_reply),
+            static_cast<unsigned long long>(r.accepted_by_bdat), r.shaped_checked, r.recovery_windows, r.rules_fired,
             static_cast<unsigned long long>(r.throttle_refused), static_cast<unsigned long long>(r.throttle_accepted),
             static_cast<unsigned long long>(r.steps), r.simulated_seconds, cpu);
     }
@@ -76,6 +79,10 @@ int main(int argc, char** argv) {
     app.add_option("--reload-after", w.reload_after_seconds,
                    "with --shaped: reload the configuration (SIGHUP) with new limits after this many simulated "
                    "seconds");
+    app.add_flag("--recovery", w.recovery,
+                 "a world of its own: rules scale and suspend four domains once each; their receivers must see the "
+                 "rate ramp back by the rules' recover");
+    app.add_flag("--verbose", w.verbose, "print what the checks measured");
     CLI11_PARSE(app, argc, argv);
     if (w.reload_after_seconds > 0 && !w.shaped) {
         std::fprintf(stderr, "mxpress_sim: --reload-after needs --shaped (the limits it changes)\n");

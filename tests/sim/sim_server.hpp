@@ -37,6 +37,16 @@ struct host_throttle {
     std::function<std::int64_t()> now_ms;
 };
 
+// A host that refuses one RCPT, the first at or after `at_ms`, with `text`
+// (the --recovery scenario: one reply that a rule fires on, then good ones).
+// Shared by a domain's hosts; the simulator owns it and its clock.
+struct one_refusal {
+    std::int64_t at_ms = 0;
+    std::string text;                 // the reply line, CRLF included
+    std::int64_t refused_at_ms = -1;  // -1: not yet
+    std::function<std::int64_t()> now_ms;
+};
+
 // How one simulated MX host behaves. Probabilities are per command.
 struct server_profile {
     bool offers_starttls = true;
@@ -58,6 +68,7 @@ struct server_profile {
     double stall = 0;                   // stops answering for good (per command)
     std::uint32_t max_sessions = 0;     // 0: no limit; over it: 421 at the greeting
     host_throttle* throttle = nullptr;  // null: no per-minute limit
+    one_refusal* refusal = nullptr;     // null: none scheduled
 };
 
 struct accepted_message {
@@ -248,6 +259,11 @@ private:
             }
             if (chance(_p.rcpt_4xx)) {
                 out += "450 4.2.1 sim: mailbox busy\r\n";
+                return after::keep_open;
+            }
+            if (one_refusal* o = _p.refusal; o != nullptr && o->refused_at_ms < 0 && o->now_ms() >= o->at_ms) {
+                o->refused_at_ms = o->now_ms();
+                out += o->text;
                 return after::keep_open;
             }
             if (host_throttle* t = _p.throttle; t != nullptr) {

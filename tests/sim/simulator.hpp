@@ -21,7 +21,10 @@
 // - a host at its session limit (421 at the greeting) is not hammered: a
 //   few refusals a minute beyond the first burst (refusals_over_burst_max);
 // - no connection's deadline is missed by more than one tick;
-// - the run ends (bounded steps and simulated time: nothing waits forever).
+// - the run ends (bounded steps and simulated time: nothing waits forever);
+// - --recovery (recovery.hpp): after a rule scales or suspends a domain, its
+//   receivers see the rate ramp back step by step as the rule's recover
+//   says, and no stampede when a suspension lifts.
 //
 // Extending it: a new limit (rates, providers) adds its fault to
 // server_profile, its knob to world_options, and its check to full_check() or
@@ -84,6 +87,10 @@ struct world_options {
     // shaped domain and the provider; from then on the new limits are
     // checked at the receivers, and still nothing is lost.
     double reload_after_seconds = 0;
+    // A world of its own (recovery.hpp; --recipients and --domains do not
+    // apply): rules scale and suspend four domains once each, and their
+    // receivers must see the rate ramp back as the rules' recover says.
+    bool recovery = false;
     bool verbose = false;
 };
 
@@ -96,6 +103,7 @@ struct run_report {
     std::size_t shaped_checked = 0;                             // shaped domains with enough mail to check their rate
     std::size_t rules_fired = 0;                                // throttled domains the rule fired on (--rules)
     std::uint64_t throttle_refused = 0, throttle_accepted = 0;  // at those hosts
+    std::size_t recovery_windows = 0;                           // --recovery: windows checked against the ramp
     std::string violation;                                      // empty: every invariant held
 };
 
@@ -173,6 +181,7 @@ public:
     run_report run();
 
     const engine::shard_options& options() const noexcept { return _o; }
+    const world_options& world() const noexcept { return _w; }  // as built (--recovery sets its own sizes)
 
 private:
     struct host {
@@ -199,6 +208,16 @@ private:
         std::vector<clock::time_point> accepted;  // when its receivers took a message
         engine::rate limit_after;                 // --reload-after: the new limit
         std::uint32_t connections_max_after = 0;
+    };
+    struct recovery_domain {   // --recovery (recovery.hpp)
+        bool suspend = false;  // its rule suspends it; else it scales it
+        engine::rate limit;    // its max_message_rate
+        std::uint32_t connections_max = 0;
+        std::size_t hosts = 0;
+        std::size_t quota = 0, fed = 0;  // recipients it gets, has got
+        std::unique_ptr<one_refusal> refusal;
+        std::vector<std::pair<clock::time_point, engine::rule_firing>> firings;
+        std::vector<clock::time_point> accepted;  // when its receivers took a message
     };
     struct domain {
         std::string name;
@@ -292,6 +311,10 @@ private:
     }
 
     void build_world() {
+        if (_w.recovery) {
+            build_recovery_world();
+            return;
+        }
         static const char* const suffixes[] = {"sim", "sim", "sim", "req.sim", "ver.sim", "off.sim"};
         for (std::size_t d = 0; d < _w.domains; ++d) {
             domain dom;
@@ -387,6 +410,12 @@ private:
         ++_report.unfinished;
     }
 
+    void rule_fired(const engine::rule_firing& f) override {
+        if (auto it = _recovery.find(f.scope.substr(f.scope.find(':') + 1)); it != _recovery.end()) {
+            it->second.firings.emplace_back(_core->now(), f);
+        }
+    }
+
     std::unique_ptr<net::secure_channel> open(const net::tls_peer& peer) override {
         const host& h = _hosts.at(_host_by_name.at(peer.server_name));
         auto m = sim_tls_channel::mode::ok;
@@ -456,6 +485,10 @@ private:
     void check_window(const std::vector<clock::time_point>& t, const engine::rate& r, double in_flight,
                       double min_span_s, double slack, const std::string& what);
     void session_ended(host& h);
+    std::unordered_map<std::string, recovery_domain> _recovery;  // --recovery: by domain name
+    void build_recovery_world();
+    std::size_t next_recovery_domain();
+    void check_recovery();
     std::vector<accepted_message> _accepted;
     run_report _report;
 };
@@ -463,3 +496,4 @@ private:
 }  // namespace mxpress::sim
 
 #include "sim/simulator_run.hpp"
+#include "sim/recovery.hpp"

@@ -77,6 +77,7 @@ inline run_report simulator::run() {
     full_check();
     check_shaping();
     check_rules();
+    check_recovery();
     for (std::size_t i = 0; i < _fed && _report.violation.empty(); ++i) {
         const std::uint64_t line = i + 2;
         auto it = _outcomes.find(line);
@@ -271,8 +272,9 @@ inline void simulator::feed_recipients() {
     while (!_drained && _fed < _w.recipients && _core->accepting()) {
         // Skewed like real lists: half the recipients on a tenth of the domains.
         const std::size_t n = _domains.size();
-        const std::size_t d = uniform() < 0.5 ? pick(static_cast<std::uint32_t>(std::max<std::size_t>(1, n / 10)))
-                                              : pick(static_cast<std::uint32_t>(n));
+        const std::size_t d = _w.recovery       ? next_recovery_domain()
+                              : uniform() < 0.5 ? pick(static_cast<std::uint32_t>(std::max<std::size_t>(1, n / 10)))
+                                                : pick(static_cast<std::uint32_t>(n));
         auto r = std::make_unique<engine::recipient>();
         r->line = _fed + 2;
         r->email = fmt::format("user{}@{}", _fed, _domains[d].name);
@@ -433,6 +435,9 @@ inline void simulator::send(engine::command& c) {
             }
             if (auto s = _shaped.find(m.rcpt.substr(m.rcpt.find('@') + 1)); s != _shaped.end()) {
                 s->second.accepted.push_back(_core->now());
+            }
+            if (auto rd = _recovery.find(m.rcpt.substr(m.rcpt.find('@') + 1)); rd != _recovery.end()) {
+                rd->second.accepted.push_back(_core->now());
             }
         }
         if ((h.policy == engine::tls_policy::required || h.policy == engine::tls_policy::verify) &&

@@ -388,17 +388,7 @@ private:
             const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _cfg->tls_for(d.name, t.host);
             const bool implicit = rt != nullptr && rt->implicit_tls;
             for (const net::ip_address& a : t.addresses) {
-                // A domain whose section sets connection limits has pools of
-                // its own: its limits hold exactly, and other domains on the
-                // same host keep [defaults].
-                mx_pool& p = _pools.get(a, port, t.host, tls, implicit, d.own_pools ? d.name : std::string_view());
-                if (p.connections_max == 0) {  // new
-                    p.connect_pace = gcra(_cfg->max_connection_rate);
-                    p.provider = _o.providers != nullptr ? _o.providers->for_host(t.host) : nullptr;
-                    set_pool_limits(p, d);
-                }
-                ++p.domain_refs;
-                d.targets.push_back(&p);
+                d.targets.push_back(&pool_for(d, a, port, t.host, tls, implicit));
             }
         }
         d.provider = d.targets.empty() ? nullptr : d.targets.front()->provider;
@@ -412,6 +402,21 @@ private:
         for (auto& r : waiting) {
             enqueue(std::move(r));
         }
+    }
+
+    // The pool of `d` at an address (counted in its domain_refs). A domain
+    // whose section sets connection limits has pools of its own: its limits
+    // hold exactly, and other domains on the same host keep [defaults].
+    mx_pool& pool_for(const domain_state& d, const net::ip_address& a, std::uint16_t port, const std::string& host,
+                      tls_policy tls, bool implicit) {
+        mx_pool& p = _pools.get(a, port, host, tls, implicit, d.own_pools ? d.name : std::string_view());
+        if (p.connections_max == 0) {  // new
+            p.connect_pace = gcra(_cfg->max_connection_rate);
+            p.provider = _o.providers != nullptr ? _o.providers->for_host(host) : nullptr;
+            set_pool_limits(p, d);
+        }
+        ++p.domain_refs;
+        return p;
     }
 
     void release_targets(domain_state& d) {
@@ -663,6 +668,7 @@ private:
     hold held(const recipient& r);
     bool hold_back(std::unique_ptr<recipient>& r);
     void hold_back_queue(mx_pool& p);
+    void repool(domain_state& d);
 
     void evict_unused() {
         _domains.evict_unused([this](domain_state& d) { release_targets(d); });

@@ -218,6 +218,30 @@ inline void delivery_core::hold_back_queue(mx_pool& p) {
     p.work.swap(keep);
 }
 
+// A reload gave `d` connection limits of its own or took them away
+// (own_pools changed): each target moves to the pool of the same address,
+// port, name and TLS policy under the new key, with the domain's mail queued
+// at the old one, in order. Transactions under way finish on their
+// connections; the old pool, when no domain is left there, is freed once
+// they end. A domain without targets (unresolved, or a lookup under way)
+// has nothing to move: resolved() keys its pools anew.
+inline void delivery_core::repool(domain_state& d) {
+    for (mx_pool*& old : d.targets) {
+        mx_pool& p = pool_for(d, old->address, old->port, old->mx_name, old->tls, old->implicit_tls);
+        assert(&p != old && "own_pools changed, so the key did");
+        assert(old->domain_refs > 0);
+        --old->domain_refs;
+        std::deque<std::unique_ptr<recipient>> keep;
+        for (auto& r : old->work) {
+            (r->domain == &d ? p.work : keep).push_back(std::move(r));
+        }
+        old->work.swap(keep);
+        mark_dirty(*old);
+        mark_dirty(p);
+        old = &p;
+    }
+}
+
 // A reloaded configuration. What is read when it is needed (timeouts,
 // retries, TLS policies of hosts routed from now on, the rules) takes
 // effect with the swap; what the core derived from the old one is derived
@@ -227,11 +251,12 @@ inline void delivery_core::hold_back_queue(mx_pool& p) {
 //   the order it was due: what queued at a host first, then what waits
 //   parked (its old slot may be far off at a slower rate, or too soon at a
 //   faster one);
-// - each pool's limits (the strictest of the domains routed to it: a
-//   domain that now has limits of its own gets pools of its own when its
-//   MX answer is next looked up, and until then its limits hold where it
-//   is) and connection pace; connections over a lowered connections_max
-//   close as their transactions end (shrinking_from);
+// - a domain whose section now sets connection limits, or no longer does,
+//   moves to the pools that key names at once (repool), so that its new
+//   limits never become those of a pool it shared with other domains;
+// - each pool's limits (the strictest of the domains routed to it) and
+//   connection pace; connections over a lowered connections_max close as
+//   their transactions end (shrinking_from);
 // - counts toward rule triggers start over (rules may be numbered anew);
 //   a throttle's state in force stays.
 inline void delivery_core::reload(std::shared_ptr<const config> c) {
@@ -239,7 +264,11 @@ inline void delivery_core::reload(std::shared_ptr<const config> c) {
     _cfg_owner = std::move(c);
     _cfg = _cfg_owner.get();
     _domains.for_each([&](domain_state& d) {
+        const bool own_pools = d.own_pools;
         set_limits(d);
+        if (d.own_pools != own_pools) {
+            repool(d);
+        }
         d.adapt.forget_hits();
         d.pace.forget_bookings();
         d.send_pace.forget_bookings();

@@ -40,7 +40,9 @@ struct mx_pool {
     std::string session_key;  // the table key: TLS sessions are kept under it
     sockaddr_storage addr{};
     socklen_t addr_len = 0;
-    std::string mx_name;  // host name for the journal, SNI and verification
+    std::string mx_name;      // host name for the journal, SNI and verification
+    net::ip_address address;  // with `port`, what addr holds (the key without its owner: a reload re-keys)
+    std::uint16_t port = 0;
     tls_policy tls = tls_policy::opportunistic;
     bool implicit_tls = false;
     clock::time_point plaintext_until{};  // opportunistic TLS failed here: plaintext until then
@@ -102,6 +104,8 @@ public:
             p->tls = tls;
             p->implicit_tls = implicit;
             p->mx_name = host;
+            p->address = a;
+            p->port = port;
             set_address(*p, a, port);
             it->second = std::move(p);
         }
