@@ -39,6 +39,7 @@ metrics_snapshot example() {
     s.in_doubt = 1;
     s.invalid = 5;
     s.suppressed = 6;
+    s.late = 7;
     s.attempts = 97;
     s.deferrals = 9;
     s.throttled = 5;
@@ -86,6 +87,7 @@ mxpress_recipients_total{run="0123abcd4567ef89",status="expired"} 2
 mxpress_recipients_total{run="0123abcd4567ef89",status="in-doubt"} 1
 mxpress_recipients_total{run="0123abcd4567ef89",status="invalid"} 5
 mxpress_recipients_total{run="0123abcd4567ef89",status="suppressed"} 6
+mxpress_recipients_total{run="0123abcd4567ef89",status="skipped"} 7
 # HELP mxpress_attempts_total Delivery transactions started (each retry counts).
 # TYPE mxpress_attempts_total counter
 mxpress_attempts_total{run="0123abcd4567ef89"} 97
@@ -206,7 +208,7 @@ TEST(Metrics, NamingFollowsPrometheusConventions) {
             p = p == std::string::npos ? labels.size() : p + 2;
         }
     }
-    EXPECT_EQ(samples, 29u + 2 * 5);
+    EXPECT_EQ(samples, 30u + 2 * 5);
 }
 
 std::vector<std::string> names_in(const std::string& dir) {

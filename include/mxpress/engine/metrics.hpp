@@ -54,6 +54,7 @@ struct metrics_snapshot {
     std::uint64_t in_doubt = 0;
     std::uint64_t invalid = 0;
     std::uint64_t suppressed = 0;
+    std::uint64_t late = 0;       // journaled "skipped": step mail: due longer ago than max_late
     std::uint64_t attempts = 0;   // transactions started
     std::uint64_t deferrals = 0;  // temporary failures
     std::uint64_t throttled = 0;  // sends that waited for a max_message_rate slot
@@ -131,6 +132,7 @@ inline std::string exposition(const metrics_snapshot& s) {
     sample("mxpress_recipients_total", "status=\"in-doubt\"", s.in_doubt);
     sample("mxpress_recipients_total", "status=\"invalid\"", s.invalid);
     sample("mxpress_recipients_total", "status=\"suppressed\"", s.suppressed);
+    sample("mxpress_recipients_total", "status=\"skipped\"", s.late);
     one("mxpress_attempts_total", "counter", "Delivery transactions started (each retry counts).", s.attempts);
     one("mxpress_deferrals_total", "counter", "Temporary failures, each retried later or expired.", s.deferrals);
     one("mxpress_throttled_total", "counter", "Sends that waited for a max_message_rate slot (domain or provider).",

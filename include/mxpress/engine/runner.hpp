@@ -161,6 +161,7 @@ inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader
     m.skipped = get(rc.skipped);
     m.invalid = get(rc.invalid);
     m.suppressed = get(rc.suppressed);
+    m.late = get(rc.late);
     for (unsigned i = 0; i < shards.size(); ++i) {
         const shard_stats& s = shards.stats(i);
         m.delivered += get(s.delivered);
@@ -227,7 +228,7 @@ public:
         const auto now = std::chrono::steady_clock::now();
         metrics_snapshot m = sample_metrics(shards, rc, providers);
         const std::uint64_t progress =
-            m.delivered + m.bounced + m.expired + m.in_doubt + m.invalid + m.suppressed + m.deferrals;
+            m.delivered + m.bounced + m.expired + m.in_doubt + m.invalid + m.suppressed + m.late + m.deferrals;
         if (progress != _progress) {
             _progress = progress;
             _base.last_progress_time = unix_seconds(std::chrono::system_clock::now());
@@ -407,9 +408,11 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         const std::uint64_t invalid = counts.invalid.load(std::memory_order_relaxed);
         const std::uint64_t suppressed = counts.suppressed.load(std::memory_order_relaxed);
         c.failed += invalid;
-        c.done = c.delivered + c.failed + suppressed;
+        c.done = c.delivered + c.failed + suppressed + counts.late.load(std::memory_order_relaxed);
         c.total_known = read_all.load(std::memory_order_acquire);
-        c.read = counts.rows.load(std::memory_order_relaxed) - counts.skipped.load(std::memory_order_relaxed);
+        // Rows not due yet, or without a time, are passed over: not this run's to do.
+        c.read = counts.rows.load(std::memory_order_relaxed) - counts.skipped.load(std::memory_order_relaxed) -
+                 counts.passed.load(std::memory_order_relaxed);
         c.total = c.read;
         c.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const std::string text = format_progress(c, terminal_width(STDERR_FILENO), tty);
@@ -482,14 +485,17 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                     case row_timing::due: break;
                     case row_timing::later:
                         ++t.later;
+                        reader_counts::add(counts.passed);
                         t.next_due = t.next_due == 0 ? when.due_at : std::min(t.next_due, when.due_at);
                         continue;
                     case row_timing::late:
                         ++t.late;
+                        reader_counts::add(counts.late);
                         record_final(row, a.address, outcome_status::skipped, when.why);
                         continue;
                     case row_timing::unscheduled:
                         ++t.unscheduled;
+                        reader_counts::add(counts.passed);
                         if (t.unscheduled_examples.size() < unscheduled_examples_max) {
                             t.unscheduled_examples.push_back(fmt::format("line {}: {}", row.line, when.why));
                         }

@@ -76,6 +76,8 @@ struct reader_counts {
     std::atomic<std::uint64_t> skipped{0};
     std::atomic<std::uint64_t> invalid{0};
     std::atomic<std::uint64_t> suppressed{0};
+    std::atomic<std::uint64_t> late{0};    // step mail: journaled "skipped"
+    std::atomic<std::uint64_t> passed{0};  // not due yet, or without a time: not journaled
 
     static void add(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }
 };
