@@ -67,9 +67,10 @@ TEST(Config, Errors) {
               "c.toml:2: [defaults] max_age must be a duration string such as \"30s\", \"5m\" or \"1h\"");
     EXPECT_EQ(error_of("[defaults]\nmax_age = \"24 hours\"\n"),
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
-    EXPECT_EQ(error_of("[shaping]\nx = 1\n"),
-              "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
-              "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], [rules], [sequence.\"…\"])");
+    EXPECT_EQ(
+        error_of("[shaping]\nx = 1\n"),
+        "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
+        "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], [rules], [sequence.\"…\"])");
     EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
     EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
