@@ -9,6 +9,7 @@ with Python's zoneinfo. Also `send` with a send_at column and --not-before.
 """
 import collections
 import datetime
+import fcntl
 import json
 import os
 import random
@@ -242,6 +243,36 @@ class Steps(unittest.TestCase):
             arrival = [r for r in read_record(record_of(stats)) if r["code"] == "wait@a.test"]
             self.assertEqual(len(arrival), 1)
             self.assertGreaterEqual(arrival[0]["t"], later.timestamp())
+
+    def test_a_step_whose_journal_another_run_holds_is_left_to_it(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, self.sink, f"127.0.0.2:{port}")
+            self.write_messages(peers)
+            csv = peers.path("subs.csv")
+            with open(csv, "w") as f:
+                f.write("email,name,signup_at,tz\na@h.test,A,2027-01-01T00:00:00Z,\n")
+            open(peers.path("unsubscribed.txt"), "w").close()
+            # A week on, d0 and d3 are overdue (skipped) and d7 is due; a run
+            # that holds d7's journal keeps it, and the other steps still run.
+            held = open(peers.path("subs.welcome.d7.journal.jsonl"), "a")
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            cmd = [MXPRESS, "steps", "--sequence", "welcome", "--recipients", csv, "--config", peers.path("c.toml"),
+                   "--from", "n@s.test", "--route", f"*=127.0.0.2:{port}", "--progress", "off", "--threads", "1",
+                   "--now", "2027-01-08T06:00:00Z"]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertIn("subs.welcome.d7.journal.jsonl: this step is left to it", p.stdout)
+            self.assertEqual(read_record(record_of(stats)), [])
+            for step in ("d0", "d3"):
+                j = journal(peers.path(f"subs.welcome.{step}.journal.jsonl"))
+                self.assertEqual([e["status"] for entries in j.values() for e in entries], ["skipped"], step)
+            # Once it is let go, the next run sends d7, and nothing twice.
+            fcntl.flock(held, fcntl.LOCK_UN)
+            held.close()
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertEqual([r["code"] for r in read_record(record_of(stats))], ["d7"])
 
     def test_mistakes_exit_2_naming_the_file(self):
         with Peers() as peers:

@@ -107,6 +107,11 @@ struct journal_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Another run holds the journal's lock (`steps` leaves that step to it).
+struct journal_in_use : mail::input_error {
+    using mail::input_error::input_error;
+};
+
 struct journal_entry {
     std::uint64_t line = 0;
     std::string_view email;
@@ -262,12 +267,12 @@ public:
         const bool regular = ::fstat(w._fd, &st) == 0 && S_ISREG(st.st_mode);
         if (regular && ::flock(w._fd, LOCK_EX | LOCK_NB) != 0) {
             const int e = errno;
-            throw mail::input_error(
-                path, 0,
-                e == EWOULDBLOCK
-                    ? std::string("journal is in use by another mxpress run (it holds the lock); wait for that run "
-                                  "to end or choose another --journal")
-                    : fmt::format("cannot lock journal: {}", std::strerror(e)));
+            if (e == EWOULDBLOCK) {
+                throw journal_in_use(path, 0,
+                                     "journal is in use by another mxpress run (it holds the lock); wait for that "
+                                     "run to end or choose another --journal");
+            }
+            throw mail::input_error(path, 0, fmt::format("cannot lock journal: {}", std::strerror(e)));
         }
         if (!append && regular && ::ftruncate(w._fd, 0) != 0) {
             throw mail::input_error(path, 0, fmt::format("cannot truncate journal: {}", std::strerror(errno)));
