@@ -69,7 +69,7 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
     if (prov != nullptr && (m->domain.empty() || d == nullptr)) {
         fired = prov->rule_hit(*m, index, _now, f, sent);
     } else {
-        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.per_second(_now), f, sent);
+        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.measure(_now), f, sent);
         if (fired) {
             f.scope = "domain:" + d->name;
             refresh_pace(*d);
