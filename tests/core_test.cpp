@@ -895,3 +895,49 @@ TEST(Core, ABlockSuspendsTheDestinationWithoutAgingItsMail) {
     }
     EXPECT_EQ(h.core->check_invariants(), "");
 }
+
+// Exim's smtp_accept_max_per_host refuses one session too many at its
+// greeting with a 421 that ends "please try again later", which the
+// built-in server-busy (a scale rule, 5 in 10 minutes) matches. While
+// another session to that host carries mail such a refusal is the
+// connection limit the pool learns a ceiling from, not a rate limit: nine
+// of them scale nothing, even with a configured rate to scale from.
+TEST(Core, AConnectionLimitRefusalDoesNotCountTowardAScaleRule) {
+    harness h;
+    h.o.cfg.connections_max = 10;
+    engine::rate fast;
+    ASSERT_TRUE(engine::parse_rate("1000/s", fast));
+    h.o.cfg.max_message_rate = fast;  // a base to scale from: only the refusals decide
+    h.add(30);
+    open_session(h, h.connects[0], ehlo_plain);
+    h.advance(milliseconds(100));  // the paced queue comes due
+    ASSERT_EQ(h.connects.size(), 10u) << "slow start opens the rest once a session works";
+    for (std::size_t k = 1; k < h.connects.size(); ++k) {
+        h.connect_ok(h.connects[k]);
+        h.server(h.connects[k],
+                 "421 Too many concurrent SMTP connections from this IP address; please try again later.\r\n");
+        EXPECT_TRUE(h.closed[h.connects[k]]);
+    }
+    EXPECT_EQ(h.stats.rule_scaled.load(), 0u) << "a concurrency limit scaled the message rate";
+    EXPECT_TRUE(h.core->rule_tallies().empty());
+    EXPECT_EQ(h.core->connections(), 1u) << "the ceiling was learned all the same";
+    EXPECT_EQ(h.core->check_invariants(), "");
+}
+
+// The same reply as the host's only answer (no session of ours carries
+// mail there) is about the host, not one session too many: it counts.
+TEST(Core, AGreetingRefusalWithNoOtherSessionStillCountsTowardRules) {
+    harness h;
+    engine::rate fast;
+    ASSERT_TRUE(engine::parse_rate("1000/s", fast));
+    h.o.cfg.max_message_rate = fast;
+    h.o.cfg.rules = engine::parse_config("[[rule]]\nname = \"busy\"\nmatch = 'try again later'\n", "c.toml").rules;
+    h.add(3);
+    ASSERT_EQ(h.connects.size(), 1u);
+    h.connect_ok(h.connects[0]);
+    h.server(h.connects[0],
+             "421 Too many concurrent SMTP connections from this IP address; please try again later.\r\n");
+    EXPECT_EQ(h.stats.rule_scaled.load(), 1u);
+    ASSERT_EQ(h.core->rule_tallies().size(), 1u);
+    EXPECT_EQ(h.core->rule_tallies().begin()->first.first, "busy");
+}

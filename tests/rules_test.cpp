@@ -163,11 +163,11 @@ TEST(Throttle, TriggerCountsMatchesWithinItsSpan) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    EXPECT_FALSE(t.hit(r, 0, now, 100, 0, f, clock::time_point::max()));
-    EXPECT_FALSE(t.hit(r, 0, now + 6min, 100, 0, f, clock::time_point::max()));
-    EXPECT_FALSE(t.hit(r, 0, now + 12min, 100, 0, f, clock::time_point::max()));  // the first fell out of the span
+    EXPECT_FALSE(t.hit(r, 0, now, 100, {}, f, clock::time_point::max()));
+    EXPECT_FALSE(t.hit(r, 0, now + 6min, 100, {}, f, clock::time_point::max()));
+    EXPECT_FALSE(t.hit(r, 0, now + 12min, 100, {}, f, clock::time_point::max()));  // the first fell out of the span
     EXPECT_EQ(t.current(), throttle::state::normal);
-    EXPECT_TRUE(t.hit(r, 0, now + 13min, 100, 0, f, clock::time_point::max()));
+    EXPECT_TRUE(t.hit(r, 0, now + 13min, 100, {}, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::scaled);
     EXPECT_DOUBLE_EQ(f.rate_per_s, 50);
     EXPECT_EQ(f.rule, "r");
@@ -181,12 +181,12 @@ TEST(Throttle, ScaleHalvesThenRecoversStepByStep) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    ASSERT_TRUE(t.hit(r, 0, now, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(r, 0, now, 100, {}, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 50);
-    ASSERT_TRUE(t.hit(r, 0, now + 1s, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(r, 0, now + 1s, 100, {}, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 25);
-    ASSERT_TRUE(t.hit(r, 0, now + 2s, 100, 0, f, clock::time_point::max()));
-    ASSERT_TRUE(t.hit(r, 0, now + 3s, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(r, 0, now + 2s, 100, {}, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(r, 0, now + 3s, 100, {}, f, clock::time_point::max()));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 10);  // the floor, not 6.25
     now += 3s;
     EXPECT_FALSE(t.advance(now + 4min));
@@ -209,9 +209,53 @@ TEST(Throttle, AnUnlimitedDestinationScalesFromWhatItSent) {
     EXPECT_NEAR(m.per_second(now + 20s), 100, 5);
     throttle t;
     rule_firing f;
-    ASSERT_TRUE(t.hit(only_rule(c), 0, now + 20s, 0, m.per_second(now + 20s), f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(only_rule(c), 0, now + 20s, 0, m.measure(now + 20s), f, clock::time_point::max()));
     EXPECT_NEAR(f.rate_per_s, 50, 3);
     EXPECT_NEAR(f.base_per_s, 100, 5);
+}
+
+// With no configured rate, a scale waits for a measurement to scale from:
+// the first message in flight reads as 1/s (the meter's window is clamped
+// to a second), and 70% of that held a domain taking hundreds a second at
+// 0.7/s. The hits stay counted; the first one after base_messages_min
+// messages fires, from the rate measured then. A suspend needs no rate.
+TEST(Throttle, AScaleWaitsForAMeasuredRateWhenNoneIsConfigured) {
+    const rule* busy = nullptr;
+    for (const rule& r : builtin_rules()) {
+        busy = r.name == "server-busy" ? &r : busy;
+    }
+    ASSERT_NE(busy, nullptr);
+    ASSERT_EQ(busy->trigger_count, 5u);
+    rate_meter m;
+    const clock::time_point now = clock::time_point{} + 1h;
+    m.note(now);  // one message started, then a burst of "try again later"
+    EXPECT_DOUBLE_EQ(m.per_second(now + 100ms), 1.0);
+    throttle t;
+    rule_firing f;
+    for (int k = 0; k < 8; ++k) {
+        EXPECT_FALSE(t.hit(*busy, 0, now + 100ms, 0, m.measure(now + 100ms), f, now)) << k;
+    }
+    EXPECT_EQ(t.current(), throttle::state::normal);
+    for (std::uint64_t k = 1; k < throttle::base_messages_min; ++k) {
+        m.note(now + std::chrono::milliseconds(100 + 5 * k));  // the rest of a burst
+    }
+    ASSERT_EQ(m.messages(), throttle::base_messages_min);
+    const measured_rate seen = m.measure(now + 1s);
+    ASSERT_TRUE(t.hit(*busy, 0, now + 1s, 0, seen, f, now)) << "the hits waited for a rate, not forgotten";
+    EXPECT_EQ(t.current(), throttle::state::scaled);
+    EXPECT_DOUBLE_EQ(f.base_per_s, seen.per_second);
+    EXPECT_DOUBLE_EQ(f.rate_per_s, 0.7 * seen.per_second);
+
+    // A configured rate is a base at once; a suspension fires whatever was measured.
+    const config c = parse_config("[[rule]]\nname = \"s\"\nmatch = 'x'\naction = \"suspend\"\n", "c.toml");
+    throttle configured;
+    for (int k = 0; k < 5; ++k) {
+        EXPECT_EQ(configured.hit(*busy, 0, now, 50, {}, f, now), k == 4);
+    }
+    EXPECT_DOUBLE_EQ(configured.rate_per_s(), 35);
+    throttle suspended;
+    ASSERT_TRUE(suspended.hit(only_rule(c), 0, now, 0, {1.0, 1}, f, now));
+    EXPECT_EQ(suspended.current(), throttle::state::suspended);
 }
 
 // A suspension holds until it lifts, then restarts at factor × the old
@@ -224,7 +268,7 @@ TEST(Throttle, SuspendLiftsIntoARampAndStopStays) {
     throttle t;
     rule_firing f;
     clock::time_point now{};
-    ASSERT_TRUE(t.hit(c.rules.rules[0], 0, now, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(c.rules.rules[0], 0, now, 100, {}, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::suspended);
     EXPECT_EQ(f.until, now + 30min);
     EXPECT_FALSE(t.advance(now + 29min));
@@ -235,11 +279,11 @@ TEST(Throttle, SuspendLiftsIntoARampAndStopStays) {
     EXPECT_TRUE(t.advance(now + 35min));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 20);
 
-    ASSERT_TRUE(t.hit(c.rules.rules[1], 1, now + 36min, 100, 0, f, clock::time_point::max()));
+    ASSERT_TRUE(t.hit(c.rules.rules[1], 1, now + 36min, 100, {}, f, clock::time_point::max()));
     EXPECT_EQ(t.current(), throttle::state::stopped);
     EXPECT_FALSE(t.advance(now + 48h));
     EXPECT_EQ(t.current(), throttle::state::stopped);
-    EXPECT_FALSE(t.hit(c.rules.rules[0], 0, now + 49h, 100, 0, f, clock::time_point::max()));
+    EXPECT_FALSE(t.hit(c.rules.rules[0], 0, now + 49h, 100, {}, f, clock::time_point::max()));
 }
 
 // Replies to mail sent before a firing are one signal with the replies that
@@ -252,16 +296,16 @@ TEST(Throttle, RepliesToMailSentBeforeAFiringDoNotFireAgain) {
     rule_firing f;
     const clock::time_point sent = clock::time_point{} + 1h;
     const clock::time_point now = sent + 100ms;
-    ASSERT_FALSE(t.hit(r, 0, now, 100, 0, f, sent));
-    ASSERT_FALSE(t.hit(r, 0, now, 100, 0, f, sent));
-    ASSERT_TRUE(t.hit(r, 0, now, 100, 0, f, sent));
+    ASSERT_FALSE(t.hit(r, 0, now, 100, {}, f, sent));
+    ASSERT_FALSE(t.hit(r, 0, now, 100, {}, f, sent));
+    ASSERT_TRUE(t.hit(r, 0, now, 100, {}, f, sent));
     for (int k = 0; k < 9; ++k) {  // the other connections' replies
-        EXPECT_FALSE(t.hit(r, 0, now + 10ms, 100, 0, f, sent));
+        EXPECT_FALSE(t.hit(r, 0, now + 10ms, 100, {}, f, sent));
     }
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 50);
     for (int k = 0; k < 2; ++k) {  // sent after the firing: these count
-        EXPECT_FALSE(t.hit(r, 0, now + 2s, 100, 0, f, now + 1s));
+        EXPECT_FALSE(t.hit(r, 0, now + 2s, 100, {}, f, now + 1s));
     }
-    EXPECT_TRUE(t.hit(r, 0, now + 2s, 100, 0, f, now + 1s));
+    EXPECT_TRUE(t.hit(r, 0, now + 2s, 100, {}, f, now + 1s));
     EXPECT_DOUBLE_EQ(t.rate_per_s(), 25);
 }

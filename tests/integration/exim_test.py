@@ -9,19 +9,15 @@ scripts/setup and run with a private config (peers.exim):
   says TLS 1.3 for every message;
 - Exim's smtp_accept_max_per_host = 2 (421 beyond it) against mxpress's 10
   connections: every message arrives once, and Exim's log counts a handful
-  of refused connections, not a storm;
+  of refused connections, not a storm; with the built-in rules on, its 421
+  ("Too many concurrent SMTP connections from this IP address; please try
+  again later.") fires no rule: a concurrency limit is not a rate limit
+  (server-busy matches "try again later" but is a scale rule);
 - Exim's smtp_accept_max_per_connection = 5 (421 to the next MAIL, then
   the connection closes) against mxpress's 1,000: every message arrives
   once, no session of Exim's log carried more than 5;
 - TLS session resumption with a GnuTLS server (tls_resumption_hosts = *):
   mxpress resumes, and Exim's log marks the same sessions resumed.
-
-A known defect, kept as an expected failure until it is fixed: Exim's 421
-for its connection limit ("Too many concurrent SMTP connections from this IP
-address; please try again later.") matches the built-in rule server-busy
-("try again later"), five of them arrive in the first second, and the rule
-scales the domain to 70% of a rate measured before anything was sent: 300
-messages took 424 s (42/min) where they take 1 s without the rule.
 
   exim_test.py MXPRESS ROOT [Class.test_name ...]
 """
@@ -91,8 +87,6 @@ class Exim(unittest.TestCase):
         why = exim_missing()
         if why:
             self.skipTest(why)
-        if self._testMethodName == "test_connection_limit_refusals_do_not_throttle_the_rate":
-            self.limited = self.start_limited_exim()
 
     def test_starttls_batch_arrives_byte_exact(self):
         with Peers() as peers:
@@ -134,9 +128,9 @@ class Exim(unittest.TestCase):
             port = free_port("127.0.0.2")
             mx = exim(peers, "127.0.0.2", port, extra="smtp_accept_max_per_host = 2\n")
             recipients, message, emails, codes = write_job(peers, 300, ("limited.test",))
-            # Without the built-in rules: see the expected failure below.
+            # The built-in rules on: the 421s fire none (the test below).
             p, j, s = send(peers, recipients, message, f"*=127.0.0.2:{port}", threads=1,
-                           config=SHORT_CONFIG.replace('max_age = "3s"', 'max_age = "60s"') + "[rules]\nbuiltin = false\n")
+                           config=SHORT_CONFIG.replace('max_age = "3s"', 'max_age = "60s"'))
             self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
             self.assertEqual({e[0]["status"] for e in j.values()}, {"delivered"}, p.stdout)
             log = mx.log()
@@ -149,20 +143,11 @@ class Exim(unittest.TestCase):
             mx.deliver()
             assert_exactly_once(self, mx.messages(), codes)
 
-    def start_limited_exim(self):
-        """A Peers fixture (closed at cleanup) with an Exim that takes 2
-        connections per client; returns (peers, port). Called from setUp by a
-        test marked expectedFailure, so that a peer that fails to start is an
-        error, not the expected failure."""
+    def test_connection_limit_refusals_do_not_throttle_the_rate(self):
         peers = Peers()
         self.addCleanup(peers.__exit__, None, None, None)
         port = free_port("127.0.0.2")
         exim(peers, "127.0.0.2", port, extra="smtp_accept_max_per_host = 2\n")
-        return peers, port
-
-    @unittest.expectedFailure  # the defect in this file's docstring; remove the mark when it is fixed
-    def test_connection_limit_refusals_do_not_throttle_the_rate(self):
-        peers, port = self.limited
         recipients, message, emails, codes = write_job(peers, 100, ("limited.test",))
         cfg, jpath = peers.path("c.toml"), peers.path("j.jsonl")
         with open(cfg, "w") as f:

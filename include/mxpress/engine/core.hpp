@@ -650,6 +650,7 @@ private:
     void host_failed(mx_pool& p, const smtp::reply& why, bool force = false);
     void connection_failed(connection& c, const std::string& why);
     void learn_ceiling(mx_pool& p);
+    static bool others_carry_mail(const mx_pool& p) noexcept;  // a refusal now is its connection limit
     void plan_probe(mx_pool& p);
     void teardown(connection& c);
     void reap();
@@ -661,7 +662,8 @@ private:
         throttle::state state = throttle::state::normal;
         clock::time_point until{};  // suspended: when it lifts
     };
-    const rule* apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep, clock::time_point sent);
+    const rule* apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep, clock::time_point sent,
+                            bool connection_limit = false);
     bool scaled(const domain_state& d) const noexcept;
     void rebook_scaled(mx_pool& p, domain_state& d, clock::time_point when);
     void refresh_pace(domain_state& d);

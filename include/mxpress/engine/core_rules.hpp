@@ -14,6 +14,20 @@
 //   once): `--resume` after the fix sends it.
 // - Checked where work is taken: enqueue() for what arrives or comes due,
 //   fill() for what queued at a host before the rule fired.
+// - A connection limit is not a rate limit. A reply that ends a session at
+//   its greeting or EHLO while another session of this shard's to the same
+//   host carries mail (others_carry_mail: what host_failed learns a
+//   connection ceiling from, e.g. Exim's smtp_accept_max_per_host "421 Too
+//   many concurrent SMTP connections …; please try again later.") counts
+//   toward no scale rule: the learned ceiling is the answer to it, and the
+//   message rate is not what the receiver refused. It still counts toward
+//   suspend and stop rules (a block or an authentication failure is about
+//   the sender whenever it comes), and a refusal with no other session
+//   carrying mail (the host's only answer to us) counts toward all rules.
+//   Only the rule that matched first is looked at: a scale rule that
+//   matches such a refusal is skipped, not replaced by a later rule. Across
+//   shards each pool is its own: with several threads, a shard whose own
+//   sessions were all refused still counts the refusal.
 #pragma once
 
 #include <algorithm>
@@ -51,8 +65,10 @@ inline void restore_throttle(throttle& t, const journal_rule_event& ev, const ru
     t.advance(now);
 }
 
+// `connection_limit`: the reply refused one more session while others
+// carry mail (the header): it counts toward no scale rule.
 inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* prov, const smtp::reply& rep,
-                                              clock::time_point sent) {
+                                              clock::time_point sent, bool connection_limit) {
     if (rep.code < 400 || (d == nullptr && prov == nullptr)) {
         return nullptr;
     }
@@ -63,13 +79,16 @@ inline const rule* delivery_core::apply_rules(domain_state* d, provider_state* p
     if (m == nullptr) {
         return nullptr;
     }
+    if (connection_limit && m->action == rule_action::scale) {
+        return m;  // a concurrency limit: the learned ceiling answers it, not the rate
+    }
     const std::size_t index = static_cast<std::size_t>(m - rules.rules.data());
     rule_firing f;
     bool fired = false;
     if (prov != nullptr && (m->domain.empty() || d == nullptr)) {
         fired = prov->rule_hit(*m, index, _now, f, sent);
     } else {
-        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.per_second(_now), f, sent);
+        fired = d->adapt.hit(*m, index, _now, d->configured_rate, d->meter.measure(_now), f, sent);
         if (fired) {
             f.scope = "domain:" + d->name;
             refresh_pace(*d);

@@ -296,10 +296,13 @@ inline void delivery_core::handle_event(connection& c, const smtp::event& e) {
                 // refuses plaintext that follows the 220): a TLS failure.
                 note_tls_failure(c, e.last_reply.one_line());
             } else if (c.state == conn_state::opening) {
-                // Greeting or EHLO failed: this host is not taking mail now.
-                // The reply counts for the host's provider, or the domain
-                // of the mail queued there.
-                apply_rules(p.work.empty() ? nullptr : p.work.front()->domain, p.provider, e.last_reply, _now);
+                // Greeting or EHLO failed: this host is not taking mail now,
+                // or (others carry mail) not one more session. The reply
+                // counts for the host's provider, or the domain of the mail
+                // queued there; a connection limit not toward a scale rule
+                // (core_rules.hpp).
+                apply_rules(p.work.empty() ? nullptr : p.work.front()->domain, p.provider, e.last_reply, _now,
+                            others_carry_mail(p));
                 host_failed(p, e.last_reply);
             }
             break;
@@ -591,11 +594,7 @@ inline void delivery_core::update_deadline(connection& c) {
 // move its queued work to each recipient's next MX. `force`: the failure is
 // the host's whatever other connections did (TLS).
 inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool force) {
-    bool others_alive = false;
-    for (const connection* c : p.conns) {
-        others_alive = others_alive || c->took_mail();
-    }
-    if (others_alive && !force) {
+    if (others_carry_mail(p) && !force) {
         // The host works but refused one more session: it limits
         // connections (Postfix's smtpd_client_connection_count_limit, the big
         // providers' 421 4.7.0). Stay at what works; probe again later.
@@ -613,6 +612,12 @@ inline void delivery_core::host_failed(mx_pool& p, const smtp::reply& why, bool 
         ++r->mx_index;
         enqueue(std::move(r));
     }
+}
+
+// Another session of this shard's to `p` carries mail (or waits for more):
+// a session refused now is the host's connection limit, not the host down.
+inline bool delivery_core::others_carry_mail(const mx_pool& p) noexcept {
+    return std::any_of(p.conns.begin(), p.conns.end(), [](const connection* c) { return c->took_mail(); });
 }
 
 inline void delivery_core::learn_ceiling(mx_pool& p) {

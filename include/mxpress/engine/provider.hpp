@@ -184,7 +184,7 @@ public:
     bool rule_hit(const rule& r, std::size_t index, clock::time_point now, rule_firing& out, clock::time_point sent) {
         const std::lock_guard<std::mutex> lock(_adapt_mutex);
         const double configured = _rate ? per_second(*_rate) : 0.0;
-        if (!_throttle.hit(r, index, now, configured, _meter.per_second(now), out, sent)) {
+        if (!_throttle.hit(r, index, now, configured, _meter.measure(now), out, sent)) {
             return false;
         }
         out.scope = "provider:" + _cfg.name;

@@ -15,11 +15,27 @@
 // first rule fired. A hit that does not fire (trigger "3/10m" counts) only
 // holds recovery back.
 //
+// A measurement too thin to scale from: with no configured rate, a scale
+// rule whose trigger is met while the destination has had fewer than
+// throttle::base_messages_min messages started does not fire yet; its hits
+// stay counted (within the trigger's span) and the first hit once the meter
+// has seen enough fires it. Why wait rather than guess: before that, the
+// meter's figure is a count over a window clamped to a second (the first
+// message in flight reads as 1/s), and a factor of it held a domain that
+// takes hundreds a second at 0.7/s while refusals kept recovery back. Mail the
+// receiver defers meanwhile is retried with the usual backoff. Messages
+// started, not delivered, are counted: the rate the receiver complains
+// about includes what it deferred, and a receiver that defers everything
+// could otherwise never be slowed. suspend and stop fire at once whatever
+// was measured (a block or an authentication failure needs no rate); a
+// suspension's restart rate is then at least the rule's floor.
+//
 // Nothing here reads the clock or locks: callers pass now and own the object.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -32,6 +48,13 @@
 #include "mxpress/engine/rules.hpp"
 
 namespace mxpress::engine {
+
+// What a rate_meter says at one time: the rate, and how many messages it
+// has seen in all (what the rate rests on).
+struct measured_rate {
+    double per_second = 0;
+    std::uint64_t messages = 0;
+};
 
 // Messages started at a destination over the last window or so; lock-free,
 // so every shard can count a provider's (a race on the roll loses a count
@@ -51,6 +74,7 @@ public:
             _last.store(static_cast<double>(c) * 1e9 / static_cast<double>(n - start), std::memory_order_relaxed);
         }
         _count.fetch_add(1, std::memory_order_relaxed);
+        _total.fetch_add(1, std::memory_order_relaxed);
     }
 
     // Per second: the last full window's rate, or the current one's when
@@ -64,10 +88,16 @@ public:
         return std::max(_last.load(std::memory_order_relaxed), current);
     }
 
+    // Every message noted so far.
+    std::uint64_t messages() const noexcept { return _total.load(std::memory_order_relaxed); }
+
+    measured_rate measure(clock::time_point now) const noexcept { return {per_second(now), messages()}; }
+
 private:
     std::atomic<std::int64_t> _start{0};
     std::atomic<std::uint64_t> _count{0};
     std::atomic<double> _last{0.0};
+    std::atomic<std::uint64_t> _total{0};
 };
 
 // A rate of `per_second` as rate.hpp writes one (burst 1).
@@ -99,6 +129,11 @@ class throttle {
 public:
     enum class state : std::uint8_t { normal, scaled, suspended, stopped };
 
+    // Messages a measured rate must rest on before a scale rule takes it as
+    // the old rate (see the header): a count of 20 is known to about a
+    // fifth (1/sqrt(20)), finer than the factors rules scale by.
+    static constexpr std::uint64_t base_messages_min = 20;
+
     state current() const noexcept { return _state; }
     double rate_per_s() const noexcept { return _rate; }  // scaled: the rate in force
     clock::time_point until() const noexcept { return _until; }
@@ -107,11 +142,11 @@ public:
     // A reply matched rule `r`, the `index`th of the rule set. Returns true
     // when this hit fires it (then `out` says what it did). `configured`:
     // the destination's max_message_rate (0: unlimited); `observed`: its
-    // recent rate (rate_meter).
+    // recent rate and what that rests on (rate_meter).
     // `sent`: when the transaction the reply answers started. A reply to
     // mail sent before the last firing does not count: the burst of replies
     // to what was in flight then is one signal, not several.
-    bool hit(const rule& r, std::size_t index, clock::time_point now, double configured, double observed,
+    bool hit(const rule& r, std::size_t index, clock::time_point now, double configured, measured_rate observed,
              rule_firing& out, clock::time_point sent) {
         if (_state == state::stopped) {
             return false;
@@ -134,11 +169,16 @@ public:
         if (h.size() < r.trigger_count) {
             return false;
         }
+        if (r.action == rule_action::scale && _state == state::normal && configured <= 0 &&
+            observed.messages < base_messages_min) {
+            return false;  // no old rate to scale yet: the hits wait for one (the header)
+        }
         h.clear();
         _fired_at = now;
         if (_state == state::normal) {
-            _base = configured > 0 ? configured : std::max(observed, per_second(r.floor));
+            _base = configured > 0 ? configured : std::max(observed.per_second, per_second(r.floor));
         }
+        assert(_base > 0);
         const double floor = per_second(r.floor);
         out.rule = r.name;
         out.action = r.action;
