@@ -1,4 +1,5 @@
-// apps/mxpress/main.cpp — the runner: `mxpress send|render|plan|report|check-config|dkim-record|check-sender|suppressions`.
+// apps/mxpress/main.cpp — the runner: `mxpress send|render|plan|report|check-config|dkim-record|suppressions`,
+// and `check-sender`.
 //
 // Exit status (README, Exit status): 0 when every recipient has a final outcome (or the
 // command did what was asked); 2 for usage or configuration errors, with a
