@@ -79,7 +79,7 @@ for page in mxpress mxsink; do
   [ ! -s "$tmp/$page.err" ] || { cat "$tmp/$page.err"; fail "man -l $page.1.gz warns"; }
   grep -q "^NAME" "$tmp/$page.txt" && grep -q "$page" "$tmp/$page.txt" || fail "$page.1 has no NAME section"
 done
-for sub in send render suppressions dkim-record check-config rules explain-reply plan report; do
+for sub in send render suppressions dkim-record check-sender check-config rules explain-reply plan report; do
   grep -Eq "^ +mxpress $sub\$" "$tmp/mxpress.txt" || fail "mxpress.1 has no section for 'mxpress $sub'"
 done
 grep -q -- '--dry-run' "$tmp/mxpress.txt" || fail "mxpress.1 lacks send's options"

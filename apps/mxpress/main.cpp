@@ -1,4 +1,5 @@
-// apps/mxpress/main.cpp — the runner: `mxpress send|render|plan|report|check-config|dkim-record|suppressions`.
+// apps/mxpress/main.cpp — the runner: `mxpress send|render|plan|report|check-config|dkim-record|suppressions`,
+// and `check-sender`.
 //
 // Exit status (README, Exit status): 0 when every recipient has a final outcome (or the
 // command did what was asked); 2 for usage or configuration errors, with a
@@ -35,6 +36,7 @@
 #include "mxpress/engine/relay_check.hpp"
 #include "mxpress/engine/report.hpp"
 #include "mxpress/engine/runner.hpp"
+#include "mxpress/engine/sender_check.hpp"
 #include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/engine/tls_decision.hpp"
@@ -1151,6 +1153,49 @@ int run_dkim_record(const std::string& key_file, const std::string& config_path,
     return exit_ok;
 }
 
+// `check-sender`: what DNS publishes for --from's domain against the [dkim]
+// keys of --config (engine/sender_check.hpp); exit 2 when a finding is fatal.
+int run_check_sender(const std::string& config_path, const std::string& from, const std::string& dns) {
+    check_dns_servers(dns);
+    const std::string domain = mail::dkim::from_domain(from);
+    if (domain.empty() || domain.find('.') == std::string::npos) {
+        throw std::invalid_argument(fmt::format("check-sender: --from '{}' is not an address user@domain", from));
+    }
+    const engine::config cfg = engine::load_config(config_path);
+    std::vector<engine::sender_check::finding> findings;
+    std::vector<engine::sender_check::configured_key> keys;
+    for (const mail::dkim::key_spec& spec : cfg.dkim.keys) {
+        engine::sender_check::configured_key ck;
+        ck.spec = spec;
+        std::vector<std::string> warnings;
+        try {
+            ck.key = mail::dkim::load_key(spec.key_file, warnings);
+        } catch (const input_error& e) {
+            ck.error = e.describe();
+        }
+        for (const std::string& w : warnings) {
+            if (w.find(" bits; ") == std::string::npos) {  // the key's length is a finding of its own
+                findings.push_back({engine::sender_check::severity::warning, w});
+            }
+        }
+        keys.push_back(std::move(ck));
+    }
+    mxpress::net::txt_lookup_options lo;
+    lo.servers = dns;
+    const auto txt = mxpress::net::lookup_txt(engine::sender_check::names_to_query(cfg.dkim, domain), lo);
+    for (auto& f : engine::sender_check::check(cfg.dkim, keys, domain, txt)) {
+        findings.push_back(std::move(f));
+    }
+    std::size_t counts[3] = {};
+    for (const engine::sender_check::finding& f : findings) {
+        ++counts[static_cast<int>(f.level)];
+        std::fprintf(stdout, "%-7s  %s\n", engine::sender_check::to_string(f.level), f.text.c_str());
+    }
+    std::fprintf(stdout, "check-sender %s: %zu ok, %zu warnings, %zu fatal\n", domain.c_str(), counts[0], counts[1],
+                 counts[2]);
+    return counts[2] > 0 ? exit_usage : exit_ok;
+}
+
 int run_check_config(const std::string& path, bool keys, const std::string& domain, const std::string& mx) {
     if (keys) {
         std::fputs(engine::describe_keys_markdown().c_str(), stdout);
@@ -1654,6 +1699,16 @@ int main(int argc, char** argv) {
     dkim_record->add_option("--selector", d_selector, "s= selector, for the record's name (with --key)")
         ->needs(d_key_opt);
 
+    std::string cs_config, cs_from, cs_dns;
+    auto* check_sender = app.add_subcommand(
+        "check-sender",
+        "Before a real send: each [[dkim.key]]'s published record (p=, k=, key length), DMARC, SPF, alignment of d= "
+        "with From, signed List-Unsubscribe; one line per finding (ok, warning, FATAL), exit 2 when one is fatal");
+    check_sender->add_option("--config", cs_config, "TOML configuration with [dkim] and its [[dkim.key]]s")->required();
+    check_sender->add_option("--from", cs_from, "The sender address (its domain is the From and envelope domain)")
+        ->required();
+    check_sender->add_option("--dns", cs_dns, "Resolver HOST[:PORT] for the TXT lookups (default: /etc/resolv.conf)");
+
     plan_cli pc;
     auto* plan = app.add_subcommand(
         "plan",
@@ -1742,6 +1797,9 @@ int main(int argc, char** argv) {
                 throw std::invalid_argument("dkim-record needs --key FILE or --config FILE");
             }
             return run_dkim_record(d_key, d_config, mxpress::detail::to_lower_copy(d_domain), d_selector);
+        }
+        if (*check_sender) {
+            return run_check_sender(cs_config, cs_from, cs_dns);
         }
         if (*check) {
             return run_check_config(c_path, c_keys, c_domain, c_mx);

@@ -1,0 +1,366 @@
+// mxpress/engine/sender_check.hpp — `mxpress check-sender`: is what DNS
+// publishes for a sender consistent with the [dkim] configuration, before a
+// real send? A pure function of the configuration, the keys as loaded, the
+// sender address and the TXT answers, so it is tested without DNS.
+//
+// Findings, one line each, ok / warning / FATAL:
+// 1. each [[dkim.key]]: SELECTOR._domainkey.DOMAIN publishes a key record
+//    whose p= is the configured key's public half and whose k= is its type;
+//    an RSA key under 1024 bits is fatal, under 2048 a warning;
+// 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its parent;
+// 3. one SPF record (v=spf1) at the envelope domain (two: RFC 7208 §4.5
+//    permerror, fatal);
+// 4. a key's d= is the From domain or a parent of it (relaxed alignment);
+// 5. List-Unsubscribe and List-Unsubscribe-Post are among the signed headers.
+// A name whose lookup failed (SERVFAIL, timeout) is fatal: it cannot be
+// checked, and a receiver would see the same failure.
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mxpress/detail/ascii.hpp"
+#include "mxpress/mail/dkim.hpp"
+#include "mxpress/net/txt_lookup.hpp"
+
+namespace mxpress::engine::sender_check {
+
+enum class severity { ok, warning, fatal };
+
+inline const char* to_string(severity s) noexcept {
+    return s == severity::ok ? "ok" : s == severity::warning ? "warning" : "FATAL";
+}
+
+struct finding {
+    severity level = severity::ok;
+    std::string text;
+};
+
+// One [[dkim.key]]: the key as loaded, or why it could not be.
+struct configured_key {
+    mail::dkim::key_spec spec;
+    std::optional<mail::dkim::loaded_key> key;
+    std::string error;
+};
+
+using txt_map = std::map<std::string, net::txt_answer>;
+
+// The domain with one label less ("news.town.example" -> "town.example");
+// empty when that would leave a single label (a TLD is no organizational
+// domain).
+inline std::string parent_domain(std::string_view d) {
+    const std::size_t dot = d.find('.');
+    if (dot == std::string_view::npos) {
+        return {};
+    }
+    const std::string_view rest = d.substr(dot + 1);
+    return rest.find('.') == std::string_view::npos ? std::string{} : std::string(rest);
+}
+
+inline std::string dkim_name(const mail::dkim::key_spec& k) {
+    return k.selector + "._domainkey." + k.domain;
+}
+
+// Every name check() reads, for the caller to look up.
+inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, std::string_view from_domain) {
+    std::vector<std::string> names;
+    for (const mail::dkim::key_spec& k : dkim.keys) {
+        names.push_back(dkim_name(k));
+    }
+    names.push_back("_dmarc." + std::string(from_domain));
+    if (const std::string p = parent_domain(from_domain); !p.empty()) {
+        names.push_back("_dmarc." + p);
+    }
+    names.emplace_back(from_domain);
+    return names;
+}
+
+namespace detail_sender_check {
+
+inline std::string_view trim(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) {
+        s.remove_prefix(1);
+    }
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
+        s.remove_suffix(1);
+    }
+    return s;
+}
+
+// A tag=value list (RFC 6376 §3.2) as lowercase tag -> value, values trimmed.
+inline std::map<std::string, std::string> tags(std::string_view record) {
+    std::map<std::string, std::string> out;
+    std::size_t start = 0;
+    while (start <= record.size()) {
+        std::size_t semi = record.find(';', start);
+        if (semi == std::string_view::npos) {
+            semi = record.size();
+        }
+        const std::string_view item = record.substr(start, semi - start);
+        const std::size_t eq = item.find('=');
+        if (eq != std::string_view::npos) {
+            out.emplace(detail::to_lower_copy(std::string(trim(item.substr(0, eq)))),
+                        std::string(trim(item.substr(eq + 1))));
+        }
+        start = semi + 1;
+    }
+    return out;
+}
+
+inline std::string without_space(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
+            out += c;
+        }
+    }
+    return out;
+}
+
+// The record starts with `version` (case-insensitive) followed by the end,
+// a space or ';': "v=spf1 …", "v=DMARC1; p=none".
+inline bool starts_with_version(std::string_view record, std::string_view version) {
+    record = trim(record);
+    if (record.size() < version.size() || !detail::iequals(record.substr(0, version.size()), version)) {
+        return false;
+    }
+    return record.size() == version.size() || record[version.size()] == ' ' || record[version.size()] == ';';
+}
+
+// A DKIM key record: a tag list with p=, whose v= (when present) is DKIM1.
+inline bool is_dkim_key_record(const std::map<std::string, std::string>& t) {
+    const auto v = t.find("v");
+    return t.count("p") != 0 && (v == t.end() || v->second == "DKIM1");
+}
+
+inline void add(std::vector<finding>& out, severity s, std::string text) {
+    out.push_back(finding{s, std::move(text)});
+}
+
+// The answer for `name`, or a failed one when the caller did not look it up.
+inline net::txt_answer answer_for(const txt_map& txt, const std::string& name) {
+    const auto it = txt.find(name);
+    if (it != txt.end()) {
+        return it->second;
+    }
+    net::txt_answer a;
+    a.error = name + ": not looked up";
+    return a;
+}
+
+inline void check_key(const configured_key& ck, const txt_map& txt, std::vector<finding>& out) {
+    const std::string name = dkim_name(ck.spec);
+    const std::string who = fmt::format("DKIM selector {} (d={})", ck.spec.selector, ck.spec.domain);
+    if (!ck.key) {
+        add(out, severity::fatal, fmt::format("{}: cannot load {}: {}", who, ck.spec.key_file, ck.error));
+        return;
+    }
+    const mail::dkim::loaded_key& key = *ck.key;
+    const bool rsa = key.alg == mail::dkim::algorithm::rsa_sha256;
+    if (rsa && key.bits < mail::dkim::rsa_bits_min) {
+        add(out, severity::fatal,
+            fmt::format("{}: RSA key of {} bits: receivers reject it (RFC 8301 §3.2: at least {}; {} advised)", who,
+                        key.bits, mail::dkim::rsa_bits_min, mail::dkim::rsa_bits_advised));
+    } else if (rsa && key.bits < mail::dkim::rsa_bits_advised) {
+        add(out, severity::warning,
+            fmt::format("{}: RSA key of {} bits: {} are advised", who, key.bits, mail::dkim::rsa_bits_advised));
+    } else {
+        add(out, severity::ok, fmt::format("{}: {} key of {} bits", who, rsa ? "RSA" : "Ed25519", key.bits));
+    }
+    const net::txt_answer a = answer_for(txt, name);
+    if (a.state == net::txt_answer::status::failed) {
+        add(out, severity::fatal, fmt::format("{}: cannot check the key record: {}", who, a.error));
+        return;
+    }
+    const std::string publish = fmt::format("publish `mxpress dkim-record`'s \"{}\"", mail::dkim::txt_record(key));
+    std::vector<std::map<std::string, std::string>> records;
+    for (const std::string& r : a.records) {
+        auto t = tags(r);
+        if (is_dkim_key_record(t)) {
+            records.push_back(std::move(t));
+        }
+    }
+    if (records.empty()) {
+        add(out, severity::fatal, fmt::format("{}: no DKIM key record at {}: {}", who, name, publish));
+        return;
+    }
+    const char* want_k = rsa ? "rsa" : "ed25519";
+    std::string why;
+    bool matched = false;
+    for (const auto& t : records) {
+        const auto k = t.find("k");
+        const std::string k_value = k == t.end() ? "rsa" : detail::to_lower_copy(k->second);  // default k=rsa
+        const std::string p = without_space(t.at("p"));
+        if (p.empty()) {
+            why = "the record's p= is empty (key revoked, RFC 6376 §3.6.1)";
+        } else if (p != key.public_b64) {
+            why = fmt::format("the published p= is not the public half of {}", key.file);
+        } else if (k_value != want_k) {
+            why = fmt::format("the record says k={} but {} is an {} key", k_value, key.file, want_k);
+        } else {
+            matched = true;
+            const auto flags = t.find("t");
+            if (flags != t.end() && flags->second.find('y') != std::string::npos) {
+                add(out, severity::warning,
+                    fmt::format("{}: {} is in testing mode (t=y): receivers may treat its signatures as absent", who,
+                                name));
+            }
+        }
+    }
+    if (!matched) {
+        add(out, severity::fatal, fmt::format("{}: {} does not match: {}; {}", who, name, why, publish));
+    } else if (records.size() > 1) {
+        add(out, severity::warning,
+            fmt::format("{}: {} key records at {}: a receiver may use any of them (RFC 6376 §3.6.2.2)", who,
+                        records.size(), name));
+    } else {
+        add(out, severity::ok, fmt::format("{}: {} publishes this key (k={})", who, name, want_k));
+    }
+}
+
+}  // namespace detail_sender_check
+
+// The findings for mail From `from_domain` (also the envelope domain) with
+// these keys and TXT answers (name -> answer; a name missing is "not looked
+// up", fatal). `dkim` gives the signed headers and the keys' specs.
+inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::vector<configured_key>& keys,
+                                  std::string_view from_domain_view, const txt_map& txt) {
+    using namespace detail_sender_check;
+    const std::string from_domain = detail::to_lower_copy(std::string(from_domain_view));
+    std::vector<finding> out;
+
+    // 1. Each key and its published record.
+    if (keys.empty()) {
+        add(out, severity::fatal, "DKIM: no [[dkim.key]] in the configuration: nothing is signed");
+    }
+    for (const configured_key& k : keys) {
+        check_key(k, txt, out);
+    }
+
+    // 2. DMARC at the From domain, else at its parent (the organizational
+    // domain without the public suffix list: one label less). A missing
+    // record is a warning, not fatal: mail without DMARC is still delivered
+    // (Gmail and Yahoo demand it only of bulk senders, over 5,000 a day to
+    // them), and a first send, a test or a small list is not refused for it.
+    bool dmarc = false;
+    {
+        std::vector<std::string> names{"_dmarc." + from_domain};
+        if (const std::string p = parent_domain(from_domain); !p.empty()) {
+            names.push_back("_dmarc." + p);
+        }
+        bool decided = false;
+        for (const std::string& name : names) {
+            const net::txt_answer a = answer_for(txt, name);
+            if (a.state == net::txt_answer::status::failed) {
+                add(out, severity::fatal, fmt::format("DMARC: cannot check: {}", a.error));
+                decided = true;
+                break;
+            }
+            std::vector<std::string> found;
+            for (const std::string& r : a.records) {
+                if (starts_with_version(r, "v=DMARC1")) {
+                    found.push_back(r);
+                }
+            }
+            if (found.size() > 1) {
+                add(out, severity::warning,
+                    fmt::format("DMARC: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", found.size(),
+                                name));
+                decided = true;
+                break;
+            }
+            if (found.size() == 1) {
+                add(out, severity::ok, fmt::format("DMARC: {}: \"{}\"", name, found.front()));
+                dmarc = true;
+                decided = true;
+                break;
+            }
+        }
+        if (!decided) {
+            add(out, severity::warning,
+                fmt::format("DMARC: no record (v=DMARC1) at {}{}: Gmail and Yahoo require one of bulk senders; "
+                            "publish at least \"v=DMARC1; p=none\"",
+                            names.front(), names.size() > 1 ? " nor at " + names.back() : std::string{}));
+        }
+    }
+
+    // 3. SPF at the envelope domain.
+    {
+        const net::txt_answer a = answer_for(txt, from_domain);
+        std::vector<std::string> spf;
+        for (const std::string& r : a.records) {
+            if (starts_with_version(r, "v=spf1")) {
+                spf.push_back(r);
+            }
+        }
+        if (a.state == net::txt_answer::status::failed) {
+            add(out, severity::fatal, fmt::format("SPF: cannot check: {}", a.error));
+        } else if (spf.empty()) {
+            add(out, severity::warning,
+                fmt::format("SPF: no record (v=spf1) at {}: receivers cannot authorize the sending hosts",
+                            from_domain));
+        } else if (spf.size() > 1) {
+            add(out, severity::fatal,
+                fmt::format("SPF: {} records (v=spf1) at {}: a permerror for every receiver (RFC 7208 §4.5); merge "
+                            "them into one",
+                            spf.size(), from_domain));
+        } else {
+            add(out, severity::ok, fmt::format("SPF: {}: \"{}\"", from_domain, spf.front()));
+        }
+    }
+
+    // 4. Alignment of some d= with the From domain.
+    {
+        std::string aligned_with;
+        std::string domains;
+        for (const mail::dkim::key_spec& k : dkim.keys) {
+            if (aligned_with.empty() && mail::dkim::aligned(k.domain, from_domain)) {
+                aligned_with = k.domain;
+            }
+            domains += (domains.empty() ? "" : ", ") + k.domain;
+        }
+        if (!aligned_with.empty()) {
+            add(out, severity::ok,
+                fmt::format("alignment: d={} is aligned with From domain {} (relaxed, RFC 7489 §3.1.1)", aligned_with,
+                            from_domain));
+        } else {
+            add(out, dmarc ? severity::fatal : severity::warning,
+                fmt::format("alignment: no [[dkim.key]] domain ({}) is {} or a parent of it: no signature counts for "
+                            "DMARC{}",
+                            domains.empty() ? "none" : domains, from_domain,
+                            dmarc ? ", so receivers apply its policy" : ""));
+        }
+    }
+
+    // 5. One-click unsubscribe headers signed (RFC 8058 §4 requires both signed).
+    {
+        std::vector<std::string> missing;
+        for (const char* h : {"List-Unsubscribe", "List-Unsubscribe-Post"}) {
+            if (std::none_of(dkim.headers.begin(), dkim.headers.end(),
+                             [&](const std::string& s) { return detail::iequals(s, h); })) {
+                missing.emplace_back(h);
+            }
+        }
+        if (missing.empty()) {
+            add(out, severity::ok, "headers: List-Unsubscribe and List-Unsubscribe-Post are signed");
+        } else {
+            add(out, severity::warning,
+                fmt::format("headers: [dkim] headers lacks {}: one-click unsubscribe (RFC 8058) needs it signed for "
+                            "Gmail and Yahoo",
+                            missing.size() == 2 ? missing[0] + " and " + missing[1] : missing[0]));
+        }
+    }
+    return out;
+}
+
+inline bool any_fatal(const std::vector<finding>& f) {
+    return std::any_of(f.begin(), f.end(), [](const finding& x) { return x.level == severity::fatal; });
+}
+
+}  // namespace mxpress::engine::sender_check

@@ -1,0 +1,267 @@
+// Unit tests of `check-sender`'s findings (engine/sender_check.hpp): each
+// check's ok, warning and FATAL, from TXT answers given here (no DNS; the
+// lookups against dnsmasq are tests/integration/check_sender_test.py).
+#include "mxpress/engine/sender_check.hpp"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace sc = mxpress::engine::sender_check;
+namespace dkim = mxpress::mail::dkim;
+using mxpress::net::txt_answer;
+using sc::severity;
+
+const std::string rsa_p = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAtest";
+const std::string ed_p = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+
+sc::configured_key key(const std::string& domain, const std::string& selector, dkim::algorithm alg, unsigned bits,
+                       const std::string& p) {
+    sc::configured_key k;
+    k.spec.domain = domain;
+    k.spec.selector = selector;
+    k.spec.key_file = "/keys/" + selector + ".pem";
+    dkim::loaded_key l;
+    l.domain = domain;
+    l.selector = selector;
+    l.file = k.spec.key_file;
+    l.alg = alg;
+    l.bits = bits;
+    l.public_b64 = p;
+    k.key = l;
+    return k;
+}
+
+txt_answer found(std::vector<std::string> records) {
+    txt_answer a;
+    a.state = txt_answer::status::found;
+    a.records = std::move(records);
+    return a;
+}
+txt_answer none() {
+    txt_answer a;
+    a.state = txt_answer::status::none;
+    return a;
+}
+txt_answer failed(const std::string& name) {
+    txt_answer a;
+    a.state = txt_answer::status::failed;
+    a.error = name + ": Server failure";
+    return a;
+}
+
+// A sender that passes every check: one RSA-2048 key for town.example.
+struct setup {
+    dkim::settings settings;
+    std::vector<sc::configured_key> keys;
+    sc::txt_map txt;
+    std::string from = "town.example";
+
+    setup() {
+        keys.push_back(key("town.example", "r1", dkim::algorithm::rsa_sha256, 2048, rsa_p));
+        settings.keys.push_back(keys.back().spec);
+        // The record as zone files split it: FWS inside p= is allowed.
+        txt["r1._domainkey.town.example"] =
+            found({"v=DKIM1; k=rsa; p=" + rsa_p.substr(0, 20) + " " + rsa_p.substr(20)});
+        txt["_dmarc.town.example"] = found({"v=DMARC1; p=none; rua=mailto:d@town.example"});
+        txt["town.example"] = found({"google-site-verification=abc", "v=spf1 ip4:192.0.2.1 -all"});
+    }
+    std::vector<sc::finding> run() const { return sc::check(settings, keys, from, txt); }
+};
+
+// The one finding whose text contains `part` (fails the test unless exactly one).
+sc::finding one(const std::vector<sc::finding>& f, const std::string& part) {
+    std::vector<sc::finding> hits;
+    for (const sc::finding& x : f) {
+        if (x.text.find(part) != std::string::npos) {
+            hits.push_back(x);
+        }
+    }
+    EXPECT_EQ(hits.size(), 1u) << "findings containing '" << part << "'";
+    return hits.empty() ? sc::finding{severity::ok, "(none)"} : hits.front();
+}
+
+std::string dump(const std::vector<sc::finding>& f) {
+    std::string out;
+    for (const sc::finding& x : f) {
+        out += std::string(sc::to_string(x.level)) + " " + x.text + "\n";
+    }
+    return out;
+}
+
+TEST(SenderCheck, AGoodSetupIsAllOk) {
+    const setup s;
+    const auto f = s.run();
+    for (const sc::finding& x : f) {
+        EXPECT_EQ(x.level, severity::ok) << x.text;
+    }
+    EXPECT_FALSE(sc::any_fatal(f));
+    EXPECT_EQ(one(f, "r1._domainkey.town.example publishes").level, severity::ok);
+    EXPECT_EQ(one(f, "SPF:").text, "SPF: town.example: \"v=spf1 ip4:192.0.2.1 -all\"");
+    EXPECT_EQ(f.size(), 6u) << dump(f);  // key length, key record, DMARC, SPF, alignment, headers
+}
+
+TEST(SenderCheck, NamesToQueryCoverEveryCheck) {
+    const setup s;
+    EXPECT_EQ(sc::names_to_query(s.settings, "news.town.example"),
+              (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.news.town.example", "_dmarc.town.example",
+                                        "news.town.example"}));
+    EXPECT_EQ(sc::names_to_query(s.settings, "town.example").size(), 3u);  // no _dmarc.example
+}
+
+TEST(SenderCheck, KeyRecordMissingMismatchedWrongTypeOrRevokedIsFatal) {
+    {
+        setup s;
+        s.txt["r1._domainkey.town.example"] = none();
+        const auto f = s.run();
+        EXPECT_EQ(one(f, "no DKIM key record at r1._domainkey.town.example").level, severity::fatal) << dump(f);
+        EXPECT_NE(one(f, "no DKIM key record").text.find("v=DKIM1; k=rsa; p=" + rsa_p), std::string::npos);
+    }
+    {
+        setup s;  // a TXT record that is no key record counts as none
+        s.txt["r1._domainkey.town.example"] = found({"hello"});
+        EXPECT_EQ(one(s.run(), "no DKIM key record").level, severity::fatal);
+    }
+    {
+        setup s;
+        s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=rsa; p=" + rsa_p + "X"});
+        const auto f = s.run();
+        EXPECT_EQ(one(f, "DKIM selector r1 (d=town.example): r1._domainkey.town.example does not match").level,
+                  severity::fatal)
+            << dump(f);
+        EXPECT_NE(one(f, "does not match").text.find("not the public half of /keys/r1.pem"), std::string::npos);
+        EXPECT_TRUE(sc::any_fatal(f));
+    }
+    {
+        setup s;
+        s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=ed25519; p=" + rsa_p});
+        EXPECT_NE(one(s.run(), "does not match").text.find("k=ed25519 but /keys/r1.pem is an rsa key"),
+                  std::string::npos);
+    }
+    {
+        setup s;  // no k=: rsa by default (RFC 6376 §3.6.1), so an Ed25519 key does not match
+        s.keys[0] = key("town.example", "r1", dkim::algorithm::ed25519_sha256, 256, ed_p);
+        s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; p=" + ed_p});
+        EXPECT_EQ(one(s.run(), "does not match").level, severity::fatal);
+        s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=ed25519; p=" + ed_p});
+        EXPECT_FALSE(sc::any_fatal(s.run())) << dump(s.run());
+    }
+    {
+        setup s;
+        s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=rsa; p="});
+        EXPECT_NE(one(s.run(), "does not match").text.find("revoked"), std::string::npos);
+    }
+    {
+        setup s;
+        s.txt["r1._domainkey.town.example"] = failed("r1._domainkey.town.example");
+        EXPECT_EQ(one(s.run(), "cannot check the key record: r1._domainkey.town.example: Server failure").level,
+                  severity::fatal);
+    }
+    {
+        setup s;
+        s.keys[0].key.reset();
+        s.keys[0].error = "/keys/r1.pem: not a PEM private key";
+        EXPECT_EQ(one(s.run(), "cannot load /keys/r1.pem").level, severity::fatal);
+    }
+}
+
+TEST(SenderCheck, TestingModeAndSeveralRecordsWarn) {
+    setup s;
+    s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=rsa; t=y; p=" + rsa_p});
+    EXPECT_EQ(one(s.run(), "testing mode").level, severity::warning);
+    s.txt["r1._domainkey.town.example"] = found({"v=DKIM1; k=rsa; p=" + rsa_p, "v=DKIM1; k=rsa; p=OLD"});
+    EXPECT_EQ(one(s.run(), "2 key records").level, severity::warning);
+    EXPECT_FALSE(sc::any_fatal(s.run()));
+}
+
+TEST(SenderCheck, RsaKeyLength) {
+    setup s;
+    s.keys[0].key->bits = 1023;
+    EXPECT_EQ(one(s.run(), "RSA key of 1023 bits").level, severity::fatal);
+    s.keys[0].key->bits = 1024;
+    EXPECT_EQ(one(s.run(), "RSA key of 1024 bits").level, severity::warning);
+    EXPECT_FALSE(sc::any_fatal(s.run()));
+    s.keys[0].key->bits = 2048;
+    EXPECT_EQ(one(s.run(), "RSA key of 2048 bits").level, severity::ok);
+    s.keys[0].key->bits = 4096;
+    EXPECT_EQ(one(s.run(), "RSA key of 4096 bits").level, severity::ok);
+}
+
+TEST(SenderCheck, DmarcAtTheDomainOrItsParentElseAWarning) {
+    setup s;
+    s.from = "news.town.example";
+    s.txt["_dmarc.news.town.example"] = none();
+    EXPECT_EQ(one(s.run(), "DMARC: _dmarc.town.example").level, severity::ok);  // the parent's record
+    s.txt["_dmarc.news.town.example"] = found({"v=DMARC1; p=reject"});
+    EXPECT_EQ(one(s.run(), "DMARC: _dmarc.news.town.example: \"v=DMARC1; p=reject\"").level, severity::ok);
+    s.txt["_dmarc.news.town.example"] = found({"v=spf1 -all"});  // not a DMARC record
+    s.txt["_dmarc.town.example"] = none();
+    const auto f = s.run();
+    EXPECT_EQ(one(f, "DMARC: no record (v=DMARC1) at _dmarc.news.town.example nor at _dmarc.town.example").level,
+              severity::warning)
+        << dump(f);
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=none", "v=DMARC1; p=reject"});
+    EXPECT_EQ(one(s.run(), "2 records at _dmarc.town.example").level, severity::warning);
+    s.txt["_dmarc.town.example"] = failed("_dmarc.town.example");
+    EXPECT_EQ(one(s.run(), "DMARC: cannot check: _dmarc.town.example").level, severity::fatal);
+    s.txt.erase("_dmarc.town.example");
+    EXPECT_EQ(one(s.run(), "DMARC: cannot check: _dmarc.town.example: not looked up").level, severity::fatal);
+}
+
+TEST(SenderCheck, SpfNoneWarnsTwoAreFatal) {
+    setup s;
+    s.txt["town.example"] = found({"v=spf10 nonsense", "google-site-verification=abc"});
+    EXPECT_EQ(one(s.run(), "SPF: no record (v=spf1) at town.example").level, severity::warning);
+    s.txt["town.example"] = none();
+    EXPECT_EQ(one(s.run(), "SPF: no record").level, severity::warning);
+    EXPECT_FALSE(sc::any_fatal(s.run()));
+    s.txt["town.example"] = found({"v=spf1 -all", "V=SPF1 include:_spf.example.net ~all"});
+    EXPECT_EQ(one(s.run(), "SPF: 2 records (v=spf1) at town.example").level, severity::fatal);
+    s.txt["town.example"] = failed("town.example");
+    EXPECT_EQ(one(s.run(), "SPF: cannot check: town.example: Server failure").level, severity::fatal);
+}
+
+TEST(SenderCheck, AlignmentFatalUnderDmarcElseAWarning) {
+    setup s;
+    s.from = "news.town.example";  // d=town.example is a parent: aligned
+    s.txt["_dmarc.news.town.example"] = none();
+    s.txt["news.town.example"] = s.txt["town.example"];
+    EXPECT_EQ(one(s.run(), "alignment: d=town.example is aligned with From domain news.town.example").level,
+              severity::ok);
+    s.from = "other.example";  // d=town.example is not
+    s.txt["_dmarc.other.example"] = found({"v=DMARC1; p=quarantine"});
+    s.txt["other.example"] = s.txt["town.example"];
+    auto f = s.run();
+    EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain (town.example) is other.example").level, severity::fatal)
+        << dump(f);
+    s.txt["_dmarc.other.example"] = none();
+    f = s.run();
+    EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain").level, severity::warning) << dump(f);
+    EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
+    s.from = "maintown.example";  // a suffix that is no parent
+    s.txt["maintown.example"] = s.txt["town.example"];
+    EXPECT_EQ(one(s.run(), "alignment: no [[dkim.key]] domain").level, severity::warning);
+}
+
+TEST(SenderCheck, UnsubscribeHeadersMustBeSigned) {
+    setup s;
+    s.settings.headers = {"from", "to", "subject", "list-unsubscribe", "LIST-UNSUBSCRIBE-POST"};
+    EXPECT_EQ(one(s.run(), "headers:").level, severity::ok);
+    s.settings.headers = {"From", "To", "Subject", "List-Unsubscribe"};
+    EXPECT_EQ(one(s.run(), "headers: [dkim] headers lacks List-Unsubscribe-Post:").level, severity::warning);
+    s.settings.headers = {"From", "To", "Subject"};
+    EXPECT_EQ(one(s.run(), "lacks List-Unsubscribe and List-Unsubscribe-Post").level, severity::warning);
+}
+
+TEST(SenderCheck, NoKeyIsFatal) {
+    setup s;
+    s.keys.clear();
+    s.settings.keys.clear();
+    const auto f = s.run();
+    EXPECT_EQ(one(f, "no [[dkim.key]] in the configuration").level, severity::fatal);
+}
+
+}  // namespace
