@@ -1191,8 +1191,8 @@ int run_check_sender(const std::string& config_path, const std::string& from, co
         ++counts[static_cast<int>(f.level)];
         std::fprintf(stdout, "%-7s  %s\n", engine::sender_check::to_string(f.level), f.text.c_str());
     }
-    std::fprintf(stdout, "check-sender %s: %zu ok, %zu warnings, %zu fatal\n", domain.c_str(), counts[0], counts[1],
-                 counts[2]);
+    std::fprintf(stdout, "check-sender %s: %zu ok, %zu warning%s, %zu fatal\n", domain.c_str(), counts[0], counts[1],
+                 counts[1] == 1 ? "" : "s", counts[2]);
     return counts[2] > 0 ? exit_usage : exit_ok;
 }
 
