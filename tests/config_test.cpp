@@ -1,6 +1,7 @@
 // Tests for engine/config.hpp: defaults, overrides, errors that name the
 // file, line and key, and the key table that drives them (every row parsed,
 // printed and documented in README).
+#include "config_errors.hpp"
 #include "mxpress/engine/config.hpp"
 
 #include <gtest/gtest.h>
@@ -13,15 +14,7 @@ namespace {
 
 using namespace mxpress::engine;
 using mxpress::mail::input_error;
-
-std::string error_of(const std::string& text) {
-    try {
-        parse_config(text, "c.toml");
-    } catch (const input_error& e) {
-        return e.describe();
-    }
-    return "no error";
-}
+using mxpress::test::config_error_of;
 
 TEST(Config, DefaultsAreSafe) {
     const config c = parse_config("", "c.toml");
@@ -51,30 +44,32 @@ TEST(Config, Overrides) {
 }
 
 TEST(Config, Errors) {
-    EXPECT_EQ(error_of("[defaults]\nconections_max = 3\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nconections_max = 3\n"),
               "c.toml:2: unknown key 'conections_max' in [defaults]; did you mean 'connections_max'? (known: "
               "helo_name, retry_initial, retry_max, max_age, connections_max, messages_per_connection_max, "
               "max_message_rate, max_connection_rate, connect_timeout, idle_timeout, pending_max, host_skip_max, "
               "in_doubt_retries, tls, tls_ca_file, "
               "tls_sessions_max, "
               "tls_plaintext_after_failure, chunking)");
-    EXPECT_EQ(error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\n\nconnections_max = \"ten\"\n"),
               "c.toml:3: [defaults] connections_max must be an integer");
-    EXPECT_EQ(error_of("[defaults]\nchunking = \"no\"\n"), "c.toml:2: [defaults] chunking must be true or false");
-    EXPECT_EQ(error_of("[defaults]\nconnections_max = 0\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nchunking = \"no\"\n"),
+              "c.toml:2: [defaults] chunking must be true or false");
+    EXPECT_EQ(config_error_of("[defaults]\nconnections_max = 0\n"),
               "c.toml:2: [defaults] connections_max = 0 is out of range (1..10000)");
-    EXPECT_EQ(error_of("[defaults]\nmax_age = 24\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_age = 24\n"),
               "c.toml:2: [defaults] max_age must be a duration string such as \"30s\", \"5m\" or \"1h\"");
-    EXPECT_EQ(error_of("[defaults]\nmax_age = \"24 hours\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_age = \"24 hours\"\n"),
               "c.toml:2: [defaults] max_age = \"24 hours\" is not a positive duration (use ms, s, m, h, d: \"1h30m\")");
     EXPECT_EQ(
-        error_of("[shaping]\nx = 1\n"),
+        config_error_of("[shaping]\nx = 1\n"),
         "c.toml:1: unknown table or key 'shaping' (known tables: [defaults], [timeouts], [dns], "
         "[domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], [rules], [sequence.\"…\"])");
-    EXPECT_EQ(error_of("[defaults]\nretry_initial = \"2h\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nretry_initial = \"2h\"\n"),
               "c.toml:1: [defaults] retry_initial is longer than retry_max");
-    EXPECT_TRUE(error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: ")) << error_of("[defaults\n");
-    EXPECT_EQ(error_of("defaults = 3\n"), "c.toml:1: 'defaults' must be a table: [defaults]");
+    EXPECT_TRUE(config_error_of("[defaults\n").starts_with("c.toml:1: TOML syntax: "))
+        << config_error_of("[defaults\n");
+    EXPECT_EQ(config_error_of("defaults = 3\n"), "c.toml:1: 'defaults' must be a table: [defaults]");
 }
 
 TEST(Config, TlsPolicyPerDomainAndMxPattern) {
@@ -98,18 +93,18 @@ TEST(Config, TlsPolicyPerDomainAndMxPattern) {
 }
 
 TEST(Config, TlsErrors) {
-    EXPECT_EQ(error_of("[defaults]\ntls = \"yes\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\ntls = \"yes\"\n"),
               "c.toml:2: [defaults] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\ntls = \"maybe\"\n"),
+    EXPECT_EQ(config_error_of("[domain.\"a.test\"]\ntls = \"maybe\"\n"),
               "c.toml:2: [domain.\"a.test\"] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
-    EXPECT_EQ(error_of("[domain.a.test]\ntls = \"required\"\n"),
+    EXPECT_EQ(config_error_of("[domain.a.test]\ntls = \"required\"\n"),
               "c.toml:1: unknown key 'test' in [domain.\"a\"] (known: tls, max_message_rate, connections_max, "
               "messages_per_connection_max; quote a dotted name: [domain.\"example.com\"])");
-    EXPECT_EQ(error_of("[mx.\"mx*.test\"]\ntls = \"verify\"\n"),
+    EXPECT_EQ(config_error_of("[mx.\"mx*.test\"]\ntls = \"verify\"\n"),
               "c.toml:1: [mx.\"mx*.test\"]: a host name, or \"*.\" and a suffix");
-    EXPECT_EQ(error_of("[domain.\"*.test\"]\ntls = \"verify\"\n"),
+    EXPECT_EQ(config_error_of("[domain.\"*.test\"]\ntls = \"verify\"\n"),
               "c.toml:1: [domain.\"*.test\"]: a domain name, without wildcards");
-    EXPECT_EQ(error_of("[defaults]\ntls_ca_file = \"/nonexistent/ca.pem\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\ntls_ca_file = \"/nonexistent/ca.pem\"\n"),
               "c.toml:2: [defaults] tls_ca_file: cannot read /nonexistent/ca.pem: No such file or directory");
 }
 
@@ -181,16 +176,16 @@ TEST(Config, Providers) {
     EXPECT_EQ(c.tls_for("x.test", "mx.other.test"), tls_policy::opportunistic) << "no tls: the default";
     const std::string d = describe(c);
     EXPECT_EQ(describe(parse_config(d, "c.toml")), d) << d;
-    EXPECT_EQ(error_of("[provider.g]\nconnections_max = 2\n"),
+    EXPECT_EQ(config_error_of("[provider.g]\nconnections_max = 2\n"),
               "c.toml:1: [provider.\"g\"] needs match = [\"*.example.com\", …]: the MX hosts it covers");
-    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"mx*.g.test\"]\n"),
+    EXPECT_EQ(config_error_of("[provider.g]\nmatch = [\"mx*.g.test\"]\n"),
               "c.toml:2: [provider.\"g\"] match: each entry a host name, or \"*.\" and a suffix");
-    EXPECT_EQ(error_of("[provider.g]\nmatch = \"*.g.test\"\n"),
+    EXPECT_EQ(config_error_of("[provider.g]\nmatch = \"*.g.test\"\n"),
               "c.toml:2: [provider.\"g\"] match must be a non-empty array of host patterns");
-    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"*.g.test\"]\nrate = \"1/s\"\n"),
+    EXPECT_EQ(config_error_of("[provider.g]\nmatch = [\"*.g.test\"]\nrate = \"1/s\"\n"),
               "c.toml:3: unknown key 'rate' in [provider.\"g\"] (known: match, max_message_rate, connections_max, "
               "messages_per_connection_max, tls)");
-    EXPECT_EQ(error_of("[provider.g]\nmatch = [\"*.g.test\"]\nmax_message_rate = \"fast\"\n"),
+    EXPECT_EQ(config_error_of("[provider.g]\nmatch = [\"*.g.test\"]\nmax_message_rate = \"fast\"\n"),
               "c.toml:3: [provider.\"g\"] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", "
               "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
 }
@@ -224,18 +219,18 @@ TEST(Config, DescribeDestinationNamesTheSections) {
 }
 
 TEST(Config, RateErrorsNameFileLineAndKey) {
-    EXPECT_EQ(error_of("[defaults]\nmax_message_rate = \"10 per second\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_message_rate = \"10 per second\"\n"),
               "c.toml:2: [defaults] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", \"3000/min\", "
               "\"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
-    EXPECT_EQ(error_of("[defaults]\nmax_connection_rate = 100\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_connection_rate = 100\n"),
               "c.toml:2: [defaults] max_connection_rate must be \"unlimited\" or a rate such as \"10/s\", "
               "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\n\nmax_message_rate = \"0/s\"\n"),
+    EXPECT_EQ(config_error_of("[domain.\"a.test\"]\n\nmax_message_rate = \"0/s\"\n"),
               "c.toml:3: [domain.\"a.test\"] max_message_rate must be \"unlimited\" or a rate such as \"10/s\", "
               "\"3000/min\", \"50000/h\" or \"1000/d\", optionally with \",burst=B\"");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\nconnections_max = 0\n"),
+    EXPECT_EQ(config_error_of("[domain.\"a.test\"]\nconnections_max = 0\n"),
               "c.toml:2: [domain.\"a.test\"] connections_max must be an integer in 1..10000");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\nmessages_per_connection_max = \"5\"\n"),
+    EXPECT_EQ(config_error_of("[domain.\"a.test\"]\nmessages_per_connection_max = \"5\"\n"),
               "c.toml:2: [domain.\"a.test\"] messages_per_connection_max must be an integer in 1..100000000");
 }
 
@@ -276,13 +271,14 @@ TEST(Config, TimeoutsKeepMilliseconds) {
 }
 
 TEST(Config, AbsurdDurationsAreErrors) {
-    EXPECT_EQ(error_of("[defaults]\nmax_age = \"1000000d\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_age = \"1000000d\"\n"),
               "c.toml:2: [defaults] max_age = \"1000000d\" is out of range (1ms..365d)");
-    EXPECT_EQ(error_of("[timeouts]\ngreeting = \"0s\"\n"),
+    EXPECT_EQ(config_error_of("[timeouts]\ngreeting = \"0s\"\n"),
               "c.toml:2: [timeouts] greeting = \"0s\" is out of range (1ms..1d)");
-    EXPECT_EQ(error_of("[dns]\ntimeout = \"1h\"\n"), "c.toml:2: [dns] timeout = \"1h\" is out of range (1ms..1m)");
+    EXPECT_EQ(config_error_of("[dns]\ntimeout = \"1h\"\n"),
+              "c.toml:2: [dns] timeout = \"1h\" is out of range (1ms..1m)");
     // Parts that would overflow 64 bits are malformed, not wrapped around.
-    EXPECT_EQ(error_of("[defaults]\nmax_age = \"99999999999999999999d\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nmax_age = \"99999999999999999999d\"\n"),
               "c.toml:2: [defaults] max_age = \"99999999999999999999d\" is not a positive duration (use ms, s, m, h, "
               "d: \"1h30m\")");
     milliseconds d{};
@@ -336,8 +332,8 @@ TEST(Config, OperatorKnobs) {
     EXPECT_EQ(c.dns_queries_in_flight_max, 16u);
     EXPECT_EQ(c.mx_cache_ttl, std::chrono::hours(1));
     EXPECT_EQ(c.dns_failure_cache_ttl, std::chrono::seconds(5));
-    EXPECT_EQ(error_of("[dns]\ntries = 0\n"), "c.toml:2: [dns] tries = 0 is out of range (1..20)");
-    EXPECT_EQ(error_of("[dns]\ntimout = \"1s\"\n"),
+    EXPECT_EQ(config_error_of("[dns]\ntries = 0\n"), "c.toml:2: [dns] tries = 0 is out of range (1..20)");
+    EXPECT_EQ(config_error_of("[dns]\ntimout = \"1s\"\n"),
               "c.toml:2: unknown key 'timout' in [dns]; did you mean 'timeout'? (known: timeout, tries, "
               "queries_in_flight_max, "
               "mx_cache_ttl, "
@@ -345,15 +341,17 @@ TEST(Config, OperatorKnobs) {
 }
 
 TEST(Config, WrongTypesNameTheKey) {
-    EXPECT_EQ(error_of("[defaults]\nhelo_name = 3\n"), "c.toml:2: [defaults] helo_name must be a host name string");
-    EXPECT_EQ(error_of("[defaults]\nhelo_name = \"a b\"\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nhelo_name = 3\n"),
               "c.toml:2: [defaults] helo_name must be a host name string");
-    EXPECT_EQ(error_of("[defaults]\ntls_ca_file = 1\n"), "c.toml:2: [defaults] tls_ca_file must be a file name string");
-    EXPECT_EQ(error_of("[defaults]\ntls = true\n"),
+    EXPECT_EQ(config_error_of("[defaults]\nhelo_name = \"a b\"\n"),
+              "c.toml:2: [defaults] helo_name must be a host name string");
+    EXPECT_EQ(config_error_of("[defaults]\ntls_ca_file = 1\n"),
+              "c.toml:2: [defaults] tls_ca_file must be a file name string");
+    EXPECT_EQ(config_error_of("[defaults]\ntls = true\n"),
               "c.toml:2: [defaults] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"");
-    EXPECT_EQ(error_of("[timeouts]\nquit = 5\n"),
+    EXPECT_EQ(config_error_of("[timeouts]\nquit = 5\n"),
               "c.toml:2: [timeouts] quit must be a duration string such as \"30s\", \"5m\" or \"1h\"");
-    EXPECT_EQ(error_of("[defalts]\ntls = \"verify\"\n"),
+    EXPECT_EQ(config_error_of("[defalts]\ntls = \"verify\"\n"),
               "c.toml:1: unknown table or key 'defalts'; did you mean 'defaults'? (known tables: [defaults], "
               "[timeouts], [dns], [domain.\"…\"], [provider.\"…\"], [mx.\"…\"], [dkim] and [[dkim.key]], [[rule]], "
               "[rules], [sequence.\"…\"])");

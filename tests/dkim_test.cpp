@@ -18,13 +18,10 @@ using mxpress::mail::input_error;
 using mxpress::mail::message_template;
 using mxpress::mail::renderer;
 using mxpress::mail::renderer_options;
+using mxpress::test::fixed_clock;
 using mxpress::test::temp_dir;
 
 const std::vector<std::string> columns = {"email", "name", "city"};
-
-std::time_t fixed_clock() {
-    return 1'795'000'000;  // 2026-11-16
-}
 
 // Makes a private key with the openssl CLI; mode 0600 like a real key.
 std::string make_key(const temp_dir& dir, const std::string& name, const std::string& genpkey_args) {

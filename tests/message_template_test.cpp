@@ -16,13 +16,10 @@ using mxpress::mail::message_template;
 using mxpress::mail::render_result;
 using mxpress::mail::renderer;
 using mxpress::mail::renderer_options;
+using mxpress::test::fixed_clock;
 using mxpress::test::temp_dir;
 
 const std::vector<std::string> columns = {"email", "name", "city"};
-
-std::time_t fixed_clock() {
-    return 1'795'000'000;
-}
 
 renderer_options options(bool eight_bit = true) {
     renderer_options o;

@@ -6,23 +6,16 @@
 
 #include <gtest/gtest.h>
 
+#include "config_errors.hpp"
 #include "mxpress/engine/config.hpp"
 #include "mxpress/engine/throttle.hpp"
 
 using namespace mxpress::engine;
 using namespace std::chrono_literals;
 using mxpress::mail::input_error;
+using mxpress::test::config_error_of;
 
 namespace {
-
-std::string error_of(const std::string& text) {
-    try {
-        parse_config(text, "c.toml");
-    } catch (const input_error& e) {
-        return e.describe();
-    }
-    return "no error";
-}
 
 // The rule the default configuration applies to a reply, or "".
 std::string rule_for(int code, const std::string& line, const config& c = config{}) {
@@ -111,35 +104,37 @@ match = 'slow down'
 }
 
 TEST(Rules, BadRulesAreErrorsNamingFileLineAndKey) {
-    EXPECT_EQ(error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n"),
-              error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n"));
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n")
+    EXPECT_EQ(config_error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n"),
+              config_error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n"));
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = '(unclosed'\n")
                   .find("c.toml:3: [[rule]] \"a\" match is not a "
                         "valid regex"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\ntrigger = \"3 per 10m\"\n").find("c.toml:4:"),
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\ntrigger = \"3 per 10m\"\n").find("c.toml:4:"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\naction = \"pause\"\n").find("action must be"),
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\naction = \"pause\"\n").find("action must be"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfactor = 1.5\n").find("c.toml:4: [[rule]] \"a\" factor"),
+    EXPECT_NE(
+        config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfactor = 1.5\n").find("c.toml:4: [[rule]] \"a\" factor"),
+        std::string::npos);
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nrecover = \"10%/5m\"\n").find("recover must be"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nrecover = \"10%/5m\"\n").find("recover must be"),
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfloor = \"fast\"\n").find("floor must be"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfloor = \"fast\"\n").find("floor must be"),
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nduration = \"30m\"\n").find("duration is for"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nduration = \"30m\"\n").find("duration is for"),
+    EXPECT_NE(
+        config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfactr = 0.5\n").find("c.toml:4: unknown key 'factr'"),
+        std::string::npos);
+    EXPECT_NE(config_error_of("[[rule]]\nmatch = 'x'\n").find("needs a name"), std::string::npos);
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\n").find("needs match"), std::string::npos);
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nprovider = \"g\"\ndomain = \"d\"\n").find("both"),
               std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nfactr = 0.5\n").find("c.toml:4: unknown key 'factr'"),
-              std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nmatch = 'x'\n").find("needs a name"), std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\n").find("needs match"), std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\nprovider = \"g\"\ndomain = \"d\"\n").find("both"),
-              std::string::npos);
-    EXPECT_NE(error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\n[[rule]]\nname = \"a\"\nmatch = 'y'\n")
+    EXPECT_NE(config_error_of("[[rule]]\nname = \"a\"\nmatch = 'x'\n[[rule]]\nname = \"a\"\nmatch = 'y'\n")
                   .find("c.toml:4: [[rule]] \"a\" is defined twice"),
               std::string::npos);
-    EXPECT_NE(error_of("[rule]\nname = \"a\"\n").find("array of tables"), std::string::npos);
-    EXPECT_NE(error_of("[rules]\nbuiltin = \"yes\"\n").find("c.toml:2: [rules] builtin must be true or false"),
+    EXPECT_NE(config_error_of("[rule]\nname = \"a\"\n").find("array of tables"), std::string::npos);
+    EXPECT_NE(config_error_of("[rules]\nbuiltin = \"yes\"\n").find("c.toml:2: [rules] builtin must be true or false"),
               std::string::npos);
 }
 

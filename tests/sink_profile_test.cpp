@@ -14,7 +14,7 @@ using mxsink::fate;
 using mxsink::parse_profile;
 
 // The "FILE:LINE: what" of the error a bad profile raises ("" when none).
-std::string error_of(const std::string& text) {
+std::string profile_error_of(const std::string& text) {
     try {
         parse_profile(text, "p.toml");
     } catch (const input_error& e) {
@@ -61,28 +61,31 @@ drop_after_dot = 0.3
 }
 
 TEST(SinkProfile, BadProfilesNameFileAndLine) {
-    EXPECT_EQ(error_of("[default]\nrcpt_4x = 0.1\n"), "p.toml:2: unknown key 'rcpt_4x'");
-    EXPECT_EQ(error_of("[defaults]\n"),
+    EXPECT_EQ(profile_error_of("[default]\nrcpt_4x = 0.1\n"), "p.toml:2: unknown key 'rcpt_4x'");
+    EXPECT_EQ(profile_error_of("[defaults]\n"),
               "p.toml:1: unknown table or key 'defaults' (expected [default] or "
               "[domain.\"…\"])");
-    EXPECT_EQ(error_of("[default]\n\nrcpt_4xx = 1.5\n"), "p.toml:3: rcpt_4xx: expected a fraction from 0 to 1");
-    EXPECT_EQ(error_of("[default]\nrcpt_4xx = \"0.1\"\n"), "p.toml:2: rcpt_4xx: expected a fraction from 0 to 1");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\naccept_rate = \"20/sec\"\n"),
+    EXPECT_EQ(profile_error_of("[default]\n\nrcpt_4xx = 1.5\n"), "p.toml:3: rcpt_4xx: expected a fraction from 0 to 1");
+    EXPECT_EQ(profile_error_of("[default]\nrcpt_4xx = \"0.1\"\n"),
+              "p.toml:2: rcpt_4xx: expected a fraction from 0 to 1");
+    EXPECT_EQ(profile_error_of("[domain.\"a.test\"]\naccept_rate = \"20/sec\"\n"),
               "p.toml:2: accept_rate: expected \"N/s\", \"N/min\", \"N/h\" or \"N/d\" (optionally \",burst=B\") "
               "or \"unlimited\"");
-    EXPECT_EQ(error_of("[default]\nrcpt_5xx_reply = \"451 4.0.0 not a 5xx\"\n"),
+    EXPECT_EQ(profile_error_of("[default]\nrcpt_5xx_reply = \"451 4.0.0 not a 5xx\"\n"),
               "p.toml:2: rcpt_5xx_reply: expected a reply \"5xx text\" on one line");
-    EXPECT_EQ(error_of("[default]\nthrottle_reply = \"hello\"\n"),
+    EXPECT_EQ(profile_error_of("[default]\nthrottle_reply = \"hello\"\n"),
               "p.toml:2: throttle_reply: expected a reply \"4xx text\" on one line");
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\nconnections_max = 2\n"),
+    EXPECT_EQ(profile_error_of("[domain.\"a.test\"]\nconnections_max = 2\n"),
               "p.toml:2: connections_max: per client address, so only in [default]");
-    EXPECT_EQ(error_of("[default]\nconnections_max = -1\n"),
+    EXPECT_EQ(profile_error_of("[default]\nconnections_max = -1\n"),
               "p.toml:2: connections_max: expected an integer from 0 to 1000000");
-    EXPECT_EQ(error_of("[default]\ndelay_ms = 600001\n"), "p.toml:2: delay_ms: expected an integer from 0 to 600000");
-    EXPECT_EQ(error_of("[domain.\"A.test\"]\n"), "p.toml:1: domain.\"A.test\": write the domain in lower case");
-    EXPECT_EQ(error_of("[default]\nrcpt_4xx = 0.6\nrcpt_5xx = 0.6\n"), "p.toml:1: rcpt_4xx + rcpt_5xx is above 1");
-    EXPECT_NE(error_of("[default]\nrcpt_4xx = \n"), "");  // TOML syntax
-    EXPECT_EQ(error_of("[default]\ndrop_before_dot = 1\n"), "");
+    EXPECT_EQ(profile_error_of("[default]\ndelay_ms = 600001\n"),
+              "p.toml:2: delay_ms: expected an integer from 0 to 600000");
+    EXPECT_EQ(profile_error_of("[domain.\"A.test\"]\n"), "p.toml:1: domain.\"A.test\": write the domain in lower case");
+    EXPECT_EQ(profile_error_of("[default]\nrcpt_4xx = 0.6\nrcpt_5xx = 0.6\n"),
+              "p.toml:1: rcpt_4xx + rcpt_5xx is above 1");
+    EXPECT_NE(profile_error_of("[default]\nrcpt_4xx = \n"), "");  // TOML syntax
+    EXPECT_EQ(profile_error_of("[default]\ndrop_before_dot = 1\n"), "");
 }
 
 // The fates of a run: (address, fate) for every RCPT and DATA in order.
@@ -140,9 +143,9 @@ TEST(SinkProfile, ClientAcceptRateCountsEveryDomainOfOneClient) {
     EXPECT_EQ(got, (std::vector<fate>{fate::none, fate::none, fate::none, fate::throttle}));
     EXPECT_EQ(p.rcpt("e@five.test", t0, 2), fate::none) << "another client has its own budget";
     EXPECT_EQ(p.rcpt("f@six.test", t0 + std::chrono::milliseconds(100), 1), fate::none);
-    EXPECT_EQ(error_of("[domain.\"a.test\"]\nclient_accept_rate = \"1/s\"\n"),
+    EXPECT_EQ(profile_error_of("[domain.\"a.test\"]\nclient_accept_rate = \"1/s\"\n"),
               "p.toml:2: client_accept_rate: per client address, so only in [default]");
-    EXPECT_EQ(error_of("[default]\nclient_accept_rate = \"fast\"\n").substr(0, 38),
+    EXPECT_EQ(profile_error_of("[default]\nclient_accept_rate = \"fast\"\n").substr(0, 38),
               "p.toml:2: client_accept_rate: expected");
 }
 

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <string>
 
@@ -43,6 +44,11 @@ private:
 inline std::string read_file(const std::string& path) {
     std::ifstream in(path, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// The clock that renders give Date: and DKIM t= in unit tests: 2026-11-16.
+inline std::time_t fixed_clock() {
+    return 1'795'000'000;
 }
 
 // Runs a shell command, returns its stdout and sets `status` to its exit code.
