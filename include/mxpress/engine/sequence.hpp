@@ -35,6 +35,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "mxpress/engine/durations.hpp"
 #include "mxpress/engine/time_zone.hpp"
 #include "mxpress/mail/input_error.hpp"
 
@@ -45,7 +46,13 @@ inline constexpr std::int64_t step_after_max_s = 3660LL * 86400;  // ten years
 // Unless a step says otherwise: a step due more than a day ago is skipped,
 // so adding a sequence to an old list does not mail every step at once.
 inline constexpr std::int64_t step_max_late_default_s = 86400;
-inline constexpr std::uint8_t every_day = 0x7f;  // bit d: weekday d (0 = Sunday)
+inline constexpr std::uint8_t every_day = 0x7f;
+// The units of a step's after and max_late: whole seconds, up to weeks.
+inline constexpr duration_unit step_duration_units[] = {{"s", 1000},
+                                                        {"m", 60'000},
+                                                        {"h", 3'600'000},
+                                                        {"d", 86'400'000},
+                                                        {"w", 604'800'000}};  // bit d: weekday d (0 = Sunday)
 
 struct sequence_step {
     std::string id;
@@ -159,21 +166,6 @@ inline bool parse_time(std::string_view s, const time_zone& zone, unix_time& out
     return true;
 }
 
-// 21600 -> "6h", 90061 -> "1d1h1m1s".
-inline std::string format_seconds(std::int64_t s) {
-    if (s == 0) {
-        return "0s";
-    }
-    std::string out;
-    for (const auto& [size, unit] : {std::pair<std::int64_t, char>{86400, 'd'}, {3600, 'h'}, {60, 'm'}, {1, 's'}}) {
-        if (s >= size) {
-            out += fmt::format("{}{}", s / size, unit);
-            s %= size;
-        }
-    }
-    return out;
-}
-
 // "2026-11-28T09:30:00Z"
 inline std::string format_utc(unix_time t) {
     const civil_time c = civil_from_seconds(t);
@@ -270,38 +262,14 @@ inline std::string get_string(const std::string& file, const std::string& where,
 inline std::int64_t get_duration_s(const std::string& file, const std::string& where, std::string_view key,
                                    const toml::node& n, std::int64_t max_s) {
     const std::string text = get_string(file, where, key, n);
-    std::int64_t total = 0;
-    std::int64_t num = -1;  // -1: no digits since the last unit
-    bool ok = true;
-    for (char c : text) {
-        if (c >= '0' && c <= '9') {
-            num = (num < 0 ? 0 : num) * 10 + (c - '0');
-            ok = ok && num <= max_s;
-            if (!ok) {
-                break;
-            }
-            continue;
-        }
-        const std::int64_t unit = c == 's'   ? 1
-                                  : c == 'm' ? 60
-                                  : c == 'h' ? 3600
-                                  : c == 'd' ? 86400
-                                  : c == 'w' ? 604800
-                                             : 0;
-        ok = num >= 0 && unit != 0 && num <= (max_s - total) / unit;
-        if (!ok) {
-            break;
-        }
-        total += num * unit;
-        num = -1;
-    }
-    if (!ok || num >= 0) {  // a number without its unit, or a stray character
+    milliseconds d{};
+    if (!parse_duration(text, d, step_duration_units, static_cast<std::uint64_t>(max_s) * 1000)) {
         fail(file, n,
              fmt::format("[{}] {} = \"{}\": expected a duration like \"10m\", \"3d\", \"1d12h\" (units s, m, h, d, w; "
                          "at most {} days)",
                          where, key, text, max_s / 86400));
     }
-    return total;
+    return std::chrono::duration_cast<std::chrono::seconds>(d).count();
 }
 
 inline std::string beside(const std::string& config_file, const std::string& path) {
@@ -450,7 +418,7 @@ inline std::string describe_sequences(const std::vector<sequence_config>& seqs) 
         }
         for (const sequence_step& s : sc.steps) {
             out += fmt::format("[[sequence.{}.step]]\nid = \"{}\"\nafter = \"{}\"\nmessage = \"{}\"\n", sc.name, s.id,
-                               format_seconds(s.after_s), s.message);
+                               format_duration(std::chrono::seconds(s.after_s)), s.message);
             if (s.at_minute) {
                 out += fmt::format("at = \"{:02}:{:02}\"\n", *s.at_minute / 60, *s.at_minute % 60);
             }
@@ -464,8 +432,9 @@ inline std::string describe_sequences(const std::vector<sequence_config>& seqs) 
                 }
                 out += fmt::format("days = \"{}\"\n", days);
             }
-            out += s.max_late_s ? fmt::format("max_late = \"{}\"\n", format_seconds(*s.max_late_s))
-                                : "max_late = \"unlimited\"\n";
+            out += s.max_late_s
+                       ? fmt::format("max_late = \"{}\"\n", format_duration(std::chrono::seconds(*s.max_late_s)))
+                       : "max_late = \"unlimited\"\n";
         }
     }
     return out;
@@ -542,8 +511,9 @@ public:
             r.timing = row_timing::later;
         } else if (_step && _step->max_late_s && _now - r.due_at > *_step->max_late_s) {
             r.timing = row_timing::late;
-            r.why = fmt::format("step {} was due at {}, more than max_late ({}) before {}", _step->id,
-                                format_utc(r.due_at), format_seconds(*_step->max_late_s), format_utc(_now));
+            r.why =
+                fmt::format("step {} was due at {}, more than max_late ({}) before {}", _step->id, format_utc(r.due_at),
+                            format_duration(std::chrono::seconds(*_step->max_late_s)), format_utc(_now));
         }
         return r;
     }
