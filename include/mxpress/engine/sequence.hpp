@@ -37,6 +37,7 @@
 
 #include "mxpress/engine/durations.hpp"
 #include "mxpress/engine/time_zone.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/input_error.hpp"
 
 namespace mxpress::engine {
@@ -246,28 +247,17 @@ inline unix_time step_due(unix_time anchor, const sequence_step& step, const tim
 
 namespace detail_sequence {
 
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mail::input_error(file, n.source().begin.line, what);
-}
+using namespace toml_errors;
 
-inline std::string get_string(const std::string& file, const std::string& where, std::string_view key,
-                              const toml::node& n) {
-    const auto* s = n.as_string();
-    if (s == nullptr || s->get().empty()) {
-        fail(file, n, fmt::format("[{}] {} must be a non-empty string", where, key));
-    }
-    return s->get();
-}
-
-inline std::int64_t get_duration_s(const std::string& file, const std::string& where, std::string_view key,
+inline std::int64_t get_duration_s(const std::string& file, const std::string& table, std::string_view key,
                                    const toml::node& n, std::int64_t max_s) {
-    const std::string text = get_string(file, where, key, n);
+    const std::string text = get_string(file, table, key, n);
     milliseconds d{};
     if (!parse_duration(text, d, step_duration_units, static_cast<std::uint64_t>(max_s) * 1000)) {
         fail(file, n,
-             fmt::format("[{}] {} = \"{}\": expected a duration like \"10m\", \"3d\", \"1d12h\" (units s, m, h, d, w; "
+             fmt::format("{} {} = \"{}\": expected a duration like \"10m\", \"3d\", \"1d12h\" (units s, m, h, d, w; "
                          "at most {} days)",
-                         where, key, text, max_s / 86400));
+                         table, key, text, max_s / 86400));
     }
     return std::chrono::duration_cast<std::chrono::seconds>(d).count();
 }
@@ -292,22 +282,23 @@ inline sequence_step get_step(const std::string& file, const std::string& where,
         fail(file, node, fmt::format("[[{}.step]] must be a table", where));
     }
     const std::string w = where + ".step";
+    const std::string table = fmt::format("[{}]", w);
     sequence_step s;
     bool has_after = false;
     for (auto&& [key, value] : *t) {
         const std::string_view k = key.str();
         if (k == "id") {
-            s.id = get_string(file, w, k, value);
+            s.id = get_string(file, table, k, value);
             if (!step_id_ok(s.id)) {
                 fail(file, value,
                      fmt::format("[[{}]] id = \"{}\": letters, digits, '-' and '_' only (it names a journal file)", w,
                                  s.id));
             }
         } else if (k == "after") {
-            s.after_s = get_duration_s(file, w, k, value, step_after_max_s);
+            s.after_s = get_duration_s(file, table, k, value, step_after_max_s);
             has_after = true;
         } else if (k == "at") {
-            const std::string at = get_string(file, w, k, value);
+            const std::string at = get_string(file, table, k, value);
             const bool ok = at.size() == 5 && at[2] == ':' && std::isdigit(static_cast<unsigned char>(at[0])) &&
                             std::isdigit(static_cast<unsigned char>(at[1])) &&
                             std::isdigit(static_cast<unsigned char>(at[3])) &&
@@ -319,23 +310,22 @@ inline sequence_step get_step(const std::string& file, const std::string& where,
             }
             s.at_minute = h * 60 + m;
         } else if (k == "days") {
-            const std::string days = get_string(file, w, k, value);
+            const std::string days = get_string(file, table, k, value);
             if (!parse_days(days, s.days)) {
                 fail(file, value,
                      fmt::format("[[{}]] days = \"{}\": expected weekdays like \"Mon-Fri\" or \"Sat,Sun\"", w, days));
             }
         } else if (k == "message") {
-            s.message = beside(file, get_string(file, w, k, value));
+            s.message = beside(file, get_string(file, table, k, value));
         } else if (k == "max_late") {
             const auto* v = value.as_string();
             if (v != nullptr && v->get() == "unlimited") {
                 s.max_late_s.reset();
             } else {
-                s.max_late_s = get_duration_s(file, w, k, value, step_after_max_s);
+                s.max_late_s = get_duration_s(file, table, k, value, step_after_max_s);
             }
         } else {
-            fail(file, value,
-                 fmt::format("unknown key '{}' in [[{}]] (known: id, after, at, days, message, max_late)", k, w));
+            fail_unknown_key(file, value, k, fmt::format("[{}]", table), "id, after, at, days, message, max_late");
         }
     }
     if (s.id.empty() || !has_after || s.message.empty()) {
@@ -357,27 +347,28 @@ inline void parse_sequence_table(const std::string& file, const toml::node& node
         sequence_config sc;
         sc.name = std::string(name.str());
         const std::string where = fmt::format("sequence.{}", sc.name);
+        const std::string table = fmt::format("[{}]", where);
         if (!step_id_ok(sc.name)) {
             fail(file, entry,
-                 fmt::format("[{}]: a sequence name is letters, digits, '-' and '_' (it names journal files)", where));
+                 fmt::format("{}: a sequence name is letters, digits, '-' and '_' (it names journal files)", table));
         }
         const auto* et = entry.as_table();
         if (et == nullptr) {
-            fail(file, entry, fmt::format("[{}] must be a table", where));
+            fail(file, entry, fmt::format("{} must be a table", table));
         }
         for (auto&& [key, value] : *et) {
             const std::string_view k = key.str();
             if (k == "anchor") {
-                sc.anchor = get_string(file, where, k, value);
+                sc.anchor = get_string(file, table, k, value);
             } else if (k == "tz") {
-                sc.tz = get_string(file, where, k, value);
+                sc.tz = get_string(file, table, k, value);
                 try {
                     (void)time_zone::load(sc.tz);
                 } catch (const std::invalid_argument& e) {
-                    fail(file, value, fmt::format("[{}] tz: {}", where, e.what()));
+                    fail(file, value, fmt::format("{} tz: {}", table, e.what()));
                 }
             } else if (k == "suppress") {
-                sc.suppress = beside(file, get_string(file, where, k, value));
+                sc.suppress = beside(file, get_string(file, table, k, value));
             } else if (k == "step") {
                 const auto* a = value.as_array();
                 if (a == nullptr || !a->is_array_of_tables()) {
@@ -394,9 +385,8 @@ inline void parse_sequence_table(const std::string& file, const toml::node& node
                     }
                 }
             } else {
-                fail(file, value,
-                     fmt::format("unknown key '{}' in [{}] (known: anchor, tz, suppress, and [[{}.step]] tables)", k,
-                                 where, where));
+                fail_unknown_key(file, value, k, table,
+                                 fmt::format("anchor, tz, suppress, and [[{}.step]] tables", where));
             }
         }
         if (sc.anchor.empty() || sc.steps.empty()) {
