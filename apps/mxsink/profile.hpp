@@ -51,6 +51,7 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/engine/rate.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/input_error.hpp"
 
 namespace mxsink {
@@ -94,9 +95,7 @@ inline constexpr std::string_view fate_names[] = {"none",     "throttle", "rcpt_
 
 namespace detail_profile {
 
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mxpress::mail::input_error(file, n.source().begin.line, what);
-}
+using mxpress::engine::toml_errors::fail;
 
 inline double fraction(const std::string& file, std::string_view key, const toml::node& n) {
     std::optional<double> v = n.value_exact<double>();
@@ -188,12 +187,7 @@ inline void domain_keys(const std::string& file, const toml::table& t, domain_pr
 // Parses a profile; `file` names it in errors. Throws mxpress::mail::input_error.
 inline profile parse_profile(std::string_view text, const std::string& file) {
     using namespace detail_profile;
-    toml::table root;
-    try {
-        root = toml::parse(text, std::string_view(file));
-    } catch (const toml::parse_error& e) {
-        throw mxpress::mail::input_error(file, e.source().begin.line, fmt::format("TOML syntax: {}", e.description()));
-    }
+    const toml::table root = mxpress::engine::toml_errors::parse_toml(text, file);
     profile p;
     for (auto&& [key, node] : root) {
         if (key.str() != "default" && key.str() != "domain") {

@@ -53,6 +53,7 @@
 #include "mxpress/engine/config_keys.hpp"
 #include "mxpress/engine/config_values.hpp"
 #include "mxpress/engine/dkim_config.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/smtp/client.hpp"
 
@@ -61,13 +62,7 @@ static_assert(std::size(config_keys) <= 64, "config::keys_set has one bit per ro
 
 namespace detail_config {
 
-inline std::uint64_t line_of(const toml::node& n) {
-    return n.source().begin.line;
-}
-
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mail::input_error(file, line_of(n), what);
-}
+using namespace toml_errors;
 
 inline std::string range_of(const config_key& k) {
     if (k.type == key_type::duration) {
@@ -295,13 +290,12 @@ inline void get_tls_entries(const std::string& file, std::string_view kind, cons
                 continue;
             }
             if (key.str() != "tls") {
-                fail(file, value,
-                     fmt::format("unknown key '{}' in [{}] (known: {}; quote a dotted name: [{}.\"example.com\"])",
-                                 key.str(), table,
-                                 limits != nullptr
-                                     ? "tls, max_message_rate, connections_max, messages_per_connection_max"
-                                     : "tls",
-                                 kind));
+                fail_unknown_key(file, value, key.str(), fmt::format("[{}]", table),
+                                 fmt::format("{}; quote a dotted name: [{}.\"example.com\"]",
+                                             limits != nullptr
+                                                 ? "tls, max_message_rate, connections_max, messages_per_connection_max"
+                                                 : "tls",
+                                             kind));
             }
             const auto* s = value.as_string();
             tls_policy p{};
@@ -405,10 +399,8 @@ inline void get_providers(const std::string& file, const toml::node& node, std::
                 }
                 pc.tls = p;
             } else if (!get_domain_limit(file, table, key.str(), value, dl)) {
-                fail(file, value,
-                     fmt::format("unknown key '{}' in [{}] (known: match, max_message_rate, connections_max, "
-                                 "messages_per_connection_max, tls)",
-                                 key.str(), table));
+                fail_unknown_key(file, value, key.str(), fmt::format("[{}]", table),
+                                 "match, max_message_rate, connections_max, messages_per_connection_max, tls");
             }
         }
         if (pc.match.empty()) {
@@ -426,13 +418,9 @@ inline void get_rules_table(const std::string& file, const toml::node& node, rul
     const auto* t = node.as_table();
     for (auto&& [key, value] : *t) {
         if (key.str() != "builtin") {
-            fail(file, value, fmt::format("unknown key '{}' in [rules] (known: builtin)", key.str()));
+            fail_unknown_key(file, value, key.str(), "[rules]", "builtin");
         }
-        const auto* b = value.as_boolean();
-        if (b == nullptr) {
-            fail(file, value, "[rules] builtin must be true or false");
-        }
-        out.builtin = b->get();
+        out.builtin = get_bool(file, "[rules]", "builtin", value);
     }
 }
 
@@ -571,12 +559,7 @@ inline bool config::is_set(std::string_view section, std::string_view name) cons
 inline config parse_config(std::string_view text, const std::string& file) {
     using namespace detail_config;
     config c;
-    toml::table root;
-    try {
-        root = toml::parse(text, std::string_view(file));
-    } catch (const toml::parse_error& e) {
-        throw mail::input_error(file, e.source().begin.line, fmt::format("TOML syntax: {}", e.description()));
-    }
+    const toml::table root = parse_toml(text, file);
     const std::vector<std::string_view> sections = key_sections();
     for (auto&& [key, node] : root) {
         const std::string_view k = key.str();
@@ -627,9 +610,7 @@ inline config parse_config(std::string_view text, const std::string& file) {
                 for (std::string_view n : known) {
                     list += fmt::format("{}{}", list.empty() ? "" : ", ", n);
                 }
-                fail(file, node,
-                     fmt::format("unknown key '{}' in [{}]{} (known: {})", name, section, suggestion(name, known),
-                                 list));
+                fail_unknown_key(file, node, name, fmt::format("[{}]", section), list, suggestion(name, known));
             }
             assign_from(file, *row, c, node);
             c.keys_set |= std::uint64_t{1} << row_of(*row);

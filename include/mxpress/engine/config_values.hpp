@@ -1,7 +1,8 @@
 // mxpress/engine/config_values.hpp — the run configuration's value types:
-// the TLS policy, host patterns, durations ("500ms", "1h30m", bounded so no
-// deadline overflows a clock) and `config`, the effective settings. Which
-// keys fill them, their defaults and how a file is read are config.hpp's.
+// the TLS policy, host patterns, durations (durations.hpp: "500ms", "1h30m",
+// bounded so no deadline overflows a clock) and `config`, the effective
+// settings. Which keys fill them, their defaults and how a file is read are
+// config.hpp's.
 #pragma once
 
 #include <unistd.h>
@@ -20,6 +21,7 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/engine/dkim_config.hpp"
+#include "mxpress/engine/durations.hpp"
 #include "mxpress/engine/rate.hpp"
 #include "mxpress/engine/rules.hpp"
 #include "mxpress/engine/sequence.hpp"
@@ -57,79 +59,6 @@ inline bool host_pattern_matches(std::string_view pattern, std::string_view host
         return host.size() > suffix.size() && detail::iequals(host.substr(host.size() - suffix.size()), suffix);
     }
     return detail::iequals(pattern, host);
-}
-
-using milliseconds = std::chrono::milliseconds;
-
-// Longest duration parse_duration accepts at all (about 31,000 years): far
-// beyond every key's own limit, so that the sum of a duration's parts can
-// never overflow, and a too-long value gets the key's range error.
-inline constexpr std::uint64_t duration_parse_max_ms = 1'000'000'000'000'000ULL;
-
-// Parses "90s", "5m", "1h30m", "250ms", "2d". Returns false when malformed
-// or longer than duration_parse_max_ms.
-inline bool parse_duration(std::string_view s, milliseconds& out) {
-    if (s.empty()) {
-        return false;
-    }
-    std::uint64_t total = 0;
-    std::size_t i = 0;
-    while (i < s.size()) {
-        std::uint64_t n = 0;
-        const std::size_t start = i;
-        while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
-            if (n > duration_parse_max_ms) {
-                return false;
-            }
-            n = n * 10 + static_cast<std::uint64_t>(s[i] - '0');
-            ++i;
-        }
-        if (i == start) {
-            return false;
-        }
-        std::uint64_t unit_ms = 0;
-        if (s.substr(i).starts_with("ms")) {
-            unit_ms = 1;
-            i += 2;
-        } else if (i < s.size()) {
-            switch (s[i]) {
-                case 's': unit_ms = 1000; break;
-                case 'm': unit_ms = 60'000; break;
-                case 'h': unit_ms = 3'600'000; break;
-                case 'd': unit_ms = 86'400'000; break;
-                default: return false;
-            }
-            ++i;
-        } else {
-            return false;  // a unit is required
-        }
-        // n <= 1e18 and unit_ms <= 8.64e7: check before multiplying.
-        if (n > (duration_parse_max_ms - total) / unit_ms) {
-            return false;
-        }
-        total += n * unit_ms;
-    }
-    out = milliseconds(static_cast<std::int64_t>(total));
-    return true;
-}
-
-// The shortest exact spelling: 5400000 ms -> "1h30m", 500 ms -> "500ms".
-inline std::string format_duration(milliseconds d) {
-    auto ms = static_cast<std::uint64_t>(d.count());
-    if (ms == 0) {
-        return "0s";
-    }
-    std::string out;
-    const std::pair<std::uint64_t, const char*> units[] = {
-        {86'400'000, "d"}, {3'600'000, "h"}, {60'000, "m"}, {1000, "s"}, {1, "ms"}};
-    for (const auto& [size, name] : units) {
-        if (ms >= size) {
-            out += std::to_string(ms / size);
-            out += name;
-            ms %= size;
-        }
-    }
-    return out;
 }
 
 inline std::string default_helo_name() {

@@ -25,6 +25,7 @@
 #include <toml++/toml.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/input_error.hpp"
 
@@ -32,18 +33,7 @@ namespace mxpress::engine {
 
 namespace detail_dkim_config {
 
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mail::input_error(file, n.source().begin.line, what);
-}
-
-inline std::string get_string(const std::string& file, std::string_view where, std::string_view key,
-                              const toml::node& n) {
-    const auto* s = n.as_string();
-    if (s == nullptr || s->get().empty()) {
-        fail(file, n, fmt::format("[{}] {} must be a non-empty string", where, key));
-    }
-    return s->get();
-}
+using namespace toml_errors;
 
 // "2026-12-31" (or a TOML date) -> the last second of that day, UTC.
 inline std::time_t get_not_after(const std::string& file, const toml::node& n) {
@@ -124,23 +114,22 @@ inline mail::dkim::key_spec get_key(const std::string& file, const toml::node& n
     for (auto&& [key, value] : *t) {
         const std::string_view name = key.str();
         if (name == "domain") {
-            k.domain = detail::to_lower_copy(get_string(file, "[dkim.key]", name, value));
+            k.domain = detail::to_lower_copy(get_string(file, "[[dkim.key]]", name, value));
             if (!dns_name_ok(k.domain)) {
                 fail(file, value,
                      fmt::format("[[dkim.key]] domain = \"{}\" is not a domain name (A-labels)", k.domain));
             }
         } else if (name == "selector") {
-            k.selector = get_string(file, "[dkim.key]", name, value);
+            k.selector = get_string(file, "[[dkim.key]]", name, value);
             if (!dns_name_ok(k.selector)) {
                 fail(file, value, fmt::format("[[dkim.key]] selector = \"{}\" is not a DNS label", k.selector));
             }
         } else if (name == "key_file") {
-            k.key_file = get_string(file, "[dkim.key]", name, value);
+            k.key_file = get_string(file, "[[dkim.key]]", name, value);
         } else if (name == "not_after") {
             k.not_after = get_not_after(file, value);
         } else {
-            fail(file, value,
-                 fmt::format("unknown key '{}' in [[dkim.key]] (known: domain, selector, key_file, not_after)", name));
+            fail_unknown_key(file, value, name, "[[dkim.key]]", "domain, selector, key_file, not_after");
         }
     }
     for (const auto& [have, what] : {std::pair{!k.domain.empty(), "domain"}, std::pair{!k.selector.empty(), "selector"},
@@ -165,7 +154,7 @@ inline void parse_dkim_table(const std::string& file, const toml::node& node, ma
     for (auto&& [key, value] : *t) {
         const std::string_view k = key.str();
         if (k == "canonicalization") {
-            const std::string c = get_string(file, "dkim", k, value);
+            const std::string c = get_string(file, "[dkim]", k, value);
             if (!mail::dkim::parse_canonicalization(c, out.header_canon, out.body_canon)) {
                 fail(file, value,
                      fmt::format("[dkim] canonicalization = \"{}\": expected HEADER/BODY, each simple or relaxed", c));
@@ -177,7 +166,7 @@ inline void parse_dkim_table(const std::string& file, const toml::node& node, ma
             }
             out.headers.clear();
             for (const toml::node& h : *a) {
-                const std::string name = get_string(file, "dkim", "headers", h);
+                const std::string name = get_string(file, "[dkim]", "headers", h);
                 for (char c : name) {
                     if (static_cast<unsigned char>(c) < 33 || static_cast<unsigned char>(c) > 126 || c == ':') {
                         fail(file, h, fmt::format("[dkim] headers: \"{}\" is not a header name", name));
@@ -186,11 +175,7 @@ inline void parse_dkim_table(const std::string& file, const toml::node& node, ma
                 out.headers.push_back(name);
             }
         } else if (k == "oversign") {
-            const auto* b = value.as_boolean();
-            if (b == nullptr) {
-                fail(file, value, "[dkim] oversign must be true or false");
-            }
-            out.oversign = b->get();
+            out.oversign = get_bool(file, "[dkim]", k, value);
         } else if (k == "expiration") {
             out.expiration_s = get_seconds(file, value);
         } else if (k == "key") {
@@ -202,10 +187,8 @@ inline void parse_dkim_table(const std::string& file, const toml::node& node, ma
                 out.keys.push_back(get_key(file, entry));
             }
         } else {
-            fail(file, value,
-                 fmt::format("unknown key '{}' in [dkim] (known: canonicalization, headers, oversign, expiration, "
-                             "and [[dkim.key]] tables)",
-                             k));
+            fail_unknown_key(file, value, k, "[dkim]",
+                             "canonicalization, headers, oversign, expiration, and [[dkim.key]] tables");
         }
     }
     if (out.keys.empty()) {

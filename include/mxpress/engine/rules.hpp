@@ -53,6 +53,7 @@
 #include <toml++/toml.h>
 
 #include "mxpress/engine/rate.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/input_error.hpp"
 
 namespace mxpress::engine {
@@ -232,18 +233,7 @@ recover = "+10%/5m"
 
 namespace detail_rules {
 
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mail::input_error(file, n.source().begin.line, what);
-}
-
-inline std::string get_string(const std::string& file, const std::string& where, std::string_view key,
-                              const toml::node& n) {
-    const auto* s = n.as_string();
-    if (s == nullptr || s->get().empty()) {
-        fail(file, n, fmt::format("{} {} must be a non-empty string", where, key));
-    }
-    return std::string(s->get());
-}
+using namespace toml_errors;
 
 // "+P%/SPAN", 1 <= P <= 100.
 inline bool parse_recover(std::string_view s, double& step, std::chrono::milliseconds& every) {
@@ -274,7 +264,7 @@ inline rule parse_one(const std::string& file, const toml::node& entry, std::siz
         fail(file, entry, "[[rule]] entries must be tables");
     }
     rule r;
-    r.origin = builtin ? std::string("built-in") : fmt::format("{}:{}", file, entry.source().begin.line);
+    r.origin = builtin ? std::string("built-in") : fmt::format("{}:{}", file, line_of(entry));
     parse_rate("1/min", r.floor);
     std::string where = fmt::format("[[rule]] #{}", index + 1);
     if (const auto* n = t->get("name"); n != nullptr && n->is_string()) {
@@ -360,10 +350,8 @@ inline rule parse_one(const std::string& file, const toml::node& entry, std::siz
             }
             have_duration = true;
         } else {
-            fail(file, value,
-                 fmt::format("unknown key '{}' in {} (known: name, provider, domain, match, trigger, action, factor, "
-                             "floor, recover, duration)",
-                             k, where));
+            fail_unknown_key(file, value, k, where,
+                             "name, provider, domain, match, trigger, action, factor, floor, recover, duration");
         }
     }
     if (r.name.empty()) {

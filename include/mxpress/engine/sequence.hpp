@@ -35,7 +35,9 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "mxpress/engine/durations.hpp"
 #include "mxpress/engine/time_zone.hpp"
+#include "mxpress/engine/toml_errors.hpp"
 #include "mxpress/mail/input_error.hpp"
 
 namespace mxpress::engine {
@@ -45,7 +47,13 @@ inline constexpr std::int64_t step_after_max_s = 3660LL * 86400;  // ten years
 // Unless a step says otherwise: a step due more than a day ago is skipped,
 // so adding a sequence to an old list does not mail every step at once.
 inline constexpr std::int64_t step_max_late_default_s = 86400;
-inline constexpr std::uint8_t every_day = 0x7f;  // bit d: weekday d (0 = Sunday)
+inline constexpr std::uint8_t every_day = 0x7f;
+// The units of a step's after and max_late: whole seconds, up to weeks.
+inline constexpr duration_unit step_duration_units[] = {{"s", 1000},
+                                                        {"m", 60'000},
+                                                        {"h", 3'600'000},
+                                                        {"d", 86'400'000},
+                                                        {"w", 604'800'000}};  // bit d: weekday d (0 = Sunday)
 
 struct sequence_step {
     std::string id;
@@ -159,21 +167,6 @@ inline bool parse_time(std::string_view s, const time_zone& zone, unix_time& out
     return true;
 }
 
-// 21600 -> "6h", 90061 -> "1d1h1m1s".
-inline std::string format_seconds(std::int64_t s) {
-    if (s == 0) {
-        return "0s";
-    }
-    std::string out;
-    for (const auto& [size, unit] : {std::pair<std::int64_t, char>{86400, 'd'}, {3600, 'h'}, {60, 'm'}, {1, 's'}}) {
-        if (s >= size) {
-            out += fmt::format("{}{}", s / size, unit);
-            s %= size;
-        }
-    }
-    return out;
-}
-
 // "2026-11-28T09:30:00Z"
 inline std::string format_utc(unix_time t) {
     const civil_time c = civil_from_seconds(t);
@@ -254,54 +247,19 @@ inline unix_time step_due(unix_time anchor, const sequence_step& step, const tim
 
 namespace detail_sequence {
 
-[[noreturn]] inline void fail(const std::string& file, const toml::node& n, const std::string& what) {
-    throw mail::input_error(file, n.source().begin.line, what);
-}
+using namespace toml_errors;
 
-inline std::string get_string(const std::string& file, const std::string& where, std::string_view key,
-                              const toml::node& n) {
-    const auto* s = n.as_string();
-    if (s == nullptr || s->get().empty()) {
-        fail(file, n, fmt::format("[{}] {} must be a non-empty string", where, key));
-    }
-    return s->get();
-}
-
-inline std::int64_t get_duration_s(const std::string& file, const std::string& where, std::string_view key,
+inline std::int64_t get_duration_s(const std::string& file, const std::string& table, std::string_view key,
                                    const toml::node& n, std::int64_t max_s) {
-    const std::string text = get_string(file, where, key, n);
-    std::int64_t total = 0;
-    std::int64_t num = -1;  // -1: no digits since the last unit
-    bool ok = true;
-    for (char c : text) {
-        if (c >= '0' && c <= '9') {
-            num = (num < 0 ? 0 : num) * 10 + (c - '0');
-            ok = ok && num <= max_s;
-            if (!ok) {
-                break;
-            }
-            continue;
-        }
-        const std::int64_t unit = c == 's'   ? 1
-                                  : c == 'm' ? 60
-                                  : c == 'h' ? 3600
-                                  : c == 'd' ? 86400
-                                  : c == 'w' ? 604800
-                                             : 0;
-        ok = num >= 0 && unit != 0 && num <= (max_s - total) / unit;
-        if (!ok) {
-            break;
-        }
-        total += num * unit;
-        num = -1;
-    }
-    if (!ok || num >= 0) {  // a number without its unit, or a stray character
+    const std::string text = get_string(file, table, key, n);
+    milliseconds d{};
+    if (!parse_duration(text, d, step_duration_units, static_cast<std::uint64_t>(max_s) * 1000)) {
         fail(file, n,
-             fmt::format("[{}] {} = \"{}\": expected a duration like \"10m\", \"3d\", \"1d12h\" (units s, m, h, d, w; "
+             fmt::format("{} {} = \"{}\": expected a duration like \"10m\", \"3d\", \"1d12h\" (units s, m, h, d, w; "
                          "at most {} days)",
-                         where, key, text, max_s / 86400));
+                         table, key, text, max_s / 86400));
     }
-    return total;
+    return std::chrono::duration_cast<std::chrono::seconds>(d).count();
 }
 
 inline std::string beside(const std::string& config_file, const std::string& path) {
@@ -324,22 +282,23 @@ inline sequence_step get_step(const std::string& file, const std::string& where,
         fail(file, node, fmt::format("[[{}.step]] must be a table", where));
     }
     const std::string w = where + ".step";
+    const std::string table = fmt::format("[{}]", w);
     sequence_step s;
     bool has_after = false;
     for (auto&& [key, value] : *t) {
         const std::string_view k = key.str();
         if (k == "id") {
-            s.id = get_string(file, w, k, value);
+            s.id = get_string(file, table, k, value);
             if (!step_id_ok(s.id)) {
                 fail(file, value,
                      fmt::format("[[{}]] id = \"{}\": letters, digits, '-' and '_' only (it names a journal file)", w,
                                  s.id));
             }
         } else if (k == "after") {
-            s.after_s = get_duration_s(file, w, k, value, step_after_max_s);
+            s.after_s = get_duration_s(file, table, k, value, step_after_max_s);
             has_after = true;
         } else if (k == "at") {
-            const std::string at = get_string(file, w, k, value);
+            const std::string at = get_string(file, table, k, value);
             const bool ok = at.size() == 5 && at[2] == ':' && std::isdigit(static_cast<unsigned char>(at[0])) &&
                             std::isdigit(static_cast<unsigned char>(at[1])) &&
                             std::isdigit(static_cast<unsigned char>(at[3])) &&
@@ -351,23 +310,22 @@ inline sequence_step get_step(const std::string& file, const std::string& where,
             }
             s.at_minute = h * 60 + m;
         } else if (k == "days") {
-            const std::string days = get_string(file, w, k, value);
+            const std::string days = get_string(file, table, k, value);
             if (!parse_days(days, s.days)) {
                 fail(file, value,
                      fmt::format("[[{}]] days = \"{}\": expected weekdays like \"Mon-Fri\" or \"Sat,Sun\"", w, days));
             }
         } else if (k == "message") {
-            s.message = beside(file, get_string(file, w, k, value));
+            s.message = beside(file, get_string(file, table, k, value));
         } else if (k == "max_late") {
             const auto* v = value.as_string();
             if (v != nullptr && v->get() == "unlimited") {
                 s.max_late_s.reset();
             } else {
-                s.max_late_s = get_duration_s(file, w, k, value, step_after_max_s);
+                s.max_late_s = get_duration_s(file, table, k, value, step_after_max_s);
             }
         } else {
-            fail(file, value,
-                 fmt::format("unknown key '{}' in [[{}]] (known: id, after, at, days, message, max_late)", k, w));
+            fail_unknown_key(file, value, k, fmt::format("[{}]", table), "id, after, at, days, message, max_late");
         }
     }
     if (s.id.empty() || !has_after || s.message.empty()) {
@@ -389,27 +347,28 @@ inline void parse_sequence_table(const std::string& file, const toml::node& node
         sequence_config sc;
         sc.name = std::string(name.str());
         const std::string where = fmt::format("sequence.{}", sc.name);
+        const std::string table = fmt::format("[{}]", where);
         if (!step_id_ok(sc.name)) {
             fail(file, entry,
-                 fmt::format("[{}]: a sequence name is letters, digits, '-' and '_' (it names journal files)", where));
+                 fmt::format("{}: a sequence name is letters, digits, '-' and '_' (it names journal files)", table));
         }
         const auto* et = entry.as_table();
         if (et == nullptr) {
-            fail(file, entry, fmt::format("[{}] must be a table", where));
+            fail(file, entry, fmt::format("{} must be a table", table));
         }
         for (auto&& [key, value] : *et) {
             const std::string_view k = key.str();
             if (k == "anchor") {
-                sc.anchor = get_string(file, where, k, value);
+                sc.anchor = get_string(file, table, k, value);
             } else if (k == "tz") {
-                sc.tz = get_string(file, where, k, value);
+                sc.tz = get_string(file, table, k, value);
                 try {
                     (void)time_zone::load(sc.tz);
                 } catch (const std::invalid_argument& e) {
-                    fail(file, value, fmt::format("[{}] tz: {}", where, e.what()));
+                    fail(file, value, fmt::format("{} tz: {}", table, e.what()));
                 }
             } else if (k == "suppress") {
-                sc.suppress = beside(file, get_string(file, where, k, value));
+                sc.suppress = beside(file, get_string(file, table, k, value));
             } else if (k == "step") {
                 const auto* a = value.as_array();
                 if (a == nullptr || !a->is_array_of_tables()) {
@@ -426,9 +385,8 @@ inline void parse_sequence_table(const std::string& file, const toml::node& node
                     }
                 }
             } else {
-                fail(file, value,
-                     fmt::format("unknown key '{}' in [{}] (known: anchor, tz, suppress, and [[{}.step]] tables)", k,
-                                 where, where));
+                fail_unknown_key(file, value, k, table,
+                                 fmt::format("anchor, tz, suppress, and [[{}.step]] tables", where));
             }
         }
         if (sc.anchor.empty() || sc.steps.empty()) {
@@ -450,7 +408,7 @@ inline std::string describe_sequences(const std::vector<sequence_config>& seqs) 
         }
         for (const sequence_step& s : sc.steps) {
             out += fmt::format("[[sequence.{}.step]]\nid = \"{}\"\nafter = \"{}\"\nmessage = \"{}\"\n", sc.name, s.id,
-                               format_seconds(s.after_s), s.message);
+                               format_duration(std::chrono::seconds(s.after_s)), s.message);
             if (s.at_minute) {
                 out += fmt::format("at = \"{:02}:{:02}\"\n", *s.at_minute / 60, *s.at_minute % 60);
             }
@@ -464,8 +422,9 @@ inline std::string describe_sequences(const std::vector<sequence_config>& seqs) 
                 }
                 out += fmt::format("days = \"{}\"\n", days);
             }
-            out += s.max_late_s ? fmt::format("max_late = \"{}\"\n", format_seconds(*s.max_late_s))
-                                : "max_late = \"unlimited\"\n";
+            out += s.max_late_s
+                       ? fmt::format("max_late = \"{}\"\n", format_duration(std::chrono::seconds(*s.max_late_s)))
+                       : "max_late = \"unlimited\"\n";
         }
     }
     return out;
@@ -542,8 +501,9 @@ public:
             r.timing = row_timing::later;
         } else if (_step && _step->max_late_s && _now - r.due_at > *_step->max_late_s) {
             r.timing = row_timing::late;
-            r.why = fmt::format("step {} was due at {}, more than max_late ({}) before {}", _step->id,
-                                format_utc(r.due_at), format_seconds(*_step->max_late_s), format_utc(_now));
+            r.why =
+                fmt::format("step {} was due at {}, more than max_late ({}) before {}", _step->id, format_utc(r.due_at),
+                            format_duration(std::chrono::seconds(*_step->max_late_s)), format_utc(_now));
         }
         return r;
     }

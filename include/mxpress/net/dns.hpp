@@ -47,6 +47,7 @@
 #include <cstring>
 
 #include "mxpress/io/ring.hpp"
+#include "mxpress/net/ares_channel.hpp"
 
 namespace mxpress::net {
 
@@ -170,27 +171,8 @@ public:
     };
 
     resolver(io::ring& ring, options o) : _ring(ring), _options(std::move(o)), _rng(std::random_device{}()) {
-        static const int library_init = ares_library_init(ARES_LIB_INIT_ALL);
-        if (library_init != ARES_SUCCESS) {
-            throw std::runtime_error(std::string("c-ares init: ") + ares_strerror(library_init));
-        }
-        ares_options opts{};
-        opts.sock_state_cb = &resolver::on_sock_state;
-        opts.sock_state_cb_data = this;
-        opts.timeout = _options.timeout_ms;
-        opts.tries = _options.tries;
-        int mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES;
-        const int rc = ares_init_options(&_channel, &opts, mask);
-        if (rc != ARES_SUCCESS) {
-            throw std::runtime_error(std::string("c-ares: ") + ares_strerror(rc));
-        }
-        if (!_options.servers.empty()) {
-            const int s = ares_set_servers_ports_csv(_channel, _options.servers.c_str());
-            if (s != ARES_SUCCESS) {
-                ares_destroy(_channel);
-                throw std::invalid_argument("--dns '" + _options.servers + "': " + ares_strerror(s));
-            }
-        }
+        _channel =
+            open_ares_channel(_options.servers, _options.timeout_ms, _options.tries, &resolver::on_sock_state, this);
     }
     resolver(const resolver&) = delete;
     resolver& operator=(const resolver&) = delete;

@@ -22,6 +22,8 @@
 #include <arpa/nameser.h>
 #include <poll.h>
 
+#include "mxpress/net/ares_channel.hpp"
+
 namespace mxpress::net {
 
 struct txt_answer {
@@ -74,25 +76,7 @@ inline txt_answer interpret_txt_answer(const std::string& name, int status, cons
 // bad server list, std::runtime_error when c-ares cannot start.
 inline std::map<std::string, txt_answer> lookup_txt(const std::vector<std::string>& names,
                                                     const txt_lookup_options& o) {
-    static const int library_init = ares_library_init(ARES_LIB_INIT_ALL);
-    if (library_init != ARES_SUCCESS) {
-        throw std::runtime_error(std::string("c-ares init: ") + ares_strerror(library_init));
-    }
-    ares_options opts{};
-    opts.timeout = o.timeout_ms;
-    opts.tries = o.tries;
-    ares_channel channel = nullptr;
-    const int rc = ares_init_options(&channel, &opts, ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
-    if (rc != ARES_SUCCESS) {
-        throw std::runtime_error(std::string("c-ares: ") + ares_strerror(rc));
-    }
-    if (!o.servers.empty()) {
-        const int s = ares_set_servers_ports_csv(channel, o.servers.c_str());
-        if (s != ARES_SUCCESS) {
-            ares_destroy(channel);
-            throw std::invalid_argument("--dns '" + o.servers + "': " + ares_strerror(s));
-        }
-    }
+    ares_channel channel = open_ares_channel(o.servers, o.timeout_ms, o.tries);
     struct pending {
         std::string name;
         txt_answer* out;
