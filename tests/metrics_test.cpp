@@ -56,6 +56,8 @@ metrics_snapshot example() {
     s.tls_resumed = 10;
     s.tls_failures = 1;
     s.sent_bytes = 123456789012;
+    s.sent_bdat = 70;
+    s.sent_data = 13;
     return s;
 }
 
@@ -110,6 +112,10 @@ mxpress_rule_actions_total{run="0123abcd4567ef89",action="stop"} 0
 mxpress_smtp_replies_total{run="0123abcd4567ef89",class="2xx"} 80
 mxpress_smtp_replies_total{run="0123abcd4567ef89",class="4xx"} 9
 mxpress_smtp_replies_total{run="0123abcd4567ef89",class="5xx"} 4
+# HELP mxpress_messages_sent_total Message bodies sent and answered with a final reply (any class), by transfer: BDAT (the server offered CHUNKING) or DATA.
+# TYPE mxpress_messages_sent_total counter
+mxpress_messages_sent_total{run="0123abcd4567ef89",transfer="bdat"} 70
+mxpress_messages_sent_total{run="0123abcd4567ef89",transfer="data"} 13
 # HELP mxpress_transactions_in_flight Transactions started and not yet journaled.
 # TYPE mxpress_transactions_in_flight gauge
 mxpress_transactions_in_flight{run="0123abcd4567ef89"} 7
@@ -171,7 +177,7 @@ TEST(Metrics, ProviderSeriesCarryTheSectionNameAndNoDomain) {
 }
 
 // Counters end in _total, every sample has HELP and TYPE before it, and no
-// label but run, status, class, action, version and provider (never a
+// label but run, status, class, action, transfer, version and provider (never a
 // domain or an address).
 TEST(Metrics, NamingFollowsPrometheusConventions) {
     const std::string text = exposition(with_providers());
@@ -202,13 +208,13 @@ TEST(Metrics, NamingFollowsPrometheusConventions) {
         for (std::size_t p = 0; p < labels.size();) {
             const std::string name = labels.substr(p, labels.find('=', p) - p);
             EXPECT_TRUE(name == "run" || name == "status" || name == "class" || name == "version" || name == "action" ||
-                        name == "provider")
+                        name == "provider" || name == "transfer")
                 << line;
             p = labels.find("\",", p);
             p = p == std::string::npos ? labels.size() : p + 2;
         }
     }
-    EXPECT_EQ(samples, 30u + 2 * 5);
+    EXPECT_EQ(samples, 32u + 2 * 5);
 }
 
 std::vector<std::string> names_in(const std::string& dir) {

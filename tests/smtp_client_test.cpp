@@ -90,6 +90,7 @@ TEST(SmtpClient, PipelinedTransactionInOneWrite) {
     ASSERT_EQ(e.kind, event_kind::transaction_done);
     ASSERT_TRUE(e.result.has_value());
     EXPECT_TRUE(e.result->data_sent);
+    EXPECT_FALSE(e.result->bdat) << "no CHUNKING offered: DATA";
     EXPECT_EQ(e.result->recipients[0].one_line(), "250 2.0.0 queued as X");
     EXPECT_EQ(e.result->recipients[1].one_line(), "550 5.1.1 no such user");
     EXPECT_EQ(s.c.transactions_completed(), 1u);
@@ -585,6 +586,7 @@ TEST(SmtpClientChunking, PipelinedBdatCarriesTheRawBodyInTheSameWrite) {
     const event e = s.take_event();
     ASSERT_EQ(e.kind, event_kind::transaction_done);
     EXPECT_TRUE(e.result->data_sent);
+    EXPECT_TRUE(e.result->bdat) << "what the engine counts as sent by BDAT";
     EXPECT_FALSE(e.result->in_doubt);
     EXPECT_EQ(e.result->recipients[0].one_line(), "250 2.0.0 queued as X");
     EXPECT_EQ(e.result->recipients[1].one_line(), "550 5.1.1 no such user");

@@ -936,13 +936,13 @@ int run_send(const send_options& o) {
     const double per_hour = double(t.delivered) / secs * 3600.0;
     std::string summary = fmt::format(
         "sent: {} rows{}, {} delivered, {} bounced, {} expired, {} invalid{}; {} deferrals, {} "
-        "connections\n"
+        "connections; {} by BDAT, {} by DATA\n"
         "tls: {} handshakes, {} resumed ({:.1f}%), {} failed\n"
         "time: {:.3f} s, {} messages/hour delivered, peak RSS {} MB, {} threads\n"
         "journal: {} (at most {} transactions in flight at once: what a kill -9 could have sent twice)\n",
         t.rows, o.resume ? fmt::format(" ({} already final, skipped)", t.skipped) : "", t.delivered, t.bounced,
         t.expired, t.invalid, suppress ? fmt::format(", {} suppressed", t.suppressed) : "", t.deferred, t.connections,
-        t.tls_handshakes, t.tls_resumed,
+        t.sent_bdat, t.sent_data, t.tls_handshakes, t.tls_resumed,
         t.tls_handshakes == 0 ? 0.0 : 100.0 * double(t.tls_resumed) / double(t.tls_handshakes), t.tls_failures, secs,
         human_count(per_hour), peak_rss_bytes() / (1024 * 1024), ro.threads, journal_path, t.in_flight_peak);
     if (scheduler) {
@@ -997,14 +997,14 @@ int run_send(const send_options& o) {
             "\"tls_handshakes\":{}"
             ",\"tls_"
             "resumed\":{},"
-            "\"tls_failures\":{},\"sent_bytes\":{},\"seconds\":{:.6f},"
+            "\"tls_failures\":{},\"sent_bytes\":{},\"sent_bdat\":{},\"sent_data\":{},\"seconds\":{:.6f},"
             "\"messages_per_hour\":{:.0f},\"threads\":{},\"peak_rss_bytes\":{},\"in_flight_peak\":{},"
             "\"throttled\":{},\"throttle_wait_seconds\":{:.3f},\"dns_queries\":{},\"dns_retries\":{},"
             "\"dns_in_flight_peak\":{},\"top_failures\":[",
             t.rows, t.skipped, t.delivered, t.bounced, t.expired, t.in_doubt, t.invalid, t.suppressed, t.deferred,
-            t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, secs, per_hour,
-            ro.threads, peak_rss_bytes(), t.in_flight_peak, t.throttled, double(t.throttle_wait_ms) / 1000.0,
-            t.dns_queries, t.dns_retries, t.dns_in_flight_peak);
+            t.attempts, t.connections, t.tls_handshakes, t.tls_resumed, t.tls_failures, t.sent_bytes, t.sent_bdat,
+            t.sent_data, secs, per_hour, ro.threads, peak_rss_bytes(), t.in_flight_peak, t.throttled,
+            double(t.throttle_wait_ms) / 1000.0, t.dns_queries, t.dns_retries, t.dns_in_flight_peak);
         bool first = true;
         for (const auto& [key, count] : t.top_failures) {
             const std::size_t tab = key.find('\t');

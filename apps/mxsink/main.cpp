@@ -8,6 +8,15 @@
 // io_uring and its own SO_REUSEPORT listening sockets, so the kernel spreads
 // connections over workers and nothing is shared but the counters.
 //
+// Receives are multishot, into the worker's provided-buffer ring
+// (io/buffer_ring.hpp, --recv-buffers of 16 KiB): an idle session holds no
+// receive buffer, and each buffer goes back to the kernel as soon as its
+// completion is handled (the parser copies what it keeps: a partial command
+// line, at most 4 KiB, and --record's message). TLS sessions read the same
+// way (the channel copies the ciphertext). --recv-buffers 0, or a kernel
+// without provided-buffer rings, gives the old path: one 64 KiB buffer per
+// session and a single-shot recv per read.
+//
 // With --tls-cert/--tls-key it offers STARTTLS on every --listen address and
 // speaks implicit TLS on every --listen-tls address (one SSL_CTX for the
 // process, so a session ticket from one worker resumes on any other), and
@@ -22,7 +31,7 @@
 //          [--tls-cert F --tls-key F] [--listen-tls ADDR:PORT ...]
 //          [--fault tls-garbage|tls-drop|tls-stall] [--record FILE]
 //          [--stats-json FILE] [--max-seconds S] [--exit-after-messages N]
-//          [--profile FILE.toml [--seed N]] [--no-chunking]
+//          [--profile FILE.toml [--seed N]] [--no-chunking] [--recv-buffers N]
 //
 // With --profile it plays a provider (see profile.hpp): per-domain accept
 // rates with the provider's throttling reply beyond them, a connection cap
@@ -49,6 +58,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <unordered_set>
 #include <vector>
 
@@ -57,6 +67,7 @@
 
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/json.hpp"
+#include "mxpress/io/buffer_ring.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/net/tls.hpp"
 #include "mxpress/net/tls_channel.hpp"
@@ -202,7 +213,11 @@ struct sink_settings {
     message_recorder* recorder = nullptr;  // null: no --record
     mxsink::provider* provider = nullptr;  // null: no --profile
     bool chunking = true;                  // offer CHUNKING (BDAT)
+    std::uint32_t recv_buffers = 512;      // per worker's provided-buffer ring (0: a buffer per session)
 };
+
+// The size of each provided receive buffer.
+constexpr std::uint32_t recv_buffer_bytes = 16 * 1024;
 
 void on_signal(int) {
     g_stop.store(true);
@@ -217,6 +232,7 @@ struct counters {
     std::atomic<std::uint64_t> tls_handshakes{0};
     std::atomic<std::uint64_t> tls_resumed{0};
     std::atomic<std::uint64_t> tls_failures{0};
+    std::atomic<std::uint64_t> recv_enobufs{0};  // recvs that found the buffer ring empty (armed again)
 };
 
 constexpr std::string_view greeting = "220 mxsink ESMTP ready\r\n";
@@ -252,10 +268,11 @@ struct session {
     bool closing = false;           // close after the pending output is sent
     std::uint32_t unsent_acks = 0;  // 250s for messages queued in `out` or in the send in flight
     bool dead = false;
-    std::vector<char> buf = std::vector<char>(64 * 1024);
-    std::string line;         // partial command line
-    std::string out;          // plaintext replies not yet handed to TLS or the socket
-    std::string sending_buf;  // bytes of the send in flight (ciphertext under TLS)
+    bool recv_cancelled = false;  // the multishot recv was cancelled: closing, nothing more is read
+    std::vector<char> buf;        // without a buffer ring only: what each recv reads into
+    std::string line;             // partial command line
+    std::string out;              // plaintext replies not yet handed to TLS or the socket
+    std::string sending_buf;      // bytes of the send in flight (ciphertext under TLS)
     std::size_t send_off = 0;
     std::string plain_first;           // sent before anything else: the 220 to STARTTLS
     std::unique_ptr<tls_channel> tls;  // STARTTLS or implicit TLS, once it began
@@ -309,6 +326,13 @@ public:
     worker(const std::vector<sockaddr_in>& addrs, const std::vector<sockaddr_in>& tls_addrs, counters& c,
            const sink_settings& settings)
         : _ring(4096), _counters(c), _settings(settings) {
+        if (settings.recv_buffers > 0) {
+            try {
+                _buffers.emplace(_ring, 0, settings.recv_buffers, recv_buffer_bytes);
+            } catch (const std::system_error&) {
+                _buffers.reset();  // older kernel: a buffer per session, a recv per read
+            }
+        }
         std::vector<std::pair<sockaddr_in, bool>> all;
         for (const sockaddr_in& a : addrs) {
             all.emplace_back(a, false);
@@ -408,12 +432,26 @@ private:
             s->tls = std::make_unique<tls_channel>(w->_settings.tls, tls_stream::role::server);
             s->tls->start();
         }
-        w->arm_recv(s);
+        if (!s->closing) {
+            w->arm_recv(s);
+        }
         w->pump(s);
     }
 
+    // Multishot from the buffer ring (one SQE for the session's life, until
+    // ENOBUFS or the end), else one recv into the session's own buffer.
     void arm_recv(session* s) {
         ++s->in_flight;
+        if (_buffers) {
+            io_uring_sqe* sqe = _ring.sqe(&s->recv_op);
+            io_uring_prep_recv_multishot(sqe, s->fd, nullptr, 0, 0);
+            sqe->flags |= IOSQE_BUFFER_SELECT;
+            sqe->buf_group = _buffers->group();
+            return;
+        }
+        if (s->buf.empty()) {
+            s->buf.resize(64 * 1024);
+        }
         io_uring_prep_recv(_ring.sqe(&s->recv_op), s->fd, s->buf.data(), s->buf.size(), 0);
     }
 
@@ -502,28 +540,60 @@ private:
         w->pump(s);
     }
 
-    static void on_recv(mxpress::io::completion* c, int res, unsigned) {
+    // One CQE of the session's recv. The recv counts in in_flight until its
+    // last CQE (no F_MORE) has been handled, so a kill() below never frees
+    // the session under this function.
+    static void on_recv(mxpress::io::completion* c, int res, unsigned flags) {
         session* s = static_cast<session::op*>(c)->s;
         worker* w = s->owner;
+        const bool more = (flags & IORING_CQE_F_MORE) != 0;  // the multishot recv is still armed
+        const bool provided = (flags & IORING_CQE_F_BUFFER) != 0;
+        // After QUIT, a 421 or a --profile drop, what the client sends is
+        // not read (the old single-shot recv was not re-armed).
+        if (res > 0 && !s->dead && !s->closing) {
+            const std::string_view data = provided ? w->_buffers->data(flags, res)
+                                                   : std::string_view(s->buf.data(), static_cast<std::size_t>(res));
+            if (s->stalled) {
+                // --fault tls-stall: read and ignore until the client gives up.
+            } else if (s->tls) {
+                w->consume_tls(s, data);
+            } else {
+                w->consume(s, data);
+            }
+        }
+        if (provided) {
+            // Every byte was parsed, or copied where it must outlive this
+            // call (the line, --record's data, the TLS channel's input).
+            w->_buffers->recycle(flags);
+        }
+        if (!s->dead) {
+            if (res == -ENOBUFS) {
+                w->_counters.recv_enobufs.fetch_add(1, std::memory_order_relaxed);
+            }
+            if (res == -ENOBUFS || (res <= 0 && s->closing)) {
+                // ENOBUFS: every buffer was taken when data came. They come
+                // back as each CQE is handled; the recv armed again below is
+                // submitted by the next run(), after this batch.
+                // Closing: the recv was cancelled or the client closed
+                // first; pump() closes once the replies are out.
+            } else if (res <= 0) {
+                w->kill(s);
+            } else {
+                w->pump(s);
+            }
+        }
+        if (more) {
+            if (s->closing && !s->dead && !s->recv_cancelled) {
+                s->recv_cancelled = true;
+                // By the address the recv was submitted under (its completion).
+                io_uring_prep_cancel(w->_ring.sqe(nullptr), static_cast<mxpress::io::completion*>(&s->recv_op), 0);
+            }
+            return;
+        }
         --s->in_flight;
         if (s->dead) {
             w->maybe_free(s);
-            return;
-        }
-        if (res <= 0) {
-            w->kill(s);
-            return;
-        }
-        const std::string_view data(s->buf.data(), static_cast<std::size_t>(res));
-        if (s->stalled) {
-            // --fault tls-stall: read and ignore until the client gives up.
-        } else if (s->tls) {
-            w->consume_tls(s, data);
-        } else {
-            w->consume(s, data);
-        }
-        w->pump(s);
-        if (!s->dead && !s->closing) {
+        } else if (!s->closing && (res > 0 || res == -ENOBUFS)) {
             w->arm_recv(s);
         }
     }
@@ -883,6 +953,7 @@ private:
 
     registry _registry;  // destroyed after _ring (see registry)
     mxpress::io::ring _ring;
+    std::optional<mxpress::io::buffer_ring> _buffers;  // after _ring: unregistered first
     counters& _counters;
     const sink_settings& _settings;
     std::vector<std::unique_ptr<listener>> _listeners;
@@ -926,6 +997,7 @@ int main(int argc, char** argv) {
     std::string profile_path;
     std::uint64_t seed = 1;
     bool no_chunking = false;
+    std::uint32_t recv_buffers = 512;
     app.add_option("--listen", listen, "ADDR:PORT to listen on (repeatable); offers STARTTLS with --tls-cert");
     app.add_option("--listen-tls", listen_tls, "ADDR:PORT for implicit TLS (like port 465; needs --tls-cert)");
     app.add_option("--tls-cert", tls_cert, "PEM certificate chain for STARTTLS and --listen-tls");
@@ -942,6 +1014,10 @@ int main(int argc, char** argv) {
     app.add_option("--seed", seed, "Seed of the --profile's refusals and drops (same seed, same refusals)")
         ->capture_default_str();
     app.add_flag("--no-chunking", no_chunking, "Do not offer CHUNKING: clients send DATA (BDAT is refused)");
+    app.add_option("--recv-buffers", recv_buffers,
+                   "Receive buffers of 16 KiB in each worker's io_uring buffer ring, shared by its sessions "
+                   "(a power of two up to 32768; 0: a 64 KiB buffer per session)")
+        ->capture_default_str();
     app.add_option("--threads", threads, "Worker threads, each with its own io_uring")->default_val(1);
     app.add_option("--stats-json", stats_json, "Write counters here on exit");
     app.add_option("--max-seconds", max_seconds, "Exit after this many seconds");
@@ -985,6 +1061,10 @@ int main(int argc, char** argv) {
             throw std::invalid_argument("--fault " + fault + " needs --tls-cert and --tls-key (STARTTLS)");
         }
         settings.chunking = !no_chunking;
+        if (recv_buffers > 32768 || (recv_buffers & (recv_buffers - 1)) != 0) {
+            throw std::invalid_argument("--recv-buffers: a power of two up to 32768, or 0");
+        }
+        settings.recv_buffers = recv_buffers;
         if (!record_path.empty()) {
             recorder.emplace(record_path);
             settings.recorder = &*recorder;
@@ -1036,9 +1116,10 @@ int main(int argc, char** argv) {
         double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     const std::string stats = fmt::format(
         "{{\"connections\":{},\"messages\":{},\"bdat_messages\":{},\"recipients\":{},\"bytes\":{},"
-        "\"tls_handshakes\":{},\"tls_resumed\":{},\"tls_failures\":{},{}\"cpu_seconds\":{:.3f},\"seconds\":{:.3f}}}\n",
+        "\"tls_handshakes\":{},\"tls_resumed\":{},\"tls_failures\":{},\"recv_enobufs\":{},{}\"cpu_seconds\":{:.3f},"
+        "\"seconds\":{:.3f}}}\n",
         c.connections.load(), c.messages.load(), c.bdat_messages.load(), c.recipients.load(), c.bytes.load(),
-        c.tls_handshakes.load(), c.tls_resumed.load(), c.tls_failures.load(),
+        c.tls_handshakes.load(), c.tls_resumed.load(), c.tls_failures.load(), c.recv_enobufs.load(),
         provider ? fmt::format("\"refused\":{},", provider->refused_json()) : std::string(), cpu,
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (!stats_json.empty()) {

@@ -10,10 +10,14 @@ false`), and the receiver gets the same bytes either way.
 - mxsink --record: every recipient exactly once, every message came by BDAT
   (its bdat_messages counter), and each recipient's recorded size and
   SHA-256 equal those of a run against mxsink --no-chunking (DATA).
+- in both, mxpress's own count of the messages it sent by BDAT and by DATA
+  (the summary line, --summary-json's sent_bdat and sent_data, and the
+  metric mxpress_messages_sent_total{transfer}) agrees with the receiver's.
 
   chunking_test.py MXPRESS ROOT [Class.test_name ...]
 """
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -52,11 +56,28 @@ def send(peers, recipients, message, route, config=SHORT_CONFIG, tag="run"):
         f.write(config)
     jpath = peers.path(f"{tag}.jsonl")
     summary = peers.path(f"{tag}-summary.json")
+    metrics = peers.path(f"{tag}-metrics")
+    os.mkdir(metrics)
     args = [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "bounce@sender.test",
             "--journal", jpath, "--config", cfg, "--progress", "off", "--threads", "2", "--summary-json", summary,
-            "--route", route]
+            "--metrics-textfile", metrics, "--route", route]
     p = subprocess.run(args, capture_output=True, text=True, timeout=120)
     return p, journal(jpath)
+
+
+def assert_transfers(test, p, tag, peers, bdat, data):
+    """mxpress's summary (text and JSON) and final metrics of run `tag` say
+    `bdat` messages went by BDAT and `data` by DATA."""
+    test.assertIn(f"; {bdat} by BDAT, {data} by DATA\n", p.stdout)
+    with open(peers.path(f"{tag}-summary.json"), encoding="utf-8") as f:
+        summary = json.load(f)
+    test.assertEqual((summary["sent_bdat"], summary["sent_data"]), (bdat, data), summary)
+    metrics = peers.path(f"{tag}-metrics")
+    (prom,) = [n for n in os.listdir(metrics) if n.endswith(".prom")]
+    with open(os.path.join(metrics, prom), encoding="utf-8") as f:
+        text = f.read()
+    sent = dict(re.findall(r'^mxpress_messages_sent_total\{run="\w+",transfer="(\w+)"\} (\d+)$', text, re.M))
+    test.assertEqual(sent, {"bdat": str(bdat), "data": str(data)}, text)
 
 
 def disconnect_counters(maillog):
@@ -110,6 +131,7 @@ class Chunking(unittest.TestCase):
             counters = disconnect_counters(maillog)
             self.assertEqual(counters.get("bdat"), 200, counters)
             self.assertNotIn("data", counters, "every message by BDAT")
+            assert_transfers(self, p, "run", peers, bdat=200, data=0)
 
             # The switch: DATA to the same server.
             recipients2, _, codes2 = job(peers, 20, name="r2.csv")
@@ -124,6 +146,7 @@ class Chunking(unittest.TestCase):
             counters = disconnect_counters(maillog)
             self.assertEqual(counters.get("data"), 20, counters)
             self.assertEqual(counters.get("bdat"), before.get("bdat"), counters)
+            assert_transfers(self, p, "off", peers, bdat=0, data=20)
 
     def test_mxsink_records_bdat_exactly_once_and_as_data_would(self):
         with Peers() as peers:
@@ -140,6 +163,8 @@ class Chunking(unittest.TestCase):
                 sink = stop_and_read_stats(peers, stats)
                 self.assertEqual(sink["messages"], 3000)
                 self.assertEqual(sink["bdat_messages"], 3000 if chunking else 0, sink)
+                assert_transfers(self, p, f"c{int(chunking)}", peers, bdat=sink["bdat_messages"],
+                                 data=sink["messages"] - sink["bdat_messages"])
                 got = read_record(record_of(stats))
                 assert_exactly_once(self, got, codes)
                 records[chunking] = {r["rcpt"][0]: (r["size"], r["sha256"]) for r in got}

@@ -365,6 +365,79 @@ class Sink(unittest.TestCase):
                                  want.decode())
 
 
+    def test_mxsink_parses_input_cut_anywhere_from_a_starved_buffer_ring(self):
+        """--recv-buffers 1: the worker's one 16 KiB receive buffer, so 24
+        sessions writing at once run its ring dry (ENOBUFS: each recv armed
+        again once the buffer is back). Each client writes its session
+        pipelined, cut at random (1 byte to 20 KB): command lines, the
+        end-of-data marker and BDAT chunks split across receives, a chunk
+        holding "\\r\\n.\\r\\n" and "QUIT". Every reply comes, every message
+        arrives once, byte for byte."""
+        import hashlib
+        import random
+        import socket
+        import threading
+        from peers import wait_tcp
+        clients = 24
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats, record = peers.path("stats.json"), peers.path("record.jsonl")
+            mxsink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
+            sink = subprocess.Popen([mxsink, "--listen", f"127.0.0.2:{port}", "--threads", "1", "--recv-buffers",
+                                     "1", "--stats-json", stats, "--record", record, "--max-seconds", "120"])
+            peers.procs.append(sink)
+            wait_tcp("127.0.0.2", port)
+            text = "".join(f"line {n} of the body\r\n" + (".dot line\r\n" if n % 50 == 0 else "")
+                           for n in range(1500)).encode()  # about 32 KB: two buffers and more
+            chunk1 = b"BDAT chunk\r\n.\r\nQUIT\r\n" + text[:9000]
+            chunk2 = text[9000:] + b"\r\n"
+            want = {}
+            replies = [None] * clients
+
+            def session(k):
+                data_msg = f"To: <d{k}@x.test>\r\n\r\n".encode() + text
+                want[f"d{k}@x.test"] = (len(data_msg), hashlib.sha256(data_msg).hexdigest())
+                want[f"b{k}@x.test"] = (len(chunk1) + len(chunk2), hashlib.sha256(chunk1 + chunk2).hexdigest())
+                stuffed = data_msg.replace(b"\r\n.", b"\r\n..")
+                wire = (b"EHLO c\r\nMAIL FROM:<s@x.test>\r\n" + f"RCPT TO:<d{k}@x.test>\r\n".encode() +
+                        b"DATA\r\n" + stuffed + b".\r\nMAIL FROM:<s@x.test>\r\n" +
+                        f"RCPT TO:<b{k}@x.test>\r\nBDAT {len(chunk1)}\r\n".encode() + chunk1 +
+                        f"BDAT {len(chunk2)} LAST\r\n".encode() + chunk2 + b"QUIT\r\n")
+                rng = random.Random(k)
+                with socket.create_connection(("127.0.0.2", port), timeout=30) as c:
+                    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    at = 0
+                    while at < len(wire):
+                        n = rng.choice((1, 2, 3, 5, 7, 64, 1500, 20000))
+                        c.sendall(wire[at:at + n])
+                        at += n
+                    got = b""
+                    while True:
+                        part = c.recv(65536)
+                        if not part:
+                            break
+                        got += part
+                replies[k] = [line[:3] for line in got.decode().split("\r\n") if line[3:4] == " "]
+
+            threads = [threading.Thread(target=session, args=(k,)) for k in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=90)
+            for k in range(clients):
+                self.assertEqual(replies[k], ["220", "250", "250", "250", "354", "250", "250", "250", "250", "250",
+                                              "221"], f"client {k}")
+            sink.terminate()
+            self.assertEqual(sink.wait(timeout=30), 0)
+            with open(stats) as f:
+                s = json.load(f)
+            self.assertEqual((s["messages"], s["bdat_messages"]), (2 * clients, clients), s)
+            self.assertGreater(s["recv_enobufs"], 0, "the ring ran dry at least once")
+            got = {r["rcpt"][0]: (r["size"], r["sha256"]) for r in read_record(record)}
+            self.assertEqual(len(read_record(record)), 2 * clients, "each message once")
+            self.assertEqual(got, want)
+
+
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
     ROOT = os.path.abspath(sys.argv[2])

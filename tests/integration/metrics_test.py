@@ -144,7 +144,7 @@ def check_scrape(test, text):
             continue
         test.assertIn(name, types, f"{name} has no TYPE")
         test.assertEqual(name.endswith("_total"), types[name] == "counter", name)
-        test.assertTrue(set(labels) <= {"run", "status", "class", "version", "action", "provider"}, labels)
+        test.assertTrue(set(labels) <= {"run", "status", "class", "version", "action", "provider", "transfer"}, labels)
         test.assertIn("run", labels)
     for run in {labels["run"] for name, labels, _ in samples if name.startswith("mxpress_")}:
         runs[run] = series_of(samples, run)
@@ -253,6 +253,8 @@ class Metrics(unittest.TestCase):
                               ("deferrals", "mxpress_deferrals_total"), ("attempts", "mxpress_attempts_total"),
                               ("connections", "mxpress_connections_opened_total"),
                               ("sent_bytes", "mxpress_sent_bytes_total"),
+                              ("sent_bdat", "mxpress_messages_sent_total{transfer=bdat}"),
+                              ("sent_data", "mxpress_messages_sent_total{transfer=data}"),
                               ("tls_handshakes", "mxpress_tls_handshakes_total"),
                               ("tls_resumed", "mxpress_tls_resumptions_total"),
                               ("tls_failures", "mxpress_tls_handshake_failures_total")):

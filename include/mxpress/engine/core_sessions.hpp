@@ -336,6 +336,9 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         case 5: shard_stats::add(_stats.replies_5xx); break;
         default: break;
     }
+    if (e.result->data_sent) {
+        shard_stats::add(e.result->bdat ? _stats.sent_bdat : _stats.sent_data);
+    }
     if (p.provider != nullptr) {
         p.provider->note_reply(rep.code);
     }

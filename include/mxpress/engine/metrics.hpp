@@ -7,8 +7,9 @@
 //   HELP and TYPE lines, counters end in _total, values are in base units
 //   (seconds, bytes), and the only labels are `run` (one file per run, so
 //   that the files of several runs in one directory never collide), `status`,
-//   `class`, `action`, `version` and `provider` (a [provider."…"] section's
-//   name: the operator's few, never a domain or an address).
+//   `class`, `action`, `transfer`, `version` and `provider` (a
+//   [provider."…"] section's name: the operator's few, never a domain or an
+//   address).
 // - write_textfile() replaces DIR/mxpress_<run>.prom atomically: the text
 //   goes to a temporary file in DIR whose name does not end in .prom (the
 //   collector ignores it), then rename(2) puts it in place. A reader sees
@@ -65,6 +66,8 @@ struct metrics_snapshot {
     std::uint64_t replies_2xx = 0;
     std::uint64_t replies_4xx = 0;
     std::uint64_t replies_5xx = 0;
+    std::uint64_t sent_bdat = 0;  // bodies sent and answered with a final reply, by BDAT (CHUNKING)
+    std::uint64_t sent_data = 0;  // ... by DATA
     std::uint64_t in_flight = 0;
     std::uint64_t connections_opened = 0;
     std::uint64_t connections_open = 0;
@@ -149,6 +152,11 @@ inline std::string exposition(const metrics_snapshot& s) {
     sample("mxpress_smtp_replies_total", "class=\"2xx\"", s.replies_2xx);
     sample("mxpress_smtp_replies_total", "class=\"4xx\"", s.replies_4xx);
     sample("mxpress_smtp_replies_total", "class=\"5xx\"", s.replies_5xx);
+    family("mxpress_messages_sent_total", "counter",
+           "Message bodies sent and answered with a final reply (any class), by transfer: BDAT (the server offered "
+           "CHUNKING) or DATA.");
+    sample("mxpress_messages_sent_total", "transfer=\"bdat\"", s.sent_bdat);
+    sample("mxpress_messages_sent_total", "transfer=\"data\"", s.sent_data);
     one("mxpress_transactions_in_flight", "gauge", "Transactions started and not yet journaled.", s.in_flight);
     one("mxpress_connections_open", "gauge", "SMTP connections open now.", s.connections_open);
     one("mxpress_connections_opened_total", "counter", "SMTP connections opened.", s.connections_opened);

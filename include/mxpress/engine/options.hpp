@@ -113,6 +113,8 @@ struct shard_stats {
     std::atomic<std::uint64_t> replies_2xx{0};       // the reply that ended a transaction, by class
     std::atomic<std::uint64_t> replies_4xx{0};
     std::atomic<std::uint64_t> replies_5xx{0};
+    std::atomic<std::uint64_t> sent_bdat{0};         // bodies that went out and got their final reply, by BDAT
+    std::atomic<std::uint64_t> sent_data{0};         // ... and by DATA
     std::atomic<std::uint64_t> in_flight{0};         // transactions started and not yet journaled
     std::atomic<std::uint64_t> in_flight_peak{0};    // the most at once: what kill -9 could send twice
     std::atomic<std::uint64_t> left_deferred{0};     // journaled `deferred` when the run stopped

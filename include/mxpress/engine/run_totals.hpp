@@ -31,6 +31,8 @@ struct run_totals {
     std::uint64_t attempts = 0;
     std::uint64_t connections = 0;
     std::uint64_t sent_bytes = 0;
+    std::uint64_t sent_bdat = 0;  // bodies sent and answered with a final reply, by BDAT (CHUNKING)
+    std::uint64_t sent_data = 0;  // ... by DATA
     std::uint64_t tls_handshakes = 0;
     std::uint64_t tls_resumed = 0;
     std::uint64_t tls_failures = 0;

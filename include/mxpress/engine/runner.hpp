@@ -132,6 +132,8 @@ inline metrics_snapshot sample_metrics(const shard_threads& shards, const reader
         m.replies_2xx += get(s.replies_2xx);
         m.replies_4xx += get(s.replies_4xx);
         m.replies_5xx += get(s.replies_5xx);
+        m.sent_bdat += get(s.sent_bdat);
+        m.sent_data += get(s.sent_data);
         m.in_flight += get(s.in_flight);
         const std::uint64_t opened = get(s.connections_opened);
         const std::uint64_t closed = get(s.connections_closed);  // read after: may pass `opened`
@@ -539,6 +541,8 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         t.throttle_wait_ms += s.throttle_wait_ms;
         t.connections += s.connections_opened;
         t.sent_bytes += s.sent_bytes;
+        t.sent_bdat += s.sent_bdat;
+        t.sent_data += s.sent_data;
         t.tls_handshakes += s.tls_handshakes;
         t.tls_resumed += s.tls_resumed;
         t.tls_failures += s.tls_failures;

@@ -162,6 +162,7 @@ struct transaction_result {
     reply mail;                     // reply to MAIL FROM
     std::vector<reply> recipients;  // final outcome for each RCPT, in order
     bool data_sent = false;         // the body went out and got a final reply to its "."
+    bool bdat = false;              // the body went (or was to go) by BDAT, not DATA (CHUNKING)
     // The body went out after a 354 and the session ended before the reply
     // to its final ".": the server may have taken the message.
     bool in_doubt = false;
@@ -385,6 +386,7 @@ public:
         t.tag = tag;
         t.message = message;
         t.bdat = uses_chunking();
+        t.result.bdat = t.bdat;
         t.result.recipients.assign(env.rcpt_to.size(), reply{});
         _txns.push_back(std::move(t));
         _state = state::transaction;
