@@ -1,6 +1,7 @@
 // Tests for mail/parts.hpp through the renderer: each merged text part of a
-// message from parts picks its transfer encoding per row. Decoding is
-// checked by Python's email package, not by our own code.
+// message from parts picks its transfer encoding per row, and --charset
+// iso-2022-jp converts text and headers per row. Decoding is checked by
+// Python's email package, not by our own code.
 #include "mxpress/mail/parts.hpp"
 
 #include <gtest/gtest.h>
@@ -43,12 +44,13 @@ rendered render_parts(const message_parts& parts, std::vector<std::string_view> 
     return out;
 }
 
-message_parts text_and_html(const temp_dir& dir) {
+message_parts text_and_html(const temp_dir& dir, std::string_view charset = "") {
     message_parts p;
     p.subject = "お知らせ：年末年始の休業について {{name}}";
     p.header_from = "山田商店 <news@sender.example>";
     p.text_file = dir.write("t.txt", "Dear {{name}},\n\n{{note}}\n");
     p.html_file = dir.write("h.html", "<p>Dear {{name}},</p>\n<p>{{note}}</p>\n");
+    p.charset = std::string(charset);
     return p;
 }
 
@@ -129,6 +131,87 @@ TEST(Parts, MergedTextPartsPickTheirEncodingPerRow) {
             << seen;
         EXPECT_NE(seen.find("DEFECTS=0"), std::string::npos) << seen;
     }
+}
+
+TEST(Parts, Iso2022JpConvertsTextAndHeadersPerRow) {
+    temp_dir dir;
+    const message_parts parts = text_and_html(dir, "iso-2022-jp");
+    const std::string note = "お知らせ：年末年始の休業について。十二月二十九日から一月三日まで休業いたします。";
+    const rendered r = render_parts(parts, {"a@x.example", "山田 太郎", note}, true);
+    ASSERT_TRUE(r.result.ok()) << r.result.error;
+    EXPECT_FALSE(r.result.eight_bit);
+    EXPECT_TRUE(mxpress::detail::all_ascii(r.message)) << r.message;
+    EXPECT_NE(r.message.find("Content-Type: text/plain; charset=ISO-2022-JP\r\n\r\n"), std::string::npos)
+        << "7bit: no transfer-encoding header";
+    EXPECT_EQ(part_encodings(r.message), (std::vector<std::string>{"-", "-"}));
+    // Headers: ISO-2022-JP encoded-words of at most 75 octets, each ending
+    // in the ASCII state (checked on the decoded bytes by Python below).
+    const std::string head = r.message.substr(0, r.message.find("\r\n\r\n"));
+    EXPECT_NE(head.find("Subject: =?ISO-2022-JP?B?"), std::string::npos) << head;
+    EXPECT_EQ(head.find("UTF-8"), std::string::npos) << head;
+    for (std::size_t p = head.find("=?"); p != std::string::npos; p = head.find("=?", p + 2)) {
+        const std::size_t e = head.find("?=", p + 17);
+        EXPECT_LE(e + 2 - p, 75u);
+        p = e;
+    }
+    const std::string seen = python_parts(r.message);
+    EXPECT_NE(seen.find("Subject=お知らせ：年末年始の休業について 山田 太郎\n"), std::string::npos) << seen;
+    EXPECT_NE(seen.find("From=山田商店 <news@sender.example>\n"), std::string::npos) << seen;
+    EXPECT_NE(seen.find("PART text/plain iso-2022-jp | None\nDear 山田 太郎,\n\n" + note + "\n"), std::string::npos)
+        << seen;
+    EXPECT_NE(seen.find("DEFECTS=0"), std::string::npos) << seen;
+    // Every encoded-word decodes on its own and ends in ESC ( B.
+    temp_dir py;
+    const std::string path = py.write("m.eml", r.message);
+    const std::string script = py.write("words.py",
+                                        "import sys, email, email.header\n"
+                                        "m = email.message_from_bytes(open(sys.argv[1], 'rb').read())\n"
+                                        "for h in ('Subject', 'From'):\n"
+                                        "    for w in m[h].split():\n"
+                                        "        for t, c in email.header.decode_header(w):\n"
+                                        "            if c: print(t.endswith(b'\\x1b(B') and len(t) <= 36)\n");
+    int status = 0;
+    const std::string words =
+        mxpress::test::run(std::string(mxpress::test::python3()) + " " + script + " " + path, status);
+    EXPECT_EQ(status, 0);
+    EXPECT_NE(words.find("True"), std::string::npos) << words;
+    EXPECT_EQ(words.find("False"), std::string::npos) << words;
+}
+
+TEST(Parts, Iso2022JpRowWithACharacterItCannotCarryIsInvalid) {
+    temp_dir dir;
+    const message_parts parts = text_and_html(dir, "iso-2022-jp");
+    rendered r = render_parts(parts, {"a@x.example", "太郎", "ご予約ありがとうございます😀"}, true);
+    EXPECT_EQ(r.result.error, "text/plain part: '😀' (U+1F600) (field 'note') has no ISO-2022-JP form");
+    // Half-width katakana: glibc's ISO-2022-JP (RFC 1468) has no JIS X 0201 kana.
+    r = render_parts(parts, {"a@x.example", "ｶﾀｶﾅ", "x"}, true);
+    EXPECT_EQ(r.result.error, "header Subject (template line 3): 'ｶ' (U+FF76) has no ISO-2022-JP form");
+    r = render_parts(parts, {"a@x.example", "太郎", "𠮷野家"}, true);
+    EXPECT_EQ(r.result.error, "text/plain part: '𠮷' (U+20BB7) (field 'note') has no ISO-2022-JP form");
+    // In a file's own text: an error at start, naming the file and line.
+    message_parts bad = parts;
+    bad.text_file = dir.write("bad.txt", "こんにちは\n𠮷野家へようこそ {{name}}\n");
+    try {
+        static_cast<void>(build_template(bad, columns, "email"));
+        FAIL() << "no error";
+    } catch (const input_error& e) {
+        EXPECT_EQ(e.describe(), bad.text_file + ":2: '𠮷' (U+20BB7) has no ISO-2022-JP form");
+    }
+    bad = parts;
+    bad.charset = "shift_jis";
+    EXPECT_THROW(static_cast<void>(build_template(bad, columns, "email")), std::invalid_argument);
+}
+
+TEST(Parts, Iso2022JpSinglePartDeclaresItsCharset) {
+    temp_dir dir;
+    message_parts parts = text_and_html(dir, "ISO-2022-JP");
+    parts.html_file.clear();
+    const rendered r = render_parts(parts, {"a@x.example", "山田", "よろしくお願いします"}, false);
+    ASSERT_TRUE(r.result.ok()) << r.result.error;
+    EXPECT_TRUE(mxpress::detail::all_ascii(r.message));
+    const std::string seen = python_parts(r.message);
+    EXPECT_NE(seen.find("PART text/plain iso-2022-jp | None\nDear 山田,\n\nよろしくお願いします\n"), std::string::npos)
+        << seen;
 }
 
 }  // namespace

@@ -21,6 +21,9 @@
 //   than corrupting the MIME structure. So is a multipart body, except its
 //   text parts that declare no Content-Transfer-Encoding: each gets one per
 //   row by the single-part rule (body_section).
+// - Text declared charset=ISO-2022-JP is converted from UTF-8 per row, and
+//   the template's header text goes as ISO-2022-JP encoded-words; a
+//   character it cannot carry makes the row invalid (mail/charset.hpp).
 // - Given a run key and the recipient's row, the Message-ID is derived from
 //   both: the same on every attempt and after --resume, distinct per row.
 // - With DKIM keys the rendered message is signed last (mail/dkim.hpp): the
@@ -45,6 +48,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/utf8.hpp"
 #include "mxpress/mail/address.hpp"
+#include "mxpress/mail/charset.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/mail/mime.hpp"
@@ -163,10 +167,14 @@ public:
         std::uint32_t begin = 0;  // index into body()
         std::uint32_t end = 0;
         bool text_part = false;
-        std::string media;       // its media type, lowercase (error messages)
-        std::uint64_t line = 0;  // the template line it starts on
+        bool iso_2022_jp = false;  // declares charset=ISO-2022-JP: converted from UTF-8 per row
+        std::string media;         // its media type, lowercase (error messages)
+        std::uint64_t line = 0;    // the template line it starts on
     };
     const std::vector<body_section>& body_sections() const noexcept { return _sections; }
+    // Some text declares charset=ISO-2022-JP: non-ASCII header text goes as
+    // ISO-2022-JP encoded-words too (RFC 1468 mail is one charset throughout).
+    bool iso_2022_jp_headers() const noexcept { return _iso_2022_jp_headers; }
     std::uint64_t body_line() const noexcept { return _body_line; }
     // The recipients column a field segment names (for error messages).
     std::string_view column_name(std::uint32_t column) const noexcept {
@@ -533,12 +541,14 @@ private:
     }
 
     static constexpr int multipart_depth_max = 8;
+    static constexpr std::string_view iso_2022_jp = "iso-2022-jp";
 
     // Where a text part of the flattened body lies (see find_sections).
     struct text_cut {
         std::size_t header_end = 0;     // the blank line after its headers
         std::size_t content_begin = 0;  // after that blank line
         std::size_t content_end = 0;    // the CRLF that belongs to the next delimiter
+        bool iso_2022_jp = false;
         std::string media;
     };
 
@@ -546,14 +556,17 @@ private:
     // template's own text: `flat` is the body with each merge field as one
     // NUL (which a template cannot hold), so values never shape sections.
     void find_sections() {
+        const bool declared_iso = detail::iequals(content_type_param(_content_type, "charset"), iso_2022_jp);
         if (!_body_is_authors || _has_transfer_encoding) {
             body_section whole;
             whole.end = static_cast<std::uint32_t>(_body.size());
             whole.text_part = !_body_is_authors;
+            whole.iso_2022_jp = whole.text_part && declared_iso;
             whole.media = _has_content_type ? detail::to_lower_copy(detail::trim_wsp(
                                                   std::string_view(_content_type).substr(0, _content_type.find(';'))))
                                             : "text/plain";
             whole.line = _body_line;
+            _iso_2022_jp_headers = whole.iso_2022_jp;
             _sections.push_back(std::move(whole));
             return;
         }
@@ -587,7 +600,9 @@ private:
                                         flat.begin(), flat.begin() + static_cast<std::ptrdiff_t>(from), '\n'));
             if (cut != nullptr) {
                 sec.text_part = true;
+                sec.iso_2022_jp = cut->iso_2022_jp;
                 sec.media = cut->media;
+                _iso_2022_jp_headers = _iso_2022_jp_headers || cut->iso_2022_jp;
             }
             _sections.push_back(std::move(sec));
         };
@@ -686,7 +701,9 @@ private:
                 find_text_parts(flat, content_begin, part_end, content_type_param(content_type, "boundary"), depth + 1,
                                 cuts);
             } else if (media.starts_with("text/")) {
-                cuts.push_back({header_end, content_begin, part_end, std::move(media)});
+                cuts.push_back({header_end, content_begin, part_end,
+                                detail::iequals(content_type_param(content_type, "charset"), iso_2022_jp),
+                                std::move(media)});
             }
         }
     }
@@ -725,6 +742,7 @@ private:
     bool _body_is_authors = false;
     bool _has_transfer_encoding = false;  // the top-level header, not a part's
     std::vector<body_section> _sections;
+    bool _iso_2022_jp_headers = false;
     std::uint64_t _body_line = 0;  // the template line where the body starts
     bool _has_date = false;
     bool _has_message_id = false;
@@ -779,6 +797,9 @@ public:
             if (!t.body().empty() && !t.body().front().is_field()) {
                 _body_prefix = dkim::hashable_prefix(t.literal(t.body().front()));
             }
+        }
+        if (t.iso_2022_jp_headers()) {
+            _iso = std::make_unique<iso2022jp_converter>();
         }
         // Headers without merge fields are rendered once, here.
         _static.resize(t.headers().size());
@@ -950,10 +971,25 @@ private:
         }
     }
 
+    // Appends `text` as encoded-words in the template's header charset
+    // (UTF-8, or ISO-2022-JP: see iso_2022_jp_headers). A character
+    // ISO-2022-JP cannot carry is noted in _unencodable (render_header turns
+    // it into the row's error); the first one is kept.
+    void append_words(std::string& out, std::string_view text) {
+        if (!_iso) {
+            append_encoded_words(out, text);
+            return;
+        }
+        if (const std::size_t bad = append_iso2022jp_words(out, text, *_iso);
+            bad != std::string_view::npos && _unencodable.empty()) {
+            _unencodable = iso2022jp_converter::describe(text, bad);
+        }
+    }
+
     // Encodes an unstructured value: ASCII words kept, the span from the first
     // to the last word holding non-ASCII (or, with `markers`, "=?") becomes
     // encoded-words.
-    static void encode_unstructured(std::string& out, std::string_view v, bool markers) {
+    void encode_unstructured(std::string& out, std::string_view v, bool markers) {
         markers = markers && v.find("=?") != std::string_view::npos;
         if (detail::all_ascii(v) && !markers) {
             out += v;
@@ -974,19 +1010,19 @@ private:
             ++last;
         }
         out += v.substr(0, first);
-        append_encoded_words(out, v.substr(first, last + 1 - first));
+        append_words(out, v.substr(first, last + 1 - first));
         out += v.substr(last + 1);
     }
 
     // A display name: encoded-words when non-ASCII (or, with `markers`,
     // holding "=?"), a quoted-string when it holds RFC 5322 specials, else as is.
-    static void encode_phrase(std::string& out, std::string_view v, bool markers) {
+    void encode_phrase(std::string& out, std::string_view v, bool markers) {
         v = detail::trim_wsp(v);
         if (v.empty()) {
             return;
         }
         if (!detail::all_ascii(v) || (markers && v.find("=?") != std::string_view::npos)) {
-            append_encoded_words(out, v);
+            append_words(out, v);
             return;
         }
         if (v.find_first_of("()<>[]:;@\\,.\"") == std::string_view::npos) {
@@ -1092,6 +1128,7 @@ private:
                        render_result& r) {
         _value.clear();
         _marker_in_value = false;
+        _unencodable.clear();
         if (h.kind == header_kind::address && !h.mailboxes.empty()) {
             for (const auto& mb : h.mailboxes) {
                 if (!render_mailbox(h, mb, fields, r)) {
@@ -1115,6 +1152,11 @@ private:
             } else {
                 encode_unstructured(_value, _scratch, _marker_in_value);
             }
+        }
+        if (!_unencodable.empty()) {
+            r.error =
+                fmt::format("header {} (template line {}): {} has no ISO-2022-JP form", h.name, h.line, _unencodable);
+            return false;
         }
         if (h.has_fields && detail::trim_wsp(_value).empty()) {
             // An optional header whose merged value is empty is left out;
@@ -1167,6 +1209,15 @@ public:
                     continue;
                 }
                 const std::string_view text = _template->literal(s);
+                if (sec.iso_2022_jp) {
+                    scratch.clear();
+                    if (const std::size_t bad = _iso->convert(text, scratch); bad != std::string_view::npos) {
+                        return std::pair{
+                            line + static_cast<std::uint64_t>(
+                                       std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n')),
+                            fmt::format("{} has no ISO-2022-JP form", iso2022jp_converter::describe(text, bad))};
+                    }
+                }
                 for (char c : text) {
                     if (c == '\n') {
                         ++line;
@@ -1265,6 +1316,35 @@ private:
         }
     }
 
+    // The merged text of text part `sec` (in _body), as it is to be encoded:
+    // _body itself, or its ISO-2022-JP form in _converted. Empty with
+    // r.error set when a character has no ISO-2022-JP form (the error names
+    // the field that brought it, if one did).
+    std::optional<std::string_view> part_text(const message_template::body_section& sec,
+                                              const std::vector<std::string_view>& fields, render_result& r) {
+        merge_section(sec, fields);
+        if (!sec.iso_2022_jp) {
+            return std::string_view(_body);
+        }
+        _converted.clear();
+        const std::size_t bad = _iso->convert(_body, _converted);
+        if (bad == std::string_view::npos) {
+            return std::string_view(_converted);
+        }
+        const std::string what = iso2022jp_converter::describe(_body, bad);
+        const std::size_t n = std::max<std::size_t>(1, detail::utf8_sequence_length(_body, bad));
+        const std::string_view ch = std::string_view(_body).substr(bad, n);
+        std::string field;
+        for (std::uint32_t k = sec.begin; k < sec.end && field.empty(); ++k) {
+            const template_segment& s = _template->body()[k];
+            if (s.is_field() && s.column < fields.size() && fields[s.column].find(ch) != std::string_view::npos) {
+                field = fmt::format(" (field '{}')", _template->column_name(s.column));
+            }
+        }
+        r.error = fmt::format("{} part: {}{} has no ISO-2022-JP form", sec.media, what, field);
+        return std::nullopt;
+    }
+
     void render_body(const std::vector<std::string_view>& fields, std::string& out, render_result& r) {
         const auto& sections = _template->body_sections();
         if (!_template->body_is_authors()) {
@@ -1274,13 +1354,16 @@ private:
         out += "\r\n";
         for (const auto& sec : sections) {
             if (sec.text_part) {
-                merge_section(sec, fields);
-                const transfer_encoding e = choose_encoding(_body);
+                const std::optional<std::string_view> text = part_text(sec, fields, r);
+                if (!text) {
+                    return;
+                }
+                const transfer_encoding e = choose_encoding(*text);
                 if (e != transfer_encoding::seven_bit) {
                     out += encoding_header(e);
                 }
                 out += "\r\n";
-                append_encoded(out, _body, e);
+                append_encoded(out, *text, e);
                 r.eight_bit = r.eight_bit || e == transfer_encoding::eight_bit;
                 continue;
             }
@@ -1314,9 +1397,12 @@ private:
     // choose_encoding() picks for this row.
     void render_single_part(const message_template::body_section& sec, const std::vector<std::string_view>& fields,
                             std::string& out, render_result& r) {
-        merge_section(sec, fields);
-        const transfer_encoding e = choose_encoding(_body);
-        const bool ascii = detail::all_ascii(_body);
+        const std::optional<std::string_view> text = part_text(sec, fields, r);
+        if (!text) {
+            return;
+        }
+        const transfer_encoding e = choose_encoding(*text);
+        const bool ascii = detail::all_ascii(_body);  // the UTF-8 text: does it need a charset?
         if (e == transfer_encoding::seven_bit) {
             if (_template->has_content_type()) {
                 emit_content_type(out, false);
@@ -1331,7 +1417,7 @@ private:
             out += encoding_header(e);
         }
         out += "\r\n";
-        append_encoded(out, _body, e);
+        append_encoded(out, *text, e);
         r.eight_bit = e == transfer_encoding::eight_bit;
     }
 
@@ -1390,7 +1476,10 @@ private:
     std::string _value;
     std::string _scratch;
     std::string _phrase;
-    bool _marker_in_value = false;  // a merged value of the header holds "=?"
+    bool _marker_in_value = false;              // a merged value of the header holds "=?"
+    std::unique_ptr<iso2022jp_converter> _iso;  // set when the template is ISO-2022-JP (one per renderer: iconv state)
+    std::string _unencodable;                   // see append_words
+    std::string _converted;                     // a text part in ISO-2022-JP
     std::string _body;
     std::string _date;
     std::time_t _date_time = 0;
