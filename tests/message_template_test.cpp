@@ -325,8 +325,36 @@ TEST(MessageTemplate, AuthorsMultipartBodyIsKeptAsIs) {
     EXPECT_NE(out.find("\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nHi Ann\r\n--b1--\r\n"), std::string::npos)
         << out;
     EXPECT_EQ(out.find("Content-Transfer-Encoding"), std::string::npos);
-    render(tmpl, {"a@x.org", std::string(1000, 'n'), ""}, &res);
-    EXPECT_FALSE(res.ok());
+    // Its text part declares no transfer encoding: one is chosen per row.
+    const std::string long_row = render(tmpl, {"a@x.org", std::string(1000, 'n'), ""}, &res);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_NE(long_row.find("--b1\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+                            "Hi nnn"),
+              std::string::npos)
+        << long_row;
+    EXPECT_TRUE(long_row.ends_with("nnnn\r\n--b1--\r\n")) << long_row;  // the delimiter CRLF only
+}
+
+TEST(MessageTemplate, AuthorsMultipartPartsThatDeclareTheirEncodingAreKept) {
+    const std::string tmpl =
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/mixed; boundary=\"b1\"\n"
+        "Subject: x\n\n"
+        "preamble\n--b1\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\nA {{name}}\n"
+        "--b1\nContent-Type: text/plain; charset=utf-8\n\nB {{name}}\n--b1--\nepilogue\n";
+    render_result res;
+    // The first part is the author's (8bit): refused for a server without 8BITMIME.
+    render(tmpl, {"a@x.org", "Zoë", ""}, &res, false);
+    EXPECT_TRUE(res.needs_8bitmime) << res.error;
+    // With 8BITMIME both go 8bit; the second says so itself.
+    std::string out = render(tmpl, {"a@x.org", "Zoë", ""}, &res, true);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_TRUE(res.eight_bit);
+    EXPECT_NE(out.find("\r\n\r\npreamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                       "Content-Transfer-Encoding: 8bit\r\n\r\nA Zoë\r\n--b1\r\nContent-Type: text/plain; "
+                       "charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nB Zoë\r\n--b1--\r\nepilogue\r\n"),
+              std::string::npos)
+        << out;
 }
 
 TEST(MessageTemplate, BodyValuesGetCrlfAndDotsSurvive) {

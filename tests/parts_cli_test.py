@@ -132,6 +132,40 @@ def main():
                        text=True)
     check("dkimpy verifies signed multipart", v.returncode == 0 and v.stdout.count(" ok 1\n") == 2,
           v.stdout + v.stderr)
+    # --charset iso-2022-jp: text and headers converted per row, 7bit, signed
+    # over those bytes; a character ISO-2022-JP lacks makes the row invalid.
+    with open("j.csv", "w") as f:
+        f.write("Email,name,note\n")
+        f.write("taro@example.jp,山田 太郎,年末年始は十二月二十九日から一月三日まで休業いたします。\n")
+        f.write("emoji@example.jp,絵文字 😀,x\n")
+        f.write("kana@example.jp,ｶﾀｶﾅ,x\n")
+    with open("j.txt", "w") as f:
+        f.write("{{name}} 様\n\n{{note}}\n")
+    jp = ["--recipients", "j.csv", "--from", "bounce@town.example", "--charset", "iso-2022-jp", "--subject",
+          "お知らせ：年末年始の休業について（{{name}}様）", "--text", "j.txt", "--html", "h.html",
+          "--header-from", "町内会 <news@town.example>", "--config", "dkim.toml"]
+    p = run("render", "--line", "2", *jp)
+    with open("jp.eml", "wb") as f:
+        f.write(p.stdout)
+    m = parse(p.stdout)
+    check("iso-2022-jp render", p.returncode == 0 and p.stdout.isascii() and defects(m) == [], p.stderr)
+    check("iso-2022-jp subject", str(m["Subject"]) == "お知らせ：年末年始の休業について（山田 太郎様）",
+          str(m["Subject"]))
+    check("iso-2022-jp From", str(m["From"]) == "町内会 <news@town.example>", str(m["From"]))
+    body = m.get_body(("plain",))
+    check("iso-2022-jp text part", body is not None and body.get_content_charset() == "iso-2022-jp" and
+          body["Content-Transfer-Encoding"] is None and body.get_content().replace("\r\n", "\n") ==
+          "山田 太郎 様\n\n年末年始は十二月二十九日から一月三日まで休業いたします。\n", body and body.as_string())
+    v = subprocess.run(["/usr/bin/python3", VERIFY, "records", "jp.eml"], capture_output=True, text=True)
+    check("dkimpy verifies iso-2022-jp", v.returncode == 0 and v.stdout.count(" ok 1\n") == 1, v.stdout + v.stderr)
+    p = run("render", "--line", "3", *jp)
+    check("emoji row invalid", p.returncode != 0 and "'😀' (U+1F600)" in p.stderr.decode() and
+          "has no ISO-2022-JP form" in p.stderr.decode(), p.stderr)
+    p = run("render", "--line", "4", *jp)
+    check("half-width katakana row invalid", p.returncode != 0 and "'ｶ' (U+FF76)" in p.stderr.decode(), p.stderr)
+    p = run("render", "--line", "2", *jp[:4], "--charset", "latin1", "--text", "j.txt")
+    check("unknown charset exits 2", p.returncode == 2 and b"--charset latin1" in p.stderr, p.stderr)
+
     with open("signed3.eml", "rb") as f:
         signed3 = f.read()
     check("unsubscribe value percent-encoded", b"<https://town.example/u?c=b%202%3E>" in signed3, signed3[:1500])

@@ -193,6 +193,9 @@ void parse_parts_options(CLI::App* cmd, mail::message_parts& p) {
     cmd->add_option("--header-from", p.header_from,
                     "From header of a message from parts, e.g. 'Town Hall <news@town.example>' (default: the "
                     "--from address)");
+    cmd->add_option("--charset", p.charset,
+                    "Charset of a message from parts: utf-8 (default) or iso-2022-jp (text converted per row, "
+                    "7bit; a character it cannot carry makes the row invalid)");
 }
 
 // The template text: the --message file, or one built from parts once at
@@ -201,7 +204,7 @@ std::string template_text(const std::string& message, const mail::message_parts&
                           const mail::recipients_reader& reader, std::string& name) {
     if (!message.empty() && parts.any()) {
         throw std::invalid_argument(
-            "--message cannot be combined with --subject, --text, --html, --attach or --header-from");
+            "--message cannot be combined with --subject, --text, --html, --attach, --header-from or --charset");
     }
     if (message.empty() && !parts.any()) {
         throw std::invalid_argument("a message is required: --message FILE, or --text FILE and/or --html FILE");

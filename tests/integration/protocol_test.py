@@ -4,6 +4,8 @@ our own mistake), each against the peer that showed it:
 
 - an 8-bit body to aiosmtpd in strict ASCII mode (no 8BITMIME): it arrives
   quoted-printable; a template that owns its 8-bit encoding bounces 5.6.3;
+  a message from parts with Japanese values arrives with each text part
+  base64 (or quoted-printable), decoded by Python's email to the merged text;
 - a private Postfix with smtpd_client_connection_count_limit = 2: every
   message arrives once and Postfix refuses a handful of sessions, not
   thousands (the reconnect storm);
@@ -14,6 +16,9 @@ our own mistake), each against the peer that showed it:
 
   protocol_test.py MXPRESS ROOT [Class.test_name ...]
 """
+import csv
+import email
+import email.policy
 import glob
 import json
 import os
@@ -41,11 +46,13 @@ def write_job(peers, emails, template):
 
 
 def send(peers, recipients, message, routes, config=SHORT_CONFIG, timeout=120):
+    """`message`: a template file, or a list of message-from-parts options."""
     cfg = peers.path("c.toml")
     with open(cfg, "w") as f:
         f.write(config)
     jpath = peers.path("j.jsonl")
-    args = [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "bounce@sender.test",
+    what = message if isinstance(message, list) else ["--message", message]
+    args = [MXPRESS, "send", "--recipients", recipients, *what, "--from", "bounce@sender.test",
             "--journal", jpath, "--config", cfg, "--progress", "off", "--threads", "1",
             "--summary-json", peers.path("summary.json")]
     for r in routes:
@@ -178,6 +185,45 @@ class Protocol(unittest.TestCase):
                 self.assertEqual((o["status"], o["enhanced"]), ("bounced", "5.6.3"), o)
                 self.assertIn("8BITMIME", o["reply"])
             self.assertEqual(strict_arrivals(out), [], "nothing reaches the server")
+
+    def test_parts_message_with_japanese_values_reaches_a_server_without_8bitmime(self):
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            out = strict_peer(peers, "127.0.0.2", port)
+            recipients = peers.path("r.csv")
+            # {email: (name, note, the text part's transfer encoding)}: base64
+            # when over a third of the octets are non-ASCII (様 is in the file).
+            rows = {"a@strict.test": ("山田 太郎", "年末年始は十二月二十九日から一月三日まで休業いたします。", "base64"),
+                    "b@strict.test": ("Zoë", "Viele Grüße aus Köln, wir wünschen Ihnen schöne Feiertage",
+                                      "quoted-printable"),
+                    "c@strict.test": ("Ann", "plain ASCII", "quoted-printable")}
+            with open(recipients, "w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["email", "name", "note"])
+                for e, (name, note, _) in rows.items():
+                    w.writerow([e, name, note])
+            text, html = peers.path("t.txt"), peers.path("h.html")
+            with open(text, "w", encoding="utf-8") as f:
+                f.write("{{name}} 様\n\n{{note}}\n")
+            with open(html, "w", encoding="utf-8") as f:
+                f.write("<p>{{name}} 様</p>\n<p>{{note}}</p>\n")
+            parts = ["--subject", "お知らせ：年末年始の休業について {{name}}", "--text", text, "--html", html]
+            p, j, _ = send(peers, recipients, parts, [f"strict.test=127.0.0.2:{port}"])
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            self.assertEqual({e[0]["status"] for e in j.values()}, {"delivered"}, j)
+            got = strict_arrivals(out)
+            self.assertEqual(sorted(a["rcpt"][0] for a in got), sorted(rows))
+            for e, (name, note, encoding) in rows.items():
+                (a,) = [a for a in got if a["rcpt"] == [e]]
+                self.assertNotIn("BODY=8BITMIME", [o.upper() for o in a["mail_options"]])
+                self.assertTrue(a["data"].isascii())
+                msg = email.message_from_bytes(a["data"].encode(), policy=email.policy.default)
+                self.assertEqual([d for p in msg.walk() for d in p.defects], [])
+                self.assertEqual(str(msg["Subject"]), f"お知らせ：年末年始の休業について {name}")
+                plain, html_part = msg.get_body(("plain",)), msg.get_body(("html",))
+                self.assertEqual(plain.get_content().replace("\r\n", "\n"), f"{name} 様\n\n{note}\n")
+                self.assertEqual(html_part.get_content().replace("\r\n", "\n"), f"<p>{name} 様</p>\n<p>{note}</p>\n")
+                self.assertEqual(plain["Content-Transfer-Encoding"], encoding, a["data"])
 
     def test_postfix_connection_limit_is_not_hammered(self):
         if os.geteuid() != 0:

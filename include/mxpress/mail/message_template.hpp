@@ -11,13 +11,19 @@
 //   ends, header lines folded (<= 78 octets where possible, never > 998),
 //   non-ASCII header text as RFC 2047 encoded-words (display names in address
 //   headers, unstructured headers such as Subject), bodies declared 7bit,
-//   8bit (when allowed) or quoted-printable so that no line exceeds 998.
+//   8bit (when the session allows), base64 (more than a third of the octets
+//   non-ASCII) or quoted-printable, so that no line exceeds 998.
 // - Date, Message-ID (with the sender's domain), MIME-Version and From (the
 //   envelope sender) are added when the template lacks them. A Bcc header is
 //   dropped: recipients come from the recipients file only.
-// - A body whose template declares Content-Transfer-Encoding, or a multipart
-//   Content-Type, is the author's: merged as is, and a line over 998 octets
-//   makes the row invalid rather than corrupting the MIME structure.
+// - A body whose template declares Content-Transfer-Encoding is the author's:
+//   merged as is, and a line over 998 octets makes the row invalid rather
+//   than corrupting the MIME structure. So is a multipart body, except its
+//   text parts that declare no Content-Transfer-Encoding: each gets one per
+//   row by the single-part rule (body_section).
+// - Text declared charset=ISO-2022-JP is converted from UTF-8 per row, and
+//   the template's header text goes as ISO-2022-JP encoded-words; a
+//   character it cannot carry makes the row invalid (mail/charset.hpp).
 // - Given a run key and the recipient's row, the Message-ID is derived from
 //   both: the same on every attempt and after --resume, distinct per row.
 // - With DKIM keys the rendered message is signed last (mail/dkim.hpp): the
@@ -42,6 +48,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/utf8.hpp"
 #include "mxpress/mail/address.hpp"
+#include "mxpress/mail/charset.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/mail/input_error.hpp"
 #include "mxpress/mail/mime.hpp"
@@ -149,6 +156,25 @@ public:
         return std::string_view(_text).substr(s.literal_begin, s.literal_size);
     }
     const std::vector<template_segment>& body() const noexcept { return _body; }
+
+    // A run of body() segments: the author's bytes, merged as they are, or a
+    // text part whose transfer encoding the renderer picks per row (the whole
+    // body of a single-part template; in a multipart one, a text/* part that
+    // declares no Content-Transfer-Encoding and has no merge field in its
+    // headers). A text part's section is its content alone: the renderer
+    // writes the Content-Transfer-Encoding line and the blank line before it.
+    struct body_section {
+        std::uint32_t begin = 0;  // index into body()
+        std::uint32_t end = 0;
+        bool text_part = false;
+        bool iso_2022_jp = false;  // declares charset=ISO-2022-JP: converted from UTF-8 per row
+        std::string media;         // its media type, lowercase (error messages)
+        std::uint64_t line = 0;    // the template line it starts on
+    };
+    const std::vector<body_section>& body_sections() const noexcept { return _sections; }
+    // Some text declares charset=ISO-2022-JP: non-ASCII header text goes as
+    // ISO-2022-JP encoded-words too (RFC 1468 mail is one charset throughout).
+    bool iso_2022_jp_headers() const noexcept { return _iso_2022_jp_headers; }
     std::uint64_t body_line() const noexcept { return _body_line; }
     // The recipients column a field segment names (for error messages).
     std::string_view column_name(std::uint32_t column) const noexcept {
@@ -497,6 +523,7 @@ private:
                 }
             } else if (h.lower_name == "content-transfer-encoding") {
                 _body_is_authors = true;
+                _has_transfer_encoding = true;
             }
             if (h.kind == header_kind::address && !split_mailboxes(h)) {
                 if (h.has_fields) {
@@ -510,6 +537,174 @@ private:
                 h.mailboxes.clear();
             }
             check_literal_addresses(h, h.line);
+        }
+    }
+
+    static constexpr int multipart_depth_max = 8;
+    static constexpr std::string_view iso_2022_jp = "iso-2022-jp";
+
+    // Where a text part of the flattened body lies (see find_sections).
+    struct text_cut {
+        std::size_t header_end = 0;     // the blank line after its headers
+        std::size_t content_begin = 0;  // after that blank line
+        std::size_t content_end = 0;    // the CRLF that belongs to the next delimiter
+        bool iso_2022_jp = false;
+        std::string media;
+    };
+
+    // Splits _body into _sections. The MIME structure is read once, from the
+    // template's own text: `flat` is the body with each merge field as one
+    // NUL (which a template cannot hold), so values never shape sections.
+    void find_sections() {
+        const bool declared_iso = detail::iequals(content_type_param(_content_type, "charset"), iso_2022_jp);
+        if (!_body_is_authors || _has_transfer_encoding) {
+            body_section whole;
+            whole.end = static_cast<std::uint32_t>(_body.size());
+            whole.text_part = !_body_is_authors;
+            whole.iso_2022_jp = whole.text_part && declared_iso;
+            whole.media = _has_content_type ? detail::to_lower_copy(detail::trim_wsp(
+                                                  std::string_view(_content_type).substr(0, _content_type.find(';'))))
+                                            : "text/plain";
+            whole.line = _body_line;
+            _iso_2022_jp_headers = whole.iso_2022_jp;
+            _sections.push_back(std::move(whole));
+            return;
+        }
+        std::string flat;
+        std::vector<std::size_t> starts;  // of each segment in flat
+        for (const template_segment& seg : _body) {
+            starts.push_back(flat.size());
+            flat += seg.is_field() ? std::string_view("\0", 1) : literal(seg);
+        }
+        std::vector<text_cut> cuts;
+        find_text_parts(flat, 0, flat.size(), content_type_param(_content_type, "boundary"), 0, cuts);
+        std::vector<template_segment> body;
+        auto add = [&](std::size_t from, std::size_t to, const text_cut* cut) {
+            body_section sec;
+            sec.begin = static_cast<std::uint32_t>(body.size());
+            for (std::size_t k = 0; k < _body.size(); ++k) {
+                const std::size_t b = starts[k];
+                const std::size_t e = b + (_body[k].is_field() ? 1 : _body[k].literal_size);
+                if (e <= from || b >= to) {
+                    continue;
+                }
+                template_segment piece = _body[k];
+                if (!piece.is_field()) {
+                    piece.literal_begin += static_cast<std::uint32_t>(std::max(from, b) - b);
+                    piece.literal_size = static_cast<std::uint32_t>(std::min(to, e) - std::max(from, b));
+                }
+                body.push_back(piece);
+            }
+            sec.end = static_cast<std::uint32_t>(body.size());
+            sec.line = _body_line + static_cast<std::uint64_t>(std::count(
+                                        flat.begin(), flat.begin() + static_cast<std::ptrdiff_t>(from), '\n'));
+            if (cut != nullptr) {
+                sec.text_part = true;
+                sec.iso_2022_jp = cut->iso_2022_jp;
+                sec.media = cut->media;
+                _iso_2022_jp_headers = _iso_2022_jp_headers || cut->iso_2022_jp;
+            }
+            _sections.push_back(std::move(sec));
+        };
+        std::size_t pos = 0;
+        for (const text_cut& c : cuts) {
+            add(pos, c.header_end, nullptr);
+            add(c.content_begin, c.content_end, &c);
+            pos = c.content_end;
+        }
+        add(pos, flat.size(), nullptr);
+        _body = std::move(body);
+    }
+
+    // The text parts inside flat[begin, end), the content of a multipart
+    // entity with `boundary` (RFC 2046 5.1.1), nested multiparts included.
+    // Only parts between two delimiter lines count; a part whose headers
+    // hold a merge field or declare a transfer encoding stays the author's.
+    static void find_text_parts(std::string_view flat, std::size_t begin, std::size_t end, std::string_view boundary,
+                                int depth, std::vector<text_cut>& cuts) {
+        if (boundary.empty() || depth > multipart_depth_max) {
+            return;
+        }
+        const std::string dash = "--" + std::string(boundary);
+        std::vector<std::pair<std::size_t, std::size_t>> delimiters;  // {line start, after its CRLF}
+        for (std::size_t p = begin; p < end;) {
+            std::size_t line_end = flat.find("\r\n", p);
+            line_end = line_end == std::string_view::npos || line_end > end ? end : line_end;
+            const std::string_view line = flat.substr(p, line_end - p);
+            if (line.starts_with(dash)) {
+                const std::string_view rest = line.substr(dash.size());
+                const bool close = rest.starts_with("--");
+                if (close || detail::trim_wsp(rest).empty()) {
+                    delimiters.emplace_back(p, std::min(line_end + 2, end));
+                    if (close) {
+                        break;
+                    }
+                }
+            }
+            p = line_end + 2;
+        }
+        for (std::size_t i = 0; i + 1 < delimiters.size(); ++i) {
+            const std::size_t part_begin = delimiters[i].second;
+            const std::size_t next = delimiters[i + 1].first;
+            if (next < part_begin + 2) {
+                continue;  // no room for the CRLF that belongs to the next delimiter
+            }
+            const std::size_t part_end = next - 2;
+            std::size_t header_end = part_begin;
+            std::size_t content_begin = part_begin + 2;
+            if (flat.substr(part_begin, part_end - part_begin).starts_with("\r\n")) {
+                // No headers: text/plain (RFC 2045 5.2).
+            } else {
+                const std::size_t blank = flat.find("\r\n\r\n", part_begin);
+                if (blank == std::string_view::npos || blank + 4 > part_end) {
+                    continue;
+                }
+                header_end = blank + 2;
+                content_begin = blank + 4;
+            }
+            const std::string_view headers = flat.substr(part_begin, header_end - part_begin);
+            if (headers.find('\0') != std::string_view::npos) {
+                continue;
+            }
+            std::string content_type;
+            bool encoding = false;
+            std::string* current = nullptr;
+            for (std::size_t p = 0; p < headers.size();) {
+                const std::size_t e = headers.find("\r\n", p);
+                const std::string_view h = headers.substr(p, e - p);
+                p = e + 2;
+                if (!h.empty() && detail::is_wsp(h.front())) {
+                    if (current != nullptr) {
+                        *current += h;
+                    }
+                    continue;
+                }
+                const std::size_t colon = h.find(':');
+                const std::string_view name = detail::trim_wsp(h.substr(0, colon));
+                current = nullptr;
+                if (colon != std::string_view::npos && detail::iequals(name, "content-type")) {
+                    content_type = std::string(detail::trim_wsp(h.substr(colon + 1)));
+                    current = &content_type;
+                } else if (colon != std::string_view::npos && detail::iequals(name, "content-transfer-encoding")) {
+                    encoding = true;
+                }
+            }
+            if (encoding) {
+                continue;
+            }
+            std::string media = detail::to_lower_copy(
+                detail::trim_wsp(std::string_view(content_type).substr(0, content_type.find(';'))));
+            if (media.empty()) {
+                media = "text/plain";  // RFC 2045 5.2
+            }
+            if (media.starts_with("multipart/")) {
+                find_text_parts(flat, content_begin, part_end, content_type_param(content_type, "boundary"), depth + 1,
+                                cuts);
+            } else if (media.starts_with("text/")) {
+                cuts.push_back({header_end, content_begin, part_end,
+                                detail::iequals(content_type_param(content_type, "charset"), iso_2022_jp),
+                                std::move(media)});
+            }
         }
     }
 
@@ -545,6 +740,9 @@ private:
     std::vector<template_segment> _body;
     std::string _content_type;
     bool _body_is_authors = false;
+    bool _has_transfer_encoding = false;  // the top-level header, not a part's
+    std::vector<body_section> _sections;
+    bool _iso_2022_jp_headers = false;
     std::uint64_t _body_line = 0;  // the template line where the body starts
     bool _has_date = false;
     bool _has_message_id = false;
@@ -599,6 +797,9 @@ public:
             if (!t.body().empty() && !t.body().front().is_field()) {
                 _body_prefix = dkim::hashable_prefix(t.literal(t.body().front()));
             }
+        }
+        if (t.iso_2022_jp_headers()) {
+            _iso = std::make_unique<iso2022jp_converter>();
         }
         // Headers without merge fields are rendered once, here.
         _static.resize(t.headers().size());
@@ -770,10 +971,25 @@ private:
         }
     }
 
+    // Appends `text` as encoded-words in the template's header charset
+    // (UTF-8, or ISO-2022-JP: see iso_2022_jp_headers). A character
+    // ISO-2022-JP cannot carry is noted in _unencodable (render_header turns
+    // it into the row's error); the first one is kept.
+    void append_words(std::string& out, std::string_view text) {
+        if (!_iso) {
+            append_encoded_words(out, text);
+            return;
+        }
+        if (const std::size_t bad = append_iso2022jp_words(out, text, *_iso);
+            bad != std::string_view::npos && _unencodable.empty()) {
+            _unencodable = iso2022jp_converter::describe(text, bad);
+        }
+    }
+
     // Encodes an unstructured value: ASCII words kept, the span from the first
     // to the last word holding non-ASCII (or, with `markers`, "=?") becomes
     // encoded-words.
-    static void encode_unstructured(std::string& out, std::string_view v, bool markers) {
+    void encode_unstructured(std::string& out, std::string_view v, bool markers) {
         markers = markers && v.find("=?") != std::string_view::npos;
         if (detail::all_ascii(v) && !markers) {
             out += v;
@@ -794,19 +1010,19 @@ private:
             ++last;
         }
         out += v.substr(0, first);
-        append_encoded_words(out, v.substr(first, last + 1 - first));
+        append_words(out, v.substr(first, last + 1 - first));
         out += v.substr(last + 1);
     }
 
     // A display name: encoded-words when non-ASCII (or, with `markers`,
     // holding "=?"), a quoted-string when it holds RFC 5322 specials, else as is.
-    static void encode_phrase(std::string& out, std::string_view v, bool markers) {
+    void encode_phrase(std::string& out, std::string_view v, bool markers) {
         v = detail::trim_wsp(v);
         if (v.empty()) {
             return;
         }
         if (!detail::all_ascii(v) || (markers && v.find("=?") != std::string_view::npos)) {
-            append_encoded_words(out, v);
+            append_words(out, v);
             return;
         }
         if (v.find_first_of("()<>[]:;@\\,.\"") == std::string_view::npos) {
@@ -912,6 +1128,7 @@ private:
                        render_result& r) {
         _value.clear();
         _marker_in_value = false;
+        _unencodable.clear();
         if (h.kind == header_kind::address && !h.mailboxes.empty()) {
             for (const auto& mb : h.mailboxes) {
                 if (!render_mailbox(h, mb, fields, r)) {
@@ -935,6 +1152,11 @@ private:
             } else {
                 encode_unstructured(_value, _scratch, _marker_in_value);
             }
+        }
+        if (!_unencodable.empty()) {
+            r.error =
+                fmt::format("header {} (template line {}): {} has no ISO-2022-JP form", h.name, h.line, _unencodable);
+            return false;
         }
         if (h.has_fields && detail::trim_wsp(_value).empty()) {
             // An optional header whose merged value is empty is left out;
@@ -978,18 +1200,29 @@ public:
                 return std::pair{h.line, r.error};
             }
         }
-        if (_template->body_is_authors()) {
-            std::uint64_t line = _template->body_line();
+        for (const auto& sec : _template->body_sections()) {
+            std::uint64_t line = sec.line;
             std::size_t length = 0;
-            for (const template_segment& s : _template->body()) {
+            for (std::uint32_t k = sec.begin; k < sec.end; ++k) {
+                const template_segment& s = _template->body()[k];
                 if (s.is_field()) {
                     continue;
                 }
-                for (char c : _template->literal(s)) {
+                const std::string_view text = _template->literal(s);
+                if (sec.iso_2022_jp) {
+                    scratch.clear();
+                    if (const std::size_t bad = _iso->convert(text, scratch); bad != std::string_view::npos) {
+                        return std::pair{
+                            line + static_cast<std::uint64_t>(
+                                       std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n')),
+                            fmt::format("{} has no ISO-2022-JP form", iso2022jp_converter::describe(text, bad))};
+                    }
+                }
+                for (char c : text) {
                     if (c == '\n') {
                         ++line;
                         length = 0;
-                    } else if (c != '\r' && ++length > line_octets_max) {
+                    } else if (c != '\r' && ++length > line_octets_max && !sec.text_part) {
                         return std::pair{line, std::string("body line over 998 octets (the template declares its "
                                                            "own Content-Transfer-Encoding or multipart body)")};
                     }
@@ -1001,10 +1234,64 @@ public:
 
 private:
     static constexpr std::size_t line_octets_max = 998;
+    // A text body goes base64 rather than quoted-printable when more than
+    // 1/base64_share_divisor of its octets are non-ASCII (CJK text, where
+    // quoted-printable triples the size and base64 adds a third).
+    static constexpr std::size_t base64_share_divisor = 3;
 
-    void render_body(const std::vector<std::string_view>& fields, std::string& out, render_result& r) {
+    enum class transfer_encoding { seven_bit, eight_bit, quoted_printable, base64 };
+
+    static std::string_view encoding_header(transfer_encoding e) noexcept {
+        switch (e) {
+            case transfer_encoding::seven_bit: return "Content-Transfer-Encoding: 7bit\r\n";
+            case transfer_encoding::eight_bit: return "Content-Transfer-Encoding: 8bit\r\n";
+            case transfer_encoding::quoted_printable: return "Content-Transfer-Encoding: quoted-printable\r\n";
+            case transfer_encoding::base64: break;
+        }
+        return "Content-Transfer-Encoding: base64\r\n";
+    }
+
+    // How a text body (CRLF lines) goes: as it is when ASCII with lines of at
+    // most 998 octets (7bit); as it is when 8-bit with such lines and the
+    // session offers 8BITMIME (8bit); else base64 when more than a third of
+    // its octets are non-ASCII, quoted-printable otherwise. One rule for a
+    // single-part body and for each text part of a multipart one.
+    transfer_encoding choose_encoding(std::string_view text) const noexcept {
+        std::size_t non_ascii = 0;
+        std::size_t longest = 0;
+        std::size_t line = 0;
+        for (std::size_t i = 0; i < text.size(); ++i) {
+            if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
+                longest = std::max(longest, line);
+                line = 0;
+                ++i;
+                continue;
+            }
+            ++line;
+            non_ascii += detail::is_ascii(text[i]) ? 0 : 1;
+        }
+        longest = std::max(longest, line);
+        if (longest <= line_octets_max && (non_ascii == 0 || _options.eight_bit_allowed)) {
+            return non_ascii == 0 ? transfer_encoding::seven_bit : transfer_encoding::eight_bit;
+        }
+        return non_ascii * base64_share_divisor > text.size() ? transfer_encoding::base64
+                                                              : transfer_encoding::quoted_printable;
+    }
+
+    static void append_encoded(std::string& out, std::string_view text, transfer_encoding e) {
+        switch (e) {
+            case transfer_encoding::seven_bit:
+            case transfer_encoding::eight_bit: out += text; return;
+            case transfer_encoding::quoted_printable: append_quoted_printable(out, text); return;
+            case transfer_encoding::base64: append_base64_lines(out, text); return;
+        }
+    }
+
+    // Merges the segments of `sec` into _body, line ends of values as CRLF.
+    void merge_section(const message_template::body_section& sec, const std::vector<std::string_view>& fields) {
         _body.clear();
-        for (const template_segment& s : _template->body()) {
+        for (std::uint32_t k = sec.begin; k < sec.end; ++k) {
+            const template_segment& s = _template->body()[k];
             if (!s.is_field()) {
                 _body += _template->literal(s);
                 continue;
@@ -1027,25 +1314,72 @@ private:
                 }
             }
         }
-        const bool ascii = detail::all_ascii(_body);
-        std::size_t longest = 0;
-        {
-            std::size_t start = 0;
-            while (start < _body.size()) {
-                std::size_t end = _body.find("\r\n", start);
-                if (end == std::string::npos) {
-                    end = _body.size();
+    }
+
+    // The merged text of text part `sec` (in _body), as it is to be encoded:
+    // _body itself, or its ISO-2022-JP form in _converted. Empty with
+    // r.error set when a character has no ISO-2022-JP form (the error names
+    // the field that brought it, if one did).
+    std::optional<std::string_view> part_text(const message_template::body_section& sec,
+                                              const std::vector<std::string_view>& fields, render_result& r) {
+        merge_section(sec, fields);
+        if (!sec.iso_2022_jp) {
+            return std::string_view(_body);
+        }
+        _converted.clear();
+        const std::size_t bad = _iso->convert(_body, _converted);
+        if (bad == std::string_view::npos) {
+            return std::string_view(_converted);
+        }
+        const std::string what = iso2022jp_converter::describe(_body, bad);
+        const std::size_t n = std::max<std::size_t>(1, detail::utf8_sequence_length(_body, bad));
+        const std::string_view ch = std::string_view(_body).substr(bad, n);
+        std::string field;
+        for (std::uint32_t k = sec.begin; k < sec.end && field.empty(); ++k) {
+            const template_segment& s = _template->body()[k];
+            if (s.is_field() && s.column < fields.size() && fields[s.column].find(ch) != std::string_view::npos) {
+                field = fmt::format(" (field '{}')", _template->column_name(s.column));
+            }
+        }
+        r.error = fmt::format("{} part: {}{} has no ISO-2022-JP form", sec.media, what, field);
+        return std::nullopt;
+    }
+
+    void render_body(const std::vector<std::string_view>& fields, std::string& out, render_result& r) {
+        const auto& sections = _template->body_sections();
+        if (!_template->body_is_authors()) {
+            render_single_part(sections.front(), fields, out, r);
+            return;
+        }
+        out += "\r\n";
+        for (const auto& sec : sections) {
+            if (sec.text_part) {
+                const std::optional<std::string_view> text = part_text(sec, fields, r);
+                if (!text) {
+                    return;
                 }
+                const transfer_encoding e = choose_encoding(*text);
+                if (e != transfer_encoding::seven_bit) {
+                    out += encoding_header(e);
+                }
+                out += "\r\n";
+                append_encoded(out, *text, e);
+                r.eight_bit = r.eight_bit || e == transfer_encoding::eight_bit;
+                continue;
+            }
+            merge_section(sec, fields);
+            std::size_t longest = 0;
+            for (std::size_t start = 0; start < _body.size();) {
+                std::size_t end = _body.find("\r\n", start);
+                end = end == std::string::npos ? _body.size() : end;
                 longest = std::max(longest, end - start);
                 start = end + 2;
             }
-        }
-        constexpr std::size_t line_max = 998;
-        if (_template->body_is_authors()) {
-            if (longest > line_max) {
+            if (longest > line_octets_max) {
                 r.error = "body has a line over 998 octets and its Content-Transfer-Encoding is the template's";
                 return;
             }
+            const bool ascii = detail::all_ascii(_body);
             if (!ascii && !_options.eight_bit_allowed) {
                 r.needs_8bitmime = true;
                 r.error =
@@ -1053,35 +1387,38 @@ private:
                     "offer 8BITMIME";
                 return;
             }
-            r.eight_bit = !ascii;
-            out += "\r\n";
+            r.eight_bit = r.eight_bit || !ascii;
             out += _body;
+        }
+    }
+
+    // A single-part body: Content-Type (charset=utf-8 added when the text
+    // needs one and the template gives none) and the transfer encoding that
+    // choose_encoding() picks for this row.
+    void render_single_part(const message_template::body_section& sec, const std::vector<std::string_view>& fields,
+                            std::string& out, render_result& r) {
+        const std::optional<std::string_view> text = part_text(sec, fields, r);
+        if (!text) {
             return;
         }
-        const std::string& ct = _template->content_type();
-        const bool need_charset = !ascii && detail::to_lower_copy(ct).find("charset=") == std::string::npos;
-        if (ascii && longest <= line_max) {
+        const transfer_encoding e = choose_encoding(*text);
+        const bool ascii = detail::all_ascii(_body);  // the UTF-8 text: does it need a charset?
+        if (e == transfer_encoding::seven_bit) {
             if (_template->has_content_type()) {
                 emit_content_type(out, false);
             }
-            out += "\r\n";
-            out += _body;
-            return;
-        }
-        const bool as_8bit = !ascii && longest <= line_max && _options.eight_bit_allowed;
-        if (!_template->has_content_type()) {
-            out += ascii ? "Content-Type: text/plain\r\n" : "Content-Type: text/plain; charset=utf-8\r\n";
         } else {
-            emit_content_type(out, need_charset);
+            if (!_template->has_content_type()) {
+                out += ascii ? "Content-Type: text/plain\r\n" : "Content-Type: text/plain; charset=utf-8\r\n";
+            } else {
+                emit_content_type(out, !ascii && detail::to_lower_copy(_template->content_type()).find("charset=") ==
+                                                     std::string::npos);
+            }
+            out += encoding_header(e);
         }
-        out += as_8bit ? "Content-Transfer-Encoding: 8bit\r\n" : "Content-Transfer-Encoding: quoted-printable\r\n";
         out += "\r\n";
-        r.eight_bit = as_8bit;
-        if (as_8bit) {
-            out += _body;
-        } else {
-            append_quoted_printable(out, _body);
-        }
+        append_encoded(out, *text, e);
+        r.eight_bit = e == transfer_encoding::eight_bit;
     }
 
     // The template's own Content-Type (held back by render() so a charset can
@@ -1139,7 +1476,10 @@ private:
     std::string _value;
     std::string _scratch;
     std::string _phrase;
-    bool _marker_in_value = false;  // a merged value of the header holds "=?"
+    bool _marker_in_value = false;              // a merged value of the header holds "=?"
+    std::unique_ptr<iso2022jp_converter> _iso;  // set when the template is ISO-2022-JP (one per renderer: iconv state)
+    std::string _unencodable;                   // see append_words
+    std::string _converted;                     // a text part in ISO-2022-JP
     std::string _body;
     std::string _date;
     std::time_t _date_time = 0;
@@ -1157,6 +1497,7 @@ inline message_template message_template::compile(std::string_view text, std::st
     t._file = std::move(file_name);
     t._columns = columns;
     t.parse(text, columns);
+    t.find_sections();
     renderer_options o;
     o.from = "check@localhost";
     o.message_id_seed = 1;

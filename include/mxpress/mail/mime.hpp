@@ -74,6 +74,44 @@ inline void append_encoded_words(std::string& out, std::string_view text) {
     }
 }
 
+// Appends `data` as base64 lines of 76 characters, each ended by CRLF.
+inline void append_base64_lines(std::string& out, std::string_view data) {
+    constexpr std::size_t raw_per_line = 57;  // 76 base64 characters
+    for (std::size_t i = 0; i < data.size(); i += raw_per_line) {
+        append_base64(out, data.substr(i, raw_per_line));
+        out += "\r\n";
+    }
+}
+
+// The value of parameter `name` (lowercase) in a Content-Type value such as
+// 'text/plain; charset="utf-8"', quotes removed; empty when absent.
+inline std::string_view content_type_param(std::string_view content_type, std::string_view name) {
+    std::size_t i = content_type.find(';');
+    while (i != std::string_view::npos && i < content_type.size()) {
+        std::string_view rest = detail::trim_wsp(content_type.substr(i + 1));
+        const std::size_t eq = rest.find('=');
+        if (eq == std::string_view::npos) {
+            return {};
+        }
+        const bool match = detail::iequals(detail::trim_wsp(rest.substr(0, eq)), name);
+        rest = detail::trim_wsp(rest.substr(eq + 1));
+        std::string_view value;
+        if (!rest.empty() && rest.front() == '"') {
+            const std::size_t close = rest.find('"', 1);
+            value = rest.substr(1, close == std::string_view::npos ? std::string_view::npos : close - 1);
+        } else {
+            value = detail::trim_wsp(rest.substr(0, rest.find(';')));
+        }
+        if (match) {
+            return value;
+        }
+        const std::size_t next =
+            content_type.find(';', static_cast<std::size_t>(value.data() + value.size() - content_type.data()));
+        i = next;
+    }
+    return {};
+}
+
 // Appends "Name: value\r\n", folding at whitespace so that lines stay within
 // 78 octets where the value allows it. Returns false when some line would
 // exceed 998 octets (RFC 5322 §2.1.1) because there is no whitespace to fold at.

@@ -13,13 +13,17 @@
 // - {{field}} merging works in the subject, the text and the HTML, not in
 //   attachments (base64 has no '{'). Each text file is checked on its own
 //   first, so an error names that file and its line.
-// - A text or HTML file without merge fields is encoded once: 7bit when it is
-//   ASCII with lines of at most 998 octets, else quoted-printable. One with
-//   merge fields is declared 8bit (charset utf-8): its lines must stay within
-//   998 octets per row (else that row is invalid), and the message asks for
-//   BODY=8BITMIME only when a row really holds 8-bit text.
-// - A single text or HTML part without attachments is a plain single-part
-//   template: the renderer picks 7bit, 8bit or quoted-printable per row.
+// - A text or HTML part declares its charset and no Content-Transfer-Encoding:
+//   the renderer picks one per row and per session (message_template.hpp:
+//   7bit; 8bit where the server offers 8BITMIME; else base64 for mostly
+//   non-ASCII text, quoted-printable otherwise), so every row reaches every
+//   server and DKIM signs the bytes as encoded. A single text or HTML part
+//   without attachments is a plain single-part template, encoded the same way.
+// - --charset iso-2022-jp declares the parts charset=ISO-2022-JP: the renderer
+//   converts them per row (7bit) and writes non-ASCII header text as
+//   ISO-2022-JP encoded-words; a character ISO-2022-JP lacks (emoji, 𠮷,
+//   half-width katakana) makes the row invalid, or, in a file's own text or
+//   the subject, is an error at start.
 // - Each delimiter line is preceded by its own CRLF (RFC 2046 5.1.1: that
 //   CRLF belongs to the delimiter), so every part keeps its last line break.
 // - Boundaries are derived from the content (FNV-1a), so the same parts give
@@ -56,10 +60,11 @@ struct message_parts {
     std::string text_file;                 // --text
     std::string html_file;                 // --html
     std::vector<std::string> attachments;  // --attach, in order
+    std::string charset;                   // --charset: utf-8 (also when empty) or iso-2022-jp
 
     bool any() const noexcept {
         return !subject.empty() || !header_from.empty() || !text_file.empty() || !html_file.empty() ||
-               !attachments.empty();
+               !attachments.empty() || !charset.empty();
     }
 };
 
@@ -179,14 +184,6 @@ inline void append_filename_param(std::string& out, std::string_view name) {
     }
 }
 
-inline void append_base64_lines(std::string& out, std::string_view data) {
-    constexpr std::size_t raw_per_line = 57;  // 76 base64 characters
-    for (std::size_t i = 0; i < data.size(); i += raw_per_line) {
-        append_base64(out, data.substr(i, raw_per_line));
-        out += "\r\n";
-    }
-}
-
 // Line ends to CRLF (what the template parser does too).
 inline std::string crlf_lines(std::string_view s) {
     std::string out;
@@ -209,6 +206,19 @@ inline std::string crlf_lines(std::string_view s) {
     return out;
 }
 
+// The charset parameter for --charset `name`: "utf-8" or "ISO-2022-JP".
+// Throws std::invalid_argument for anything else.
+inline std::string_view charset_param(std::string_view name) {
+    if (name.empty() || detail::iequals(name, "utf-8")) {
+        return "utf-8";
+    }
+    if (detail::iequals(name, "iso-2022-jp")) {
+        return "ISO-2022-JP";
+    }
+    throw std::invalid_argument(
+        fmt::format("--charset {}: expected utf-8 (the default) or iso-2022-jp", std::string(name)));
+}
+
 inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222325ULL) {
     for (char c : s) {
         h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ULL;
@@ -216,44 +226,23 @@ inline std::uint64_t fnv1a(std::string_view s, std::uint64_t h = 0xcbf29ce484222
     return h;
 }
 
-// A text or HTML part: headers and body for the skeleton. `file` names it
-// in errors; merge fields are checked against `columns` on the file alone.
-inline std::string text_part(const std::string& file, std::string_view media, const std::vector<std::string>& columns) {
+// A text or HTML part: its Content-Type (in `charset`) and content, with no
+// Content-Transfer-Encoding: the renderer picks that per row (see
+// message_template::body_section). `file` names it in errors; merge fields
+// are checked against `columns` on the file alone.
+inline std::string text_part(const std::string& file, std::string_view media, std::string_view charset,
+                             const std::vector<std::string>& columns) {
     const std::string content = read_input_file(file, media == "text/html" ? "HTML part" : "text part");
-    const bool fields = content.find("{{") != std::string::npos;
-    // The file on its own (declared 8bit as below when it has fields), so
-    // that an error names its own line.
-    const std::string head = fields ? "X-Part: x\nContent-Transfer-Encoding: 8bit\n\n" : "X-Part: x\n\n";
-    const std::uint64_t head_lines = fields ? 3 : 2;
+    // The file on its own, as a single-part template, so that an error
+    // names its own line.
+    const std::string head = fmt::format("Content-Type: {}; charset={}\n\n", media, charset);
+    constexpr std::uint64_t head_lines = 2;
     try {
         static_cast<void>(message_template::compile(head + content, file, columns));
     } catch (const input_error& e) {
         throw input_error(file, e.line() > head_lines ? e.line() - head_lines : e.line(), e.what());
     }
-    std::string out = fmt::format("Content-Type: {}; charset=utf-8\r\n", media);
-    const std::string body = crlf_lines(content);
-    if (fields) {
-        out += "Content-Transfer-Encoding: 8bit\r\n\r\n";
-        out += body;
-        return out;
-    }
-    std::size_t longest = 0;
-    for (std::size_t start = 0; start < body.size();) {
-        const std::size_t end = body.find("\r\n", start);
-        longest = std::max(longest, end - start);
-        start = end + 2;
-    }
-    if (detail::all_ascii(body) && longest <= 998) {
-        out += "Content-Transfer-Encoding: 7bit\r\n\r\n";
-        out += body;
-    } else {
-        out += "Content-Transfer-Encoding: quoted-printable\r\n\r\n";
-        append_quoted_printable(out, body);
-        if (!out.ends_with("\r\n")) {
-            out += "\r\n";
-        }
-    }
-    return out;
+    return fmt::format("Content-Type: {}; charset={}\r\n\r\n", media, charset) + crlf_lines(content);
 }
 
 }  // namespace detail_parts
@@ -271,10 +260,12 @@ inline std::string build_template(const message_parts& parts, const std::vector<
             throw std::invalid_argument("--subject and --header-from must be one line");
         }
     }
+    const std::string_view charset = dp::charset_param(parts.charset);
     try {
-        static_cast<void>(
-            message_template::compile("Subject: " + parts.subject + "\nFrom: " + parts.header_from + "\n\nx\n",
-                                      "--subject/--header-from", columns));
+        static_cast<void>(message_template::compile(fmt::format("Subject: {}\nFrom: {}\nContent-Type: text/plain; "
+                                                                "charset={}\n\nx\n",
+                                                                parts.subject, parts.header_from, charset),
+                                                    "--subject/--header-from", columns));
     } catch (const input_error& e) {
         throw std::invalid_argument(fmt::format("--subject/--header-from: {}", e.what()));
     }
@@ -290,10 +281,10 @@ inline std::string build_template(const message_parts& parts, const std::vector<
 
     std::vector<std::string> alternatives;
     if (!parts.text_file.empty()) {
-        alternatives.push_back(dp::text_part(parts.text_file, "text/plain", columns));
+        alternatives.push_back(dp::text_part(parts.text_file, "text/plain", charset, columns));
     }
     if (!parts.html_file.empty()) {
-        alternatives.push_back(dp::text_part(parts.html_file, "text/html", columns));
+        alternatives.push_back(dp::text_part(parts.html_file, "text/html", charset, columns));
     }
     std::vector<std::string> attachments;
     for (const std::string& path : parts.attachments) {
@@ -305,7 +296,7 @@ inline std::string build_template(const message_parts& parts, const std::vector<
             dp::media_type(name));
         dp::append_filename_param(a, name);
         a += "\r\n\r\n";
-        dp::append_base64_lines(a, data);
+        append_base64_lines(a, data);
         attachments.push_back(std::move(a));
     }
 
@@ -342,9 +333,14 @@ inline std::string build_template(const message_parts& parts, const std::vector<
     }
 
     if (alternatives.size() == 1 && attachments.empty()) {
-        // A single part: the renderer chooses the transfer encoding per row.
+        // A single part: the renderer chooses the transfer encoding per row
+        // (and adds charset=utf-8 when the row needs it).
+        const std::string_view media = parts.text_file.empty() ? "text/html" : "text/plain";
         const std::string content =
             dp::crlf_lines(read_input_file(!parts.text_file.empty() ? parts.text_file : parts.html_file, "text part"));
+        if (charset != "utf-8") {
+            return headers + fmt::format("Content-Type: {}; charset={}\r\n\r\n", media, charset) + content;
+        }
         return headers + (parts.text_file.empty() ? "Content-Type: text/html\r\n" : "") + "\r\n" + content;
     }
     std::string out = headers;
