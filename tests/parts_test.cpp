@@ -19,13 +19,13 @@ using mxpress::mail::renderer;
 using mxpress::mail::renderer_options;
 using mxpress::test::temp_dir;
 
-const std::vector<std::string> columns = {"email", "name", "note"};
+const std::vector<std::string> parts_columns = {"email", "name", "note"};
 
-renderer_options options(bool eight_bit) {
+renderer_options parts_options(bool eight_bit) {
     renderer_options o;
     o.from = "bounce@sender.example";
     o.eight_bit_allowed = eight_bit;
-    o.clock = []() -> std::time_t { return 1'795'000'000; };
+    o.clock = mxpress::test::fixed_clock;
     o.message_id_seed = 42;
     return o;
 }
@@ -37,8 +37,8 @@ struct rendered {
 
 // The message for one row of a parts message (text and HTML, so multipart).
 rendered render_parts(const message_parts& parts, std::vector<std::string_view> row, bool eight_bit) {
-    const auto t = message_template::compile(build_template(parts, columns, "email"), "parts", columns);
-    renderer r(t, options(eight_bit));
+    const auto t = message_template::compile(build_template(parts, parts_columns, "email"), "parts", parts_columns);
+    renderer r(t, parts_options(eight_bit));
     rendered out;
     out.result = r.render(row, out.message);
     return out;
@@ -192,14 +192,14 @@ TEST(Parts, Iso2022JpRowWithACharacterItCannotCarryIsInvalid) {
     message_parts bad = parts;
     bad.text_file = dir.write("bad.txt", "こんにちは\n𠮷野家へようこそ {{name}}\n");
     try {
-        static_cast<void>(build_template(bad, columns, "email"));
+        static_cast<void>(build_template(bad, parts_columns, "email"));
         FAIL() << "no error";
     } catch (const input_error& e) {
         EXPECT_EQ(e.describe(), bad.text_file + ":2: '𠮷' (U+20BB7) has no ISO-2022-JP form");
     }
     bad = parts;
     bad.charset = "shift_jis";
-    EXPECT_THROW(static_cast<void>(build_template(bad, columns, "email")), std::invalid_argument);
+    EXPECT_THROW(static_cast<void>(build_template(bad, parts_columns, "email")), std::invalid_argument);
 }
 
 TEST(Parts, Iso2022JpSinglePartDeclaresItsCharset) {
