@@ -322,17 +322,48 @@ TEST(MessageTemplate, AuthorsMultipartBodyIsKeptAsIs) {
     render_result res;
     const std::string out = render(tmpl, {"a@x.org", "Ann", ""}, &res);
     ASSERT_TRUE(res.ok());
-    EXPECT_NE(out.find("\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nHi Ann\r\n--b1--\r\n"), std::string::npos)
+    // Its text part declares no charset: it gains charset=utf-8.
+    EXPECT_NE(out.find("\r\n\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHi Ann\r\n--b1--\r\n"),
+              std::string::npos)
         << out;
     EXPECT_EQ(out.find("Content-Transfer-Encoding"), std::string::npos);
     // Its text part declares no transfer encoding: one is chosen per row.
     const std::string long_row = render(tmpl, {"a@x.org", std::string(1000, 'n'), ""}, &res);
     ASSERT_TRUE(res.ok()) << res.error;
-    EXPECT_NE(long_row.find("--b1\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
-                            "Hi nnn"),
+    EXPECT_NE(long_row.find("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                            "Content-Transfer-Encoding: quoted-printable\r\n\r\nHi nnn"),
               std::string::npos)
         << long_row;
     EXPECT_TRUE(long_row.ends_with("nnnn\r\n--b1--\r\n")) << long_row;  // the delimiter CRLF only
+}
+
+TEST(MessageTemplate, AuthorsTextPartsWithoutACharsetSayUtf8) {
+    // A folded Content-Type without charset, and a part with no headers
+    // (text/plain; charset=us-ascii by RFC 2045 5.2): non-ASCII values must
+    // not go out labelled us-ascii.
+    const std::string tmpl =
+        "MIME-Version: 1.0\n"
+        "Content-Type: multipart/mixed; boundary=\"b1\"\n"
+        "Subject: x\n\n"
+        "--b1\nContent-Type: text/plain;\n format=flowed\n\nA {{name}}\n"
+        "--b1\n\nB {{name}}\n"
+        "--b1\nContent-Type: text/html; charset=utf-8\n\n<p>C {{name}}</p>\n--b1--\n";
+    render_result res;
+    const std::string out = render(tmpl, {"a@x.org", "J\xc3\xb6rg", ""}, &res, false);
+    ASSERT_TRUE(res.ok()) << res.error;
+    EXPECT_NE(out.find("--b1\r\nContent-Type: text/plain;\r\n format=flowed; charset=utf-8\r\n"
+                       "Content-Transfer-Encoding: quoted-printable\r\n\r\nA J=C3=B6rg\r\n--b1\r\n"),
+              std::string::npos)
+        << out;
+    EXPECT_NE(out.find("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                       "Content-Transfer-Encoding: quoted-printable\r\n\r\nB J=C3=B6rg\r\n--b1\r\n"),
+              std::string::npos)
+        << out;
+    // A part that names its charset keeps its header as written.
+    EXPECT_NE(out.find("--b1\r\nContent-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: "),
+              std::string::npos)
+        << out;
+    EXPECT_EQ(out.find("charset=utf-8; charset"), std::string::npos) << out;
 }
 
 TEST(MessageTemplate, AuthorsMultipartPartsThatDeclareTheirEncodingAreKept) {

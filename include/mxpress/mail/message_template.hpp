@@ -20,7 +20,8 @@
 //   merged as is, and a line over 998 octets makes the row invalid rather
 //   than corrupting the MIME structure. So is a multipart body, except its
 //   text parts that declare no Content-Transfer-Encoding: each gets one per
-//   row by the single-part rule (body_section).
+//   row by the single-part rule (body_section), and charset=utf-8 when it
+//   declares no charset.
 // - Text declared charset=ISO-2022-JP is converted from UTF-8 per row, and
 //   the template's header text goes as ISO-2022-JP encoded-words; a
 //   character it cannot carry makes the row invalid (mail/charset.hpp).
@@ -550,7 +551,18 @@ private:
         std::size_t content_end = 0;    // the CRLF that belongs to the next delimiter
         bool iso_2022_jp = false;
         std::string media;
+        // The part declares no charset: its Content-Type gains "; charset=utf-8"
+        // at this offset (the end of that header's value), or, without a
+        // Content-Type, the whole line goes in at header_end. npos: none needed.
+        std::size_t charset_at = std::string_view::npos;
+        bool content_type_line = false;
     };
+
+    // What a text part without a charset gets: re-encoded per row, its text
+    // (the template's UTF-8 and the merged values) must say what it is; the
+    // RFC 2045 default, us-ascii, would make readers garble non-ASCII.
+    static constexpr std::string_view utf8_charset_param = "; charset=utf-8";
+    static constexpr std::string_view utf8_content_type_line = "Content-Type: text/plain; charset=utf-8\r\n";
 
     // Splits _body into _sections. The MIME structure is read once, from the
     // template's own text: `flat` is the body with each merge field as one
@@ -606,8 +618,28 @@ private:
             }
             _sections.push_back(std::move(sec));
         };
+        // The charset a part lacks: a literal of its own, kept in _text like
+        // every other (segments hold offsets into it, not views).
+        auto add_text = [&](std::size_t at, std::string_view text) {
+            body_section sec;
+            sec.begin = static_cast<std::uint32_t>(body.size());
+            template_segment seg;
+            seg.literal_begin = static_cast<std::uint32_t>(_text.size());
+            seg.literal_size = static_cast<std::uint32_t>(text.size());
+            _text += text;
+            body.push_back(seg);
+            sec.end = static_cast<std::uint32_t>(body.size());
+            sec.line = _body_line + static_cast<std::uint64_t>(
+                                        std::count(flat.begin(), flat.begin() + static_cast<std::ptrdiff_t>(at), '\n'));
+            _sections.push_back(std::move(sec));
+        };
         std::size_t pos = 0;
         for (const text_cut& c : cuts) {
+            if (c.charset_at != std::string_view::npos) {
+                add(pos, c.charset_at, nullptr);
+                add_text(c.charset_at, c.content_type_line ? utf8_content_type_line : utf8_charset_param);
+                pos = c.charset_at;
+            }
             add(pos, c.header_end, nullptr);
             add(c.content_begin, c.content_end, &c);
             pos = c.content_end;
@@ -667,6 +699,7 @@ private:
                 continue;
             }
             std::string content_type;
+            std::size_t content_type_end = std::string_view::npos;  // in flat: end of its value (last line)
             bool encoding = false;
             std::string* current = nullptr;
             for (std::size_t p = 0; p < headers.size();) {
@@ -676,6 +709,7 @@ private:
                 if (!h.empty() && detail::is_wsp(h.front())) {
                     if (current != nullptr) {
                         *current += h;
+                        content_type_end = part_begin + e;
                     }
                     continue;
                 }
@@ -684,6 +718,7 @@ private:
                 current = nullptr;
                 if (colon != std::string_view::npos && detail::iequals(name, "content-type")) {
                     content_type = std::string(detail::trim_wsp(h.substr(colon + 1)));
+                    content_type_end = part_begin + e;
                     current = &content_type;
                 } else if (colon != std::string_view::npos && detail::iequals(name, "content-transfer-encoding")) {
                     encoding = true;
@@ -701,9 +736,14 @@ private:
                 find_text_parts(flat, content_begin, part_end, content_type_param(content_type, "boundary"), depth + 1,
                                 cuts);
             } else if (media.starts_with("text/")) {
-                cuts.push_back({header_end, content_begin, part_end,
-                                detail::iequals(content_type_param(content_type, "charset"), iso_2022_jp),
-                                std::move(media)});
+                const std::string charset(content_type_param(content_type, "charset"));
+                text_cut cut{header_end, content_begin, part_end, detail::iequals(charset, iso_2022_jp),
+                             std::move(media)};
+                if (charset.empty()) {
+                    cut.content_type_line = content_type_end == std::string_view::npos;
+                    cut.charset_at = cut.content_type_line ? header_end : content_type_end;
+                }
+                cuts.push_back(std::move(cut));
             }
         }
     }
