@@ -356,6 +356,31 @@ class Plan(unittest.TestCase):
             build = f.read()
         self.assertIn("FROM debian:12", build)
         self.assertIn("scripts/setup", build)
+        # The runtime stage installs the package of every shared library
+        # the binary needs (a library added to the build and forgotten
+        # here gives an image whose mxpress cannot start).
+        runtime = build[build.rindex("FROM debian:12"):].replace("\\\n", " ").replace("\n", " ") + " "
+        needed = [line.split("[")[1].rstrip("]") for line in subprocess.run(
+            ["readelf", "-d", MXPRESS], capture_output=True, text=True, check=True).stdout.splitlines()
+            if "(NEEDED)" in line]
+        paths = dict(line.split("=>")[0].strip().split()[0:1] + [line.split("=>")[1].split("(")[0].strip()]
+                     for line in subprocess.run(["ldd", MXPRESS], capture_output=True, text=True, check=True)
+                     .stdout.splitlines() if "=>" in line)
+        self.assertIn("libssl.so.3", needed)
+        base = ("libc6", "libstdc++6", "libgcc-s1")  # in debian:12 itself
+        sanitizer = ("libasan", "libubsan", "libtsan")  # the test's own build, not the image's
+        for name in needed:
+            if name.startswith(sanitizer):
+                continue
+            lib = paths[name]
+            owner = subprocess.run(["dpkg", "-S", lib], capture_output=True, text=True)
+            if owner.returncode != 0:  # merged /usr: the package lists the other spelling
+                owner = subprocess.run(["dpkg", "-S", os.path.realpath(lib)], capture_output=True, text=True)
+            self.assertEqual(owner.returncode, 0, f"no Debian package owns {lib}")
+            package = owner.stdout.split(":")[0]
+            if package not in base:
+                self.assertIn(f" {package} ", runtime, f"the image's runtime stage lacks {package} ({name})")
+
 
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
