@@ -36,7 +36,7 @@ version=$(field Version)
 [ -n "$version" ] || fail "no Version"
 [ "$(field Section)" = mail ] || fail "Section: $(field Section)"
 [ -n "$(field Maintainer)" ] || fail "no Maintainer"
-field Description | grep -q . || fail "no Description"
+[ -n "$(field Description)" ] || fail "no Description"
 if command -v dpkg-shlibdeps >/dev/null; then
   # Computed by dpkg-shlibdeps: the C library and the shared libraries linked.
   depends=$(field Depends)
@@ -62,7 +62,7 @@ mx="$root/usr/bin/mxpress"
 # The installed binaries: --version says the package's version; a dry run works.
 out=$("$mx" --version)
 [ "$out" = "mxpress $version" ] || fail "mxpress --version says '$out', the package is $version"
-"$root/usr/bin/mxsink" --help | grep -q -- --listen || fail "mxsink --help"
+[[ "$("$root/usr/bin/mxsink" --help)" == *--listen* ]] || fail "mxsink --help"
 mkdir "$tmp/run"
 printf 'email,name\nann@town.example,Ann\nbob@city.example,Bob\n' >"$tmp/run/list.csv"
 printf 'Subject: Road works\r\n\r\nDear {{name}}, the road is closed.\r\n' >"$tmp/run/notice.eml"
