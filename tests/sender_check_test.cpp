@@ -58,7 +58,8 @@ struct setup {
     dkim::settings settings;
     std::vector<sc::configured_key> keys;
     sc::txt_map txt;
-    std::string from = "town.example";
+    std::string from = "town.example";  // the header From's domain
+    std::string envelope;               // empty: the same as `from`
 
     setup() {
         keys.push_back(key("town.example", "r1", dkim::algorithm::rsa_sha256, 2048, rsa_p));
@@ -69,7 +70,8 @@ struct setup {
         txt["_dmarc.town.example"] = found({"v=DMARC1; p=none; rua=mailto:d@town.example"});
         txt["town.example"] = found({"google-site-verification=abc", "v=spf1 ip4:192.0.2.1 -all"});
     }
-    std::vector<sc::finding> run() const { return sc::check(settings, keys, from, txt); }
+    sc::sender_domains domains() const { return {from, envelope.empty() ? from : envelope}; }
+    std::vector<sc::finding> run() const { return sc::check(settings, keys, domains(), txt); }
 };
 
 // The one finding whose text contains `part` (fails the test unless exactly one).
@@ -100,16 +102,16 @@ TEST(SenderCheck, AGoodSetupIsAllOk) {
     }
     EXPECT_FALSE(sc::any_fatal(f));
     EXPECT_EQ(one(f, "r1._domainkey.town.example publishes").level, severity::ok);
-    EXPECT_EQ(one(f, "SPF:").text, "SPF: town.example: \"v=spf1 ip4:192.0.2.1 -all\"");
+    EXPECT_EQ(one(f, "SPF").text, "SPF (envelope domain town.example): \"v=spf1 ip4:192.0.2.1 -all\"");
     EXPECT_EQ(f.size(), 6u) << dump(f);  // key length, key record, DMARC, SPF, alignment, headers
 }
 
 TEST(SenderCheck, NamesToQueryCoverEveryCheck) {
     const setup s;
-    EXPECT_EQ(sc::names_to_query(s.settings, "news.town.example"),
+    EXPECT_EQ(sc::names_to_query(s.settings, {"news.town.example", "news.town.example"}),
               (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.news.town.example", "_dmarc.town.example",
                                         "news.town.example"}));
-    EXPECT_EQ(sc::names_to_query(s.settings, "town.example").size(), 3u);  // no _dmarc.example
+    EXPECT_EQ(sc::names_to_query(s.settings, {"town.example", "town.example"}).size(), 3u);  // no _dmarc.example
 }
 
 TEST(SenderCheck, KeyRecordMissingMismatchedWrongTypeOrRevokedIsFatal) {
@@ -194,34 +196,62 @@ TEST(SenderCheck, DmarcAtTheDomainOrItsParentElseAWarning) {
     setup s;
     s.from = "news.town.example";
     s.txt["_dmarc.news.town.example"] = none();
-    EXPECT_EQ(one(s.run(), "DMARC: _dmarc.town.example").level, severity::ok);  // the parent's record
+    EXPECT_EQ(one(s.run(), "DMARC (From domain news.town.example): _dmarc.town.example").level,
+              severity::ok);  // the parent's record
     s.txt["_dmarc.news.town.example"] = found({"v=DMARC1; p=reject"});
-    EXPECT_EQ(one(s.run(), "DMARC: _dmarc.news.town.example: \"v=DMARC1; p=reject\"").level, severity::ok);
+    EXPECT_EQ(one(s.run(), "_dmarc.news.town.example: \"v=DMARC1; p=reject\"").level, severity::ok);
     s.txt["_dmarc.news.town.example"] = found({"v=spf1 -all"});  // not a DMARC record
     s.txt["_dmarc.town.example"] = none();
     const auto f = s.run();
-    EXPECT_EQ(one(f, "DMARC: no record (v=DMARC1) at _dmarc.news.town.example nor at _dmarc.town.example").level,
+    EXPECT_EQ(one(f,
+                  "DMARC (From domain news.town.example): no record (v=DMARC1) at _dmarc.news.town.example nor at "
+                  "_dmarc.town.example")
+                  .level,
               severity::warning)
         << dump(f);
     s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=none", "v=DMARC1; p=reject"});
     EXPECT_EQ(one(s.run(), "2 records at _dmarc.town.example").level, severity::warning);
     s.txt["_dmarc.town.example"] = failed("_dmarc.town.example");
-    EXPECT_EQ(one(s.run(), "DMARC: cannot check: _dmarc.town.example").level, severity::fatal);
+    EXPECT_EQ(one(s.run(), "DMARC (From domain news.town.example): cannot check: _dmarc.town.example").level,
+              severity::fatal);
     s.txt.erase("_dmarc.town.example");
-    EXPECT_EQ(one(s.run(), "DMARC: cannot check: _dmarc.town.example: not looked up").level, severity::fatal);
+    EXPECT_EQ(one(s.run(), "cannot check: _dmarc.town.example: not looked up").level, severity::fatal);
 }
 
 TEST(SenderCheck, SpfNoneWarnsTwoAreFatal) {
     setup s;
     s.txt["town.example"] = found({"v=spf10 nonsense", "google-site-verification=abc"});
-    EXPECT_EQ(one(s.run(), "SPF: no record (v=spf1) at town.example").level, severity::warning);
+    EXPECT_EQ(one(s.run(), "SPF (envelope domain town.example): no record (v=spf1) at town.example").level,
+              severity::warning);
     s.txt["town.example"] = none();
-    EXPECT_EQ(one(s.run(), "SPF: no record").level, severity::warning);
+    EXPECT_EQ(one(s.run(), "no record (v=spf1)").level, severity::warning);
     EXPECT_FALSE(sc::any_fatal(s.run()));
     s.txt["town.example"] = found({"v=spf1 -all", "V=SPF1 include:_spf.example.net ~all"});
-    EXPECT_EQ(one(s.run(), "SPF: 2 records (v=spf1) at town.example").level, severity::fatal);
+    EXPECT_EQ(one(s.run(), "SPF (envelope domain town.example): 2 records (v=spf1) at town.example").level,
+              severity::fatal);
     s.txt["town.example"] = failed("town.example");
-    EXPECT_EQ(one(s.run(), "SPF: cannot check: town.example: Server failure").level, severity::fatal);
+    EXPECT_EQ(one(s.run(), "SPF (envelope domain town.example): cannot check: town.example: Server failure").level,
+              severity::fatal);
+}
+
+TEST(SenderCheck, HeaderFromAndEnvelopeDomainsAreCheckedApart) {
+    setup s;  // From: news@town.example, MAIL FROM: bounce@bounce.example
+    s.envelope = "bounce.example";
+    s.txt["town.example"] = none();  // no SPF at the From domain: it is not asked
+    s.txt["bounce.example"] = found({"v=spf1 ip4:192.0.2.9 -all"});
+    EXPECT_EQ(sc::names_to_query(s.settings, s.domains()),
+              (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.town.example", "bounce.example"}));
+    const auto f = s.run();
+    EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
+    EXPECT_EQ(one(f, "SPF").text, "SPF (envelope domain bounce.example): \"v=spf1 ip4:192.0.2.9 -all\"");
+    EXPECT_EQ(one(f, "DMARC (From domain town.example): _dmarc.town.example").level, severity::ok) << dump(f);
+    EXPECT_EQ(one(f, "alignment: d=town.example is aligned with From domain town.example").level, severity::ok);
+    s.from = "bounce.example";  // a From in the envelope's domain: d=town.example is not aligned with it
+    s.envelope = "town.example";
+    s.txt["_dmarc.bounce.example"] = found({"v=DMARC1; p=reject"});
+    s.txt["town.example"] = found({"v=spf1 -all"});
+    EXPECT_EQ(one(s.run(), "alignment: no [[dkim.key]] domain (town.example) is bounce.example").level, severity::fatal)
+        << dump(s.run());
 }
 
 TEST(SenderCheck, AlignmentFatalUnderDmarcElseAWarning) {

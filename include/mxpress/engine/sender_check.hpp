@@ -1,7 +1,10 @@
 // mxpress/engine/sender_check.hpp — `mxpress check-sender`: is what DNS
 // publishes for a sender consistent with the [dkim] configuration, before a
 // real send? A pure function of the configuration, the keys as loaded, the
-// sender address and the TXT answers, so it is tested without DNS.
+// sender's two domains and the TXT answers, so it is tested without DNS.
+//
+// Two domains: the header From's (RFC 5322.From: DMARC and alignment) and
+// the envelope's (RFC 5321.MailFrom: SPF); every finding about one names it.
 //
 // Findings, one line each, ok / warning / FATAL:
 // 1. each [[dkim.key]]: SELECTOR._domainkey.DOMAIN publishes a key record
@@ -51,6 +54,12 @@ struct configured_key {
 
 using txt_map = std::map<std::string, net::txt_answer>;
 
+// The sender's two domains, lowercase.
+struct sender_domains {
+    std::string header_from;  // RFC 5322.From: DMARC is looked up and aligned here
+    std::string envelope;     // RFC 5321.MailFrom: SPF is looked up here
+};
+
 // The domain with one label less ("news.town.example" -> "town.example");
 // empty when that would leave a single label (a TLD is no organizational
 // domain).
@@ -68,16 +77,16 @@ inline std::string dkim_name(const mail::dkim::key_spec& k) {
 }
 
 // Every name check() reads, for the caller to look up.
-inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, std::string_view from_domain) {
+inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, const sender_domains& sender) {
     std::vector<std::string> names;
     for (const mail::dkim::key_spec& k : dkim.keys) {
         names.push_back(dkim_name(k));
     }
-    names.push_back("_dmarc." + std::string(from_domain));
-    if (const std::string p = parent_domain(from_domain); !p.empty()) {
+    names.push_back("_dmarc." + sender.header_from);
+    if (const std::string p = parent_domain(sender.header_from); !p.empty()) {
         names.push_back("_dmarc." + p);
     }
-    names.emplace_back(from_domain);
+    names.push_back(sender.envelope);
     return names;
 }
 
@@ -226,13 +235,16 @@ inline void check_key(const configured_key& ck, const txt_map& txt, std::vector<
 
 }  // namespace detail_sender_check
 
-// The findings for mail From `from_domain` (also the envelope domain) with
-// these keys and TXT answers (name -> answer; a name missing is "not looked
-// up", fatal). `dkim` gives the signed headers and the keys' specs.
+// The findings for mail from `sender` with these keys and TXT answers (name
+// -> answer; a name missing is "not looked up", fatal). `dkim` gives the
+// signed headers and the keys' specs.
 inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::vector<configured_key>& keys,
-                                  std::string_view from_domain_view, const txt_map& txt) {
+                                  const sender_domains& sender, const txt_map& txt) {
     using namespace detail_sender_check;
-    const std::string from_domain = detail::to_lower_copy(std::string(from_domain_view));
+    const std::string from_domain = detail::to_lower_copy(sender.header_from);
+    const std::string envelope_domain = detail::to_lower_copy(sender.envelope);
+    const std::string dmarc_who = fmt::format("DMARC (From domain {})", from_domain);
+    const std::string spf_who = fmt::format("SPF (envelope domain {})", envelope_domain);
     std::vector<finding> out;
 
     // 1. Each key and its published record.
@@ -258,7 +270,7 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         for (const std::string& name : names) {
             const net::txt_answer a = answer_for(txt, name);
             if (a.state == net::txt_answer::status::failed) {
-                add(out, severity::fatal, fmt::format("DMARC: cannot check: {}", a.error));
+                add(out, severity::fatal, fmt::format("{}: cannot check: {}", dmarc_who, a.error));
                 decided = true;
                 break;
             }
@@ -270,13 +282,13 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
             }
             if (found.size() > 1) {
                 add(out, severity::warning,
-                    fmt::format("DMARC: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", found.size(),
-                                name));
+                    fmt::format("{}: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", dmarc_who,
+                                found.size(), name));
                 decided = true;
                 break;
             }
             if (found.size() == 1) {
-                add(out, severity::ok, fmt::format("DMARC: {}: \"{}\"", name, found.front()));
+                add(out, severity::ok, fmt::format("{}: {}: \"{}\"", dmarc_who, name, found.front()));
                 dmarc = true;
                 decided = true;
                 break;
@@ -284,15 +296,15 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         }
         if (!decided) {
             add(out, severity::warning,
-                fmt::format("DMARC: no record (v=DMARC1) at {}{}: Gmail and Yahoo require one of bulk senders; "
+                fmt::format("{}: no record (v=DMARC1) at {}{}: Gmail and Yahoo require one of bulk senders; "
                             "publish at least \"v=DMARC1; p=none\"",
-                            names.front(), names.size() > 1 ? " nor at " + names.back() : std::string{}));
+                            dmarc_who, names.front(), names.size() > 1 ? " nor at " + names.back() : std::string{}));
         }
     }
 
     // 3. SPF at the envelope domain.
     {
-        const net::txt_answer a = answer_for(txt, from_domain);
+        const net::txt_answer a = answer_for(txt, envelope_domain);
         std::vector<std::string> spf;
         for (const std::string& r : a.records) {
             if (starts_with_version(r, "v=spf1")) {
@@ -300,18 +312,18 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
             }
         }
         if (a.state == net::txt_answer::status::failed) {
-            add(out, severity::fatal, fmt::format("SPF: cannot check: {}", a.error));
+            add(out, severity::fatal, fmt::format("{}: cannot check: {}", spf_who, a.error));
         } else if (spf.empty()) {
             add(out, severity::warning,
-                fmt::format("SPF: no record (v=spf1) at {}: receivers cannot authorize the sending hosts",
-                            from_domain));
+                fmt::format("{}: no record (v=spf1) at {}: receivers cannot authorize the sending hosts", spf_who,
+                            envelope_domain));
         } else if (spf.size() > 1) {
             add(out, severity::fatal,
-                fmt::format("SPF: {} records (v=spf1) at {}: a permerror for every receiver (RFC 7208 §4.5); merge "
-                            "them into one",
-                            spf.size(), from_domain));
+                fmt::format("{}: {} records (v=spf1) at {}: a permerror for every receiver (RFC 7208 §4.5); "
+                            "merge them into one",
+                            spf_who, spf.size(), envelope_domain));
         } else {
-            add(out, severity::ok, fmt::format("SPF: {}: \"{}\"", from_domain, spf.front()));
+            add(out, severity::ok, fmt::format("{}: \"{}\"", spf_who, spf.front()));
         }
     }
 
