@@ -2,6 +2,7 @@
 // check's ok, warning and FATAL, from TXT answers given here (no DNS; the
 // lookups against dnsmasq are tests/integration/check_sender_test.py).
 #include "mxpress/engine/sender_check.hpp"
+#include "mxpress/engine/public_suffix.hpp"
 
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@ namespace {
 
 namespace sc = mxpress::engine::sender_check;
 namespace dkim = mxpress::mail::dkim;
+namespace psl = mxpress::engine::public_suffix;
 using mxpress::net::txt_answer;
 using sc::severity;
 
@@ -53,6 +55,37 @@ txt_answer failed(const std::string& name) {
     return a;
 }
 
+// A small public suffix list in the file's format: both sections, a
+// wildcard and its exceptions, comments, text after a rule.
+constexpr const char* sender_check_psl_text = R"(// ===BEGIN ICANN DOMAINS===
+uk
+co.uk
+example
+jp
+// kawasaki.jp : wildcard, with an exception
+*.kawasaki.jp
+!city.kawasaki.jp
+ck
+*.ck
+!www.ck
+COM
+// ===END ICANN DOMAINS===
+
+// ===BEGIN PRIVATE DOMAINS===
+blogspot.com   text after the rule is ignored
+// ===END PRIVATE DOMAINS===
+)";
+
+const psl::list& sender_check_psl() {
+    static const psl::list l = [] {
+        std::string error;
+        auto parsed = psl::list::parse(sender_check_psl_text, error);
+        EXPECT_TRUE(parsed.has_value()) << error;
+        return parsed.value_or(psl::list{});
+    }();
+    return l;
+}
+
 // A sender that passes every check: one RSA-2048 key for town.example.
 struct setup {
     dkim::settings settings;
@@ -70,8 +103,11 @@ struct setup {
         txt["_dmarc.town.example"] = found({"v=DMARC1; p=none; rua=mailto:d@town.example"});
         txt["town.example"] = found({"google-site-verification=abc", "v=spf1 ip4:192.0.2.1 -all"});
     }
+    sc::context ctx{&sender_check_psl(), {}};
+
     sc::sender_domains domains() const { return {from, envelope.empty() ? from : envelope}; }
-    std::vector<sc::finding> run() const { return sc::check(settings, keys, domains(), txt); }
+    std::vector<std::string> names() const { return sc::names_to_query(settings, domains(), ctx); }
+    std::vector<sc::finding> run() const { return sc::check(settings, keys, domains(), txt, ctx); }
 };
 
 // The one finding whose text contains `part` (fails the test unless exactly one).
@@ -107,11 +143,12 @@ TEST(SenderCheck, AGoodSetupIsAllOk) {
 }
 
 TEST(SenderCheck, NamesToQueryCoverEveryCheck) {
-    const setup s;
-    EXPECT_EQ(sc::names_to_query(s.settings, {"news.town.example", "news.town.example"}),
-              (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.news.town.example", "_dmarc.town.example",
-                                        "news.town.example"}));
-    EXPECT_EQ(sc::names_to_query(s.settings, {"town.example", "town.example"}).size(), 3u);  // no _dmarc.example
+    setup s;
+    s.from = "news.town.example";
+    EXPECT_EQ(s.names(), (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.news.town.example",
+                                                   "_dmarc.town.example", "news.town.example"}));
+    s.from = "town.example";
+    EXPECT_EQ(s.names().size(), 3u);  // no _dmarc.example
 }
 
 TEST(SenderCheck, KeyRecordMissingMismatchedWrongTypeOrRevokedIsFatal) {
@@ -239,7 +276,7 @@ TEST(SenderCheck, HeaderFromAndEnvelopeDomainsAreCheckedApart) {
     s.envelope = "bounce.example";
     s.txt["town.example"] = none();  // no SPF at the From domain: it is not asked
     s.txt["bounce.example"] = found({"v=spf1 ip4:192.0.2.9 -all"});
-    EXPECT_EQ(sc::names_to_query(s.settings, s.domains()),
+    EXPECT_EQ(s.names(),
               (std::vector<std::string>{"r1._domainkey.town.example", "_dmarc.town.example", "bounce.example"}));
     const auto f = s.run();
     EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
@@ -274,6 +311,79 @@ TEST(SenderCheck, AlignmentFatalUnderDmarcElseAWarning) {
     s.from = "maintown.example";  // a suffix that is no parent
     s.txt["maintown.example"] = s.txt["town.example"];
     EXPECT_EQ(one(s.run(), "alignment: no [[dkim.key]] domain").level, severity::warning);
+}
+
+TEST(SenderCheckPsl, RulesWildcardsExceptionsAndTheDefaultRule) {
+    const psl::list& l = sender_check_psl();
+    EXPECT_EQ(l.size(), 11u);
+    EXPECT_EQ(l.organizational_domain("news.town.example.co.uk"), "example.co.uk");  // co.uk, not uk
+    EXPECT_EQ(l.public_suffix("news.town.example.co.uk"), "co.uk");
+    EXPECT_EQ(l.organizational_domain("News.Town.Example."), "town.example");  // lowercase, no trailing dot
+    EXPECT_EQ(l.organizational_domain("a.b.foo.ck"), "b.foo.ck");              // *.ck: foo.ck is a suffix
+    EXPECT_EQ(l.organizational_domain("a.www.ck"), "www.ck");                  // !www.ck: ck is the suffix
+    EXPECT_EQ(l.public_suffix("www.ck"), "ck");
+    EXPECT_EQ(l.organizational_domain("x.y.city.kawasaki.jp"), "city.kawasaki.jp");
+    EXPECT_EQ(l.organizational_domain("x.y.other.kawasaki.jp"), "y.other.kawasaki.jp");
+    EXPECT_EQ(l.organizational_domain("me.blogspot.com"), "me.blogspot.com");  // the PRIVATE section counts
+    EXPECT_EQ(l.organizational_domain("a.b.example.com"), "example.com");      // COM, lowercased
+    EXPECT_EQ(l.organizational_domain("a.b.unlisted"), "b.unlisted");          // the default rule *
+    EXPECT_EQ(l.organizational_domain("co.uk"), "co.uk");                      // a suffix is its own
+}
+
+TEST(SenderCheckPsl, TheReaderIsBounded) {
+    std::string error;
+    std::string many;
+    for (std::size_t i = 0; i <= psl::rules_max; ++i) {
+        many += "r" + std::to_string(i) + "\n";
+    }
+    EXPECT_FALSE(psl::list::parse(many, error).has_value());
+    EXPECT_EQ(error, "more than 100000 rules");
+    EXPECT_FALSE(psl::list::parse(std::string(psl::rule_octets_max + 1, 'a'), error).has_value());
+    EXPECT_FALSE(psl::load("/nonexistent/public_suffix_list.dat", error).has_value());
+    EXPECT_EQ(error, "/nonexistent/public_suffix_list.dat: cannot open");
+}
+
+TEST(SenderCheck, DmarcAndRelaxedAlignmentUseTheOrganizationalDomain) {
+    setup s;  // From news.town.example.co.uk: its organizational domain is example.co.uk, not co.uk's parent
+    s.from = "news.town.example.co.uk";
+    s.keys[0] = key("example.co.uk", "r1", dkim::algorithm::rsa_sha256, 2048, rsa_p);
+    s.settings.keys[0] = s.keys[0].spec;
+    s.txt["r1._domainkey.example.co.uk"] = found({"v=DKIM1; k=rsa; p=" + rsa_p});
+    s.txt["_dmarc.news.town.example.co.uk"] = none();
+    s.txt["_dmarc.example.co.uk"] = found({"v=DMARC1; p=reject"});
+    s.txt["news.town.example.co.uk"] = found({"v=spf1 -all"});
+    EXPECT_EQ(s.names(), (std::vector<std::string>{"r1._domainkey.example.co.uk", "_dmarc.news.town.example.co.uk",
+                                                   "_dmarc.example.co.uk", "news.town.example.co.uk"}));
+    auto f = s.run();
+    EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
+    EXPECT_EQ(one(f, "_dmarc.example.co.uk: \"v=DMARC1; p=reject\"").level, severity::ok) << dump(f);
+    EXPECT_EQ(one(f, "alignment: d=example.co.uk is aligned").level, severity::ok);
+    // d=co.uk is a parent the signer would sign with, but a public suffix: not aligned.
+    s.settings.keys[0].domain = "co.uk";
+    f = s.run();
+    EXPECT_EQ(one(f,
+                  "alignment: no [[dkim.key]] domain (co.uk) is news.town.example.co.uk or a parent of it "
+                  "within example.co.uk")
+                  .level,
+              severity::fatal)
+        << dump(f);
+}
+
+TEST(SenderCheck, WithoutAPublicSuffixListOneLabelLessAndAWarning) {
+    setup s;
+    s.ctx = sc::context{nullptr, "/usr/share/publicsuffix/public_suffix_list.dat: cannot open"};
+    s.from = "news.town.example.co.uk";
+    s.keys[0].spec.domain = s.settings.keys[0].domain = "co.uk";
+    EXPECT_EQ(s.names(), (std::vector<std::string>{"r1._domainkey.co.uk", "_dmarc.news.town.example.co.uk",
+                                                   "_dmarc.town.example.co.uk", "news.town.example.co.uk"}));
+    const auto f = s.run();
+    EXPECT_EQ(one(f,
+                  "organizational domain: no public suffix list (/usr/share/publicsuffix/public_suffix_list.dat: "
+                  "cannot open): one label less stands in for it (town.example.co.uk)")
+                  .level,
+              severity::warning)
+        << dump(f);
+    EXPECT_EQ(one(f, "alignment: d=co.uk is aligned").level, severity::ok);  // as before the list
 }
 
 TEST(SenderCheck, UnsubscribeHeadersMustBeSigned) {

@@ -1196,10 +1196,14 @@ int run_check_sender(const std::string& config_path, const std::string& from, co
         }
         keys.push_back(std::move(ck));
     }
+    // The public suffix list, read once; without it check() warns and falls back.
+    engine::sender_check::context ctx;
+    const auto psl = engine::public_suffix::load(engine::public_suffix::debian_path, ctx.psl_error);
+    ctx.psl = psl ? &*psl : nullptr;
     mxpress::net::txt_lookup_options lo;
     lo.servers = dns;
-    const auto txt = mxpress::net::lookup_txt(engine::sender_check::names_to_query(cfg.dkim, sender), lo);
-    for (auto& f : engine::sender_check::check(cfg.dkim, keys, sender, txt)) {
+    const auto txt = mxpress::net::lookup_txt(engine::sender_check::names_to_query(cfg.dkim, sender, ctx), lo);
+    for (auto& f : engine::sender_check::check(cfg.dkim, keys, sender, txt, ctx)) {
         findings.push_back(std::move(f));
     }
     std::size_t counts[3] = {};

@@ -10,10 +10,13 @@
 // 1. each [[dkim.key]]: SELECTOR._domainkey.DOMAIN publishes a key record
 //    whose p= is the configured key's public half and whose k= is its type;
 //    an RSA key under 1024 bits is fatal, under 2048 a warning;
-// 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its parent;
+// 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its
+//    organizational domain (RFC 7489 §3.2, by the public suffix list; without
+//    the list, a warning and one label less);
 // 3. one SPF record (v=spf1) at the envelope domain (two: RFC 7208 §4.5
 //    permerror, fatal);
-// 4. a key's d= is the From domain or a parent of it (relaxed alignment);
+// 4. a key's d= is the From domain or a parent of it (as the signer picks
+//    keys) in the same organizational domain (relaxed alignment);
 // 5. List-Unsubscribe and List-Unsubscribe-Post are among the signed headers.
 // A name whose lookup failed (SERVFAIL, timeout) is fatal: it cannot be
 // checked, and a receiver would see the same failure.
@@ -29,6 +32,7 @@
 #include <fmt/format.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/public_suffix.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/net/txt_lookup.hpp"
 
@@ -60,6 +64,12 @@ struct sender_domains {
     std::string envelope;     // RFC 5321.MailFrom: SPF is looked up here
 };
 
+// What check() reads besides the configuration and DNS.
+struct context {
+    const public_suffix::list* psl = nullptr;  // null: one label less stands in (a warning)
+    std::string psl_error;                     // why there is no list
+};
+
 // The domain with one label less ("news.town.example" -> "town.example");
 // empty when that would leave a single label (a TLD is no organizational
 // domain).
@@ -72,19 +82,39 @@ inline std::string parent_domain(std::string_view d) {
     return rest.find('.') == std::string_view::npos ? std::string{} : std::string(rest);
 }
 
+// The organizational domain of `d` (RFC 7489 §3.2) by `psl`; without a
+// list, one label less, or `d` itself when that would leave a single label.
+inline std::string organizational_domain(std::string_view d, const public_suffix::list* psl) {
+    if (psl != nullptr) {
+        return psl->organizational_domain(d);
+    }
+    std::string parent = parent_domain(d);
+    return parent.empty() ? std::string(d) : parent;
+}
+
+// Where DMARC is looked up for From domain `from`, in order (RFC 7489
+// §6.6.3): _dmarc.FROM, then _dmarc.ORGANIZATIONAL-DOMAIN when it differs.
+inline std::vector<std::string> dmarc_names(const std::string& from, const public_suffix::list* psl) {
+    std::vector<std::string> names{"_dmarc." + from};
+    if (const std::string org = organizational_domain(from, psl); org != from) {
+        names.push_back("_dmarc." + org);
+    }
+    return names;
+}
+
 inline std::string dkim_name(const mail::dkim::key_spec& k) {
     return k.selector + "._domainkey." + k.domain;
 }
 
 // Every name check() reads, for the caller to look up.
-inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, const sender_domains& sender) {
+inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, const sender_domains& sender,
+                                               const context& ctx) {
     std::vector<std::string> names;
     for (const mail::dkim::key_spec& k : dkim.keys) {
         names.push_back(dkim_name(k));
     }
-    names.push_back("_dmarc." + sender.header_from);
-    if (const std::string p = parent_domain(sender.header_from); !p.empty()) {
-        names.push_back("_dmarc." + p);
+    for (std::string& n : dmarc_names(sender.header_from, ctx.psl)) {
+        names.push_back(std::move(n));
     }
     names.push_back(sender.envelope);
     return names;
@@ -239,7 +269,7 @@ inline void check_key(const configured_key& ck, const txt_map& txt, std::vector<
 // -> answer; a name missing is "not looked up", fatal). `dkim` gives the
 // signed headers and the keys' specs.
 inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::vector<configured_key>& keys,
-                                  const sender_domains& sender, const txt_map& txt) {
+                                  const sender_domains& sender, const txt_map& txt, const context& ctx) {
     using namespace detail_sender_check;
     const std::string from_domain = detail::to_lower_copy(sender.header_from);
     const std::string envelope_domain = detail::to_lower_copy(sender.envelope);
@@ -255,17 +285,21 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         check_key(k, txt, out);
     }
 
-    // 2. DMARC at the From domain, else at its parent (the organizational
-    // domain without the public suffix list: one label less). A missing
+    // 2. DMARC at the From domain, else at its organizational domain. A missing
     // record is a warning, not fatal: mail without DMARC is still delivered
     // (Gmail and Yahoo demand it only of bulk senders, over 5,000 a day to
     // them), and a first send, a test or a small list is not refused for it.
+    const std::string from_org = organizational_domain(from_domain, ctx.psl);
+    if (ctx.psl == nullptr) {
+        add(out, severity::warning,
+            fmt::format("organizational domain: no public suffix list ({}): one label less stands in for it ({}), "
+                        "which is wrong under a suffix of several labels such as co.uk; install Debian's "
+                        "publicsuffix",
+                        ctx.psl_error.empty() ? "none given" : ctx.psl_error, from_org));
+    }
     bool dmarc = false;
     {
-        std::vector<std::string> names{"_dmarc." + from_domain};
-        if (const std::string p = parent_domain(from_domain); !p.empty()) {
-            names.push_back("_dmarc." + p);
-        }
+        const std::vector<std::string> names = dmarc_names(from_domain, ctx.psl);
         bool decided = false;
         for (const std::string& name : names) {
             const net::txt_answer a = answer_for(txt, name);
@@ -327,12 +361,16 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         }
     }
 
-    // 4. Alignment of some d= with the From domain.
+    // 4. Alignment of some d= with the From domain: the signer signs with it
+    // (d= is the From domain or a parent) and DMARC counts it (the same
+    // organizational domain; without a list, any parent).
     {
         std::string aligned_with;
         std::string domains;
         for (const mail::dkim::key_spec& k : dkim.keys) {
-            if (aligned_with.empty() && mail::dkim::aligned(k.domain, from_domain)) {
+            const bool signs = mail::dkim::aligned(k.domain, from_domain);
+            const bool counts = ctx.psl == nullptr || organizational_domain(k.domain, ctx.psl) == from_org;
+            if (aligned_with.empty() && signs && counts) {
                 aligned_with = k.domain;
             }
             domains += (domains.empty() ? "" : ", ") + k.domain;
@@ -343,9 +381,9 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
                             from_domain));
         } else {
             add(out, dmarc ? severity::fatal : severity::warning,
-                fmt::format("alignment: no [[dkim.key]] domain ({}) is {} or a parent of it: no signature counts for "
-                            "DMARC{}",
-                            domains.empty() ? "none" : domains, from_domain,
+                fmt::format("alignment: no [[dkim.key]] domain ({}) is {} or a parent of it within {}: no signature "
+                            "counts for DMARC{}",
+                            domains.empty() ? "none" : domains, from_domain, from_org,
                             dmarc ? ", so receivers apply its policy" : ""));
         }
     }
