@@ -86,6 +86,8 @@ const psl::list& sender_check_psl() {
     return l;
 }
 
+constexpr std::time_t sender_check_now = 1'780'000'000;  // 2026-05-28 UTC
+
 // A sender that passes every check: one RSA-2048 key for town.example.
 struct setup {
     dkim::settings settings;
@@ -103,7 +105,7 @@ struct setup {
         txt["_dmarc.town.example"] = found({"v=DMARC1; p=none; rua=mailto:d@town.example"});
         txt["town.example"] = found({"google-site-verification=abc", "v=spf1 ip4:192.0.2.1 -all"});
     }
-    sc::context ctx{&sender_check_psl(), {}};
+    sc::context ctx{&sender_check_psl(), {}, sender_check_now};
 
     sc::sender_domains domains() const { return {from, envelope.empty() ? from : envelope}; }
     std::vector<std::string> names() const { return sc::names_to_query(settings, domains(), ctx); }
@@ -384,6 +386,27 @@ TEST(SenderCheck, WithoutAPublicSuffixListOneLabelLessAndAWarning) {
               severity::warning)
         << dump(f);
     EXPECT_EQ(one(f, "alignment: d=co.uk is aligned").level, severity::ok);  // as before the list
+}
+
+TEST(SenderCheck, AKeyPastNotAfterIsNotAligned) {
+    setup s;
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=quarantine"});
+    s.settings.keys[0].not_after = sender_check_now + 1;  // still signs: aligned
+    EXPECT_FALSE(sc::any_fatal(s.run())) << dump(s.run());
+    EXPECT_EQ(one(s.run(), "alignment: d=town.example is aligned").level, severity::ok);
+    s.settings.keys[0].not_after = 1'779'926'399;  // 2026-05-27 23:59:59 UTC: the signer skips it
+    const auto f = s.run();
+    EXPECT_EQ(one(f, "DKIM selector r1 (d=town.example): not_after passed: expired on 2026-05-27, not used").level,
+              severity::warning)
+        << dump(f);
+    EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain (town.example (expired)) is town.example").level,
+              severity::fatal)
+        << dump(f);
+    // A second, current key for the domain aligns.
+    s.settings.keys.push_back(s.settings.keys[0]);
+    s.settings.keys[1].selector = "r2";
+    s.settings.keys[1].not_after = 0;
+    EXPECT_EQ(one(s.run(), "alignment: d=town.example is aligned").level, severity::ok);
 }
 
 TEST(SenderCheck, UnsubscribeHeadersMustBeSigned) {

@@ -1198,6 +1198,7 @@ int run_check_sender(const std::string& config_path, const std::string& from, co
     }
     // The public suffix list, read once; without it check() warns and falls back.
     engine::sender_check::context ctx;
+    ctx.now = std::time(nullptr);
     const auto psl = engine::public_suffix::load(engine::public_suffix::debian_path, ctx.psl_error);
     ctx.psl = psl ? &*psl : nullptr;
     mxpress::net::txt_lookup_options lo;

@@ -16,13 +16,16 @@
 // 3. one SPF record (v=spf1) at the envelope domain (two: RFC 7208 §4.5
 //    permerror, fatal);
 // 4. a key's d= is the From domain or a parent of it (as the signer picks
-//    keys) in the same organizational domain (relaxed alignment);
+//    keys) in the same organizational domain (relaxed alignment); a key past
+//    its not_after is not used by the signer, so it does not count (a
+//    warning);
 // 5. List-Unsubscribe and List-Unsubscribe-Post are among the signed headers.
 // A name whose lookup failed (SERVFAIL, timeout) is fatal: it cannot be
 // checked, and a receiver would see the same failure.
 #pragma once
 
 #include <algorithm>
+#include <ctime>
 #include <map>
 #include <optional>
 #include <string>
@@ -68,6 +71,7 @@ struct sender_domains {
 struct context {
     const public_suffix::list* psl = nullptr;  // null: one label less stands in (a warning)
     std::string psl_error;                     // why there is no list
+    std::time_t now = 0;                       // keys past not_after at this instant do not count
 };
 
 // The domain with one label less ("news.town.example" -> "town.example");
@@ -176,6 +180,13 @@ inline bool starts_with_version(std::string_view record, std::string_view versio
 inline bool is_dkim_key_record(const std::map<std::string, std::string>& t) {
     const auto v = t.find("v");
     return t.count("p") != 0 && (v == t.end() || v->second == "DKIM1");
+}
+
+// A not_after instant as its day, "2026-12-31" (UTC).
+inline std::string day_of(std::time_t t) {
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    return fmt::format("{:04}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
 }
 
 inline void add(std::vector<finding>& out, severity s, std::string text) {
@@ -363,11 +374,19 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
 
     // 4. Alignment of some d= with the From domain: the signer signs with it
     // (d= is the From domain or a parent) and DMARC counts it (the same
-    // organizational domain; without a list, any parent).
+    // organizational domain; without a list, any parent) — unless the key is
+    // past its not_after, as the signer then skips it.
     {
         std::string aligned_with;
         std::string domains;
         for (const mail::dkim::key_spec& k : dkim.keys) {
+            if (k.not_after != 0 && ctx.now > k.not_after) {
+                add(out, severity::warning,
+                    fmt::format("DKIM selector {} (d={}): not_after passed: expired on {}, not used", k.selector,
+                                k.domain, day_of(k.not_after)));
+                domains += fmt::format("{}{} (expired)", domains.empty() ? "" : ", ", k.domain);
+                continue;
+            }
             const bool signs = mail::dkim::aligned(k.domain, from_domain);
             const bool counts = ctx.psl == nullptr || organizational_domain(k.domain, ctx.psl) == from_org;
             if (aligned_with.empty() && signs && counts) {
