@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -407,6 +408,74 @@ TEST(SenderCheck, AKeyPastNotAfterIsNotAligned) {
     s.settings.keys[1].selector = "r2";
     s.settings.keys[1].not_after = 0;
     EXPECT_EQ(one(s.run(), "alignment: d=town.example is aligned").level, severity::ok);
+}
+
+TEST(SenderCheck, UnalignedIsFatalUnderQuarantineOrRejectAWarningUnderNone) {
+    setup s;
+    s.from = "other.example";  // d=town.example is not aligned with it
+    s.txt["other.example"] = s.txt["town.example"];
+    for (const char* p : {"quarantine", "reject", "REJECT"}) {
+        s.txt["_dmarc.other.example"] = found({std::string("v=DMARC1; p=") + p});
+        const auto f = s.run();
+        EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain (town.example) is other.example").level, severity::fatal)
+            << dump(f);
+        EXPECT_NE(one(f, "alignment:").text.find("so receivers apply p="), std::string::npos) << dump(f);
+    }
+    s.txt["_dmarc.other.example"] = found({"v=DMARC1; p=none; rua=mailto:d@other.example"});
+    const auto f = s.run();
+    EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain").level, severity::warning) << dump(f);
+    EXPECT_NE(one(f, "alignment:").text.find("p=none is monitoring only"), std::string::npos) << dump(f);
+    EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
+}
+
+TEST(SenderCheck, SubdomainPolicyAndStrictDkimAlignment) {
+    setup s;
+    s.from = "news.town.example";  // DMARC found at the organizational domain: sp= applies
+    s.txt["_dmarc.news.town.example"] = none();
+    s.txt["news.town.example"] = s.txt["town.example"];
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=none; sp=reject; adkim=s"});
+    auto f = s.run();  // adkim=s: d=town.example is not news.town.example exactly
+    EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain (town.example) is news.town.example (adkim=s: exactly)").level,
+              severity::fatal)
+        << dump(f);
+    EXPECT_NE(one(f, "alignment:").text.find("apply p=reject"), std::string::npos) << dump(f);
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=reject; sp=none; adkim=s"});
+    EXPECT_EQ(one(s.run(), "alignment: no [[dkim.key]] domain").level, severity::warning);  // sp=none
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=reject; adkim=r"});
+    EXPECT_EQ(one(s.run(), "alignment: d=town.example is aligned with From domain news.town.example (relaxed").level,
+              severity::ok);
+    s.from = "town.example";  // the From domain itself: p= applies, and d= equals it
+    s.txt["_dmarc.town.example"] = found({"v=DMARC1; p=reject; sp=none; adkim=s"});
+    f = s.run();
+    EXPECT_EQ(one(f, "alignment: d=town.example is aligned with From domain town.example (strict, adkim=s").level,
+              severity::ok)
+        << dump(f);
+}
+
+TEST(SenderCheck, AMalformedDmarcRecordIsAWarningNamingWhatIsWrong) {
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"p=reject; v=DMARC1", "v=DMARC1 is not its first tag"},
+        {"v=DMARC1; rua=mailto:d@town.example", "it has no p="},
+        {"v=DMARC1; p=block", "p=block is not none, quarantine or reject"},
+        {"v=DMARC1; p=reject; sp=maybe", "sp=maybe is not none, quarantine or reject"},
+        {"v=DMARC1; p=reject; adkim=x", "adkim=x is not r or s"},
+        {"v=DMARC1; p=reject; aspf=relaxed", "aspf=relaxed is not r or s"},
+    };
+    for (const auto& [record, why] : cases) {
+        setup s;
+        s.from = "other.example";  // unaligned: a malformed record sets no policy, so only a warning
+        s.txt["other.example"] = s.txt["town.example"];
+        s.txt["_dmarc.other.example"] = found({record});
+        const auto f = s.run();
+        EXPECT_EQ(one(f, "DMARC (From domain other.example): _dmarc.other.example: malformed record \"" + record +
+                             "\": " + why)
+                      .level,
+                  severity::warning)
+            << dump(f);
+        EXPECT_EQ(one(f, "alignment: no [[dkim.key]] domain").level, severity::warning) << dump(f);
+        EXPECT_FALSE(sc::any_fatal(f)) << dump(f);
+    }
+    EXPECT_EQ(sc::detail_sender_check::parse_dmarc(" v = DMARC1 ;p=Quarantine; aspf=s").policy, "quarantine");
 }
 
 TEST(SenderCheck, UnsubscribeHeadersMustBeSigned) {

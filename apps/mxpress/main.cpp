@@ -1725,8 +1725,10 @@ int main(int argc, char** argv) {
     std::string cs_config, cs_from, cs_header_from, cs_dns;
     auto* check_sender = app.add_subcommand(
         "check-sender",
-        "Before a real send: each [[dkim.key]]'s published record (p=, k=, key length), DMARC, SPF, alignment of d= "
-        "with From, signed List-Unsubscribe; one line per finding (ok, warning, FATAL), exit 2 when one is fatal");
+        "Before a real send: each [[dkim.key]]'s published record (p=, k=, key length); DMARC at the From domain or "
+        "its organizational domain (Public Suffix List), its p=, sp= and adkim=; SPF at the envelope domain; "
+        "alignment of d= with From (fatal under p=quarantine or p=reject; keys past not_after do not count); signed "
+        "List-Unsubscribe; one line per finding (ok, warning, FATAL), exit 2 when one is fatal");
     check_sender->add_option("--config", cs_config, "TOML configuration with [dkim] and its [[dkim.key]]s")->required();
     check_sender
         ->add_option("--from", cs_from,

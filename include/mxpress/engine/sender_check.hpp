@@ -12,13 +12,16 @@
 //    an RSA key under 1024 bits is fatal, under 2048 a warning;
 // 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its
 //    organizational domain (RFC 7489 §3.2, by the public suffix list; without
-//    the list, a warning and one label less);
+//    the list, a warning and one label less); its tags are read: v=DMARC1
+//    first and a valid p= (else a warning naming what is wrong), sp= for a
+//    From domain below the record's, adkim= and aspf= r or s;
 // 3. one SPF record (v=spf1) at the envelope domain (two: RFC 7208 §4.5
 //    permerror, fatal);
 // 4. a key's d= is the From domain or a parent of it (as the signer picks
-//    keys) in the same organizational domain (relaxed alignment); a key past
-//    its not_after is not used by the signer, so it does not count (a
-//    warning);
+//    keys) in the same organizational domain (relaxed alignment; adkim=s:
+//    d= is the From domain itself); unaligned is fatal under p=quarantine or
+//    p=reject, a warning under p=none or no record; a key past its
+//    not_after is not used by the signer, so it does not count (a warning);
 // 5. List-Unsubscribe and List-Unsubscribe-Post are among the signed headers.
 // A name whose lookup failed (SERVFAIL, timeout) is fatal: it cannot be
 // checked, and a receiver would see the same failure.
@@ -26,6 +29,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
@@ -176,6 +180,65 @@ inline bool starts_with_version(std::string_view record, std::string_view versio
     return record.size() == version.size() || record[version.size()] == ' ' || record[version.size()] == ';';
 }
 
+// DMARC's policies (RFC 7489 §6.3 p=, sp=).
+inline constexpr std::string_view dmarc_policies[] = {"none", "quarantine", "reject"};
+
+// A DMARC record's tags that check() uses, or what is wrong with it.
+struct dmarc_record {
+    std::string error;             // empty: well-formed
+    std::string policy;            // p=: none, quarantine or reject (lowercase)
+    std::string subdomain_policy;  // sp=: the same; empty when absent (then p= applies)
+    bool strict_dkim = false;      // adkim=s
+    bool strict_spf = false;       // aspf=s
+};
+
+// A record that claims to be DMARC: some tag is v=DMARC1.
+inline bool names_dmarc1(std::string_view record) {
+    const auto t = tags(record);
+    const auto v = t.find("v");
+    return v != t.end() && detail::iequals(v->second, "DMARC1");
+}
+
+// `record`'s tags (RFC 7489 §6.3, §6.4): v=DMARC1 must come first, p= be a
+// policy, sp= one when present, adkim= and aspf= r or s when present.
+inline dmarc_record parse_dmarc(std::string_view record) {
+    dmarc_record d;
+    const std::string_view first = record.substr(0, record.find(';'));
+    const std::size_t eq = first.find('=');
+    if (eq == std::string_view::npos || !detail::iequals(trim(first.substr(0, eq)), "v") ||
+        !detail::iequals(trim(first.substr(eq + 1)), "DMARC1")) {
+        d.error = "v=DMARC1 is not its first tag";
+        return d;
+    }
+    const auto t = tags(record);
+    auto policy = [&](const char* tag, std::string& out) {
+        const auto it = t.find(tag);
+        if (it == t.end()) {
+            return true;
+        }
+        out = detail::to_lower_copy(it->second);
+        return std::find(std::begin(dmarc_policies), std::end(dmarc_policies), out) != std::end(dmarc_policies);
+    };
+    auto mode = [&](const char* tag, bool& strict) {
+        const auto it = t.find(tag);
+        if (it == t.end()) {
+            return true;
+        }
+        strict = detail::iequals(it->second, "s");
+        return strict || detail::iequals(it->second, "r");
+    };
+    if (t.count("p") == 0 || !policy("p", d.policy)) {
+        d.error = t.count("p") == 0 ? "it has no p=" : fmt::format("p={} is not none, quarantine or reject", d.policy);
+    } else if (!policy("sp", d.subdomain_policy)) {
+        d.error = fmt::format("sp={} is not none, quarantine or reject", d.subdomain_policy);
+    } else if (!mode("adkim", d.strict_dkim)) {
+        d.error = fmt::format("adkim={} is not r or s", t.at("adkim"));
+    } else if (!mode("aspf", d.strict_spf)) {
+        d.error = fmt::format("aspf={} is not r or s", t.at("aspf"));
+    }
+    return d;
+}
+
 // A DKIM key record: a tag list with p=, whose v= (when present) is DKIM1.
 inline bool is_dkim_key_record(const std::map<std::string, std::string>& t) {
     const auto v = t.find("v");
@@ -308,7 +371,8 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
                         "publicsuffix",
                         ctx.psl_error.empty() ? "none given" : ctx.psl_error, from_org));
     }
-    bool dmarc = false;
+    std::optional<dmarc_record> dmarc;  // the well-formed record found
+    std::string policy;                 // the policy it sets for the From domain: p=, or sp= below it
     {
         const std::vector<std::string> names = dmarc_names(from_domain, ctx.psl);
         bool decided = false;
@@ -321,23 +385,32 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
             }
             std::vector<std::string> found;
             for (const std::string& r : a.records) {
-                if (starts_with_version(r, "v=DMARC1")) {
+                if (names_dmarc1(r)) {
                     found.push_back(r);
                 }
             }
+            if (found.empty()) {
+                continue;
+            }
+            decided = true;
             if (found.size() > 1) {
                 add(out, severity::warning,
                     fmt::format("{}: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", dmarc_who,
                                 found.size(), name));
-                decided = true;
                 break;
             }
-            if (found.size() == 1) {
-                add(out, severity::ok, fmt::format("{}: {}: \"{}\"", dmarc_who, name, found.front()));
-                dmarc = true;
-                decided = true;
+            dmarc_record d = parse_dmarc(found.front());
+            if (!d.error.empty()) {
+                add(out, severity::warning,
+                    fmt::format("{}: {}: malformed record \"{}\": {}; receivers apply no policy (RFC 7489 §6.6.3)",
+                                dmarc_who, name, found.front(), d.error));
                 break;
             }
+            const bool below = name != "_dmarc." + from_domain;
+            policy = below && !d.subdomain_policy.empty() ? d.subdomain_policy : d.policy;
+            add(out, severity::ok, fmt::format("{}: {}: \"{}\"", dmarc_who, name, found.front()));
+            dmarc = std::move(d);
+            break;
         }
         if (!decided) {
             add(out, severity::warning,
@@ -375,8 +448,10 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
     // 4. Alignment of some d= with the From domain: the signer signs with it
     // (d= is the From domain or a parent) and DMARC counts it (the same
     // organizational domain; without a list, any parent) — unless the key is
-    // past its not_after, as the signer then skips it.
+    // past its not_after, as the signer then skips it. adkim=s: d= is the
+    // From domain itself.
     {
+        const bool strict = dmarc && dmarc->strict_dkim;
         std::string aligned_with;
         std::string domains;
         for (const mail::dkim::key_spec& k : dkim.keys) {
@@ -388,7 +463,8 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
                 continue;
             }
             const bool signs = mail::dkim::aligned(k.domain, from_domain);
-            const bool counts = ctx.psl == nullptr || organizational_domain(k.domain, ctx.psl) == from_org;
+            const bool counts = strict ? detail::iequals(k.domain, from_domain)
+                                       : ctx.psl == nullptr || organizational_domain(k.domain, ctx.psl) == from_org;
             if (aligned_with.empty() && signs && counts) {
                 aligned_with = k.domain;
             }
@@ -396,14 +472,19 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         }
         if (!aligned_with.empty()) {
             add(out, severity::ok,
-                fmt::format("alignment: d={} is aligned with From domain {} (relaxed, RFC 7489 §3.1.1)", aligned_with,
-                            from_domain));
+                fmt::format("alignment: d={} is aligned with From domain {} ({}, RFC 7489 §3.1.1)", aligned_with,
+                            from_domain, strict ? "strict, adkim=s" : "relaxed"));
         } else {
-            add(out, dmarc ? severity::fatal : severity::warning,
-                fmt::format("alignment: no [[dkim.key]] domain ({}) is {} or a parent of it within {}: no signature "
-                            "counts for DMARC{}",
-                            domains.empty() ? "none" : domains, from_domain, from_org,
-                            dmarc ? ", so receivers apply its policy" : ""));
+            // Unaligned mail fails DKIM's half of DMARC: what that costs is the policy's to say.
+            const bool enforced = dmarc && policy != "none";
+            const std::string within =
+                strict ? std::string(" (adkim=s: exactly)") : " or a parent of it within " + from_org;
+            const std::string consequence = !dmarc     ? std::string{}
+                                            : enforced ? fmt::format(", so receivers apply p={} to it", policy)
+                                                       : ": p=none is monitoring only, nothing is refused for it yet";
+            add(out, enforced ? severity::fatal : severity::warning,
+                fmt::format("alignment: no [[dkim.key]] domain ({}) is {}{}: no signature counts for DMARC{}",
+                            domains.empty() ? "none" : domains, from_domain, within, consequence));
         }
     }
 
