@@ -1156,14 +1156,27 @@ int run_dkim_record(const std::string& key_file, const std::string& config_path,
     return exit_ok;
 }
 
-// `check-sender`: what DNS publishes for --from's domain against the [dkim]
-// keys of --config (engine/sender_check.hpp); exit 2 when a finding is fatal.
-int run_check_sender(const std::string& config_path, const std::string& from, const std::string& dns) {
+// `check-sender`: what DNS publishes for the sender against the [dkim] keys
+// of --config (engine/sender_check.hpp): DMARC and alignment for
+// --header-from's domain (default: --from's), SPF for --from's (the
+// envelope); exit 2 when a finding is fatal.
+int run_check_sender(const std::string& config_path, const std::string& from, const std::string& header_from,
+                     const std::string& dns) {
     check_dns_servers(dns);
-    const std::string domain = mail::dkim::from_domain(from);
-    if (domain.empty() || domain.find('.') == std::string::npos) {
-        throw std::invalid_argument(fmt::format("check-sender: --from '{}' is not an address user@domain", from));
-    }
+    // The domain of an address or mailbox ("Town Hall <news@town.example>"), or
+    // an error naming the option.
+    auto domain_of = [](const char* option, const std::string& value) {
+        const std::string d = mail::dkim::from_domain(value);
+        if (d.empty() || d.find('.') == std::string::npos) {
+            throw std::invalid_argument(
+                fmt::format("check-sender: {} '{}' is not an address user@domain", option, value));
+        }
+        return d;
+    };
+    engine::sender_check::sender_domains sender;
+    sender.envelope = domain_of("--from", from);
+    sender.header_from = header_from.empty() ? sender.envelope : domain_of("--header-from", header_from);
+    const std::string& domain = sender.header_from;
     const engine::config cfg = engine::load_config(config_path);
     std::vector<engine::sender_check::finding> findings;
     std::vector<engine::sender_check::configured_key> keys;
@@ -1183,10 +1196,15 @@ int run_check_sender(const std::string& config_path, const std::string& from, co
         }
         keys.push_back(std::move(ck));
     }
+    // The public suffix list, read once; without it check() warns and falls back.
+    engine::sender_check::context ctx;
+    ctx.now = std::time(nullptr);
+    const auto psl = engine::public_suffix::load(engine::public_suffix::debian_path, ctx.psl_error);
+    ctx.psl = psl ? &*psl : nullptr;
     mxpress::net::txt_lookup_options lo;
     lo.servers = dns;
-    const auto txt = mxpress::net::lookup_txt(engine::sender_check::names_to_query(cfg.dkim, domain), lo);
-    for (auto& f : engine::sender_check::check(cfg.dkim, keys, domain, txt)) {
+    const auto txt = mxpress::net::lookup_txt(engine::sender_check::names_to_query(cfg.dkim, sender, ctx), lo);
+    for (auto& f : engine::sender_check::check(cfg.dkim, keys, sender, txt, ctx)) {
         findings.push_back(std::move(f));
     }
     std::size_t counts[3] = {};
@@ -1194,8 +1212,10 @@ int run_check_sender(const std::string& config_path, const std::string& from, co
         ++counts[static_cast<int>(f.level)];
         std::fprintf(stdout, "%-7s  %s\n", engine::sender_check::to_string(f.level), f.text.c_str());
     }
-    std::fprintf(stdout, "check-sender %s: %zu ok, %zu warning%s, %zu fatal\n", domain.c_str(), counts[0], counts[1],
-                 counts[1] == 1 ? "" : "s", counts[2]);
+    const std::string envelope =
+        sender.envelope == domain ? std::string{} : fmt::format(" (envelope {})", sender.envelope);
+    std::fprintf(stdout, "check-sender %s%s: %zu ok, %zu warning%s, %zu fatal\n", domain.c_str(), envelope.c_str(),
+                 counts[0], counts[1], counts[1] == 1 ? "" : "s", counts[2]);
     return counts[2] > 0 ? exit_usage : exit_ok;
 }
 
@@ -1702,14 +1722,22 @@ int main(int argc, char** argv) {
     dkim_record->add_option("--selector", d_selector, "s= selector, for the record's name (with --key)")
         ->needs(d_key_opt);
 
-    std::string cs_config, cs_from, cs_dns;
+    std::string cs_config, cs_from, cs_header_from, cs_dns;
     auto* check_sender = app.add_subcommand(
         "check-sender",
-        "Before a real send: each [[dkim.key]]'s published record (p=, k=, key length), DMARC, SPF, alignment of d= "
-        "with From, signed List-Unsubscribe; one line per finding (ok, warning, FATAL), exit 2 when one is fatal");
+        "Before a real send: each [[dkim.key]]'s published record (p=, k=, key length); DMARC at the From domain or "
+        "its organizational domain (Public Suffix List), its p=, sp= and adkim=; SPF at the envelope domain; "
+        "alignment of d= with From (fatal under p=quarantine or p=reject; keys past not_after do not count); signed "
+        "List-Unsubscribe; one line per finding (ok, warning, FATAL), exit 2 when one is fatal");
     check_sender->add_option("--config", cs_config, "TOML configuration with [dkim] and its [[dkim.key]]s")->required();
-    check_sender->add_option("--from", cs_from, "The sender address (its domain is the From and envelope domain)")
+    check_sender
+        ->add_option("--from", cs_from,
+                     "Envelope sender (MAIL FROM) address, as `send --from`: SPF is checked "
+                     "at its domain")
         ->required();
+    check_sender->add_option("--header-from", cs_header_from,
+                             "From header address or mailbox, as `send --header-from` (default: --from): DMARC and "
+                             "DKIM alignment are checked for its domain");
     check_sender->add_option("--dns", cs_dns, "Resolver HOST[:PORT] for the TXT lookups (default: /etc/resolv.conf)");
 
     plan_cli pc;
@@ -1802,7 +1830,7 @@ int main(int argc, char** argv) {
             return run_dkim_record(d_key, d_config, mxpress::detail::to_lower_copy(d_domain), d_selector);
         }
         if (*check_sender) {
-            return run_check_sender(cs_config, cs_from, cs_dns);
+            return run_check_sender(cs_config, cs_from, cs_header_from, cs_dns);
         }
         if (*check) {
             return run_check_config(c_path, c_keys, c_domain, c_mx);

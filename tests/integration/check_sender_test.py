@@ -10,7 +10,9 @@ character-strings of at most 255 octets, as zone files split it):
   exit 2;
 - no DMARC record is a warning, exit 0;
 - a resolver that does not answer is FATAL ("cannot check"), naming the
-  name, exit 2.
+  name, exit 2;
+- --header-from apart from --from: DMARC and alignment are checked at the
+  header From's domain, SPF at the envelope's, each finding naming it.
 
   check_sender_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
@@ -55,8 +57,9 @@ def config(peers, name, domain, keys):
     return path
 
 
-def check_sender(cfg, sender, dns):
-    return subprocess.run([MXPRESS, "check-sender", "--config", cfg, "--from", sender, "--dns", dns],
+def check_sender(cfg, sender, dns, header_from=None):
+    extra = [] if header_from is None else ["--header-from", header_from]
+    return subprocess.run([MXPRESS, "check-sender", "--config", cfg, "--from", sender, "--dns", dns, *extra],
                           capture_output=True, text=True, timeout=60)
 
 
@@ -75,6 +78,7 @@ class CheckSender(unittest.TestCase):
             lines.append(txt_line(domain, "v=spf1 ip4:127.0.0.1 -all"))
             if domain != "nodmarc.test":
                 lines.append(txt_line(f"_dmarc.{domain}", "v=DMARC1; p=reject"))
+        lines.append(txt_line("bounce.test", "v=spf1 ip4:127.0.0.2 -all"))  # an envelope domain: SPF only
         self.dns = self.peers.dnsmasq(lines)
 
     def tearDown(self):
@@ -93,7 +97,7 @@ class CheckSender(unittest.TestCase):
             self.assertTrue(line.startswith("ok "), line)
         self.assertIn("r1._domainkey.good.test publishes this key (k=rsa)", r.stdout)
         self.assertIn("e1._domainkey.good.test publishes this key (k=ed25519)", r.stdout)
-        self.assertIn('DMARC: _dmarc.good.test: "v=DMARC1; p=reject"', r.stdout)
+        self.assertIn('DMARC (From domain good.test): _dmarc.good.test: "v=DMARC1; p=reject"', r.stdout)
         self.assertTrue(r.stdout.endswith("check-sender good.test: 8 ok, 0 warnings, 0 fatal\n"), r.stdout)
 
     def test_a_selector_publishing_another_key_is_fatal_and_exits_2(self):
@@ -110,7 +114,7 @@ class CheckSender(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         warnings = [line for line in r.stdout.split("\n") if line.startswith("warning")]
         self.assertEqual(len(warnings), 1, r.stdout)
-        self.assertIn("DMARC: no record (v=DMARC1) at _dmarc.nodmarc.test", warnings[0])
+        self.assertIn("DMARC (From domain nodmarc.test): no record (v=DMARC1) at _dmarc.nodmarc.test", warnings[0])
         self.assertNotIn("FATAL", r.stdout)
 
     def test_a_resolver_that_does_not_answer_is_fatal_naming_the_name(self):
@@ -120,7 +124,21 @@ class CheckSender(unittest.TestCase):
         self.assertEqual(r.returncode, 2, r.stdout + r.stderr)
         self.assertRegex(r.stdout, r"FATAL +DKIM selector r1 \(d=good.test\): cannot check the key record: "
                                    r"r1._domainkey.good.test: ")
-        self.assertIn("SPF: cannot check: good.test: ", r.stdout)
+        self.assertIn("SPF (envelope domain good.test): cannot check: good.test: ", r.stdout)
+
+    def test_header_from_and_envelope_domains_are_checked_apart(self):
+        cfg = config(self.peers, "split", "good.test", [("r1", self.rsa)])
+        r = check_sender(cfg, "bounce@bounce.test", self.dns, header_from="Town Hall <news@good.test>")
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn('SPF (envelope domain bounce.test): "v=spf1 ip4:127.0.0.2 -all"', r.stdout)
+        self.assertIn('DMARC (From domain good.test): _dmarc.good.test: "v=DMARC1; p=reject"', r.stdout)
+        self.assertIn("alignment: d=good.test is aligned with From domain good.test", r.stdout)
+        self.assertNotIn("warning", r.stdout)
+        self.assertTrue(r.stdout.endswith("check-sender good.test (envelope bounce.test): 6 ok, 0 warnings, 0 fatal\n"),
+                        r.stdout)
+        # The same envelope as the From: d=good.test does not align with bounce.test, which has no DMARC record.
+        r = check_sender(cfg, "bounce@bounce.test", self.dns)
+        self.assertIn("alignment: no [[dkim.key]] domain (good.test) is bounce.test", r.stdout)
 
 
 if __name__ == "__main__":

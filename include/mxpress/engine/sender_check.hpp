@@ -1,22 +1,35 @@
 // mxpress/engine/sender_check.hpp — `mxpress check-sender`: is what DNS
 // publishes for a sender consistent with the [dkim] configuration, before a
 // real send? A pure function of the configuration, the keys as loaded, the
-// sender address and the TXT answers, so it is tested without DNS.
+// sender's two domains and the TXT answers, so it is tested without DNS.
+//
+// Two domains: the header From's (RFC 5322.From: DMARC and alignment) and
+// the envelope's (RFC 5321.MailFrom: SPF); every finding about one names it.
 //
 // Findings, one line each, ok / warning / FATAL:
 // 1. each [[dkim.key]]: SELECTOR._domainkey.DOMAIN publishes a key record
 //    whose p= is the configured key's public half and whose k= is its type;
 //    an RSA key under 1024 bits is fatal, under 2048 a warning;
-// 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its parent;
+// 2. a DMARC record (v=DMARC1) at _dmarc.FROM-DOMAIN, or at its
+//    organizational domain (RFC 7489 §3.2, by the public suffix list; without
+//    the list, a warning and one label less); its tags are read: v=DMARC1
+//    first and a valid p= (else a warning naming what is wrong), sp= for a
+//    From domain below the record's, adkim= and aspf= r or s;
 // 3. one SPF record (v=spf1) at the envelope domain (two: RFC 7208 §4.5
 //    permerror, fatal);
-// 4. a key's d= is the From domain or a parent of it (relaxed alignment);
+// 4. a key's d= is the From domain or a parent of it (as the signer picks
+//    keys) in the same organizational domain (relaxed alignment; adkim=s:
+//    d= is the From domain itself); unaligned is fatal under p=quarantine or
+//    p=reject, a warning under p=none or no record; a key past its
+//    not_after is not used by the signer, so it does not count (a warning);
 // 5. List-Unsubscribe and List-Unsubscribe-Post are among the signed headers.
 // A name whose lookup failed (SERVFAIL, timeout) is fatal: it cannot be
 // checked, and a receiver would see the same failure.
 #pragma once
 
 #include <algorithm>
+#include <ctime>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <string>
@@ -26,6 +39,7 @@
 #include <fmt/format.h>
 
 #include "mxpress/detail/ascii.hpp"
+#include "mxpress/engine/public_suffix.hpp"
 #include "mxpress/mail/dkim.hpp"
 #include "mxpress/net/txt_lookup.hpp"
 
@@ -51,6 +65,19 @@ struct configured_key {
 
 using txt_map = std::map<std::string, net::txt_answer>;
 
+// The sender's two domains, lowercase.
+struct sender_domains {
+    std::string header_from;  // RFC 5322.From: DMARC is looked up and aligned here
+    std::string envelope;     // RFC 5321.MailFrom: SPF is looked up here
+};
+
+// What check() reads besides the configuration and DNS.
+struct context {
+    const public_suffix::list* psl = nullptr;  // null: one label less stands in (a warning)
+    std::string psl_error;                     // why there is no list
+    std::time_t now = 0;                       // keys past not_after at this instant do not count
+};
+
 // The domain with one label less ("news.town.example" -> "town.example");
 // empty when that would leave a single label (a TLD is no organizational
 // domain).
@@ -63,21 +90,41 @@ inline std::string parent_domain(std::string_view d) {
     return rest.find('.') == std::string_view::npos ? std::string{} : std::string(rest);
 }
 
+// The organizational domain of `d` (RFC 7489 §3.2) by `psl`; without a
+// list, one label less, or `d` itself when that would leave a single label.
+inline std::string organizational_domain(std::string_view d, const public_suffix::list* psl) {
+    if (psl != nullptr) {
+        return psl->organizational_domain(d);
+    }
+    std::string parent = parent_domain(d);
+    return parent.empty() ? std::string(d) : parent;
+}
+
+// Where DMARC is looked up for From domain `from`, in order (RFC 7489
+// §6.6.3): _dmarc.FROM, then _dmarc.ORGANIZATIONAL-DOMAIN when it differs.
+inline std::vector<std::string> dmarc_names(const std::string& from, const public_suffix::list* psl) {
+    std::vector<std::string> names{"_dmarc." + from};
+    if (const std::string org = organizational_domain(from, psl); org != from) {
+        names.push_back("_dmarc." + org);
+    }
+    return names;
+}
+
 inline std::string dkim_name(const mail::dkim::key_spec& k) {
     return k.selector + "._domainkey." + k.domain;
 }
 
 // Every name check() reads, for the caller to look up.
-inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, std::string_view from_domain) {
+inline std::vector<std::string> names_to_query(const mail::dkim::settings& dkim, const sender_domains& sender,
+                                               const context& ctx) {
     std::vector<std::string> names;
     for (const mail::dkim::key_spec& k : dkim.keys) {
         names.push_back(dkim_name(k));
     }
-    names.push_back("_dmarc." + std::string(from_domain));
-    if (const std::string p = parent_domain(from_domain); !p.empty()) {
-        names.push_back("_dmarc." + p);
+    for (std::string& n : dmarc_names(sender.header_from, ctx.psl)) {
+        names.push_back(std::move(n));
     }
-    names.emplace_back(from_domain);
+    names.push_back(sender.envelope);
     return names;
 }
 
@@ -133,10 +180,76 @@ inline bool starts_with_version(std::string_view record, std::string_view versio
     return record.size() == version.size() || record[version.size()] == ' ' || record[version.size()] == ';';
 }
 
+// DMARC's policies (RFC 7489 §6.3 p=, sp=).
+inline constexpr std::string_view dmarc_policies[] = {"none", "quarantine", "reject"};
+
+// A DMARC record's tags that check() uses, or what is wrong with it.
+struct dmarc_record {
+    std::string error;             // empty: well-formed
+    std::string policy;            // p=: none, quarantine or reject (lowercase)
+    std::string subdomain_policy;  // sp=: the same; empty when absent (then p= applies)
+    bool strict_dkim = false;      // adkim=s
+    bool strict_spf = false;       // aspf=s
+};
+
+// A record that claims to be DMARC: some tag is v=DMARC1.
+inline bool names_dmarc1(std::string_view record) {
+    const auto t = tags(record);
+    const auto v = t.find("v");
+    return v != t.end() && detail::iequals(v->second, "DMARC1");
+}
+
+// `record`'s tags (RFC 7489 §6.3, §6.4): v=DMARC1 must come first, p= be a
+// policy, sp= one when present, adkim= and aspf= r or s when present.
+inline dmarc_record parse_dmarc(std::string_view record) {
+    dmarc_record d;
+    const std::string_view first = record.substr(0, record.find(';'));
+    const std::size_t eq = first.find('=');
+    if (eq == std::string_view::npos || !detail::iequals(trim(first.substr(0, eq)), "v") ||
+        !detail::iequals(trim(first.substr(eq + 1)), "DMARC1")) {
+        d.error = "v=DMARC1 is not its first tag";
+        return d;
+    }
+    const auto t = tags(record);
+    auto policy = [&](const char* tag, std::string& out) {
+        const auto it = t.find(tag);
+        if (it == t.end()) {
+            return true;
+        }
+        out = detail::to_lower_copy(it->second);
+        return std::find(std::begin(dmarc_policies), std::end(dmarc_policies), out) != std::end(dmarc_policies);
+    };
+    auto mode = [&](const char* tag, bool& strict) {
+        const auto it = t.find(tag);
+        if (it == t.end()) {
+            return true;
+        }
+        strict = detail::iequals(it->second, "s");
+        return strict || detail::iequals(it->second, "r");
+    };
+    if (t.count("p") == 0 || !policy("p", d.policy)) {
+        d.error = t.count("p") == 0 ? "it has no p=" : fmt::format("p={} is not none, quarantine or reject", d.policy);
+    } else if (!policy("sp", d.subdomain_policy)) {
+        d.error = fmt::format("sp={} is not none, quarantine or reject", d.subdomain_policy);
+    } else if (!mode("adkim", d.strict_dkim)) {
+        d.error = fmt::format("adkim={} is not r or s", t.at("adkim"));
+    } else if (!mode("aspf", d.strict_spf)) {
+        d.error = fmt::format("aspf={} is not r or s", t.at("aspf"));
+    }
+    return d;
+}
+
 // A DKIM key record: a tag list with p=, whose v= (when present) is DKIM1.
 inline bool is_dkim_key_record(const std::map<std::string, std::string>& t) {
     const auto v = t.find("v");
     return t.count("p") != 0 && (v == t.end() || v->second == "DKIM1");
+}
+
+// A not_after instant as its day, "2026-12-31" (UTC).
+inline std::string day_of(std::time_t t) {
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    return fmt::format("{:04}-{:02}-{:02}", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
 }
 
 inline void add(std::vector<finding>& out, severity s, std::string text) {
@@ -226,13 +339,16 @@ inline void check_key(const configured_key& ck, const txt_map& txt, std::vector<
 
 }  // namespace detail_sender_check
 
-// The findings for mail From `from_domain` (also the envelope domain) with
-// these keys and TXT answers (name -> answer; a name missing is "not looked
-// up", fatal). `dkim` gives the signed headers and the keys' specs.
+// The findings for mail from `sender` with these keys and TXT answers (name
+// -> answer; a name missing is "not looked up", fatal). `dkim` gives the
+// signed headers and the keys' specs.
 inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::vector<configured_key>& keys,
-                                  std::string_view from_domain_view, const txt_map& txt) {
+                                  const sender_domains& sender, const txt_map& txt, const context& ctx) {
     using namespace detail_sender_check;
-    const std::string from_domain = detail::to_lower_copy(std::string(from_domain_view));
+    const std::string from_domain = detail::to_lower_copy(sender.header_from);
+    const std::string envelope_domain = detail::to_lower_copy(sender.envelope);
+    const std::string dmarc_who = fmt::format("DMARC (From domain {})", from_domain);
+    const std::string spf_who = fmt::format("SPF (envelope domain {})", envelope_domain);
     std::vector<finding> out;
 
     // 1. Each key and its published record.
@@ -243,56 +359,70 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
         check_key(k, txt, out);
     }
 
-    // 2. DMARC at the From domain, else at its parent (the organizational
-    // domain without the public suffix list: one label less). A missing
+    // 2. DMARC at the From domain, else at its organizational domain. A missing
     // record is a warning, not fatal: mail without DMARC is still delivered
     // (Gmail and Yahoo demand it only of bulk senders, over 5,000 a day to
     // them), and a first send, a test or a small list is not refused for it.
-    bool dmarc = false;
+    const std::string from_org = organizational_domain(from_domain, ctx.psl);
+    if (ctx.psl == nullptr) {
+        add(out, severity::warning,
+            fmt::format("organizational domain: no public suffix list ({}): one label less stands in for it ({}), "
+                        "which is wrong under a suffix of several labels such as co.uk; install Debian's "
+                        "publicsuffix",
+                        ctx.psl_error.empty() ? "none given" : ctx.psl_error, from_org));
+    }
+    std::optional<dmarc_record> dmarc;  // the well-formed record found
+    std::string policy;                 // the policy it sets for the From domain: p=, or sp= below it
     {
-        std::vector<std::string> names{"_dmarc." + from_domain};
-        if (const std::string p = parent_domain(from_domain); !p.empty()) {
-            names.push_back("_dmarc." + p);
-        }
+        const std::vector<std::string> names = dmarc_names(from_domain, ctx.psl);
         bool decided = false;
         for (const std::string& name : names) {
             const net::txt_answer a = answer_for(txt, name);
             if (a.state == net::txt_answer::status::failed) {
-                add(out, severity::fatal, fmt::format("DMARC: cannot check: {}", a.error));
+                add(out, severity::fatal, fmt::format("{}: cannot check: {}", dmarc_who, a.error));
                 decided = true;
                 break;
             }
             std::vector<std::string> found;
             for (const std::string& r : a.records) {
-                if (starts_with_version(r, "v=DMARC1")) {
+                if (names_dmarc1(r)) {
                     found.push_back(r);
                 }
             }
+            if (found.empty()) {
+                continue;
+            }
+            decided = true;
             if (found.size() > 1) {
                 add(out, severity::warning,
-                    fmt::format("DMARC: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", found.size(),
-                                name));
-                decided = true;
+                    fmt::format("{}: {} records at {}: receivers apply none of them (RFC 7489 §6.6.3)", dmarc_who,
+                                found.size(), name));
                 break;
             }
-            if (found.size() == 1) {
-                add(out, severity::ok, fmt::format("DMARC: {}: \"{}\"", name, found.front()));
-                dmarc = true;
-                decided = true;
+            dmarc_record d = parse_dmarc(found.front());
+            if (!d.error.empty()) {
+                add(out, severity::warning,
+                    fmt::format("{}: {}: malformed record \"{}\": {}; receivers apply no policy (RFC 7489 §6.6.3)",
+                                dmarc_who, name, found.front(), d.error));
                 break;
             }
+            const bool below = name != "_dmarc." + from_domain;
+            policy = below && !d.subdomain_policy.empty() ? d.subdomain_policy : d.policy;
+            add(out, severity::ok, fmt::format("{}: {}: \"{}\"", dmarc_who, name, found.front()));
+            dmarc = std::move(d);
+            break;
         }
         if (!decided) {
             add(out, severity::warning,
-                fmt::format("DMARC: no record (v=DMARC1) at {}{}: Gmail and Yahoo require one of bulk senders; "
+                fmt::format("{}: no record (v=DMARC1) at {}{}: Gmail and Yahoo require one of bulk senders; "
                             "publish at least \"v=DMARC1; p=none\"",
-                            names.front(), names.size() > 1 ? " nor at " + names.back() : std::string{}));
+                            dmarc_who, names.front(), names.size() > 1 ? " nor at " + names.back() : std::string{}));
         }
     }
 
     // 3. SPF at the envelope domain.
     {
-        const net::txt_answer a = answer_for(txt, from_domain);
+        const net::txt_answer a = answer_for(txt, envelope_domain);
         std::vector<std::string> spf;
         for (const std::string& r : a.records) {
             if (starts_with_version(r, "v=spf1")) {
@@ -300,41 +430,61 @@ inline std::vector<finding> check(const mail::dkim::settings& dkim, const std::v
             }
         }
         if (a.state == net::txt_answer::status::failed) {
-            add(out, severity::fatal, fmt::format("SPF: cannot check: {}", a.error));
+            add(out, severity::fatal, fmt::format("{}: cannot check: {}", spf_who, a.error));
         } else if (spf.empty()) {
             add(out, severity::warning,
-                fmt::format("SPF: no record (v=spf1) at {}: receivers cannot authorize the sending hosts",
-                            from_domain));
+                fmt::format("{}: no record (v=spf1) at {}: receivers cannot authorize the sending hosts", spf_who,
+                            envelope_domain));
         } else if (spf.size() > 1) {
             add(out, severity::fatal,
-                fmt::format("SPF: {} records (v=spf1) at {}: a permerror for every receiver (RFC 7208 §4.5); merge "
-                            "them into one",
-                            spf.size(), from_domain));
+                fmt::format("{}: {} records (v=spf1) at {}: a permerror for every receiver (RFC 7208 §4.5); "
+                            "merge them into one",
+                            spf_who, spf.size(), envelope_domain));
         } else {
-            add(out, severity::ok, fmt::format("SPF: {}: \"{}\"", from_domain, spf.front()));
+            add(out, severity::ok, fmt::format("{}: \"{}\"", spf_who, spf.front()));
         }
     }
 
-    // 4. Alignment of some d= with the From domain.
+    // 4. Alignment of some d= with the From domain: the signer signs with it
+    // (d= is the From domain or a parent) and DMARC counts it (the same
+    // organizational domain; without a list, any parent) — unless the key is
+    // past its not_after, as the signer then skips it. adkim=s: d= is the
+    // From domain itself.
     {
+        const bool strict = dmarc && dmarc->strict_dkim;
         std::string aligned_with;
         std::string domains;
         for (const mail::dkim::key_spec& k : dkim.keys) {
-            if (aligned_with.empty() && mail::dkim::aligned(k.domain, from_domain)) {
+            if (k.not_after != 0 && ctx.now > k.not_after) {
+                add(out, severity::warning,
+                    fmt::format("DKIM selector {} (d={}): not_after passed: expired on {}, not used", k.selector,
+                                k.domain, day_of(k.not_after)));
+                domains += fmt::format("{}{} (expired)", domains.empty() ? "" : ", ", k.domain);
+                continue;
+            }
+            const bool signs = mail::dkim::aligned(k.domain, from_domain);
+            const bool counts = strict ? detail::iequals(k.domain, from_domain)
+                                       : ctx.psl == nullptr || organizational_domain(k.domain, ctx.psl) == from_org;
+            if (aligned_with.empty() && signs && counts) {
                 aligned_with = k.domain;
             }
             domains += (domains.empty() ? "" : ", ") + k.domain;
         }
         if (!aligned_with.empty()) {
             add(out, severity::ok,
-                fmt::format("alignment: d={} is aligned with From domain {} (relaxed, RFC 7489 §3.1.1)", aligned_with,
-                            from_domain));
+                fmt::format("alignment: d={} is aligned with From domain {} ({}, RFC 7489 §3.1.1)", aligned_with,
+                            from_domain, strict ? "strict, adkim=s" : "relaxed"));
         } else {
-            add(out, dmarc ? severity::fatal : severity::warning,
-                fmt::format("alignment: no [[dkim.key]] domain ({}) is {} or a parent of it: no signature counts for "
-                            "DMARC{}",
-                            domains.empty() ? "none" : domains, from_domain,
-                            dmarc ? ", so receivers apply its policy" : ""));
+            // Unaligned mail fails DKIM's half of DMARC: what that costs is the policy's to say.
+            const bool enforced = dmarc && policy != "none";
+            const std::string within =
+                strict ? std::string(" (adkim=s: exactly)") : " or a parent of it within " + from_org;
+            const std::string consequence = !dmarc     ? std::string{}
+                                            : enforced ? fmt::format(", so receivers apply p={} to it", policy)
+                                                       : ": p=none is monitoring only, nothing is refused for it yet";
+            add(out, enforced ? severity::fatal : severity::warning,
+                fmt::format("alignment: no [[dkim.key]] domain ({}) is {}{}: no signature counts for DMARC{}",
+                            domains.empty() ? "none" : domains, from_domain, within, consequence));
         }
     }
 
