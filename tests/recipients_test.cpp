@@ -2,6 +2,10 @@
 #include "mxpress/mail/recipients.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include "mxpress/io/input_wait.hpp"
+#include "mxpress/io/unique_fd.hpp"
 
 namespace {
 
@@ -79,3 +83,46 @@ TEST(Recipients, OverlongRowNamesTheLimit) {
 }
 
 }  // namespace
+
+// A list read from a pipe (io/input_wait.hpp): before a read would wait for
+// the writer, on_block runs; a cancelled read ends the rows without taking
+// the part of a line that came before it for a row.
+TEST(Recipients, PipeReadAnnouncesWaitsAndACancelEndsRowsWithoutAPartialLine) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    mxpress::io::unique_fd read_end(fds[0]);
+    mxpress::io::unique_fd write_end(fds[1]);
+    mxpress::io::input_wait wait;
+    int blocked = 0;
+    recipient_row row;
+    const std::string_view first = "email,name\na@x.org,Al\nb@x.org,B";  // the second row is cut
+    ASSERT_EQ(::write(write_end.get(), first.data(), first.size()), static_cast<ssize_t>(first.size()));
+    recipients_reader r(csv_reader::from_fd(read_end.get(), {}, &wait), "pipe.csv");
+    wait.on_block([&] {
+        if (++blocked == 1) {
+            wait.cancel();  // as the runner's stop callback would, while the reader waits
+        }
+    });
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.email, "a@x.org");
+    EXPECT_FALSE(r.next(row));  // cancelled: "b@x.org,B" without its line end is not a row
+    EXPECT_EQ(blocked, 1);
+    EXPECT_FALSE(r.next(row));  // and it stays cancelled
+}
+
+TEST(Recipients, PipeAtItsEndIsTheEndOfRows) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    mxpress::io::unique_fd read_end(fds[0]);
+    mxpress::io::unique_fd write_end(fds[1]);
+    mxpress::io::input_wait wait;
+    const std::string_view text = "email\na@x.org\nb@x.org";  // the last line has no line end
+    ASSERT_EQ(::write(write_end.get(), text.data(), text.size()), static_cast<ssize_t>(text.size()));
+    write_end.reset();
+    recipients_reader r(csv_reader::from_fd(read_end.get(), {}, &wait), "pipe.csv");
+    recipient_row row;
+    ASSERT_TRUE(r.next(row));
+    ASSERT_TRUE(r.next(row));
+    EXPECT_EQ(row.email, "b@x.org");
+    EXPECT_FALSE(r.next(row));
+}

@@ -859,7 +859,9 @@ int run_send(const send_options& o) {
     ro.version = mxpress_version;
 
     const mxpress::io::unique_fd rfd = open_recipients(o.recipients);
-    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get()), o.recipients);
+    mxpress::io::input_wait input;  // a pipe: rows read so far are sent while it waits, a stop wakes it
+    mail::recipients_reader reader(mail::csv_reader::from_fd(rfd.get(), {}, &input), o.recipients);
+    ro.input = &input;
     std::optional<engine::row_scheduler> scheduler = make_scheduler(o, reader.columns());
     if (scheduler) {
         ro.schedule = [&scheduler](const mail::recipient_row& row) { return scheduler->schedule(*row.fields); };

@@ -4,7 +4,8 @@ and kill -9 at seeded random points of a large send, each followed by
 --resume; checked at the receiver (mxsink --record): everyone got the
 message, nobody twice after a signal, and after kill -9 at most the
 transactions that were in flight. Also: the grace period, two runs on one
-journal, and --resume on a changed recipients file or template.
+journal, --resume on a changed recipients file or template, and a list read
+from a pipe that its writer keeps open.
 
   interrupt_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
@@ -250,6 +251,52 @@ class Interrupt(unittest.TestCase):
             got = received(peers, record_of(stats))
             self.assertEqual(len(got), rows)
             self.assertEqual({a: n for a, n in got.items() if n > 1}, {})
+
+    def test_rows_from_a_slow_pipe_are_sent_while_it_waits_and_a_signal_stops_at_once(self):
+        # A producer that writes 30 rows into a FIFO and then keeps it open
+        # (a slow database export, say): the rows read so far must not wait
+        # for a full batch or for the end of input, and SIGTERM must not wait
+        # for the producer's next write.
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            rows = 30
+            text_file, message, codes = self.job(peers, rows)
+            with open(text_file) as f:
+                text = f.read()
+            fifo = peers.path("pipe.csv")
+            os.mkfifo(fifo)
+            jpath = peers.path("j.jsonl")
+            p = subprocess.Popen(self.send_args(fifo, message, jpath, port), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            writer = open(fifo, "w")  # opens once mxpress has opened it for reading
+            outcomes = lambda: journal(jpath) if os.path.exists(jpath) else {}  # noqa: E731
+            try:
+                writer.write(text)
+                writer.flush()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and p.poll() is None and len(outcomes()) < rows:
+                    time.sleep(0.05)
+                self.assertEqual(len(outcomes()), rows, "rows read from the open pipe were not sent")
+                self.assertTrue(all(e[0]["status"] == "delivered" for e in outcomes().values()))
+                stopped_at = time.monotonic()
+                p.send_signal(signal.SIGTERM)
+                try:
+                    _, err = p.communicate(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.communicate()
+                    self.fail("SIGTERM waited for the pipe's writer")
+                self.assertLess(time.monotonic() - stopped_at, 10, "the stop waited for the pipe's writer")
+                self.assertEqual(p.returncode, 1, err)
+                self.assertIn("stopped by SIGTERM after reading 30 rows", err)
+            finally:
+                writer.close()
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+            got = received(peers, record_of(stats))
+            self.assertEqual(dict(got), {e: 1 for e in codes})
 
     def test_resume_refuses_a_recipients_file_with_a_row_removed_or_a_new_template(self):
         with Peers() as peers:

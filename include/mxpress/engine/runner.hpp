@@ -54,6 +54,7 @@
 #include "mxpress/engine/shard.hpp"
 #include "mxpress/engine/shard_threads.hpp"
 #include "mxpress/engine/stop_signals.hpp"
+#include "mxpress/io/input_wait.hpp"
 #include "mxpress/mail/address.hpp"
 #include "mxpress/mail/recipients.hpp"
 #include "mxpress/mail/suppression.hpp"
@@ -88,6 +89,10 @@ struct runner_options {
     std::size_t batch_bytes_max = 256 * 1024;
     bool show_progress = false;
     stop_signals* signals = nullptr;  // borrowed; null: signals are not watched
+    // Borrowed: the recipients reader's (csv_reader::from_fd). Before a read
+    // from a pipe would wait, part-filled batches go to the shards; a stop
+    // cancels the wait. Null: a file that never waits (or a test's string).
+    io::input_wait* input = nullptr;
     // SIGHUP reads it again (config_reload.hpp). Borrowed; null: no --config,
     // and SIGHUP is ignored with a word on stderr.
     config_reloader* reloader = nullptr;
@@ -277,6 +282,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                     s->request_stop(level);
                 }
             }
+            if (o.input != nullptr) {
+                o.input->cancel();  // a reader waiting on a pipe's writer stops reading
+            }
         });
     }
     struct watcher_stop {
@@ -401,6 +409,29 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     if (o.show_progress) {
         progress.emplace(tty ? std::chrono::milliseconds(250) : std::chrono::milliseconds(5000), progress_line);
     }
+    // Rows read so far go to the shards now (a pipe's writer may take its
+    // time), and the invalid ones to the journal.
+    auto hand_over = [&]() {
+        journal.write_batch(invalid_lines);
+        for (unsigned i = 0; i < n; ++i) {
+            if (!batches[i].empty()) {
+                shards.push(i, std::move(batches[i]));
+                batches[i] = shard::mail_batch();
+                batch_bytes[i] = 0;
+            }
+        }
+    };
+    struct input_hook {
+        io::input_wait* input;
+        ~input_hook() {
+            if (input != nullptr) {
+                input->on_block({});  // the callback refers to this frame
+            }
+        }
+    } hook{o.input};
+    if (o.input != nullptr) {
+        o.input->on_block(hand_over);
+    }
     std::exception_ptr reader_error;
     try {
         while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
@@ -496,12 +527,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         if (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0) {
             read_all.store(true, std::memory_order_release);  // the end of the file: the total is known
         }
-        journal.write_batch(invalid_lines);
-        for (unsigned i = 0; i < n; ++i) {
-            if (!batches[i].empty()) {
-                shards.push(i, std::move(batches[i]));
-            }
-        }
+        hand_over();
     } catch (...) {
         // The recipients file could not be read on, or the journal not
         // written: what the shards hold is still delivered and journaled.

@@ -40,6 +40,8 @@
 #include <emmintrin.h>
 #endif
 
+#include "mxpress/io/input_wait.hpp"
+
 namespace mxpress::mail {
 
 enum class csv_error : std::uint8_t {
@@ -138,17 +140,13 @@ public:
         _buffer.resize(_limits.read_chunk_bytes + _limits.record_bytes_max + 1);
     }
 
-    // Borrowed: fd must stay open for the reader's lifetime.
-    static csv_reader from_fd(int fd, csv_limits limits = {}) {
+    // Borrowed: fd must stay open for the reader's lifetime, and `wait` (if
+    // any) too. With `wait`, a pipe or FIFO is read through it: a stop can
+    // cancel a read that waits on the producer (io/input_wait.hpp).
+    static csv_reader from_fd(int fd, csv_limits limits = {}, io::input_wait* wait = nullptr) {
         return csv_reader(
-            [fd](char* dst, std::size_t size) -> long {
-                for (;;) {
-                    const ssize_t n = ::read(fd, dst, size);
-                    if (n < 0 && errno == EINTR) {
-                        continue;
-                    }
-                    return static_cast<long>(n);
-                }
+            [fd, wait](char* dst, std::size_t size) -> long {
+                return wait != nullptr ? wait->read(fd, dst, size) : io::read_retrying(fd, dst, size);
             },
             limits,
             [fd, start = ::lseek(fd, 0, SEEK_CUR)](std::uint64_t offset) {

@@ -64,8 +64,9 @@ public:
     }
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 
-    // Returns false at end of file. Throws input_error when the file cannot
-    // be read any further.
+    // Returns false at end of file, or when a stop cancelled the read
+    // (io/input_wait.hpp; the row being read is not returned). Throws
+    // input_error when the file cannot be read any further.
     bool next(recipient_row& row) {
         for (;;) {
             const std::uint64_t begin = _reader.bytes_consumed();
@@ -74,6 +75,9 @@ public:
                     return false;
                 }
             } catch (const std::system_error& e) {
+                if (e.code() == std::errc::operation_canceled) {
+                    return false;
+                }
                 throw input_error(_file, 0, fmt::format("read failed: {}", e.code().message()));
             }
             if (_record.blank() && _record.error == csv_error::none) {
