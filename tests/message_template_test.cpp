@@ -518,3 +518,43 @@ TEST(MessageTemplate, ListUnsubscribeUrlValuesArePercentEncoded) {
 }
 
 }  // namespace
+
+// choose_encoding's line measure (detail::longest_crlf_line) against the
+// byte-at-a-time definition it replaced, on seeded random texts made of the
+// octets that matter (CR, LF, ASCII, 8-bit), and the edges by hand.
+TEST(MessageTemplate, LongestCrlfLineMatchesTheByteByByteDefinition) {
+    auto by_bytes = [](std::string_view t) {
+        std::size_t longest = 0;
+        std::size_t line = 0;
+        for (std::size_t i = 0; i < t.size(); ++i) {
+            if (t[i] == '\r' && i + 1 < t.size() && t[i + 1] == '\n') {
+                longest = std::max(longest, line);
+                line = 0;
+                ++i;
+                continue;
+            }
+            ++line;
+        }
+        return std::max(longest, line);
+    };
+    using mxpress::detail::longest_crlf_line;
+    EXPECT_EQ(longest_crlf_line(""), 0u);
+    EXPECT_EQ(longest_crlf_line("\r\n"), 0u);
+    EXPECT_EQ(longest_crlf_line("\n"), 1u);
+    EXPECT_EQ(longest_crlf_line("ab\r\ncdef"), 4u);
+    EXPECT_EQ(longest_crlf_line("abc\r\r\n"), 4u);
+    EXPECT_EQ(longest_crlf_line("a\nb\r\nc"), 3u);
+    EXPECT_EQ(longest_crlf_line(std::string(998, 'x') + "\r\n" + std::string(999, 'y')), 999u);
+    std::uint64_t state = 0x9e3779b97f4a7c15ULL;
+    const char alphabet[] = {'\r', '\n', 'a', '.', static_cast<char>(0xe3)};
+    for (int round = 0; round < 2000; ++round) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        std::string t(static_cast<std::size_t>(state >> 54), 'x');  // up to 1023 octets
+        for (char& c : t) {
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            const auto k = (state >> 33) % 16;
+            c = k < 5 ? alphabet[k] : 'x';
+        }
+        ASSERT_EQ(longest_crlf_line(t), by_bytes(t)) << "round " << round;
+    }
+}

@@ -4,7 +4,9 @@
 // on the C locale and on the sign of char, so the parsers use these instead.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -78,6 +80,28 @@ inline bool all_ascii(std::string_view s) noexcept {
         --n;
     }
     return (acc & 0x8080808080808080ULL) == 0;
+}
+
+// The longest line of `text` in octets, lines ended by CRLF (a bare CR or
+// LF is part of its line; the last line needs no end). memchr finds the
+// LFs, so a long ASCII text costs a few vector compares per line.
+inline std::size_t longest_crlf_line(std::string_view text) noexcept {
+    std::size_t longest = 0;
+    std::size_t start = 0;  // of the current line
+    std::size_t from = 0;
+    while (from < text.size()) {
+        const void* hit = std::memchr(text.data() + from, '\n', text.size() - from);
+        if (hit == nullptr) {
+            break;
+        }
+        const std::size_t lf = static_cast<std::size_t>(static_cast<const char*>(hit) - text.data());
+        if (lf > start && text[lf - 1] == '\r') {
+            longest = std::max(longest, lf - 1 - start);
+            start = lf + 1;
+        }
+        from = lf + 1;
+    }
+    return std::max(longest, text.size() - start);
 }
 
 }  // namespace mxpress::detail

@@ -1297,22 +1297,15 @@ private:
     // its octets are non-ASCII, quoted-printable otherwise. One rule for a
     // single-part body and for each text part of a multipart one.
     transfer_encoding choose_encoding(std::string_view text) const noexcept {
-        std::size_t non_ascii = 0;
-        std::size_t longest = 0;
-        std::size_t line = 0;
-        for (std::size_t i = 0; i < text.size(); ++i) {
-            if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
-                longest = std::max(longest, line);
-                line = 0;
-                ++i;
-                continue;
-            }
-            ++line;
-            non_ascii += detail::is_ascii(text[i]) ? 0 : 1;
+        // Word-wise and memchr scans: the common case (ASCII, short lines)
+        // never looks at a byte on its own; it was 7% of a plain-2k send.
+        const bool ascii = detail::all_ascii(text);
+        if (detail::longest_crlf_line(text) <= line_octets_max && (ascii || _options.eight_bit_allowed)) {
+            return ascii ? transfer_encoding::seven_bit : transfer_encoding::eight_bit;
         }
-        longest = std::max(longest, line);
-        if (longest <= line_octets_max && (non_ascii == 0 || _options.eight_bit_allowed)) {
-            return non_ascii == 0 ? transfer_encoding::seven_bit : transfer_encoding::eight_bit;
+        std::size_t non_ascii = 0;
+        for (const char c : text) {
+            non_ascii += detail::is_ascii(c) ? 0 : 1;
         }
         return non_ascii * base64_share_divisor > text.size() ? transfer_encoding::base64
                                                               : transfer_encoding::quoted_printable;
@@ -1408,14 +1401,7 @@ private:
                 continue;
             }
             merge_section(sec, fields);
-            std::size_t longest = 0;
-            for (std::size_t start = 0; start < _body.size();) {
-                std::size_t end = _body.find("\r\n", start);
-                end = end == std::string::npos ? _body.size() : end;
-                longest = std::max(longest, end - start);
-                start = end + 2;
-            }
-            if (longest > line_octets_max) {
+            if (detail::longest_crlf_line(_body) > line_octets_max) {
                 r.error = "body has a line over 998 octets and its Content-Transfer-Encoding is the template's";
                 return;
             }
@@ -1442,12 +1428,12 @@ private:
             return;
         }
         const transfer_encoding e = choose_encoding(*text);
-        const bool ascii = detail::all_ascii(_body);  // the UTF-8 text: does it need a charset?
         if (e == transfer_encoding::seven_bit) {
             if (_template->has_content_type()) {
                 emit_content_type(out, false);
             }
         } else {
+            const bool ascii = detail::all_ascii(_body);  // the UTF-8 text: does it need a charset?
             if (!_template->has_content_type()) {
                 out += ascii ? "Content-Type: text/plain\r\n" : "Content-Type: text/plain; charset=utf-8\r\n";
             } else {
