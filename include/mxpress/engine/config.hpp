@@ -27,6 +27,16 @@
 //                  plaintext on a new connection
 //   required       no message data without TLS: defer (then expire) instead
 //   verify         required, and the chain must be trusted and name the MX host
+//
+// Three files, one topic each; `#include "…/config.hpp"` gives all of them:
+//   config.hpp           the key rows: assignment and its errors, the
+//                        defaults, config_sections, parse_config, load_config
+//   config_tables.hpp    the sections that are not key = value tables
+//                        ([domain."…"], [mx."…"], [provider."…"], [rules]):
+//                        each one's reader and printer; included below, between
+//                        the errors its readers reuse and config_sections
+//   config_describe.hpp  check-config's output (describe, describe_destination,
+//                        describe_keys_markdown); included at the end
 #pragma once
 
 #include <sys/stat.h>
@@ -43,13 +53,11 @@
 #include <sstream>
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
-#include "mxpress/detail/ascii.hpp"
 #include "mxpress/engine/config_keys.hpp"
 #include "mxpress/engine/config_values.hpp"
 #include "mxpress/engine/dkim_config.hpp"
@@ -198,251 +206,16 @@ inline void assign_from(const std::string& file, const config_key& k, config& c,
     }
 }
 
-// A row's value as check-config prints it: valid TOML.
-inline std::string value_text(const config_key& k, const config& c) {
-    switch (k.type) {
-        case key_type::duration: return fmt::format("\"{}\"", format_duration(k.duration.cref(c)));
-        case key_type::count: return std::to_string(k.count.cref(c));
-        case key_type::host_name:
-        case key_type::file: return fmt::format("\"{}\"", k.text.cref(c));
-        case key_type::tls_policy: return fmt::format("\"{}\"", to_string(k.policy.cref(c)));
-        case key_type::rate: return fmt::format("\"{}\"", k.limit.cref(c).text);
-        case key_type::boolean: return k.flag.cref(c) ? "true" : "false";
-    }
-    return {};
-}
-
-inline const char* type_name(key_type t) {
-    switch (t) {
-        case key_type::duration: return "duration";
-        case key_type::count: return "integer";
-        case key_type::host_name: return "host name";
-        case key_type::file: return "file name";
-        case key_type::tls_policy: return "TLS policy";
-        case key_type::rate: return "rate";
-        case key_type::boolean: return "boolean";
-    }
-    return "?";
-}
-
-// A [domain."…"] limit key, or false when `key` is not one.
-inline bool get_domain_limit(const std::string& file, const std::string& table, std::string_view key,
-                             const toml::node& value, domain_limits& out) {
-    if (key == "max_message_rate") {
-        const auto* s = value.as_string();
-        rate r;
-        if (s == nullptr || !parse_rate(s->get(), r)) {
-            fail(file, value, rate_error(fmt::format("[{}] {}", table, key)));
-        }
-        out.max_message_rate = r;
-        return true;
-    }
-    const bool conns = key == "connections_max";
-    if (!conns && key != "messages_per_connection_max") {
-        return false;
-    }
-    // The same limits as the [defaults] rows of the same name.
-    const config_key* k = nullptr;
-    for (const config_key& row : config_keys) {
-        if (row.section == "defaults" && row.name == key) {
-            k = &row;
-        }
-    }
-    assert(k != nullptr);
-    const auto* v = value.as_integer();
-    if (v == nullptr || v->get() < k->min || v->get() > k->max) {
-        fail(file, value, fmt::format("[{}] {} must be an integer in {}", table, key, range_of(*k)));
-    }
-    (conns ? out.connections_max : out.messages_per_connection_max) = static_cast<std::uint32_t>(v->get());
-    return true;
-}
-
-// [domain."x"] (tls and limits) or [mx."pattern"] (tls): a table of tables.
-inline void get_tls_entries(const std::string& file, std::string_view kind, const toml::node& node,
-                            std::vector<std::pair<std::string, tls_policy>>& out,
-                            std::vector<domain_limits>* limits = nullptr) {
-    const auto* t = node.as_table();
-    if (t == nullptr) {
-        fail(file, node, fmt::format("'{}' must be a table of tables: [{}.\"name\"]", kind, kind));
-    }
-    for (auto&& [name_key, entry] : *t) {
-        std::string name(name_key.str());
-        for (char& ch : name) {
-            ch = detail::to_lower(ch);
-        }
-        const std::string table = fmt::format("{}.\"{}\"", kind, name);
-        if (name.empty() || name.find_first_of(" \t\r\n") != std::string::npos ||
-            (kind == "domain" && name.find('*') != std::string::npos) ||
-            (kind == "mx" && name.find('*') != std::string::npos &&
-             !(name.starts_with("*.") && name.size() > 2 && name.find('*', 1) == std::string::npos))) {
-            fail(file, entry,
-                 kind == "domain" ? fmt::format("[{}]: a domain name, without wildcards", table)
-                                  : fmt::format("[{}]: a host name, or \"*.\" and a suffix", table));
-        }
-        const auto* et = entry.as_table();
-        if (et == nullptr) {
-            fail(file, entry, fmt::format("[{}] must be a table", table));
-        }
-        domain_limits dl;
-        dl.name = name;
-        for (auto&& [key, value] : *et) {
-            if (limits != nullptr && get_domain_limit(file, table, key.str(), value, dl)) {
-                continue;
-            }
-            if (key.str() != "tls") {
-                fail_unknown_key(file, value, key.str(), fmt::format("[{}]", table),
-                                 fmt::format("{}; quote a dotted name: [{}.\"example.com\"]",
-                                             limits != nullptr
-                                                 ? "tls, max_message_rate, connections_max, messages_per_connection_max"
-                                                 : "tls",
-                                             kind));
-            }
-            const auto* s = value.as_string();
-            tls_policy p{};
-            if (s == nullptr || !parse_tls_policy(s->get(), p)) {
-                fail(
-                    file, value,
-                    fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"", table));
-            }
-            out.emplace_back(name, p);
-        }
-        if (limits != nullptr &&
-            (dl.max_message_rate || dl.connections_max != 0 || dl.messages_per_connection_max != 0)) {
-            limits->push_back(std::move(dl));
-        }
-    }
-}
-
-inline void describe_limits(std::string& out, const domain_limits& d) {
-    if (d.max_message_rate) {
-        out += fmt::format("max_message_rate = \"{}\"\n", d.max_message_rate->text);
-    }
-    if (d.connections_max != 0) {
-        out += fmt::format("connections_max = {}\n", d.connections_max);
-    }
-    if (d.messages_per_connection_max != 0) {
-        out += fmt::format("messages_per_connection_max = {}\n", d.messages_per_connection_max);
-    }
-}
-
-// Each name once: one table with its tls and its limits (valid TOML).
-inline void describe_tls_entries(std::string& out, std::string_view kind,
-                                 const std::vector<std::pair<std::string, tls_policy>>& entries,
-                                 const std::vector<domain_limits>* limits = nullptr) {
-    const std::vector<domain_limits> none;
-    const std::vector<domain_limits>& ls = limits != nullptr ? *limits : none;
-    auto limits_of = [&](const std::string& name) -> const domain_limits* {
-        for (const domain_limits& d : ls) {
-            if (d.name == name) {
-                return &d;
-            }
-        }
-        return nullptr;
-    };
-    for (const auto& [name, p] : entries) {
-        out += fmt::format("\n[{}.\"{}\"]\ntls = \"{}\"\n", kind, name, to_string(p));
-        if (const domain_limits* d = limits_of(name)) {
-            describe_limits(out, *d);
-        }
-    }
-    for (const domain_limits& d : ls) {
-        if (std::none_of(entries.begin(), entries.end(), [&](const auto& e) { return e.first == d.name; })) {
-            out += fmt::format("\n[{}.\"{}\"]\n", kind, d.name);
-            describe_limits(out, d);
-        }
-    }
-}
-
-// [provider."name"]: match (required), max_message_rate, connections_max,
-// messages_per_connection_max, tls.
-inline void get_providers(const std::string& file, const toml::node& node, std::vector<provider_config>& out) {
-    const auto* t = node.as_table();
-    if (t == nullptr) {
-        fail(file, node, "'provider' must be a table of tables: [provider.\"name\"]");
-    }
-    for (auto&& [name_key, entry] : *t) {
-        provider_config pc;
-        pc.name = std::string(name_key.str());
-        const std::string table = fmt::format("provider.\"{}\"", pc.name);
-        const auto* et = entry.as_table();
-        if (et == nullptr) {
-            fail(file, entry, fmt::format("[{}] must be a table", table));
-        }
-        domain_limits dl;
-        for (auto&& [key, value] : *et) {
-            if (key.str() == "match") {
-                const auto* a = value.as_array();
-                if (a == nullptr || a->empty()) {
-                    fail(file, value, fmt::format("[{}] match must be a non-empty array of host patterns", table));
-                }
-                for (const toml::node& m : *a) {
-                    const auto* s = m.as_string();
-                    std::string pattern = s != nullptr ? std::string(s->get()) : std::string();
-                    for (char& ch : pattern) {
-                        ch = detail::to_lower(ch);
-                    }
-                    const std::size_t star = pattern.find('*');
-                    if (pattern.empty() || pattern.find_first_of(" \t\r\n") != std::string::npos ||
-                        (star != std::string::npos && !(star == 0 && pattern.starts_with("*.") && pattern.size() > 2 &&
-                                                        pattern.find('*', 1) == std::string::npos))) {
-                        fail(file, m, fmt::format("[{}] match: each entry a host name, or \"*.\" and a suffix", table));
-                    }
-                    pc.match.push_back(std::move(pattern));
-                }
-            } else if (key.str() == "tls") {
-                const auto* s = value.as_string();
-                tls_policy p{};
-                if (s == nullptr || !parse_tls_policy(s->get(), p)) {
-                    fail(file, value,
-                         fmt::format("[{}] tls must be \"disabled\", \"opportunistic\", \"required\" or \"verify\"",
-                                     table));
-                }
-                pc.tls = p;
-            } else if (!get_domain_limit(file, table, key.str(), value, dl)) {
-                fail_unknown_key(file, value, key.str(), fmt::format("[{}]", table),
-                                 "match, max_message_rate, connections_max, messages_per_connection_max, tls");
-            }
-        }
-        if (pc.match.empty()) {
-            fail(file, entry, fmt::format("[{}] needs match = [\"*.example.com\", …]: the MX hosts it covers", table));
-        }
-        pc.max_message_rate = dl.max_message_rate;
-        pc.connections_max = dl.connections_max;
-        pc.messages_per_connection_max = dl.messages_per_connection_max;
-        out.push_back(std::move(pc));
-    }
-}
-
-// [rules]: builtin = true|false.
-inline void get_rules_table(const std::string& file, const toml::node& node, rule_set& out) {
-    const auto* t = node.as_table();
-    for (auto&& [key, value] : *t) {
-        if (key.str() != "builtin") {
-            fail_unknown_key(file, value, key.str(), "[rules]", "builtin");
-        }
-        out.builtin = get_bool(file, "[rules]", "builtin", value);
-    }
-}
-
-inline void describe_providers(std::string& out, const std::vector<provider_config>& providers) {
-    for (const provider_config& pc : providers) {
-        out += fmt::format("\n[provider.\"{}\"]\nmatch = [", pc.name);
-        for (std::size_t k = 0; k < pc.match.size(); ++k) {
-            out += fmt::format("{}\"{}\"", k == 0 ? "" : ", ", pc.match[k]);
-        }
-        out += "]\n";
-        domain_limits dl;
-        dl.max_message_rate = pc.max_message_rate;
-        dl.connections_max = pc.connections_max;
-        dl.messages_per_connection_max = pc.messages_per_connection_max;
-        describe_limits(out, dl);
-        if (pc.tls) {
-            out += fmt::format("tls = \"{}\"\n", to_string(*pc.tls));
-        }
-    }
-}
-
 }  // namespace detail_config
+
+}  // namespace mxpress::engine
+
+// The readers and printers of [domain."…"], [mx."…"], [provider."…"] and
+// [rules]: here, after the errors above that they reuse and before
+// config_sections below, which names them.
+#include "mxpress/engine/config_tables.hpp"
+
+namespace mxpress::engine {
 
 // A section that is not a plain key = value table: it has its own parser
 // (given the section's node, after the key rows are read) and printer.
@@ -650,127 +423,7 @@ inline config load_config(const std::string& path) {
     return parse_config(ss.str(), path);
 }
 
-// The effective settings as a configuration file: every key with its value
-// and, as a comment, its doc.
-inline std::string describe(const config& c) {
-    constexpr std::size_t comment_column = 40;
-    std::string out;
-    std::string_view section;
-    for (const config_key& k : config_keys) {
-        if (k.section != section) {
-            out += fmt::format("{}[{}]\n", section.empty() ? "" : "\n", k.section);
-            section = k.section;
-        }
-        const std::string line = fmt::format("{} = {}", k.name, detail_config::value_text(k, c));
-        out += fmt::format("{:<{}} # {}\n", line, comment_column - 1, k.doc);
-    }
-    for (const config_section& s : config_sections) {
-        s.describe(c, out);
-    }
-    return out;
-}
-
-// The effective policy for mail to `domain` through the MX host `mx_host`
-// ("" when not given: then what depends on the host is said to), and the
-// sections that gave each value: what `mxpress check-config FILE --domain D
-// [--mx HOST]` prints. Pure: no lookups.
-inline std::string describe_destination(const config& c, std::string_view domain, std::string_view mx_host) {
-    const std::string d = detail::to_lower_copy(domain);
-    const std::string mx = detail::to_lower_copy(mx_host);
-    const domain_limits own = [&] {
-        for (const domain_limits& l : c.domain_limit) {
-            if (l.name == d) {
-                return l;
-            }
-        }
-        return domain_limits{};
-    }();
-    const bool own_tls =
-        std::any_of(c.domain_tls.begin(), c.domain_tls.end(), [&](const auto& e) { return e.first == d; });
-    const domain_limits eff = c.limits_for(d);
-    const provider_config* pc = mx.empty() ? nullptr : c.provider_for(mx);
-    const std::string dsec = fmt::format("[domain.\"{}\"]", d);
-    auto from = [&](bool set_in_domain) { return set_in_domain ? dsec : std::string("[defaults]"); };
-    std::string out = fmt::format("destination: {}{}\n", d, mx.empty() ? "" : fmt::format(" via {}", mx));
-    std::string sections;
-    if (own.max_message_rate || own.connections_max != 0 || own.messages_per_connection_max != 0 || own_tls) {
-        sections += dsec;
-    }
-    if (pc != nullptr) {
-        sections += fmt::format("{}[provider.\"{}\"]", sections.empty() ? "" : ", ", pc->name);
-    }
-    out += fmt::format("sections: {}\n", sections.empty() ? "none (only [defaults])" : sections);
-    out += fmt::format("max_message_rate = \"{}\"  # per domain, from {}\n", eff.max_message_rate->text,
-                       from(own.max_message_rate.has_value()));
-    out += fmt::format("connections_max = {}  # per MX address, from {}\n", eff.connections_max,
-                       from(own.connections_max != 0));
-    out += fmt::format("messages_per_connection_max = {}  # from {}\n", eff.messages_per_connection_max,
-                       from(own.messages_per_connection_max != 0));
-    out += fmt::format("max_connection_rate = \"{}\"  # per MX address, from [defaults]\n", c.max_connection_rate.text);
-    if (pc != nullptr) {
-        const std::string psec = fmt::format("[provider.\"{}\"]", pc->name);
-        out += fmt::format("provider max_message_rate = \"{}\"  # one budget for all its domains, from {}\n",
-                           pc->max_message_rate ? pc->max_message_rate->text : "unlimited", psec);
-        out += fmt::format("provider connections_max = {}  # all its hosts together, from {}\n",
-                           pc->connections_max == 0 ? std::string("unlimited") : std::to_string(pc->connections_max),
-                           psec);
-        if (pc->messages_per_connection_max != 0) {
-            out += fmt::format("provider messages_per_connection_max = {}  # from {}\n",
-                               pc->messages_per_connection_max, psec);
-        }
-    }
-    if (mx.empty()) {
-        out += fmt::format(
-            "tls = \"{}\"  # {}\n", to_string(c.tls_for(d, "")),
-            own_tls ? "from " + dsec : "for an MX host no [provider] or [mx] section names; give --mx HOST to see its");
-        if (!c.providers.empty()) {
-            out += "provider: depends on the MX host names (give --mx HOST)\n";
-        }
-    } else {
-        std::string tls_from = "[defaults]";
-        if (own_tls) {
-            tls_from = dsec;
-        } else if (pc != nullptr && pc->tls) {
-            tls_from = fmt::format("[provider.\"{}\"]", pc->name);
-        } else {
-            for (const auto& [pattern, p] : c.mx_tls) {
-                if (host_pattern_matches(pattern, mx)) {
-                    tls_from = fmt::format("[mx.\"{}\"]", pattern);
-                    break;
-                }
-            }
-        }
-        out += fmt::format("tls = \"{}\"  # from {}\n", to_string(c.tls_for(d, mx)), tls_from);
-    }
-    return out;
-}
-
-// README's table of keys (Markdown), from config_keys and config_sections.
-inline std::string describe_keys_markdown() {
-    std::string out = "| key | type | default | meaning |\n|---|---|---|---|\n";
-    for (const config_key& k : config_keys) {
-        std::string def;
-        if (k.computed_default != nullptr) {
-            def = k.computed_default_doc;
-        } else if (k.type == key_type::count || k.type == key_type::boolean) {
-            def = fmt::format("`{}`", k.default_value);
-        } else {
-            def = fmt::format("`\"{}\"`", k.default_value);
-        }
-        std::string type = detail_config::type_name(k.type);
-        if (k.type == key_type::duration || k.type == key_type::count) {
-            type += fmt::format(" ({})", detail_config::range_of(k));
-        }
-        std::string doc(k.doc);
-        for (std::size_t pos = 0; (pos = doc.find('|', pos)) != std::string::npos; pos += 2) {
-            doc.replace(pos, 1, "\\|");
-        }
-        out += fmt::format("| `[{}] {}` | {} | {} | {} |\n", k.section, k.name, type, def, doc);
-    }
-    for (const config_section& s : config_sections) {
-        out += fmt::format("| `{}` | table | | {} |\n", s.syntax, s.doc);
-    }
-    return out;
-}
-
 }  // namespace mxpress::engine
+
+// check-config's output: describe(), describe_destination(), describe_keys_markdown().
+#include "mxpress/engine/config_describe.hpp"

@@ -2,7 +2,8 @@
 // keeps it: its life cycle as one state, the SMTP client, TLS, and the (at
 // most two) transactions it carries.
 //
-// Life cycle (every transition is made by the core, in core_sessions.hpp):
+// Life cycle (every transition is made by the core, in core_schedule.hpp and
+// core_sessions.hpp):
 //
 //   connecting ──connected──▶ opening ◀──────────────┐ (EHLO again after TLS)
 //       │ implicit TLS              │ STARTTLS 220    │

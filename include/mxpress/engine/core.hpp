@@ -5,10 +5,15 @@
 // send_done, tick), commands out (commands.hpp), outcomes to a sink, time
 // from set_now(). The io_uring shard (shard.hpp) and the simulator
 // (tests/sim) drive the same code. Which file owns which decision:
-//   core.hpp           intake, routing and MX answers, queues, retries and
-//                      expiry, outcomes, the scheduler, timers
-//   core_sessions.hpp  one connection's life: connect, SMTP events, filling
-//                      it with transactions, failures and teardown
+//   core.hpp           intake, outcomes, retries and expiry, stopping; the
+//                      class, its state, and where each member is defined
+//   core_routing.hpp   routing and MX answers, pools and their limits,
+//                      queues (paced by max_message_rate)
+//   core_schedule.hpp  the driver's connection events, the scheduler,
+//                      timers: connections opened, given work, closed
+//   core_sessions.hpp  one connection's life: SMTP events, filling it
+//                      with transactions, failures and teardown
+//   core_rules.hpp     the adaptive rules: replies counted, holds
 //   core_tls.hpp       a connection's TLS: handshake, and the policy's word
 //   core_checks.hpp    check_invariants() and describe_holdings()
 //   tls_decision.hpp   what a TLS policy means for a session
@@ -141,7 +146,7 @@ public:
         resolved(*d, ans);
     }
 
-    // The following are in core_sessions.hpp.
+    // The following are in core_schedule.hpp.
     void connected(conn_id id, int res);
     void received(conn_id id, std::string_view bytes);
     void input_lost(conn_id id, std::string_view why);
@@ -152,44 +157,11 @@ public:
     // change): limits, rules and timeouts from now on (core_rules.hpp).
     void reload(std::shared_ptr<const config> c);
 
-    void tick() {
-        std::vector<std::unique_ptr<recipient>> due;
-        _retries.pop_due(_now, due);
-        for (auto& r : due) {
-            unpark(*r);
-            dispatch(std::move(r));
-        }
-        while (!_probes.empty() && _probes.top().first <= _now) {
-            if (mx_pool* p = _pools.find(_probes.top().second); p != nullptr) {
-                p->send_wake_armed = false;
-                if (!p->work.empty()) {
-                    mark_dirty(*p);
-                }
-            }
-            _probes.pop();
-        }
-
-        check_deadlines();
-        close_idle(false);
-        if (_now - _last_eviction >= eviction_every) {
-            _last_eviction = _now;
-            evict_unused();
-        }
-    }
+    void tick();
 
     // Gives queued work to connections and opens new ones. Call after each
     // batch of events (the shard: once per loop turn).
-    void schedule() {
-        while (!_dirty.empty()) {
-            mx_pool* p = _dirty.back();
-            _dirty.pop_back();
-            p->dirty = false;
-            schedule_pool(*p);
-        }
-        if (run_over()) {
-            close_idle(true);
-        }
-    }
+    void schedule();
 
     // ---- stopping (SIGINT, SIGTERM) ---------------------------------------------
 
@@ -315,225 +287,19 @@ public:
 private:
     bool run_over() const noexcept { return _input_closed && _pending == 0; }
 
-    // ---- routing and MX answers -----------------------------------------------
+    // ---- routing and MX answers (core_routing.hpp) ----------------------------
 
-    // Sends a recipient towards its next target, resolving first if needed.
-    void dispatch(std::unique_ptr<recipient> r) {
-        if (_draining) {
-            leave_unfinished(std::move(r), _now, false);
-            return;
-        }
-        domain_state& d = *r->domain;
-        if (!r->started) {
-            r->started = true;
-            r->first_attempt = _now;
-        }
-        if (d.state == domain_state::status::ready && d.expires <= _now) {
-            d.state = domain_state::status::unresolved;
-        }
-        if (d.state == domain_state::status::ready) {
-            enqueue(std::move(r));
-            return;
-        }
-        d.waiting.push_back(std::move(r));
-        if (d.state == domain_state::status::resolving) {
-            return;
-        }
-        d.state = domain_state::status::resolving;
-        d.rt = find_route(_o.routes, d.name);
-        if (d.rt == nullptr) {
-            command c;
-            c.kind = command_kind::resolve_mx;
-            c.name = d.name;
-            _commands.push_back(std::move(c));
-            return;
-        }
-        net::ip_address a;
-        if (net::ip_address::parse(d.rt->address.empty() ? d.rt->host : d.rt->address, a)) {
-            net::mx_answer ans;
-            ans.status = net::dns_status::ok;
-            ans.targets.push_back(net::mx_target{d.rt->host, 0, {a}});
-            resolved(d, ans);
-            return;
-        }
-        command c;
-        c.kind = command_kind::resolve_host;
-        c.name = d.name;
-        c.host = d.rt->host;
-        _commands.push_back(std::move(c));
-    }
-
-    void resolved(domain_state& d, const net::mx_answer& ans) {
-        std::vector<std::unique_ptr<recipient>> waiting;
-        waiting.swap(d.waiting);
-        if (ans.status != net::dns_status::ok) {
-            d.state = domain_state::status::unresolved;
-            smtp::reply rep;
-            rep.code = 0;
-            rep.enhanced = ans.enhanced;
-            rep.text = ans.reason;
-            for (auto& r : waiting) {
-                if (ans.status == net::dns_status::permanent) {
-                    final_outcome(std::move(r), outcome_status::bounced, rep, "");
-                } else {
-                    defer(std::move(r), rep, "");
-                }
-            }
-            return;
-        }
-        release_targets(d);
-        const route* rt = d.rt;
-        const std::uint16_t port = rt != nullptr ? rt->port : _o.mx_port;
-        for (const net::mx_target& t : ans.targets) {
-            const tls_policy tls = rt != nullptr && rt->tls ? *rt->tls : _cfg->tls_for(d.name, t.host);
-            const bool implicit = rt != nullptr && rt->implicit_tls;
-            for (const net::ip_address& a : t.addresses) {
-                d.targets.push_back(&pool_for(d, a, port, t.host, tls, implicit));
-            }
-        }
-        d.provider = d.targets.empty() ? nullptr : d.targets.front()->provider;
-        for (const mx_pool* p : d.targets) {
-            if (p->provider != d.provider) {
-                d.provider = nullptr;  // hosts of several providers, or some of none
-            }
-        }
-        d.state = domain_state::status::ready;
-        d.expires = _now + _cfg->mx_cache_ttl;
-        for (auto& r : waiting) {
-            enqueue(std::move(r));
-        }
-    }
-
-    // The pool of `d` at an address (counted in its domain_refs). A domain
-    // whose section sets connection limits has pools of its own: its limits
-    // hold exactly, and other domains on the same host keep [defaults].
+    void dispatch(std::unique_ptr<recipient> r);
+    void resolved(domain_state& d, const net::mx_answer& ans);
     mx_pool& pool_for(const domain_state& d, const net::ip_address& a, std::uint16_t port, const std::string& host,
-                      tls_policy tls, bool implicit) {
-        mx_pool& p = _pools.get(a, port, host, tls, implicit, d.own_pools ? d.name : std::string_view());
-        if (p.connections_max == 0) {  // new
-            p.connect_pace = gcra(_cfg->max_connection_rate);
-            p.provider = _o.providers != nullptr ? _o.providers->for_host(host) : nullptr;
-            set_pool_limits(p, d);
-        }
-        ++p.domain_refs;
-        return p;
-    }
-
-    void release_targets(domain_state& d) {
-        for (mx_pool* p : d.targets) {
-            assert(p->domain_refs > 0);
-            --p->domain_refs;
-        }
-        d.targets.clear();
-    }
-
-    // A pool's connection limits: its domains' (a pool of its own, or
-    // [defaults] for a shared one), and its provider's messages per connection.
-    static void set_pool_limits(mx_pool& p, const domain_state& d) {
-        p.connections_max = d.connections_max;
-        p.messages_per_connection_max = d.messages_per_connection_max;
-        if (p.provider != nullptr && p.provider->messages_per_connection_max() != 0) {
-            p.messages_per_connection_max =
-                std::min<std::uint64_t>(p.messages_per_connection_max, p.provider->messages_per_connection_max());
-        }
-    }
-
-    // A domain's limits, from its [domain."…"] section over [defaults]
-    // (again after a reload: the paces keep what they booked).
-    void set_limits(domain_state& d) {
-        const domain_limits lim = _cfg->limits_for(d.name);
-        d.configured_rate = lim.max_message_rate ? per_second(*lim.max_message_rate) : 0.0;
-        d.connections_max = std::max<std::uint32_t>(1, lim.connections_max);
-        d.messages_per_connection_max = std::max<std::uint32_t>(1, lim.messages_per_connection_max);
-        // Keyed by whether the section sets connection limits, not by their
-        // values: a reload that changes them keeps the domain's pools.
-        d.own_pools = lim.own_connection_limits;
-        refresh_pace(d);
-    }
-
-    void apply_limits(domain_state& d) {
-        set_limits(d);
-        if (!_o.rule_restore.empty()) {
-            if (auto it = _o.rule_restore.find("domain:" + d.name); it != _o.rule_restore.end()) {
-                restore_throttle(d.adapt, it->second, _cfg->rules, _now, std::chrono::system_clock::now());
-                refresh_pace(d);
-            }
-        }
-    }
-
-    // Puts a recipient in the work queue of its current target when its
-    // domain's max_message_rate allows one more now. Otherwise it books the
-    // domain's next slot and waits for it parked in the retry queue (so a
-    // slow domain holds no merge fields and does not count against
-    // pending_max: the others keep flowing); when the slot comes it goes
-    // on without asking again. Each attempt at a host takes one slot.
-    void enqueue(std::unique_ptr<recipient> r) {
-        if (_draining) {
-            leave_unfinished(std::move(r), _now, false);  // its next MX, at the next run
-            return;
-        }
-        if (hold_back(r)) {
-            return;  // a rule suspended or stopped its destination
-        }
-        domain_state& d = *r->domain;
-        if (r->paced) {
-            r->paced = false;  // its slot came
-        } else if (!d.pace.unlimited() || (d.provider != nullptr && !d.provider->pace().unlimited())) {
-            // When the domain could go, then the provider's first slot from
-            // then on (booked: it is shared), then the domain's at that very
-            // time. Booking the domain first would let a busy provider push
-            // several of the domain's slots together (seen in the simulator).
-            clock::time_point slot = d.pace.next_free(_now);
-            if (d.provider != nullptr) {
-                slot = d.provider->pace().reserve(slot);
-            }
-            slot = d.pace.reserve(slot);
-            if (slot > _now) {
-                const auto wait_ms = static_cast<std::uint64_t>(
-                    std::chrono::duration_cast<std::chrono::milliseconds>(slot - _now).count());
-                shard_stats::add(_stats.throttled);
-                shard_stats::add(_stats.throttle_wait_ms, wait_ms);
-                if (d.provider != nullptr) {
-                    d.provider->note_wait(wait_ms);
-                }
-                r->paced = true;
-                r->not_before = slot;
-                park(*r);
-                _retries.push(slot, std::move(r));
-                return;
-            }
-        }
-        enqueue_now(std::move(r));
-    }
-
-    // Puts a recipient in the work queue of its current target, skipping
-    // targets known to be down; when none is left, defers it.
-    void enqueue_now(std::unique_ptr<recipient> r) {
-        domain_state& d = *r->domain;
-        while (r->mx_index < d.targets.size() && d.targets[r->mx_index]->down_until > _now) {
-            ++r->mx_index;
-        }
-        if (r->mx_index >= d.targets.size()) {
-            smtp::reply rep = r->last_reply;
-            if (rep.code == 0 && rep.text.empty()) {
-                rep.enhanced = "4.4.1";
-                rep.text = "no MX host of " + d.name + " answered";
-            }
-            const std::string mx = r->last_mx;
-            defer(std::move(r), rep, mx);
-            return;
-        }
-        mx_pool& p = *d.targets[r->mx_index];
-        p.work.push_back(std::move(r));
-        mark_dirty(p);
-    }
-
-    void mark_dirty(mx_pool& p) {
-        if (!p.dirty) {
-            p.dirty = true;
-            _dirty.push_back(&p);
-        }
-    }
+                      tls_policy tls, bool implicit);
+    void release_targets(domain_state& d);
+    static void set_pool_limits(mx_pool& p, const domain_state& d);
+    void set_limits(domain_state& d);
+    void apply_limits(domain_state& d);
+    void enqueue(std::unique_ptr<recipient> r);
+    void enqueue_now(std::unique_ptr<recipient> r);
+    void mark_dirty(mx_pool& p);
 
     // ---- outcomes and retries -----------------------------------------------
 
@@ -620,7 +386,12 @@ private:
         _held_bytes += r.values.size();
     }
 
-    // ---- scheduling -----------------------------------------------------------
+    // ---- scheduling (core_schedule.hpp) ---------------------------------------
+
+    void schedule_pool(mx_pool& p);
+    void open_connection(mx_pool& p);
+    void close_idle(bool all_done);
+    void check_deadlines();
 
     // ---- connections (core_sessions.hpp) --------------------------------------
 
@@ -628,10 +399,6 @@ private:
         auto it = _conns.find(id);
         return it == _conns.end() || it->second->state == conn_state::ended ? nullptr : it->second.get();
     }
-    void schedule_pool(mx_pool& p);
-    void open_connection(mx_pool& p);
-    void close_idle(bool all_done);
-    void check_deadlines();
     void receive_bytes(connection& c, std::string_view bytes);
     void after_client_input(connection& c);
     void handle_event(connection& c, const smtp::event& e);
@@ -715,6 +482,8 @@ private:
 }  // namespace mxpress::engine
 
 #include "mxpress/engine/core_checks.hpp"
+#include "mxpress/engine/core_routing.hpp"
 #include "mxpress/engine/core_rules.hpp"
+#include "mxpress/engine/core_schedule.hpp"
 #include "mxpress/engine/core_sessions.hpp"
 #include "mxpress/engine/core_tls.hpp"

@@ -34,7 +34,7 @@ struct domain_state {
     clock::time_point expires{};                      // targets are good until then
     std::vector<std::unique_ptr<recipient>> waiting;  // for the lookup under way
     std::size_t held = 0;                             // this domain's recipients the shard holds (any place)
-    gcra pace;       // max_message_rate, booked when a recipient enters a host's queue (core.hpp: enqueue)
+    gcra pace;       // max_message_rate, booked when a recipient enters a host's queue (core_routing.hpp: enqueue)
     gcra send_pace;  // the same rate, taken when a transaction starts (core_sessions.hpp: fill)
     std::uint32_t connections_max = 0;  // [defaults], or the domain's section
     std::uint32_t messages_per_connection_max = 0;

@@ -9,7 +9,8 @@
 //   booked from one sequence whichever shard books them, so the provider
 //   gets its rate, not the rate times the shards; the second is taken when
 //   a transaction starts, so mail that queued at a busy host still leaves
-//   at the rate (core.hpp and core_sessions.hpp say where each is used).
+//   at the rate (core_routing.hpp and core_sessions.hpp say where each is
+//   used).
 // - connections_max is one atomic count of open connections: a shard opens
 //   one only when try_open() moved the count below the limit, and gives it
 //   back when that connection ends. A shard refused here looks again after

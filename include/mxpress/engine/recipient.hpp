@@ -26,7 +26,7 @@ struct recipient {
     std::uint64_t row_offset = 0;     // the row's bytes in the recipients file:
     std::uint32_t row_size = 0;       // a row_source reads them again after parking
     bool parked = false;              // values dropped while it waits for a retry
-    bool paced = false;               // holds a slot of its domain's max_message_rate (core.hpp: enqueue)
+    bool paced = false;               // holds a slot of its domain's max_message_rate (core_routing.hpp: enqueue)
 
     // Delivery state (shard-local).
     std::uint32_t attempts = 0;
