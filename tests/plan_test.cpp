@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <set>
 
 #include "test_util.hpp"
@@ -280,7 +281,7 @@ TEST(Report, MergesShardJournalsCountsFinalOutcomesAndFlagsDuplicates) {
           << R"({"line":3,"email":"b@x.test","status":"deferred","next_attempt":"t"})"
           << "\n"
           << hdr << "\n"
-          << R"({"line":3,"email":"b@x.test","status":"delivered"})"
+          << R"({"line":3,"email":"b@x.test","status":"delivered","transfer":"BDAT"})"
           << "\n"
           << R"({"line":4,"email":"bad","status":"invalid","reply":"no @"})"
           << "\n"
@@ -306,6 +307,7 @@ TEST(Report, MergesShardJournalsCountsFinalOutcomesAndFlagsDuplicates) {
     EXPECT_EQ(m.statuses["invalid"], 1u);
     EXPECT_EQ(m.statuses["bounced"], 1u);
     EXPECT_EQ(m.statuses["deferred"], 1u);
+    EXPECT_EQ(m.delivered_by, (std::map<std::string, std::uint64_t>{{"BDAT", 1}, {"unknown", 1}}));
     EXPECT_EQ(m.duplicates, 1u);
     ASSERT_EQ(m.duplicate_list.size(), 1u);
     EXPECT_EQ(m.duplicate_list[0].line, 2u);
@@ -319,7 +321,9 @@ TEST(Report, MergesShardJournalsCountsFinalOutcomesAndFlagsDuplicates) {
     EXPECT_EQ(j.find("duplicates")->text, "1");
     EXPECT_EQ(j.find("missing")->text, "4");
     EXPECT_EQ(j.find("statuses")->find("delivered")->text, "2");
+    EXPECT_EQ(j.find("delivered_by")->find("BDAT")->text, "1");
     const std::string text = report_text(m);
+    EXPECT_NE(text.find("delivered: 1 by BDAT, 1 by unknown"), std::string::npos) << text;
     EXPECT_NE(text.find("DUPLICATES: 1 rows"), std::string::npos) << text;
     EXPECT_NE(text.find("line 2 (a@x.test)"), std::string::npos) << text;
 

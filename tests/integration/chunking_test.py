@@ -11,11 +11,13 @@ false`), and the receiver gets the same bytes either way.
   (its bdat_messages counter), and each recipient's recorded size and
   SHA-256 equal those of a run against mxsink --no-chunking (DATA).
 - in both, mxpress's own count of the messages it sent by BDAT and by DATA
-  (the summary line, --summary-json's sent_bdat and sent_data, and the
-  metric mxpress_messages_sent_total{transfer}) agrees with the receiver's.
+  (the summary line, --summary-json's sent_bdat and sent_data, the
+  metric mxpress_messages_sent_total{transfer}, each journal line's
+  "transfer" and `mxpress report`'s delivered_by) agrees with the receiver's.
 
   chunking_test.py MXPRESS ROOT [Class.test_name ...]
 """
+import collections
 import hashlib
 import json
 import os
@@ -66,9 +68,16 @@ def send(peers, recipients, message, route, config=SHORT_CONFIG, tag="run"):
 
 
 def assert_transfers(test, p, tag, peers, bdat, data):
-    """mxpress's summary (text and JSON) and final metrics of run `tag` say
-    `bdat` messages went by BDAT and `data` by DATA."""
+    """mxpress's summary (text and JSON), final metrics, journal lines and
+    `mxpress report` of run `tag` say `bdat` messages went by BDAT and
+    `data` by DATA."""
     test.assertIn(f"; {bdat} by BDAT, {data} by DATA\n", p.stdout)
+    want = {k: n for k, n in (("BDAT", bdat), ("DATA", data)) if n > 0}
+    jpath = peers.path(f"{tag}.jsonl")
+    test.assertEqual(dict(collections.Counter(e[-1].get("transfer") for e in journal(jpath).values())), want)
+    r = subprocess.run([MXPRESS, "report", "--json", jpath], capture_output=True, text=True, timeout=60)
+    test.assertEqual(r.returncode, 0, r.stderr)
+    test.assertEqual(json.loads(r.stdout)["delivered_by"], want, r.stdout)
     with open(peers.path(f"{tag}-summary.json"), encoding="utf-8") as f:
         summary = json.load(f)
     test.assertEqual((summary["sent_bdat"], summary["sent_data"]), (bdat, data), summary)

@@ -136,6 +136,7 @@ inline void delivery_core::transaction_done(connection& c, const smtp::event& e)
         default: break;
     }
     if (e.result->data_sent) {
+        r->last_transfer = e.result->bdat ? "BDAT" : "DATA";
         shard_stats::add(e.result->bdat ? _stats.sent_bdat : _stats.sent_data);
     }
     if (p.provider != nullptr) {

@@ -18,7 +18,9 @@
 // that a --dry-run checked and rendered (not final: a real run sends it);
 // deferred marks a row the run stopped before its end (not final; it has
 // "next_attempt", and "in_doubt":true when its transaction was cut).
-// For invalid rows "reply" holds the reason.
+// For invalid rows "reply" holds the reason. A row whose message a server
+// answered has "transfer": how it was last sent, "BDAT" (RFC 3030
+// CHUNKING) or "DATA".
 //
 // Promise: every line is valid JSON whatever the bytes in a reply or an
 // address (see detail/json.hpp), and ends with '\n'.
@@ -97,6 +99,7 @@ struct journal_entry {
     std::string_view run;           // the run id of the header line
     std::string_view next_attempt;  // deferred only: when a resumed run tries it (RFC 3339)
     bool in_doubt = false;          // deferred only: its transaction was cut; a server may have it
+    std::string_view transfer;      // how the message was last sent: "BDAT", "DATA", "" (never answered)
 };
 
 // RFC 3339 in UTC with milliseconds: 2026-11-27T12:00:00.123Z.
@@ -192,6 +195,10 @@ inline void append_journal_line(std::string& out, const journal_entry& e) {
     detail::append_json_string(out, e.message_id);
     out += ",\"run\":";
     detail::append_json_string(out, e.run);
+    if (!e.transfer.empty()) {
+        out += ",\"transfer\":";
+        detail::append_json_string(out, e.transfer);
+    }
     if (e.status == outcome_status::deferred) {
         out += ",\"next_attempt\":";
         detail::append_json_string(out, e.next_attempt);

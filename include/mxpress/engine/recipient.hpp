@@ -39,8 +39,9 @@ struct recipient {
     clock::time_point not_before{};
     smtp::reply last_reply;
     std::string last_mx;
-    std::string last_ip;            // "address:port" of the MX host that answered last
-    const char* last_tls = "none";  // static string: the last attempt's TLS version
+    std::string last_ip;             // "address:port" of the MX host that answered last
+    const char* last_tls = "none";   // static string: the last attempt's TLS version
+    const char* last_transfer = "";  // static string: how the message was last sent, "BDAT" or "DATA" ("": never)
     domain_state* domain = nullptr;
 
     std::string_view domain_name() const noexcept { return std::string_view(email).substr(domain_at); }

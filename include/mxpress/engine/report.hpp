@@ -13,6 +13,9 @@
 //   no journal has an outcome for ("missing").
 // - A torn last line (a crash mid-write) is passed over, as by --resume;
 //   any other line that is not a journal line is an error naming it.
+// - Delivered rows are also counted by how their message went (the
+//   journal's "transfer": BDAT or DATA; "unknown" for a journal written
+//   before the field existed).
 #pragma once
 
 #include <algorithm>
@@ -53,8 +56,9 @@ struct report_duplicate {
 
 struct merged_report {
     std::vector<journal_report> journals;
-    std::map<std::string, std::uint64_t> statuses;  // by outcome, one per row
-    std::uint64_t rows = 0;                         // rows with an outcome
+    std::map<std::string, std::uint64_t> statuses;      // by outcome, one per row
+    std::map<std::string, std::uint64_t> delivered_by;  // delivered rows by "transfer": BDAT, DATA, unknown
+    std::uint64_t rows = 0;                             // rows with an outcome
     std::uint64_t final_rows = 0;
     std::uint64_t unfinished = 0;  // left deferred
     std::uint64_t duplicates = 0;
@@ -70,6 +74,7 @@ namespace detail_report {
 struct row_outcome {
     std::string status;
     std::string email;
+    std::string transfer;
     bool final = false;
 };
 
@@ -98,6 +103,8 @@ inline std::unordered_map<std::uint64_t, row_outcome> read_outcomes(const std::s
                     o.status = v.text;
                 } else if (k == "email") {
                     o.email = v.text;
+                } else if (k == "transfer") {
+                    o.transfer = v.text;
                 }
             });
         if (!err.empty() || (!header && (line == 0 || o.status.empty()))) {
@@ -149,6 +156,9 @@ inline merged_report merge_journals(const std::vector<std::string>& paths) {
         const auto& [o, in] = entry;
         ++m.rows;
         ++m.statuses[o.status];
+        if (o.status == to_string(outcome_status::delivered)) {
+            ++m.delivered_by[o.transfer.empty() ? "unknown" : o.transfer];
+        }
         (o.final ? m.final_rows : m.unfinished) += 1;
         if (in.size() > 1) {
             ++m.duplicates;
@@ -172,6 +182,13 @@ inline std::string report_text(const merged_report& m) {
     out += "\n";
     for (const auto& [status, n] : m.statuses) {
         out += fmt::format("  {:<11} {}\n", status, n);
+    }
+    if (!m.delivered_by.empty()) {
+        std::string by;
+        for (const auto& [transfer, n] : m.delivered_by) {
+            by += fmt::format("{}{} by {}", by.empty() ? "" : ", ", n, transfer);
+        }
+        out += "delivered: " + by + "\n";
     }
     if (m.duplicates > 0) {
         out += fmt::format("DUPLICATES: {} rows have an outcome in more than one journal (sent by two shards?)\n",
@@ -216,6 +233,8 @@ inline std::string report_json(const merged_report& m) {
     }
     j += "\"statuses\":";
     append_counts(j, m.statuses);
+    j += ",\"delivered_by\":";
+    append_counts(j, m.delivered_by);
     j += ",\"duplicate_rows\":[";
     for (std::size_t k = 0; k < m.duplicate_list.size(); ++k) {
         const report_duplicate& d = m.duplicate_list[k];

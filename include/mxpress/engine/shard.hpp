@@ -280,6 +280,7 @@ private:
         e.mx = r.last_mx;
         e.attempts = r.attempts;
         e.tls = r.last_tls;
+        e.transfer = r.last_transfer;
         e.ts = timestamp();
         e.domain = r.domain_name();
         e.mx_ip = r.last_mx.empty() ? std::string_view() : std::string_view(r.last_ip);
@@ -310,6 +311,7 @@ private:
         e.mx = mx;
         e.attempts = r.attempts;
         e.tls = tls;
+        e.transfer = r.last_transfer;
         e.ts = timestamp();
         e.domain = r.domain_name();
         e.mx_ip = mx.empty() ? std::string_view() : std::string_view(r.last_ip);
