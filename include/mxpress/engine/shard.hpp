@@ -33,8 +33,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <cstdio>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -56,6 +58,7 @@
 #include "mxpress/engine/shared_journal.hpp"
 #include "mxpress/io/buffer_ring.hpp"
 #include "mxpress/io/mailbox.hpp"
+#include "mxpress/io/recv_multishot.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/mail/message_template.hpp"
@@ -86,12 +89,20 @@ public:
           _tls(options.cfg.tls_ca_file, options.cfg.tls_sessions_max),
           _core(_options, _renderer, _tls, *this, stats),
           _stats(stats) {
-        try {
-            // Multishot receive from one shared pool of buffers: one SQE per
-            // connection instead of one per read.
-            _buffers.emplace(_ring, 0, recv_buffers_count, recv_buffer_bytes);
-        } catch (const std::system_error&) {
-            _buffers.reset();  // older kernel: a plain recv per read
+        // Multishot receive from one shared pool of buffers: one SQE per
+        // connection instead of one per read, where the kernel takes it
+        // (io/recv_multishot.hpp); else a plain recv per read.
+        if (const io::recv_multishot_answer& ms = io::recv_multishot_support(); !ms.supported) {
+            static std::once_flag said;
+            std::call_once(said, [&ms] {
+                std::fprintf(stderr, "\nmxpress: receiving with a plain recv per connection: %s\n", ms.why.c_str());
+            });
+        } else {
+            try {
+                _buffers.emplace(_ring, 0, recv_buffers_count, recv_buffer_bytes);
+            } catch (const std::system_error&) {
+                _buffers.reset();  // no buffer ring on this ring after all: a plain recv per read
+            }
         }
         _eventfd_op.fn = &shard::on_mailbox;
         _eventfd_op.owner = this;
@@ -168,8 +179,9 @@ private:
         bool closed = false;  // the core said close: no new I/O
         std::string send_buffer;
         std::size_t send_offset = 0;
-        std::string recv_buffer;  // only without provided buffers (plain recv)
-        sockaddr_storage addr{};  // the kernel may read it after submission
+        bool recv_multishot = false;  // the recv in flight is the multishot one
+        std::string recv_buffer;      // only without provided buffers (plain recv)
+        sockaddr_storage addr{};      // the kernel may read it after submission
         socklen_t addr_len = 0;
     };
 
@@ -478,6 +490,7 @@ private:
     void arm_recv(io_conn& io);
     static void on_recv(io::completion* op, int res, unsigned flags);
     static void on_send(io::completion* op, int res, unsigned /*flags*/);
+    void multishot_refused();
 
     // An operation's completion is done with its io_conn: a closed one is
     // freed once nothing of it is in flight.
@@ -509,6 +522,7 @@ private:
     io::mailbox<std::unique_ptr<recipient>> _mailbox;
     io::ring _ring;
     std::optional<io::buffer_ring> _buffers;  // after _ring: unregistered first
+    bool _multishot = true;                   // with _buffers; false once the kernel refused one
     net::resolver _resolver;
     mail::renderer _renderer;
     net::openssl_channel_factory _tls;  // one per shard: sessions stay on their thread

@@ -10,7 +10,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string_view>
 
 #include "mxpress/engine/shard.hpp"
@@ -47,11 +49,9 @@ inline void shard::on_connect(io::completion* op, int res, unsigned /*flags*/) {
 
 inline void shard::arm_recv(io_conn& io) {
     ++io.ops_in_flight;
-    if (_buffers) {
-        io_uring_sqe* sqe = _ring.sqe(&io.recv_op);
-        io_uring_prep_recv_multishot(sqe, io.fd.get(), nullptr, 0, 0);
-        sqe->flags |= IOSQE_BUFFER_SELECT;
-        sqe->buf_group = _buffers->group();
+    io.recv_multishot = _buffers && _multishot;
+    if (io.recv_multishot) {
+        io::prep_recv_multishot(_ring.sqe(&io.recv_op), io.fd.get(), _buffers->group());
         return;
     }
     if (io.recv_buffer.empty()) {
@@ -72,6 +72,16 @@ inline void shard::on_recv(io::completion* op, int res, unsigned flags) {
             self->arm_recv(io);
             self->release(io);
         }
+        return;
+    }
+    if (res == -EINVAL && io.recv_multishot) {
+        // The kernel refused the multishot recv although the probe passed:
+        // said once, and this shard reads with a plain recv from now on.
+        self->multishot_refused();
+        if (!io.closed) {
+            self->arm_recv(io);
+        }
+        self->release(io);
         return;
     }
     if (!io.closed) {
@@ -137,4 +147,14 @@ inline void shard::on_tick(io::completion* c, int /*res*/, unsigned /*flags*/) {
     // Sink test's send never ended). The spare timeout dies with the ring.
     self->arm_tick();
 }
+inline void shard::multishot_refused() {
+    _multishot = false;
+    static std::once_flag said;
+    std::call_once(said, [] {
+        std::fprintf(stderr,
+                     "\nmxpress: the kernel refused a multishot recv (EINVAL) though the startup probe "
+                     "passed; receiving with a plain recv per read from now on\n");
+    });
+}
+
 }  // namespace mxpress::engine
