@@ -14,7 +14,8 @@
 // completion is handled (the parser copies what it keeps: a partial command
 // line, at most 4 KiB, and --record's message). TLS sessions read the same
 // way (the channel copies the ciphertext). --recv-buffers 0, or a kernel
-// without provided-buffer rings, gives the old path: one 64 KiB buffer per
+// without provided-buffer rings or without multishot recv (probed once at
+// start, io/recv_multishot.hpp), gives the old path: one 64 KiB buffer per
 // session and a single-shot recv per read.
 //
 // With --tls-cert/--tls-key it offers STARTTLS on every --listen address and
@@ -68,6 +69,7 @@
 #include "mxpress/detail/ascii.hpp"
 #include "mxpress/detail/json.hpp"
 #include "mxpress/io/buffer_ring.hpp"
+#include "mxpress/io/recv_multishot.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/net/tls.hpp"
 #include "mxpress/net/tls_channel.hpp"
@@ -269,6 +271,7 @@ struct session {
     std::uint32_t unsent_acks = 0;  // 250s for messages queued in `out` or in the send in flight
     bool dead = false;
     bool recv_cancelled = false;  // the multishot recv was cancelled: closing, nothing more is read
+    bool recv_multishot = false;  // the recv in flight is the multishot one
     std::vector<char> buf;        // without a buffer ring only: what each recv reads into
     std::string line;             // partial command line
     std::string out;              // plaintext replies not yet handed to TLS or the socket
@@ -435,11 +438,9 @@ private:
     // ENOBUFS or the end), else one recv into the session's own buffer.
     void arm_recv(session* s) {
         ++s->in_flight;
-        if (_buffers) {
-            io_uring_sqe* sqe = _ring.sqe(&s->recv_op);
-            io_uring_prep_recv_multishot(sqe, s->fd, nullptr, 0, 0);
-            sqe->flags |= IOSQE_BUFFER_SELECT;
-            sqe->buf_group = _buffers->group();
+        s->recv_multishot = _buffers && _multishot;
+        if (s->recv_multishot) {
+            mxpress::io::prep_recv_multishot(_ring.sqe(&s->recv_op), s->fd, _buffers->group());
             return;
         }
         if (s->buf.empty()) {
@@ -541,6 +542,12 @@ private:
         worker* w = s->owner;
         const bool more = (flags & IORING_CQE_F_MORE) != 0;  // the multishot recv is still armed
         const bool provided = (flags & IORING_CQE_F_BUFFER) != 0;
+        // The kernel refused the multishot recv though the probe passed:
+        // said once, and the worker reads with a plain recv from now on.
+        const bool refused = res == -EINVAL && s->recv_multishot;
+        if (refused) {
+            w->multishot_refused();
+        }
         // After QUIT, a 421 or a --profile drop, what the client sends is
         // not read (the old single-shot recv was not re-armed).
         if (res > 0 && !s->dead && !s->closing) {
@@ -563,7 +570,7 @@ private:
             if (res == -ENOBUFS) {
                 w->_counters.recv_enobufs.fetch_add(1, std::memory_order_relaxed);
             }
-            if (res == -ENOBUFS || (res <= 0 && s->closing)) {
+            if (res == -ENOBUFS || refused || (res <= 0 && s->closing)) {
                 // ENOBUFS: every buffer was taken when data came. They come
                 // back as each CQE is handled; the recv armed again below is
                 // submitted by the next run(), after this batch.
@@ -586,7 +593,7 @@ private:
         --s->in_flight;
         if (s->dead) {
             w->maybe_free(s);
-        } else if (!s->closing && (res > 0 || res == -ENOBUFS)) {
+        } else if (!s->closing && (res > 0 || res == -ENOBUFS || refused)) {
             w->arm_recv(s);
         }
     }
@@ -944,13 +951,31 @@ private:
         }
     }
 
+    void multishot_refused() {
+        _multishot = false;
+        static std::once_flag said;
+        std::call_once(said, [] {
+            std::fprintf(stderr,
+                         "mxsink: the kernel refused a multishot recv (EINVAL) though the startup probe passed; "
+                         "receiving with a plain recv per read from now on\n");
+        });
+    }
+
     // The worker's provided-buffer ring of `count` buffers, or none: with
-    // --recv-buffers 0, or on a kernel without buffer rings, each session
+    // --recv-buffers 0, or on a kernel without buffer rings or without
+    // multishot recv (io/recv_multishot.hpp: said once), each session
     // gets a buffer of its own and a recv per read. (Built in place and
     // returned, not emplaced into the member: GCC's -O1 flow analysis took
     // emplace's reset of a never-engaged optional for a use of garbage.)
     static std::optional<mxpress::io::buffer_ring> open_buffers(mxpress::io::ring& r, std::uint32_t count) {
         if (count == 0) {
+            return std::nullopt;
+        }
+        if (const mxpress::io::recv_multishot_answer& ms = mxpress::io::recv_multishot_support(); !ms.supported) {
+            static std::once_flag said;
+            std::call_once(said, [&ms] {
+                std::fprintf(stderr, "mxsink: receiving with a 64 KiB buffer per session: %s\n", ms.why.c_str());
+            });
             return std::nullopt;
         }
         try {
@@ -963,6 +988,7 @@ private:
     registry _registry;  // destroyed after _ring (see registry)
     mxpress::io::ring _ring;
     std::optional<mxpress::io::buffer_ring> _buffers;  // after _ring: unregistered first
+    bool _multishot = true;                            // with _buffers; false once the kernel refused one
     counters& _counters;
     const sink_settings& _settings;
     std::vector<std::unique_ptr<listener>> _listeners;

@@ -438,6 +438,49 @@ class Sink(unittest.TestCase):
             self.assertEqual(got, want)
 
 
+    def test_without_multishot_recv_both_ends_read_with_a_buffer_per_session(self):
+        """A kernel with buffer rings but without multishot recv (5.19)
+        answers every multishot recv with EINVAL. MXPRESS_SIMULATE_NO_MULTISHOT
+        makes this kernel do the same (io/recv_multishot.hpp): the startup
+        probe sees EINVAL, the shards and mxsink's workers say so once and
+        read with a plain recv into each session's buffer, and every message
+        arrives once. Without the fallback each recv failed and every
+        session was closed (or the runtime report below fired)."""
+        from peers import wait_tcp
+        env = dict(os.environ, MXPRESS_SIMULATE_NO_MULTISHOT="1")
+        rows = 300
+        with Peers() as peers:
+            port = free_port("127.0.0.2")
+            stats, record = peers.path("stats.json"), peers.path("record.jsonl")
+            mxsink = os.path.join(os.path.dirname(MXPRESS), "mxsink")
+            with open(peers.path("sink.err"), "w") as sink_err:
+                sink = subprocess.Popen([mxsink, "--listen", f"127.0.0.2:{port}", "--listen", f"127.0.0.3:{port}",
+                                         "--threads", "2", "--stats-json", stats, "--exit-after-messages", str(rows),
+                                         "--max-seconds", "60", "--record", record], env=env, stderr=sink_err)
+            peers.procs.append(sink)
+            wait_tcp("127.0.0.2", port)
+            wait_tcp("127.0.0.3", port)
+            recipients, message, codes = write_job(peers, [f"u{k}@d{k % 2}.test" for k in range(rows)])
+            p = subprocess.run([MXPRESS, "send", "--recipients", recipients, "--message", message, "--from",
+                                "b@sender.test", "--route", f"d0.test=127.0.0.2:{port}", "--route",
+                                f"d1.test=127.0.0.3:{port}", "--journal", peers.path("j.jsonl"), "--threads", "2",
+                                "--progress", "off"], capture_output=True, text=True, timeout=60, env=env)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            self.assertIn(f"{rows} delivered", p.stdout)
+            self.assertEqual(sink.wait(timeout=30), 0, "mxsink exits by itself after the last message")
+            with open(peers.path("sink.err")) as f:
+                sink_stderr = f.read()
+            for who, err, said in (("mxpress", p.stderr, "mxpress: receiving with a plain recv per connection: "),
+                                   ("mxsink", sink_stderr, "mxsink: receiving with a 64 KiB buffer per session: ")):
+                self.assertEqual(err.count(said), 1, f"{who} says once why, for every shard or worker: {err}")
+                self.assertIn("EINVAL (simulated: MXPRESS_SIMULATE_NO_MULTISHOT)", err)
+                self.assertNotIn("refused a multishot recv", err, f"{who} never armed one")
+            with open(stats) as f:
+                s = json.load(f)
+            self.assertEqual((s["messages"], s["recipients"]), (rows, rows), s)
+            assert_exactly_once(self, read_record(record), codes)
+
+
 if __name__ == "__main__":
     MXPRESS = os.path.abspath(sys.argv[1])
     ROOT = os.path.abspath(sys.argv[2])

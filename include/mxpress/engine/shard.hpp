@@ -2,6 +2,9 @@
 // c-ares channel, and the delivery core (core.hpp) for every domain whose
 // name hashes to it. This file is only the driver: it turns completions into
 // the core's events and the core's commands into SQEs and lookups.
+//   shard.hpp     setup, the run loop, stopping, outcomes to the journal,
+//                 mail intake, the core's commands turned into SQEs
+//   shard_io.hpp  the io_uring completion handlers (on_*) and arm_recv
 //
 // Invariants:
 // - Everything here runs on the shard's thread; nothing is shared with other
@@ -30,8 +33,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <cstdio>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -53,6 +58,7 @@
 #include "mxpress/engine/shared_journal.hpp"
 #include "mxpress/io/buffer_ring.hpp"
 #include "mxpress/io/mailbox.hpp"
+#include "mxpress/io/recv_multishot.hpp"
 #include "mxpress/io/ring.hpp"
 #include "mxpress/io/unique_fd.hpp"
 #include "mxpress/mail/message_template.hpp"
@@ -83,12 +89,20 @@ public:
           _tls(options.cfg.tls_ca_file, options.cfg.tls_sessions_max),
           _core(_options, _renderer, _tls, *this, stats),
           _stats(stats) {
-        try {
-            // Multishot receive from one shared pool of buffers: one SQE per
-            // connection instead of one per read.
-            _buffers.emplace(_ring, 0, recv_buffers_count, recv_buffer_bytes);
-        } catch (const std::system_error&) {
-            _buffers.reset();  // older kernel: a plain recv per read
+        // Multishot receive from one shared pool of buffers: one SQE per
+        // connection instead of one per read, where the kernel takes it
+        // (io/recv_multishot.hpp); else a plain recv per read.
+        if (const io::recv_multishot_answer& ms = io::recv_multishot_support(); !ms.supported) {
+            static std::once_flag said;
+            std::call_once(said, [&ms] {
+                std::fprintf(stderr, "\nmxpress: receiving with a plain recv per connection: %s\n", ms.why.c_str());
+            });
+        } else {
+            try {
+                _buffers.emplace(_ring, 0, recv_buffers_count, recv_buffer_bytes);
+            } catch (const std::system_error&) {
+                _buffers.reset();  // no buffer ring on this ring after all: a plain recv per read
+            }
         }
         _eventfd_op.fn = &shard::on_mailbox;
         _eventfd_op.owner = this;
@@ -165,8 +179,9 @@ private:
         bool closed = false;  // the core said close: no new I/O
         std::string send_buffer;
         std::size_t send_offset = 0;
-        std::string recv_buffer;  // only without provided buffers (plain recv)
-        sockaddr_storage addr{};  // the kernel may read it after submission
+        bool recv_multishot = false;  // the recv in flight is the multishot one
+        std::string recv_buffer;      // only without provided buffers (plain recv)
+        sockaddr_storage addr{};      // the kernel may read it after submission
         socklen_t addr_len = 0;
     };
 
@@ -225,12 +240,7 @@ private:
         io_uring_prep_read(_ring.sqe(&_stop_op), _stop_fd.get(), &_stop_value, sizeof _stop_value, 0);
     }
 
-    static void on_stop(io::completion* c, int /*res*/, unsigned /*flags*/) {
-        shard* self = static_cast<shard_op*>(c)->owner;
-        if (!self->_aborted) {
-            self->arm_stop_read();  // a second signal may come
-        }
-    }
+    static void on_stop(io::completion* c, int /*res*/, unsigned /*flags*/);  // shard_io.hpp
 
     // Acts on the stop level: drain once, then tear down at level 2 or when
     // the grace period is over.
@@ -361,13 +371,7 @@ private:
         io_uring_prep_read(_ring.sqe(&_eventfd_op), _mailbox.eventfd(), &_eventfd_value, sizeof _eventfd_value, 0);
     }
 
-    static void on_mailbox(io::completion* c, int /*res*/, unsigned /*flags*/) {
-        shard* self = static_cast<shard_op*>(c)->owner;
-        self->_mailbox_signaled = true;
-        if (!self->_input_closed) {
-            self->arm_mailbox_read();
-        }
-    }
+    static void on_mailbox(io::completion* c, int /*res*/, unsigned /*flags*/);  // shard_io.hpp
 
     void take_mail() {
         if (_core.draining()) {
@@ -482,91 +486,16 @@ private:
         maybe_destroy(io);
     }
 
-    // ---- completions --------------------------------------------------------------
-    //
-    // Each handler keeps its operation counted until it returns, so nothing
-    // it calls can free the io_conn under it; release() frees a closed one.
+    // ---- completions (shard_io.hpp) ----------------------------------------------
 
-    static void on_connect(io::completion* op, int res, unsigned /*flags*/) {
-        io_conn& io = *static_cast<io_conn::op*>(op)->conn;
-        shard* self = io.owner;
-        if (!io.closed) {
-            if (res >= 0) {
-                io.connected = true;
-                self->arm_recv(io);
-            }
-            self->_core.connected(io.id, res);
-        }
-        self->release(io);
-    }
+    static void on_connect(io::completion* op, int res, unsigned /*flags*/);
+    void arm_recv(io_conn& io);
+    static void on_recv(io::completion* op, int res, unsigned flags);
+    static void on_send(io::completion* op, int res, unsigned /*flags*/);
+    void multishot_refused();
 
-    void arm_recv(io_conn& io) {
-        ++io.ops_in_flight;
-        if (_buffers) {
-            io_uring_sqe* sqe = _ring.sqe(&io.recv_op);
-            io_uring_prep_recv_multishot(sqe, io.fd.get(), nullptr, 0, 0);
-            sqe->flags |= IOSQE_BUFFER_SELECT;
-            sqe->buf_group = _buffers->group();
-            return;
-        }
-        if (io.recv_buffer.empty()) {
-            io.recv_buffer.resize(16 * 1024);
-        }
-        io_uring_prep_recv(_ring.sqe(&io.recv_op), io.fd.get(), io.recv_buffer.data(), io.recv_buffer.size(), 0);
-    }
-
-    static void on_recv(io::completion* op, int res, unsigned flags) {
-        io_conn& io = *static_cast<io_conn::op*>(op)->conn;
-        shard* self = io.owner;
-        const bool more = (flags & IORING_CQE_F_MORE) != 0;  // multishot still armed
-        const bool provided = self->_buffers && (flags & IORING_CQE_F_BUFFER);
-        if (res == -ENOBUFS && !io.closed) {
-            // Every provided buffer is in use (they come back as soon as each
-            // completion is handled): ask again.
-            if (!more) {
-                self->arm_recv(io);
-                self->release(io);
-            }
-            return;
-        }
-        if (!io.closed) {
-            if (res <= 0) {
-                self->_core.input_lost(io.id, res == 0 ? "closed by the server" : std::strerror(-res));
-            } else if (provided) {
-                self->_core.received(io.id, self->_buffers->data(flags, res));
-            } else {
-                self->_core.received(io.id, std::string_view(io.recv_buffer.data(), static_cast<std::size_t>(res)));
-            }
-            if (!more && res > 0 && !io.closed) {
-                self->arm_recv(io);
-            }
-        }
-        if (res > 0 && provided) {
-            self->_buffers->recycle(flags);
-        }
-        if (!more) {
-            self->release(io);
-        }
-    }
-
-    static void on_send(io::completion* op, int res, unsigned /*flags*/) {
-        io_conn& io = *static_cast<io_conn::op*>(op)->conn;
-        shard* self = io.owner;
-        if (!io.closed) {
-            if (res < 0) {
-                self->_core.send_done(io.id, res, io.send_buffer);
-            } else {
-                io.send_offset += static_cast<std::size_t>(res);
-                if (io.send_offset < io.send_buffer.size()) {
-                    self->submit_send(io);  // the rest, before the core hears of it
-                } else {
-                    self->_core.send_done(io.id, static_cast<int>(io.send_buffer.size()), io.send_buffer);
-                }
-            }
-        }
-        self->release(io);
-    }
-
+    // An operation's completion is done with its io_conn: a closed one is
+    // freed once nothing of it is in flight.
     void release(io_conn& io) {
         --io.ops_in_flight;
         if (io.closed) {
@@ -587,31 +516,7 @@ private:
         io_uring_prep_timeout(_ring.sqe(&_tick_op), &_tick_ts, 0, 0);
     }
 
-    static void on_tick(io::completion* c, int /*res*/, unsigned /*flags*/) {
-        shard* self = static_cast<shard_op*>(c)->owner;
-        self->_resolver.tick();
-        self->publish_dns_stats();
-        self->_core.set_now(clock::now());
-        self->_wall_now = std::chrono::system_clock::now();
-        if (const config_reloader* cr = self->_options.reloader; cr != nullptr) {
-            if (const std::uint64_t g = cr->generation(); g != self->_config_generation) {
-                self->_config_generation = g;
-                self->_core.reload(cr->current());
-            }
-        }
-        self->_ts.clear();
-        self->_core.tick();
-        if (++self->_ticks % held_every_ticks == 0) {
-            self->publish_held();
-        }
-        self->flush_journal();
-        // Always again: run()'s loop is the one place that decides the shard
-        // is finished. A tick left unarmed because finished() held here, and
-        // a later event in the same turn that made it false, left the shard
-        // waiting on its ring for good (seen once in 30 runs under TSan: the
-        // Sink test's send never ended). The spare timeout dies with the ring.
-        self->arm_tick();
-    }
+    static void on_tick(io::completion* c, int /*res*/, unsigned /*flags*/);  // shard_io.hpp
 
     [[maybe_unused]] unsigned _index;
     shard_options _options;
@@ -619,6 +524,7 @@ private:
     io::mailbox<std::unique_ptr<recipient>> _mailbox;
     io::ring _ring;
     std::optional<io::buffer_ring> _buffers;  // after _ring: unregistered first
+    bool _multishot = true;                   // with _buffers; false once the kernel refused one
     net::resolver _resolver;
     mail::renderer _renderer;
     net::openssl_channel_factory _tls;  // one per shard: sessions stay on their thread
@@ -649,3 +555,5 @@ private:
 };
 
 }  // namespace mxpress::engine
+
+#include "mxpress/engine/shard_io.hpp"

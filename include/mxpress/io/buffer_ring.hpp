@@ -29,6 +29,11 @@ public:
     // Throws std::system_error when the kernel lacks provided-buffer rings.
     buffer_ring(ring& r, std::uint16_t group, std::uint32_t count, std::uint32_t size)
         : _ring(r), _group(group), _count(count), _size(size), _mask(io_uring_buf_ring_mask(count)) {
+        // The buffers first: the one step that may throw (bad_alloc) holds
+        // nothing yet. From the mmap on, a failure unmaps before it throws,
+        // and once the ring is registered nothing can throw, so a ring is
+        // never left registered (or mapped) by a constructor that failed.
+        _memory.resize(static_cast<std::size_t>(count) * size);
         const std::size_t ring_bytes = sizeof(io_uring_buf) * count;
         void* mem = ::mmap(nullptr, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
         if (mem == MAP_FAILED) {
@@ -46,7 +51,6 @@ public:
             ::munmap(_br, _ring_bytes);
             throw std::system_error(-rc, std::generic_category(), "io_uring_register_buf_ring");
         }
-        _memory.resize(static_cast<std::size_t>(count) * size);
         for (std::uint32_t i = 0; i < count; ++i) {
             io_uring_buf_ring_add(_br, _memory.data() + static_cast<std::size_t>(i) * size, size,
                                   static_cast<unsigned short>(i), _mask, static_cast<int>(i));
