@@ -62,11 +62,18 @@ connect_timeout = "2s"
 def journal(path):
     """Reads a journal: {line: [entries]} (a line with two entries is a bug).
     Header lines (one per run: {"mxpress_journal":1,"run":...}) and event
-    lines ({"event":"rule",...}) are skipped."""
+    lines ({"event":"rule",...}) are skipped, and so is a line cut by a crash
+    (kill -9 mid-write: not ending in '}'), as mxpress's own reader does; a
+    resumed run starts a new line after it."""
     entries = collections.defaultdict(list)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            o = json.loads(line)
+            try:
+                o = json.loads(line)
+            except json.JSONDecodeError:
+                if line.rstrip("\n").endswith("}"):
+                    raise
+                continue
             if "mxpress_journal" in o or "event" in o:
                 continue  # a run's header, or a rule's firing (README: Adaptive rules)
             entries[o["line"]].append(o)
