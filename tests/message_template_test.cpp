@@ -558,3 +558,54 @@ TEST(MessageTemplate, LongestCrlfLineMatchesTheByteByByteDefinition) {
         ASSERT_EQ(longest_crlf_line(t), by_bytes(t)) << "round " << round;
     }
 }
+
+// The quick path's measure: literals' shapes and values' shapes joined by a
+// line_meter give the longest line and ASCII-ness of the merged text, as
+// scanning it would (values' CR, LF and CRLF become CRLF when merged).
+TEST(MessageTemplate, LineMeterOfShapesMatchesAScanOfTheMergedText) {
+    using mxpress::detail::line_meter;
+    std::uint64_t state = 0x2545f4914f6cdd1dULL;
+    auto next = [&](std::uint64_t n) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        return (state >> 33) % n;
+    };
+    const std::string_view literal_pieces[] = {"\r\n", "abc", "x", "\xc3\xa9", std::string_view("\r\n\r\n", 4)};
+    const std::string_view value_pieces[] = {"\r", "\n", "\r\n", "v", "yy", "\xe3\x81\x82"};
+    for (int round = 0; round < 3000; ++round) {
+        line_meter m;
+        std::string merged;
+        const auto pieces = next(12);
+        for (std::uint64_t p = 0; p < pieces; ++p) {
+            std::string text;
+            const bool value = next(2) == 1;
+            for (auto n = next(40); n > 0; --n) {
+                text += value ? value_pieces[next(std::size(value_pieces))]
+                              : literal_pieces[next(std::size(literal_pieces))];
+            }
+            if (next(7) == 0) {
+                text += std::string(900 + next(200), 'L');  // around the 998-octet limit
+            }
+            if (value) {
+                m.add(mxpress::detail::shape_of_value(text));
+                for (std::size_t i = 0; i < text.size(); ++i) {  // the body's merge: line ends as CRLF
+                    if (text[i] == '\r' || text[i] == '\n') {
+                        merged += "\r\n";
+                        i += text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n' ? 1 : 0;
+                    } else {
+                        merged += text[i];
+                    }
+                }
+            } else {
+                const mxpress::detail::line_shape s = mxpress::detail::shape_of_crlf_text(text);
+                ASSERT_TRUE(s.clean);
+                m.add(s);
+                merged += text;
+            }
+        }
+        ASSERT_EQ(m.longest(), mxpress::detail::longest_crlf_line(merged)) << "round " << round;
+        ASSERT_EQ(m.ascii(), mxpress::detail::all_ascii(merged)) << "round " << round;
+    }
+    EXPECT_FALSE(mxpress::detail::shape_of_crlf_text("a\rb").clean);
+    EXPECT_FALSE(mxpress::detail::shape_of_crlf_text("a\nb").clean);
+    EXPECT_FALSE(mxpress::detail::shape_of_crlf_text("ab\r").clean);
+}

@@ -82,6 +82,18 @@ inline bool all_ascii(std::string_view s) noexcept {
     return (acc & 0x8080808080808080ULL) == 0;
 }
 
+// The first CR or LF of `s` at or after `from`, or npos. A plain loop:
+// string_view::find_first_of("\r\n") calls memchr over the two-character
+// set once per character, which showed in profiles of merged values.
+inline std::size_t find_line_break(std::string_view s, std::size_t from = 0) noexcept {
+    for (std::size_t i = from; i < s.size(); ++i) {
+        if (s[i] == '\r' || s[i] == '\n') {
+            return i;
+        }
+    }
+    return std::string_view::npos;
+}
+
 // The longest line of `text` in octets, lines ended by CRLF (a bare CR or
 // LF is part of its line; the last line needs no end). memchr finds the
 // LFs, so a long ASCII text costs a few vector compares per line.
@@ -103,5 +115,97 @@ inline std::size_t longest_crlf_line(std::string_view text) noexcept {
     }
     return std::max(longest, text.size() - start);
 }
+
+// A piece of text seen as CRLF lines, so that the longest line of pieces
+// joined end to end (a template's literals and a row's values) is known
+// without scanning the joined text: `first` octets before the piece's first
+// line break (all of them when it has none), `last` after its last one,
+// `inner` the longest line between two. `clean`: every CR and LF of the
+// piece is part of a CRLF inside it, so joining cannot make or split one.
+struct line_shape {
+    std::uint32_t first = 0;
+    std::uint32_t last = 0;
+    std::uint32_t inner = 0;
+    bool has_break = false;
+    bool ascii = true;
+    bool clean = true;
+};
+
+// A literal's shape (line breaks are CRLF; a bare CR or LF counts as an
+// octet of its line and makes the shape not `clean`).
+inline line_shape shape_of_crlf_text(std::string_view text) noexcept {
+    line_shape s;
+    s.ascii = all_ascii(text);
+    std::size_t line = 0;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
+            if (!s.has_break) {
+                s.first = static_cast<std::uint32_t>(line);
+            } else {
+                s.inner = std::max(s.inner, static_cast<std::uint32_t>(line));
+            }
+            s.has_break = true;
+            line = 0;
+            ++i;
+            continue;
+        }
+        s.clean = s.clean && text[i] != '\r' && text[i] != '\n';
+        ++line;
+    }
+    (s.has_break ? s.last : s.first) = static_cast<std::uint32_t>(line);
+    if (!s.has_break) {
+        s.last = s.first;
+    }
+    return s;
+}
+
+// A merged value's shape once its line ends (CRLF, CR or LF) are written
+// as CRLF, which is how a body takes them.
+inline line_shape shape_of_value(std::string_view v) noexcept {
+    line_shape s;
+    std::size_t line = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        const char c = v[i];
+        if (c == '\r' || c == '\n') {
+            if (!s.has_break) {
+                s.first = static_cast<std::uint32_t>(line);
+            } else {
+                s.inner = std::max(s.inner, static_cast<std::uint32_t>(line));
+            }
+            s.has_break = true;
+            line = 0;
+            i += c == '\r' && i + 1 < v.size() && v[i + 1] == '\n' ? 1 : 0;
+            continue;
+        }
+        s.ascii = s.ascii && is_ascii(c);
+        ++line;
+    }
+    (s.has_break ? s.last : s.first) = static_cast<std::uint32_t>(line);
+    if (!s.has_break) {
+        s.last = s.first;
+    }
+    return s;
+}
+
+// Pieces measured one after the other: the longest line of them joined.
+class line_meter {
+public:
+    void add(const line_shape& s) noexcept {
+        _ascii = _ascii && s.ascii;
+        if (!s.has_break) {
+            _line += s.first;
+            return;
+        }
+        _longest = std::max({_longest, _line + s.first, static_cast<std::size_t>(s.inner)});
+        _line = s.last;
+    }
+    std::size_t longest() const noexcept { return std::max(_longest, _line); }
+    bool ascii() const noexcept { return _ascii; }
+
+private:
+    std::size_t _line = 0;  // the open line so far
+    std::size_t _longest = 0;
+    bool _ascii = true;
+};
 
 }  // namespace mxpress::detail

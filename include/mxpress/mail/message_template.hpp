@@ -62,6 +62,9 @@ struct template_segment {
     std::uint32_t literal_size = 0;
     std::uint32_t column = no_column;  // no_column for literal segments
     static constexpr std::uint32_t no_column = 0xFFFFFFFFu;
+    // A body literal's CRLF lines, measured once (measure_body_literals):
+    // a row's body is measured from these and its values alone.
+    detail::line_shape shape;
     bool is_field() const noexcept { return column != no_column; }
 };
 
@@ -169,8 +172,11 @@ public:
         std::uint32_t end = 0;
         bool text_part = false;
         bool iso_2022_jp = false;  // declares charset=ISO-2022-JP: converted from UTF-8 per row
-        std::string media;         // its media type, lowercase (error messages)
-        std::uint64_t line = 0;    // the template line it starts on
+        // Every literal's CR and LF are in CRLFs of its own: the merged text's
+        // lines are its segments' shapes joined (renderer::quick_encoding).
+        bool clean_lines = false;
+        std::string media;       // its media type, lowercase (error messages)
+        std::uint64_t line = 0;  // the template line it starts on
     };
     const std::vector<body_section>& body_sections() const noexcept { return _sections; }
     // Some text declares charset=ISO-2022-JP: non-ASCII header text goes as
@@ -563,6 +569,18 @@ private:
     // RFC 2045 default, us-ascii, would make readers garble non-ASCII.
     static constexpr std::string_view utf8_charset_param = "; charset=utf-8";
     static constexpr std::string_view utf8_content_type_line = "Content-Type: text/plain; charset=utf-8\r\n";
+
+    void measure_body_literals() {
+        for (template_segment& seg : _body) {
+            if (!seg.is_field()) {
+                seg.shape = detail::shape_of_crlf_text(literal(seg));
+            }
+        }
+        for (body_section& sec : _sections) {
+            sec.clean_lines = std::all_of(_body.begin() + sec.begin, _body.begin() + sec.end,
+                                          [](const template_segment& seg) { return seg.shape.clean; });
+        }
+    }
 
     // Splits _body into _sections. The MIME structure is read once, from the
     // template's own text: `flat` is the body with each merge field as one
@@ -980,7 +998,7 @@ private:
         // In a header a value's line ends become spaces: no header injection.
         std::size_t i = 0;
         while (i < v.size()) {
-            const std::size_t j = v.find_first_of("\r\n", i);
+            const std::size_t j = detail::find_line_break(v, i);
             if (j == std::string_view::npos) {
                 out.append(v.data() + i, v.size() - i);
                 break;
@@ -1296,12 +1314,18 @@ private:
     // session offers 8BITMIME (8bit); else base64 when more than a third of
     // its octets are non-ASCII, quoted-printable otherwise. One rule for a
     // single-part body and for each text part of a multipart one.
-    transfer_encoding choose_encoding(std::string_view text) const noexcept {
-        // Word-wise and memchr scans: the common case (ASCII, short lines)
-        // never looks at a byte on its own; it was 7% of a plain-2k send.
-        const bool ascii = detail::all_ascii(text);
-        if (detail::longest_crlf_line(text) <= line_octets_max && (ascii || _options.eight_bit_allowed)) {
+    // plain_encoding: the first two cases, from the text's longest line and
+    // whether it is ASCII; nullopt when the text must be encoded.
+    std::optional<transfer_encoding> plain_encoding(std::size_t longest, bool ascii) const noexcept {
+        if (longest <= line_octets_max && (ascii || _options.eight_bit_allowed)) {
             return ascii ? transfer_encoding::seven_bit : transfer_encoding::eight_bit;
+        }
+        return std::nullopt;
+    }
+
+    transfer_encoding choose_encoding(std::string_view text) const noexcept {
+        if (const auto e = plain_encoding(detail::longest_crlf_line(text), detail::all_ascii(text))) {
+            return *e;
         }
         std::size_t non_ascii = 0;
         for (const char c : text) {
@@ -1309,6 +1333,41 @@ private:
         }
         return non_ascii * base64_share_divisor > text.size() ? transfer_encoding::base64
                                                               : transfer_encoding::quoted_printable;
+    }
+
+    // The common case without merging or scanning the body: text section
+    // `sec` in UTF-8 whose lines are its literals' shapes and the values'
+    // joined. Returns the encoding when it is 7bit or 8bit (and whether the
+    // text is ASCII); nullopt when the text has to be merged and weighed
+    // (quoted-printable or base64, ISO-2022-JP, or a literal with a bare CR
+    // or LF). A 32 KB body then costs one copy instead of three passes.
+    struct quick_choice {
+        transfer_encoding encoding;
+        bool ascii;
+    };
+    std::optional<quick_choice> quick_encoding(const message_template::body_section& sec,
+                                               const std::vector<std::string_view>& fields) {
+        if (sec.iso_2022_jp || !sec.clean_lines) {
+            return std::nullopt;
+        }
+        detail::line_meter m;
+        _value_shapes.assign(fields.size(), std::nullopt);  // a column is measured once, however often merged
+        for (std::uint32_t k = sec.begin; k < sec.end; ++k) {
+            const template_segment& s = _template->body()[k];
+            if (!s.is_field()) {
+                m.add(s.shape);
+            } else if (s.column < fields.size()) {
+                std::optional<detail::line_shape>& v = _value_shapes[s.column];
+                if (!v) {
+                    v = detail::shape_of_value(fields[s.column]);
+                }
+                m.add(*v);
+            }
+        }
+        if (const auto e = plain_encoding(m.longest(), m.ascii())) {
+            return quick_choice{*e, m.ascii()};
+        }
+        return std::nullopt;
     }
 
     static void append_encoded(std::string& out, std::string_view text, transfer_encoding e) {
@@ -1320,33 +1379,39 @@ private:
         }
     }
 
-    // Merges the segments of `sec` into _body, line ends of values as CRLF.
-    void merge_section(const message_template::body_section& sec, const std::vector<std::string_view>& fields) {
-        _body.clear();
+    // Appends the segments of `sec` merged to `out`, line ends of values as CRLF.
+    void merge_section(const message_template::body_section& sec, const std::vector<std::string_view>& fields,
+                       std::string& out) const {
         for (std::uint32_t k = sec.begin; k < sec.end; ++k) {
             const template_segment& s = _template->body()[k];
             if (!s.is_field()) {
-                _body += _template->literal(s);
+                out += _template->literal(s);
                 continue;
             }
             const std::string_view v = s.column < fields.size() ? fields[s.column] : std::string_view{};
-            if (v.find_first_of("\r\n") == std::string_view::npos) {
-                _body += v;
+            if (detail::find_line_break(v) == std::string_view::npos) {
+                out += v;
                 continue;
             }
             for (std::size_t i = 0; i < v.size(); ++i) {
                 if (v[i] == '\r') {
-                    _body += "\r\n";
+                    out += "\r\n";
                     if (i + 1 < v.size() && v[i + 1] == '\n') {
                         ++i;
                     }
                 } else if (v[i] == '\n') {
-                    _body += "\r\n";
+                    out += "\r\n";
                 } else {
-                    _body += v[i];
+                    out += v[i];
                 }
             }
         }
+    }
+
+    // Merges `sec` into _body.
+    void merge_section(const message_template::body_section& sec, const std::vector<std::string_view>& fields) {
+        _body.clear();
+        merge_section(sec, fields, _body);
     }
 
     // The merged text of text part `sec` (in _body), as it is to be encoded:
@@ -1387,6 +1452,15 @@ private:
         out += "\r\n";
         for (const auto& sec : sections) {
             if (sec.text_part) {
+                if (const auto quick = quick_encoding(sec, fields)) {
+                    if (quick->encoding != transfer_encoding::seven_bit) {
+                        out += encoding_header(quick->encoding);
+                    }
+                    out += "\r\n";
+                    merge_section(sec, fields, out);
+                    r.eight_bit = r.eight_bit || quick->encoding == transfer_encoding::eight_bit;
+                    continue;
+                }
                 const std::optional<std::string_view> text = part_text(sec, fields, r);
                 if (!text) {
                     return;
@@ -1423,17 +1497,25 @@ private:
     // choose_encoding() picks for this row.
     void render_single_part(const message_template::body_section& sec, const std::vector<std::string_view>& fields,
                             std::string& out, render_result& r) {
-        const std::optional<std::string_view> text = part_text(sec, fields, r);
-        if (!text) {
-            return;
+        std::optional<std::string_view> text;  // merged and weighed; none on the quick path
+        transfer_encoding e{};
+        bool ascii = true;  // the UTF-8 text: does it need a charset?
+        if (const auto quick = quick_encoding(sec, fields)) {
+            e = quick->encoding;
+            ascii = quick->ascii;
+        } else {
+            text = part_text(sec, fields, r);
+            if (!text) {
+                return;
+            }
+            e = choose_encoding(*text);
+            ascii = e == transfer_encoding::seven_bit || detail::all_ascii(_body);
         }
-        const transfer_encoding e = choose_encoding(*text);
         if (e == transfer_encoding::seven_bit) {
             if (_template->has_content_type()) {
                 emit_content_type(out, false);
             }
         } else {
-            const bool ascii = detail::all_ascii(_body);  // the UTF-8 text: does it need a charset?
             if (!_template->has_content_type()) {
                 out += ascii ? "Content-Type: text/plain\r\n" : "Content-Type: text/plain; charset=utf-8\r\n";
             } else {
@@ -1443,7 +1525,11 @@ private:
             out += encoding_header(e);
         }
         out += "\r\n";
-        append_encoded(out, *text, e);
+        if (text) {
+            append_encoded(out, *text, e);
+        } else {
+            merge_section(sec, fields, out);
+        }
         r.eight_bit = e == transfer_encoding::eight_bit;
     }
 
@@ -1507,6 +1593,7 @@ private:
     std::string _unencodable;                   // see append_words
     std::string _converted;                     // a text part in ISO-2022-JP
     std::string _body;
+    std::vector<std::optional<detail::line_shape>> _value_shapes;  // quick_encoding's, per column of the row
     std::string _date;
     std::time_t _date_time = 0;
     std::uint64_t _id_random = 0;
@@ -1524,6 +1611,7 @@ inline message_template message_template::compile(std::string_view text, std::st
     t._columns = columns;
     t.parse(text, columns);
     t.find_sections();
+    t.measure_body_literals();
     renderer_options o;
     o.from = "check@localhost";
     o.message_id_seed = 1;
