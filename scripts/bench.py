@@ -81,6 +81,11 @@ TLS_RATE_RATIO_MIN = 0.80  # issue 4: STARTTLS rate >= 0.8x plaintext, same run
 # The rate ratio is bimodal (1.08-1.22 or 2.8-3.7 per pair: in some runs
 # mxpress waits about 1.4 s more), medians 1.20-3.32, so its floor only
 # catches a collapse below the slow mode.
+# The CPU ratio also moves with the machine, not only the code: the same
+# build gave a median of 0.27 in one CI run and 0.37 on another machine of
+# the same class a day later (0.33 there after the render change that cut
+# 2k rendering from 2.7 to 1.0 us). A tighter maximum would fail on the
+# machine drawn, so 0.40 stays.
 GATE_PAIRS = 5
 GATE_CPU_RATIO_MAX = 0.40
 GATE_RATE_RATIO_MIN = 0.90
