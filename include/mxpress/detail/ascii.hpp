@@ -129,6 +129,23 @@ struct line_shape {
     bool has_break = false;
     bool ascii = true;
     bool clean = true;
+
+    // Building one: a line of `octets` ended at a break.
+    void end_line(std::size_t octets) noexcept {
+        if (!has_break) {
+            first = static_cast<std::uint32_t>(octets);
+        } else {
+            inner = std::max(inner, static_cast<std::uint32_t>(octets));
+        }
+        has_break = true;
+    }
+    // The text ended, its open line `octets` long (0 after a final break).
+    void end_text(std::size_t octets) noexcept {
+        last = static_cast<std::uint32_t>(octets);
+        if (!has_break) {
+            first = last;
+        }
+    }
 };
 
 // A literal's shape (line breaks are CRLF; a bare CR or LF counts as an
@@ -139,12 +156,7 @@ inline line_shape shape_of_crlf_text(std::string_view text) noexcept {
     std::size_t line = 0;
     for (std::size_t i = 0; i < text.size(); ++i) {
         if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
-            if (!s.has_break) {
-                s.first = static_cast<std::uint32_t>(line);
-            } else {
-                s.inner = std::max(s.inner, static_cast<std::uint32_t>(line));
-            }
-            s.has_break = true;
+            s.end_line(line);
             line = 0;
             ++i;
             continue;
@@ -152,10 +164,7 @@ inline line_shape shape_of_crlf_text(std::string_view text) noexcept {
         s.clean = s.clean && text[i] != '\r' && text[i] != '\n';
         ++line;
     }
-    (s.has_break ? s.last : s.first) = static_cast<std::uint32_t>(line);
-    if (!s.has_break) {
-        s.last = s.first;
-    }
+    s.end_text(line);
     return s;
 }
 
@@ -167,12 +176,7 @@ inline line_shape shape_of_value(std::string_view v) noexcept {
     for (std::size_t i = 0; i < v.size(); ++i) {
         const char c = v[i];
         if (c == '\r' || c == '\n') {
-            if (!s.has_break) {
-                s.first = static_cast<std::uint32_t>(line);
-            } else {
-                s.inner = std::max(s.inner, static_cast<std::uint32_t>(line));
-            }
-            s.has_break = true;
+            s.end_line(line);
             line = 0;
             i += c == '\r' && i + 1 < v.size() && v[i + 1] == '\n' ? 1 : 0;
             continue;
@@ -180,10 +184,7 @@ inline line_shape shape_of_value(std::string_view v) noexcept {
         s.ascii = s.ascii && is_ascii(c);
         ++line;
     }
-    (s.has_break ? s.last : s.first) = static_cast<std::uint32_t>(line);
-    if (!s.has_break) {
-        s.last = s.first;
-    }
+    s.end_text(line);
     return s;
 }
 
