@@ -147,7 +147,11 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     so.providers = &providers;
     so.reloader = o.reloader;
     so.shards = n;
-    shard_threads shards(n, so, tmpl, journal);
+    shard_threads shards(n, so, tmpl, journal, [&o]() {
+        if (o.input != nullptr) {
+            o.input->cancel();  // a failed shard ends the run: a reader waiting on a pipe stops
+        }
+    });
     std::atomic<int> stop_level{0};
     if (o.signals != nullptr) {
         o.signals->start([&](int signo, unsigned count) {

@@ -103,8 +103,11 @@ struct run_error : std::runtime_error {
 // the destructor whatever happened (never a joinable thread unwound).
 class shard_threads {
 public:
-    shard_threads(unsigned n, const shard_options& so, const mail::message_template& tmpl, shared_journal& journal)
-        : _shards(n), _errors(n) {
+    // `on_failure` (may be empty) runs on a shard's thread when that shard
+    // fails: the runner wakes a reader that waits on a pipe with it.
+    shard_threads(unsigned n, const shard_options& so, const mail::message_template& tmpl, shared_journal& journal,
+                  std::function<void()> on_failure = {})
+        : _shards(n), _errors(n), _on_failure(std::move(on_failure)) {
         for (unsigned i = 0; i < n; ++i) {
             _stats.push_back(std::make_unique<shard_stats>());
         }
@@ -119,6 +122,9 @@ public:
                 } catch (...) {
                     _errors[i] = std::current_exception();
                     _failed.store(true);
+                    if (_on_failure) {
+                        _on_failure();
+                    }
                     built.count_down();
                     _done.fetch_add(1);
                     return;
@@ -130,6 +136,9 @@ public:
                     _errors[i] = std::current_exception();
                     _failed.store(true);
                     _shards[i]->mailbox().abort();  // the reader must not block on it
+                    if (_on_failure) {
+                        _on_failure();  // nor on the recipients file
+                    }
                 }
                 _done.fetch_add(1);
             });
@@ -195,6 +204,7 @@ private:
     std::vector<std::exception_ptr> _errors;  // written by thread i before _done counts it
     std::vector<std::thread> _threads;
     std::atomic<bool> _failed{false};
+    std::function<void()> _on_failure;
     std::atomic<unsigned> _done{0};
 };
 

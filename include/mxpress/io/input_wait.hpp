@@ -11,7 +11,9 @@
 // - a stop: cancel() (any thread: the runner's SIGINT/SIGTERM callback)
 //   wakes a read that waits, and it and every later read fail with
 //   ECANCELED. A partial last line is never taken for a row, because the
-//   read fails instead of reporting the end of input.
+//   read fails instead of reporting the end of input. (Nor is a complete
+//   row whose line end arrived only in part, a CR waiting for its LF: like
+//   every row not read, it is not counted, and a --resume reads it.)
 //
 // Promises: a regular file costs no poll(2); anything else one per read,
 // two when it has to wait. cancel() is one eventfd write (async-signal-safe)
