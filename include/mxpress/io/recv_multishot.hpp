@@ -92,7 +92,9 @@ inline recv_multishot_answer probe_recv_multishot() {
             a.why = "a multishot recv gave " + std::to_string(cqe->res) +
                     ((cqe->flags & IORING_CQE_F_MORE) != 0 ? " (armed)" : " (not armed)");
         }
-        const bool armed = cqe != nullptr && (cqe->flags & IORING_CQE_F_MORE) != 0;
+        // No answer in time: the recv may still be pending; end it like an
+        // armed one before its buffer ring goes.
+        const bool armed = cqe == nullptr ? (rc >= 0 || rc == -ETIME) : (cqe->flags & IORING_CQE_F_MORE) != 0;
         if (cqe != nullptr) {
             io_uring_cqe_seen(r.raw(), cqe);
         }
