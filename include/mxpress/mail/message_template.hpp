@@ -819,6 +819,9 @@ struct renderer_options {
     // stable across attempts and runs that share the key (see run_key()).
     std::uint64_t message_id_run_key = 0;
     std::shared_ptr<const dkim::key_set> dkim;  // null: messages go unsigned
+    // Tests: every text body merged and scanned for its encoding, never
+    // measured from line shapes (the reference quick_encoding is held to).
+    bool measure_by_scan = false;
 };
 
 // A 64-bit key for stable Message-IDs from what identifies a run (FNV-1a
@@ -1347,7 +1350,7 @@ private:
     };
     std::optional<quick_choice> quick_encoding(const message_template::body_section& sec,
                                                const std::vector<std::string_view>& fields) {
-        if (sec.iso_2022_jp || !sec.clean_lines) {
+        if (sec.iso_2022_jp || !sec.clean_lines || _options.measure_by_scan) {
             return std::nullopt;
         }
         detail::line_meter m;
