@@ -4,6 +4,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <thread>
+
 #include "mxpress/io/input_wait.hpp"
 #include "mxpress/io/unique_fd.hpp"
 
@@ -103,6 +107,25 @@ TEST(Recipients, PipeReadAnnouncesWaitsAndACancelEndsRowsWithoutAPartialLine) {
             wait.cancel();  // as the runner's stop callback would, while the reader waits
         }
     });
+    // Should the cancel not wake the read, the writer's end is closed after
+    // 10 s: the read then ends and the cut row comes back, failing the test
+    // instead of hanging it.
+    struct watchdog {
+        mxpress::io::unique_fd& fd;
+        std::atomic<bool> done{false};
+        std::thread t{[this] {
+            for (int i = 0; i < 1000 && !done.load(); ++i) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            }
+            if (!done.load()) {
+                fd.reset();
+            }
+        }};
+        ~watchdog() {
+            done.store(true);
+            t.join();
+        }
+    } guard{write_end};
     ASSERT_TRUE(r.next(row));
     EXPECT_EQ(row.email, "a@x.org");
     EXPECT_FALSE(r.next(row));  // cancelled: "b@x.org,B" without its line end is not a row

@@ -10,6 +10,8 @@ from a pipe that its writer keeps open.
   interrupt_test.py MXPRESS_BINARY REPO_ROOT [TestName...]
 """
 import collections
+import contextlib
+import errno
 import json
 import os
 import random
@@ -75,15 +77,22 @@ class Interrupt(unittest.TestCase):
         rng = random.Random(seed)
         p = subprocess.Popen(self.send_args(recipients, message, jpath, port, "--summary-json", summary),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # A point in the first part of the send (it takes about a second in
-        # release), counted from the journal's header: before it, mxpress is
-        # still starting (slowly under sanitizers), nothing is sent yet, and
-        # a signal ends it at once with nothing to resume.
+        # A point in the first part of the send, counted in journaled
+        # outcomes (5-60% of the rows), not in time: a fixed delay once landed
+        # after the last outcome of a fast run (nothing left to resume, and
+        # the kill -9 cell measured no window), and before the first send of
+        # a slow, sanitized start.
+        target = 1 + max(1, int(rows * rng.uniform(0.05, 0.6)))  # 1: the header line
+        seen = 0
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and p.poll() is None and (
-                not os.path.exists(jpath) or os.path.getsize(jpath) == 0):
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0.05, 0.5))
+        with contextlib.ExitStack() as stack:
+            f = None
+            while time.monotonic() < deadline and p.poll() is None and seen < target:
+                if f is None and os.path.exists(jpath):
+                    f = stack.enter_context(open(jpath, "rb"))
+                if f is not None:
+                    seen += f.read().count(b"\n")
+                time.sleep(0.002)
         p.send_signal(sig)
         if second_signal:
             p.send_signal(sig)
@@ -269,10 +278,22 @@ class Interrupt(unittest.TestCase):
             jpath = peers.path("j.jsonl")
             p = subprocess.Popen(self.send_args(fifo, message, jpath, port), stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True)
-            writer = open(fifo, "w")  # opens once mxpress has opened it for reading
+            # The FIFO opens for writing once mxpress has opened it for reading
+            # (ENXIO before); a run that ended first fails here, not in a hang.
+            deadline = time.monotonic() + 60
+            fd = None
+            while fd is None:
+                try:
+                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError as e:
+                    if e.errno != errno.ENXIO or p.poll() is not None or time.monotonic() > deadline:
+                        p.kill()
+                        self.fail(f"mxpress did not open the FIFO: {e}; {p.communicate()[1]}")
+                    time.sleep(0.01)
+            writer = os.fdopen(fd, "w")
             outcomes = lambda: journal(jpath) if os.path.exists(jpath) else {}  # noqa: E731
             try:
-                writer.write(text)
+                writer.write(text)  # a few KB: the pipe takes them without blocking
                 writer.flush()
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and p.poll() is None and len(outcomes()) < rows:
