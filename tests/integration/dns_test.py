@@ -282,7 +282,7 @@ class DnsBurst(unittest.TestCase):
             lines += [f"host-record=mx{i}.burst.test,127.0.0.2" for i in range(4)]
             qlog = peers.path("dnsmasq-queries.log")
             dns = peers.dnsmasq(lines, query_log=qlog)
-            (dnsmasq,) = [q for q in peers.procs if q.args[0] == "dnsmasq"]
+            dnsmasq = peers.dnsmasq_proc  # not an earlier try that lost its port
             port = int(dns.rsplit(":", 1)[1])
             drops_before = udp_socket_drops(port)
             with busy(dnsmasq.pid, stopped=0.03, running=0.02):

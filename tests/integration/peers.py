@@ -131,6 +131,7 @@ class Peers:
         self.procs = []
         self.stops = []
         self._certs = None
+        self.dnsmasq_proc = None  # the dnsmasq that answered (earlier tries may have exited)
 
     def __enter__(self):
         return self
@@ -180,6 +181,7 @@ class Peers:
                 out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
                                       "probe.invalid.test", "A"], capture_output=True, text=True)
                 if out.returncode == 0 and "connection refused" not in out.stdout:
+                    self.dnsmasq_proc = p
                     return f"127.0.0.1:{port}"
                 time.sleep(0.1)
             if p.poll() is None:
