@@ -61,6 +61,11 @@ class Interrupt(unittest.TestCase):
             f.write(CODED_TEMPLATE)
         return recipients, message, codes
 
+    def sink(self, peers):
+        """mxsink on 127.0.0.2 (where send_args routes): (port, stats path)."""
+        port = free_port("127.0.0.2")
+        return port, mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+
     def send_args(self, recipients, message, jpath, port, *extra):
         return [MXPRESS, "send", "--recipients", recipients, "--message", message, "--from", "b@sender.test",
                 "--route", f"*=127.0.0.2:{port}", "--threads", str(THREADS), "--journal", jpath, "--progress", "off",
@@ -69,8 +74,7 @@ class Interrupt(unittest.TestCase):
     def interrupt_and_resume(self, peers, sig, seed, rows, second_signal=False):
         """One cell of the matrix. Returns (received counter, codes, what the
         stopped run reported in doubt, its stderr)."""
-        port = free_port("127.0.0.2")
-        stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+        port, stats = self.sink(peers)
         recipients, message, codes = self.job(peers, rows, f"r-{sig}-{seed}.csv")
         jpath = peers.path(f"j-{sig}-{seed}.jsonl")
         summary = peers.path(f"s-{sig}-{seed}.json")
@@ -200,8 +204,7 @@ class Interrupt(unittest.TestCase):
 
     def test_journal_lines_say_when_where_and_which_run(self):
         with Peers() as peers:
-            port = free_port("127.0.0.2")
-            mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            port, _ = self.sink(peers)
             recipients, message, codes = self.job(peers, 50)
             jpath = peers.path("j.jsonl")
             r = subprocess.run(self.send_args(recipients, message, jpath, port), capture_output=True, text=True,
@@ -222,8 +225,7 @@ class Interrupt(unittest.TestCase):
 
     def test_second_run_on_the_same_journal_is_refused(self):
         with Peers() as peers:
-            port = free_port("127.0.0.2")
-            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            port, stats = self.sink(peers)
             # 75 rows for each of the 40 domains at 15/s: the first run lasts at
             # least 5 s however fast the machine, so it still holds the lock when
             # the second starts (unpaced, a sanitized run under CI load ended first).
@@ -267,8 +269,7 @@ class Interrupt(unittest.TestCase):
         # for a full batch or for the end of input, and SIGTERM must not wait
         # for the producer's next write.
         with Peers() as peers:
-            port = free_port("127.0.0.2")
-            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            port, stats = self.sink(peers)
             rows = 30
             text_file, message, codes = self.job(peers, rows)
             with open(text_file) as f:
@@ -321,8 +322,7 @@ class Interrupt(unittest.TestCase):
 
     def test_resume_refuses_a_recipients_file_with_a_row_removed_or_a_new_template(self):
         with Peers() as peers:
-            port = free_port("127.0.0.2")
-            stats = mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
+            port, stats = self.sink(peers)
             recipients, message, codes = self.job(peers, 200)
             jpath = peers.path("j.jsonl")
             r = subprocess.run(self.send_args(recipients, message, jpath, port), capture_output=True, text=True,
