@@ -414,6 +414,27 @@ def tls_workload(b):
     return [t, p, f_tls, f_plain]
 
 
+def kernel_tls():
+    """Whether this kernel offers the tls ULP (kernel TLS). mxpress encrypts
+    in user space either way (README: TLS); the line says what a kernel TLS
+    path could be measured against here."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
+            ulps = f.read().split()
+    except OSError as e:
+        return f"unknown ({e.strerror})"
+    if "tls" in ulps:
+        return "the tls ULP is offered; mxpress does not use it yet"
+    release = os.uname().release
+    modules = os.path.join("/lib/modules", release)
+    loadable = any(f.startswith("tls.ko") for _, _, files in os.walk(modules) for f in files)
+    if loadable:
+        return (f"a tls module is under {modules} but not loaded (tcp_available_ulp: {' '.join(ulps) or 'none'}); "
+                "mxpress does not use it yet")
+    return (f"not offered by this kernel {release} (tcp_available_ulp: {' '.join(ulps) or 'none'}, no tls module); "
+            "user-space TLS only")
+
+
 def openssl_sign_rate(algorithm, processes):
     """Signatures a second from `openssl speed -multi PROCESSES` (RSA-2048 or
     Ed25519), summed over the processes: the machine's ceiling for signing."""
@@ -728,6 +749,7 @@ def main():
                       f"(goal >= {TLS_RATE_RATIO_MIN}), CPU ratio {t['cpu_ratio']:.2f}")
                 print(f"  the floor's own STARTTLS / plaintext rate: {t['floor_tls_rate_ratio']:.2f} (what these "
                       f"{os.cpu_count()} cores allow when the sink decrypts beside the sender)")
+                print(f"  kernel TLS: {kernel_tls()}")
                 if t["rate_ratio"] < TLS_RATE_RATIO_MIN:
                     # Reported, not failed (like scale's efficiency): on a
                     # 2-core box the TLS sink competes with the sender for the
