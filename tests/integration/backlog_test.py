@@ -28,17 +28,16 @@ def sanitized(binary):
     return "libasan" in out or "libtsan" in out
 
 
-def shard_of(domain, shards):
-    """The runner's shard for a domain: 64-bit FNV-1a of its name, modulo."""
-    h = 1469598103934665603
-    for b in domain.encode():
-        h ^= b
-        h = (h * 1099511628211) % (1 << 64)
-    return h % shards
-
-
-def domain_on(shard, shards, prefix):
-    return next(f"{prefix}{i}.test" for i in range(1000) if shard_of(f"{prefix}{i}.test", shards) == shard)
+def placement(domains, shards):
+    """The runner's shard for each domain of rows read in this order
+    (shard_router.hpp): placed when its first row is read, on the shard with
+    the fewest rows so far (ties: the lowest index)."""
+    rows, placed = [0] * shards, {}
+    for d in domains:
+        if d not in placed:
+            placed[d] = min(range(shards), key=lambda k: (rows[k], k))
+        rows[placed[d]] += 1
+    return placed
 
 
 def count_statuses(jpath):
@@ -52,23 +51,27 @@ def count_statuses(jpath):
 
 class Backlog(unittest.TestCase):
     def run_backlog(self, peers, rows_dead, rows_healthy, field_bytes, config):
-        """Dead rows first, then healthy rows on the dead domain's shard and on
-        the other one. Returns (process, seconds until every healthy row was
-        journaled delivered, journal path, peak RSS KiB)."""
+        """Dead rows first (after one row of each domain), then healthy rows on
+        the dead domain's shard and on the other one. Returns (process, seconds
+        until every healthy row was journaled delivered, journal path, peak
+        RSS KiB)."""
         port = free_port("127.0.0.2")
         dead_port = free_port("127.0.0.9")
         mxsink(peers, os.path.join(os.path.dirname(MXPRESS), "mxsink"), f"127.0.0.2:{port}")
-        dead = domain_on(0, 2, "dead")
-        same = domain_on(0, 2, "same")
-        other = domain_on(1, 2, "other")
+        dead, same, other = "dead.test", "same.test", "other.test"
+        # One row of each first places dead and same on one shard, other on
+        # the second; then the rest of the dead rows, then the healthy ones.
+        rows = [(f"u0@{dead}", "D0"), (f"h1@{other}", "H1"), (f"h0@{same}", "H0")]
+        rows += [(f"u{k}@{dead}", f"D{k}") for k in range(1, rows_dead)]
+        rows += [(f"h{k}@{same if k % 2 == 0 else other}", f"H{k}") for k in range(2, rows_healthy)]
+        shard = placement([email.split("@")[1] for email, _ in rows], 2)
+        assert shard[dead] == shard[same] != shard[other], shard
         filler = "x" * field_bytes
         recipients = peers.path("r.csv")
         with open(recipients, "w") as f:
             f.write("email,code,pad\n")
-            for k in range(rows_dead):
-                f.write(f"u{k}@{dead},D{k},{filler}\n")
-            for k in range(rows_healthy):
-                f.write(f"h{k}@{same if k % 2 == 0 else other},H{k},{filler}\n")
+            for email, code in rows:
+                f.write(f"{email},{code},{filler}\n")
         message = peers.path("m.eml")
         with open(message, "w") as f:
             f.write("Subject: code {{code}}\n\nhello\n")

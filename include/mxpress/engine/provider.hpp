@@ -1,7 +1,7 @@
 // mxpress/engine/provider.hpp — the limits of a [provider."…"] section as
 // the shards share them.
 //
-// Shards split recipients by domain hash, so one provider's domains live on
+// Shards split recipients by domain (shard_router.hpp), so one provider's domains live on
 // every shard; a per-shard budget would multiply its limits by the thread
 // count. Here each provider is one object the runner creates before the
 // shards start and every shard reads through shard_options::providers:

@@ -14,7 +14,7 @@
 //   The default burst is 1: a written rate is smooth unless it says so.
 // - gcra is for one thread (a shard's domain). shared_gcra keeps its TAT in
 //   one atomic, so every shard taking from it draws on the same budget (a
-//   provider's limit stays exact however its domains hash to shards).
+//   provider's limit stays exact however its domains are placed on shards).
 // - Neither allocates, blocks or reads the clock: the caller passes now.
 // - set_rate() changes the rate from now on (the adaptive rules do).
 #pragma once

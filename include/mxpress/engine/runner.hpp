@@ -3,7 +3,8 @@
 //
 // The calling thread is the reader: it streams the recipients file, checks
 // every row, journals invalid rows itself, and routes each valid recipient
-// by a hash of its domain to one shard's bounded mailbox (blocking when the
+// to its domain's shard (shard_router.hpp: placed on the least loaded one
+// when first seen) through that shard's bounded mailbox (blocking when the
 // mailbox is full). Each shard runs on its own thread, pinned to a core.
 // The run ends when every shard has a final outcome for each recipient it
 // got; the journal then has exactly one final line per data row.
@@ -52,6 +53,7 @@
 #include "mxpress/engine/run_totals.hpp"
 #include "mxpress/engine/sequence.hpp"
 #include "mxpress/engine/shard.hpp"
+#include "mxpress/engine/shard_router.hpp"
 #include "mxpress/engine/shard_threads.hpp"
 #include "mxpress/engine/stop_signals.hpp"
 #include "mxpress/io/input_wait.hpp"
@@ -316,6 +318,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
     if (o.input != nullptr) {
         o.input->on_block(hand_over);
     }
+    shard_router router(n);
     std::exception_ptr reader_error;
     try {
         while (!shards.failed() && stop_level.load(std::memory_order_relaxed) == 0 && reader.next(row)) {
@@ -399,7 +402,7 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
                 r->values += f;
                 r->ends.push_back(static_cast<std::uint32_t>(r->values.size()));
             }
-            const unsigned k = static_cast<unsigned>(domain_hash(r->domain_name()) % n);
+            const unsigned k = router.route(r->domain_name());
             batch_bytes[k] += r->values.size();
             batches[k].push_back(std::move(r));
             if (batches[k].size() >= o.batch_size || batch_bytes[k] >= o.batch_bytes_max) {

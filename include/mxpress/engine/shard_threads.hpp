@@ -82,17 +82,6 @@ struct reader_counts {
     static void add(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }
 };
 
-// 64-bit FNV-1a: stable across runs, so a domain always lands on the same
-// shard for a given --threads.
-inline std::uint64_t domain_hash(std::string_view s) {
-    std::uint64_t h = 1469598103934665603ULL;
-    for (char c : s) {
-        h ^= static_cast<unsigned char>(c);
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 // A shard failed (it could not start, or its journal writes failed): the run
 // cannot finish. main() reports it with exit status 1.
 struct run_error : std::runtime_error {
