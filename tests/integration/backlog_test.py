@@ -16,7 +16,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import threading  # noqa: E402
 
-from peers import Peers, free_port, journal, mxsink, read_dumps, run_tests  # noqa: E402
+from peers import Peers, free_port, journal, mxsink, read_dumps, run_tests, shard_placement  # noqa: E402
 
 MXPRESS = None
 
@@ -26,18 +26,6 @@ def sanitized(binary):
     quarantine and shadows the heap, so its peak RSS says nothing about ours."""
     out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
     return "libasan" in out or "libtsan" in out
-
-
-def placement(domains, shards):
-    """The runner's shard for each domain of rows read in this order
-    (shard_router.hpp): placed when its first row is read, on the shard with
-    the fewest rows so far (ties: the lowest index)."""
-    rows, placed = [0] * shards, {}
-    for d in domains:
-        if d not in placed:
-            placed[d] = min(range(shards), key=lambda k: (rows[k], k))
-        rows[placed[d]] += 1
-    return placed
 
 
 def count_statuses(jpath):
@@ -64,7 +52,7 @@ class Backlog(unittest.TestCase):
         rows = [(f"u0@{dead}", "D0"), (f"h1@{other}", "H1"), (f"h0@{same}", "H0")]
         rows += [(f"u{k}@{dead}", f"D{k}") for k in range(1, rows_dead)]
         rows += [(f"h{k}@{same if k % 2 == 0 else other}", f"H{k}") for k in range(2, rows_healthy)]
-        shard = placement([email.split("@")[1] for email, _ in rows], 2)
+        shard = shard_placement([email.split("@")[1] for email, _ in rows], 2)
         assert shard[dead] == shard[same] != shard[other], shard
         filler = "x" * field_bytes
         recipients = peers.path("r.csv")

@@ -122,6 +122,19 @@ def wait_tcp(host, port, seconds=10):
     raise RuntimeError(f"nothing listens on {host}:{port} after {seconds}s")
 
 
+def shard_placement(domains, shards):
+    """The runner's shard for each domain, the domains of the rows in the
+    order they are read (engine/shard_router.hpp): a domain is placed when
+    its first row is read, on the shard with the fewest rows so far (ties:
+    the lowest index)."""
+    rows, placed = [0] * shards, {}
+    for d in domains:
+        if d not in placed:
+            placed[d] = min(range(shards), key=lambda k: (rows[k], k))
+        rows[placed[d]] += 1
+    return placed
+
+
 class Peers:
     """Starts and stops processes; use as a context manager."""
 
