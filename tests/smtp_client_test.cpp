@@ -775,6 +775,78 @@ TEST(SmtpClientChunking, BackToBackNextMailRidesBehindTheBdat) {
     EXPECT_EQ(s.c.current_state(), client::state::ready);
 }
 
+// What a gather write puts on the wire: the bytes with each body piece
+// inserted before its `at`.
+std::string wire_of(const std::string& bytes, const std::vector<body_piece>& pieces) {
+    std::string out;
+    std::size_t from = 0;
+    for (const body_piece& p : pieces) {
+        EXPECT_GE(p.at, from);
+        out.append(bytes, from, p.at - from);
+        out += *p.body;
+        from = p.at;
+    }
+    out.append(bytes, from);
+    return out;
+}
+
+TEST(SmtpClientChunking, ASharedBodyLeavesAsAPieceAndTheWireIsTheSame) {
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), std::make_shared<const std::string>("m1\r\n"), 0);
+    std::string bytes;
+    std::vector<body_piece> pieces;
+    ASSERT_TRUE(s.c.has_output());
+    s.c.take_output(bytes, pieces);
+    ASSERT_EQ(pieces.size(), 1u);
+    EXPECT_EQ(bytes, "MAIL FROM:<bounce@sender.example> SIZE=4\r\nRCPT TO:<a@x.org>\r\nBDAT 4 LAST\r\n")
+        << "the body is not copied behind the commands";
+    EXPECT_EQ(pieces[0].at, bytes.size());
+    EXPECT_FALSE(s.c.has_output());
+    // The next transaction rides behind the first body; its own body ends
+    // without CRLF, which the client adds after the piece.
+    s.server("250 ok\r\n250 ok\r\n");
+    ASSERT_TRUE(s.c.can_start_transaction());
+    const auto m2 = std::make_shared<const std::string>("m2");
+    s.c.start_transaction(env({"b@x.org"}), m2, 1);
+    s.c.take_output(bytes, pieces);
+    ASSERT_EQ(pieces.size(), 1u);
+    EXPECT_EQ(pieces[0].body, m2) << "shared, not copied";
+    EXPECT_EQ(wire_of(bytes, pieces),
+              "MAIL FROM:<bounce@sender.example> SIZE=2\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm2\r\n");
+    s.server("250 one\r\n250 ok\r\n250 ok\r\n250 two\r\n");
+    EXPECT_EQ(s.take_event().tag, 0u);
+    EXPECT_EQ(s.take_event().tag, 1u);
+    EXPECT_EQ(m2.use_count(), 2) << "the client let go of the body when its transaction ended; `pieces` holds it";
+}
+
+TEST(SmtpClientChunking, TakingOutputAsOneStringCopiesThePiecesInPlace) {
+    // TLS takes the output this way. Two transactions whose output was not
+    // taken in between: the second's commands follow the first's body.
+    session s;
+    s.open(chunking_caps);
+    s.c.start_transaction(env({"a@x.org"}), std::make_shared<const std::string>("m1\r\n"), 0);
+    s.server("250 ok\r\n250 ok\r\n");
+    s.c.start_transaction(env({"b@x.org"}), std::make_shared<const std::string>("m2\r\n"), 1);
+    std::string flat;
+    s.c.take_output(flat);
+    EXPECT_EQ(flat,
+              "MAIL FROM:<bounce@sender.example> SIZE=4\r\nRCPT TO:<a@x.org>\r\nBDAT 4 LAST\r\nm1\r\n"
+              "MAIL FROM:<bounce@sender.example> SIZE=4\r\nRCPT TO:<b@x.org>\r\nBDAT 4 LAST\r\nm2\r\n");
+    EXPECT_FALSE(s.c.has_output());
+}
+
+TEST(SmtpClientChunking, ASessionThatEndsDropsItsPieces) {
+    session s;
+    s.open(chunking_caps);
+    const auto m = std::make_shared<const std::string>("m1\r\n");
+    s.c.start_transaction(env({"a@x.org"}), m, 0);
+    EXPECT_EQ(m.use_count(), 3) << "the transaction and its piece";
+    s.c.connection_lost("reset");
+    EXPECT_FALSE(s.c.has_output());
+    EXPECT_EQ(m.use_count(), 1) << "nothing of the session holds the body";
+}
+
 TEST(SmtpClientChunking, CapabilitiesAfterStarttlsDecide) {
     session s;
     s.open("250-PIPELINING\r\n250-CHUNKING\r\n250 STARTTLS\r\n");

@@ -262,6 +262,7 @@ private:
         c.mx_tls.emplace_back("*.off.sim", engine::tls_policy::disabled);
         _o.from = "sender@sim.test";
         _o.mx_port = 25;
+        _o.gather_sends = true;  // bodies come as pieces, held until send_done, as the shard does
         c.pending_max = static_cast<std::uint32_t>(_w.pending_max);
         c.idle_timeout = milliseconds(2000);
         _o.tick = milliseconds(50);

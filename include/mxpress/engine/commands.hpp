@@ -10,7 +10,10 @@
 //   them in that order and may feed events back at once (the core queues,
 //   it never re-enters itself through a command).
 // - `send` hands the bytes over (moved): the driver owns them until it
-//   reports send_done() and gives the buffer back for reuse.
+//   reports send_done() and gives the buffer back for reuse. With
+//   shard_options::gather_sends, message bodies may come as `pieces`
+//   beside the bytes, each to be sent before data[at] and held (it is
+//   shared) until the send is done; send_done's count includes them.
 // - After `close` the core has forgotten the connection: events for it are
 //   ignored, so a driver may deliver late completions without care.
 // - Outcomes go to an outcome_sink at once (a journal line, a simulator's
@@ -20,6 +23,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <sys/socket.h>
 
@@ -27,6 +31,7 @@
 #include "mxpress/engine/journal.hpp"
 #include "mxpress/engine/recipient.hpp"
 #include "mxpress/engine/throttle.hpp"
+#include "mxpress/smtp/client.hpp"
 #include "mxpress/smtp/reply.hpp"
 
 namespace mxpress::engine {
@@ -35,7 +40,7 @@ enum class command_kind : std::uint8_t {
     resolve_mx,    // name: a domain; answer with dns_answer(name, …)
     resolve_host,  // name: a domain, host: its route's host; answer with dns_answer(name, …)
     connect,       // conn, addr: open a TCP connection; answer with connected(conn, res)
-    send,          // conn, data: send all of it; answer with send_done(conn, res, data)
+    send,          // conn, data (and pieces): send all of it; answer with send_done(conn, res, data)
     close,         // conn: end the connection (shutdown, close); no answer
 };
 
@@ -47,6 +52,7 @@ struct command {
     sockaddr_storage addr{};
     socklen_t addr_len = 0;
     std::string data;
+    std::vector<smtp::body_piece> pieces;  // send: bodies between data's bytes, ascending `at`
 };
 
 // Where final outcomes go.

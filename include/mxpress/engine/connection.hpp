@@ -63,7 +63,9 @@ inline const char* to_string(conn_state s) noexcept {
 struct connection {
     struct slot {
         std::unique_ptr<recipient> r;
-        std::string message;
+        // Rendered here; shared with the client and a send in flight when
+        // the body leaves as a piece (shard_options::gather_sends).
+        std::shared_ptr<std::string> message = std::make_shared<std::string>();
     };
 
     connection(conn_id i, mx_pool* p, const std::string& helo, const smtp::timeouts& t)

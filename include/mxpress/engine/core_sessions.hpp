@@ -303,7 +303,12 @@ inline void delivery_core::fill(connection& c) {
         // Rendered for this session: without 8BITMIME an 8-bit body goes
         // quoted-printable (RFC 6152 forbids raw 8-bit to such a server).
         _renderer.allow_eight_bit(c.client.caps().eight_bit_mime);
-        const mail::render_result rr = _renderer.render(_fields, sl.message, r->line);
+        if (sl.message.use_count() > 1) {
+            // A send still holds the last body (its transaction ended before
+            // the send did: a connection torn down): render into a new one.
+            sl.message = std::make_shared<std::string>();
+        }
+        const mail::render_result rr = _renderer.render(_fields, *sl.message, r->line);
         if (!rr.ok()) {
             smtp::reply rep;
             if (rr.needs_8bitmime) {
@@ -336,7 +341,11 @@ inline void delivery_core::fill(connection& c) {
             now > _stats.in_flight_peak.load(std::memory_order_relaxed)) {
             _stats.in_flight_peak.store(now, std::memory_order_relaxed);
         }
-        c.client.start_transaction(env, sl.message, k);
+        if (_o.gather_sends && c.tls == nullptr) {
+            c.client.start_transaction(env, std::shared_ptr<const std::string>(sl.message), k);
+        } else {
+            c.client.start_transaction(env, std::string_view(*sl.message), k);
+        }
         // A transaction refused locally (SIZE, SMTPUTF8) completes at once.
         while (auto e = c.client.next_event()) {
             handle_event(c, *e);
@@ -351,6 +360,7 @@ inline void delivery_core::pump(connection& c) {
     }
     std::string& out = c.spare;
     out.clear();
+    command cmd;
     if (c.tls) {
         // Everything the client wrote since the last send becomes records
         // behind whatever the handshake queued (held until it completes).
@@ -369,10 +379,9 @@ inline void delivery_core::pump(connection& c) {
         if (!c.client.has_output()) {
             return;
         }
-        c.client.take_output(out);  // a swap, not a copy
+        c.client.take_output(out, cmd.pieces);  // a swap, not a copy; bodies as pieces
     }
     c.send_in_flight = true;
-    command cmd;
     cmd.kind = command_kind::send;
     cmd.conn = c.id;
     cmd.data = std::move(out);

@@ -79,7 +79,11 @@ struct shard_options {
     // (provider.hpp); borrowed; null or empty: no provider sections.
     const provider_table* providers = nullptr;
     unsigned shard_index = 0;  // which shard this is (set by the shard)
-    unsigned shards = 1;       // how many run (set by the runner): they split [dns] queries_in_flight_max
+    // Plaintext BDAT bodies leave as command::pieces beside the command
+    // bytes (a gather write) instead of copied behind them: for drivers
+    // that send pieces (the io_uring shard sets it).
+    bool gather_sends = false;
+    unsigned shards = 1;  // how many run (set by the runner): they split [dns] queries_in_flight_max
     std::chrono::milliseconds tick{50};
     // After SIGINT/SIGTERM, how long transactions in flight may take to end
     // before their connections are torn down (a second signal: at once).

@@ -109,13 +109,15 @@ inline void shard::on_send(io::completion* op, int res, unsigned /*flags*/) {
     shard* self = io.owner;
     if (!io.closed) {
         if (res < 0) {
+            io.send_pieces.clear();  // the bodies go back to their slots
             self->_core.send_done(io.id, res, io.send_buffer);
         } else {
             io.send_offset += static_cast<std::size_t>(res);
-            if (io.send_offset < io.send_buffer.size()) {
+            if (io.send_offset < io.send_total) {
                 self->submit_send(io);  // the rest, before the core hears of it
             } else {
-                self->_core.send_done(io.id, static_cast<int>(io.send_buffer.size()), io.send_buffer);
+                io.send_pieces.clear();
+                self->_core.send_done(io.id, static_cast<int>(io.send_total), io.send_buffer);
             }
         }
     }

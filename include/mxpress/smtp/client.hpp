@@ -43,13 +43,19 @@
 // EHLO in plaintext reports ready as usual (the engine starts TLS or gives
 // up), and a server that offers neither mechanism ends the session.
 //
-// Lifetime: the message passed to start_transaction() is borrowed and must
-// stay valid until that transaction's transaction_done event.
+// Lifetime: the message passed to start_transaction() as a string_view is
+// borrowed and must stay valid until that transaction's transaction_done
+// event. Passed as a shared string it is shared instead, and a BDAT body
+// is then not copied into the output: take_output() with a body_piece list
+// hands it over as a piece of its own (a gather write), held as long as
+// whoever took it needs it.
 #pragma once
 
+#include <cassert>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <span>
@@ -150,6 +156,13 @@ inline capabilities parse_capabilities(const reply& r) {
     }
     return caps;
 }
+
+// A message body that is not in the output bytes: it goes on the wire
+// right before output byte `at` (see client::take_output).
+struct body_piece {
+    std::size_t at = 0;
+    std::shared_ptr<const std::string> body;
+};
 
 struct envelope {
     std::string mail_from;             // reverse-path without brackets; empty = null sender
@@ -260,8 +273,13 @@ public:
         finish_closed(synthesized(421, "4.4.2", std::string("timeout waiting for ") + waiting_for()), false);
     }
 
-    // Output to write to the peer, in order. Call consume_output() with what was written.
-    std::string_view output() const noexcept { return std::string_view(_out).substr(_out_begin); }
+    // Output to write to the peer, in order. Call consume_output() with what
+    // was written. Precondition: no body pieces (only transactions started
+    // with a shared message make them; take them with take_output()).
+    std::string_view output() const noexcept {
+        assert(_pieces.empty());
+        return std::string_view(_out).substr(_out_begin);
+    }
     void consume_output(std::size_t n) {
         _out_begin += n;
         if (_out_begin == _out.size()) {
@@ -269,12 +287,52 @@ public:
             _out_begin = 0;
         }
     }
-    bool has_output() const noexcept { return _out_begin < _out.size(); }
+    bool has_output() const noexcept { return _out_begin < _out.size() || !_pieces.empty(); }
 
     // Moves all pending output into `dst` (its old content is dropped, its
     // buffer reused for later output): the same as output() followed by
     // consume_output(), without copying the bytes when none were consumed.
+    // Body pieces are copied in at their places (TLS takes them this way:
+    // they become records).
     void take_output(std::string& dst) {
+        if (!_pieces.empty()) {
+            std::string flat;
+            std::size_t size = _out.size() - _out_begin;
+            for (const body_piece& p : _pieces) {
+                size += p.body->size();
+            }
+            flat.reserve(size);
+            std::size_t from = _out_begin;
+            for (const body_piece& p : _pieces) {
+                flat.append(_out, from, p.at - from);
+                flat += *p.body;
+                from = p.at;
+            }
+            flat.append(_out, from);
+            _pieces.clear();
+            _out.clear();
+            _out_begin = 0;
+            dst.swap(flat);
+            return;
+        }
+        take_bytes(dst);
+    }
+
+    // The same without copying bodies: the bytes go to `dst`, and each body
+    // piece to `pieces` (replacing what it held), `at` counted in `dst`.
+    // The wire gets dst[0, at1), piece 1, dst[at1, at2), piece 2, … dst[atN, end).
+    void take_output(std::string& dst, std::vector<body_piece>& pieces) {
+        pieces.clear();
+        pieces.swap(_pieces);
+        for (body_piece& p : pieces) {
+            assert(p.at >= _out_begin);
+            p.at -= _out_begin;
+        }
+        take_bytes(dst);
+    }
+
+private:
+    void take_bytes(std::string& dst) {
         if (_out_begin == 0) {
             dst.swap(_out);
             _out.clear();
@@ -285,6 +343,7 @@ public:
         }
     }
 
+public:
     std::optional<event> next_event() {
         if (_events.empty()) {
             return std::nullopt;
@@ -356,6 +415,19 @@ public:
     // cannot take (SMTPUTF8 not offered, over its SIZE) fails at once with a
     // synthesized 5xx, without a byte on the wire.
     void start_transaction(const envelope& env, std::string_view message, std::uint64_t tag = 0) {
+        start(env, message, nullptr, tag);
+    }
+    // The same with a shared message: a BDAT body then leaves as a body
+    // piece (take_output), not copied into the output.
+    void start_transaction(const envelope& env, std::shared_ptr<const std::string> message, std::uint64_t tag = 0) {
+        assert(message != nullptr);
+        const std::string_view view = *message;
+        start(env, view, std::move(message), tag);
+    }
+
+private:
+    void start(const envelope& env, std::string_view message, std::shared_ptr<const std::string> owner,
+               std::uint64_t tag) {
         if (!can_start_transaction()) {
             throw std::logic_error("smtp::client::start_transaction while the session cannot take one");
         }
@@ -385,6 +457,7 @@ public:
         txn t;
         t.tag = tag;
         t.message = message;
+        t.owner = std::move(owner);
         t.bdat = uses_chunking();
         t.result.bdat = t.bdat;
         t.result.recipients.assign(env.rcpt_to.size(), reply{});
@@ -420,6 +493,7 @@ public:
         send_queued();
     }
 
+public:
     // Sends STARTTLS. Precondition: state ready and the server offers it.
     void starttls() {
         if (_state != state::ready) {
@@ -516,7 +590,11 @@ private:
                 // The BDAT in _unsent is the newest transaction's: a second
                 // one starts only once the first has nothing unsent.
                 txn& t = _txns.back();
-                _out += t.message;
+                if (t.owner != nullptr) {
+                    _pieces.push_back(body_piece{_out.size(), t.owner});  // a gather write, not a copy
+                } else {
+                    _out += t.message;
+                }
                 if (!t.message.ends_with("\r\n")) {
                     _out += "\r\n";
                 }
@@ -583,6 +661,7 @@ private:
         _expected.clear();
         _out.clear();
         _out_begin = 0;
+        _pieces.clear();
         _events.push_back(event{event_kind::closed, std::move(r), std::nullopt, protocol_error});
     }
 
@@ -850,6 +929,7 @@ private:
         std::uint64_t tag = 0;
         transaction_result result;
         std::string_view message;
+        std::shared_ptr<const std::string> owner;  // holds `message` when it was passed shared
         std::size_t accepted = 0;
         bool body_sent = false;  // the body (or a lone ".", or BDAT and the body) is in the output
         bool discard = false;    // a lone "." ended data nobody accepted (or a BDAT nobody could take)
@@ -883,6 +963,7 @@ private:
     capabilities _caps;
     std::string _out;
     std::size_t _out_begin = 0;
+    std::vector<body_piece> _pieces;  // bodies that go between output bytes (take_output)
     std::deque<event> _events;
     std::deque<pending> _unsent;
     std::deque<pending> _expected;
