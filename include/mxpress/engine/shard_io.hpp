@@ -104,6 +104,40 @@ inline void shard::on_recv(io::completion* op, int res, unsigned flags) {
     }
 }
 
+// One send, or with body pieces one sendmsg of the bytes and bodies in
+// order (no copy of a body into the buffer), from send_offset on.
+inline void shard::submit_send(io_conn& io) {
+    ++io.ops_in_flight;
+    if (io.send_pieces.empty()) {
+        io_uring_prep_send(_ring.sqe(&io.send_op), io.fd.get(), io.send_buffer.data() + io.send_offset,
+                           io.send_buffer.size() - io.send_offset, MSG_NOSIGNAL);
+        return;
+    }
+    io.send_iov.clear();
+    std::size_t skip = io.send_offset;
+    const auto add = [&](const char* p, std::size_t n) {
+        if (skip >= n) {
+            skip -= n;
+            return;
+        }
+        io.send_iov.push_back(iovec{const_cast<char*>(p + skip), n - skip});
+        skip = 0;
+    };
+    std::size_t from = 0;
+    for (const smtp::body_piece& p : io.send_pieces) {
+        assert(p.at >= from && p.at <= io.send_buffer.size());
+        add(io.send_buffer.data() + from, p.at - from);
+        add(p.body->data(), p.body->size());
+        from = p.at;
+    }
+    add(io.send_buffer.data() + from, io.send_buffer.size() - from);
+    assert(!io.send_iov.empty() && io.send_iov.size() <= send_iov_max);
+    io.send_msg = msghdr{};
+    io.send_msg.msg_iov = io.send_iov.data();
+    io.send_msg.msg_iovlen = io.send_iov.size();
+    io_uring_prep_sendmsg(_ring.sqe(&io.send_op), io.fd.get(), &io.send_msg, MSG_NOSIGNAL);
+}
+
 inline void shard::on_send(io::completion* op, int res, unsigned /*flags*/) {
     io_conn& io = *static_cast<io_conn::op*>(op)->conn;
     shard* self = io.owner;
