@@ -87,7 +87,9 @@ net::mx_answer dns_failure(const char* why) {
 class harness : engine::outcome_sink, net::secure_channel_factory {
 public:
     explicit harness(engine::tls_policy policy = engine::tls_policy::opportunistic,
-                     std::string_view message = "Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n") {
+                     std::string_view message = "Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n",
+                     bool gather_sends = false) {
+        o.gather_sends = gather_sends;
         o.cfg.helo_name = "sender.test";
         o.cfg.tls = policy;
         o.cfg.retry_initial = milliseconds(60'000);
@@ -157,6 +159,18 @@ public:
         core->connected(id, -ECONNREFUSED);
         settle();
     }
+    // Sends kept in flight (hold_sends) complete now, in order.
+    void complete_held_sends() {
+        std::vector<engine::command> sends;
+        sends.swap(held);
+        for (engine::command& c : sends) {
+            smtp::flatten(c.data, c.pieces);
+            wire[c.conn] += c.data;
+            std::string back;
+            core->send_done(c.conn, static_cast<int>(c.data.size()), back);
+        }
+        settle();
+    }
     // Everything sent on `id` since the last call (send_done acknowledged).
     std::string sent(conn_id id) {
         std::string s;
@@ -178,6 +192,8 @@ public:
     };
     std::map<std::uint64_t, left> unfinished;  // unfinished_outcome(): the run stopped
     int tls_opened = 0;
+    bool hold_sends = false;  // set: send commands wait in `held` (a send the kernel has not finished)
+    std::vector<engine::command> held;
     sim::sim_tls_channel::mode tls_mode = sim::sim_tls_channel::mode::ok;
 
     engine::shard_options o;
@@ -211,6 +227,11 @@ private:
                         }
                         break;
                     case command_kind::send: {
+                        if (hold_sends) {
+                            held.push_back(std::move(c));
+                            break;
+                        }
+                        smtp::flatten(c.data, c.pieces);
                         wire[c.conn] += c.data;
                         std::string back;
                         core->send_done(c.conn, static_cast<int>(c.data.size()), back);
@@ -254,6 +275,37 @@ void deliver_one(harness& h, conn_id id) {
     h.server(id, "250 ok\r\n250 ok\r\n354 go\r\n");
     h.sent(id);
     h.server(id, "250 queued\r\n");
+}
+
+TEST(Core, ABodyASendStillHoldsIsNotRewrittenWhenItsSlotRendersAgain) {
+    // Plaintext BDAT bodies leave as pieces (gather_sends). A server that
+    // answers before it read anything ends the first transaction while the
+    // send carrying its body is still in flight; the slot's next message
+    // must go into a new string, not over the body the send still holds.
+    harness h(engine::tls_policy::disabled, "Subject: hi\r\nTo: {{email}}\r\n\r\nHello.\r\n", true);
+    h.add(3);
+    const conn_id id = h.connects[0];
+    h.connect_ok(id);
+    h.server(id, "220 mx.test ESMTP\r\n");
+    EXPECT_EQ(h.sent(id), "EHLO sender.test\r\n");
+    h.hold_sends = true;
+    h.server(id, "250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n");
+    ASSERT_EQ(h.held.size(), 1u);
+    ASSERT_EQ(h.held[0].pieces.size(), 1u) << "the body is a piece, not in the bytes";
+    const std::shared_ptr<const std::string> first = h.held[0].pieces[0].body;
+    const std::string first_bytes = *first;
+    EXPECT_NE(first_bytes.find("To: user2@example.test"), std::string::npos);
+    h.server(id, "250 ok\r\n250 ok\r\n");  // MAIL, RCPT: the second transaction starts (the other slot)
+    h.server(id, "250 queued\r\n");        // BDAT: the first one is over, its slot free
+    EXPECT_EQ(h.outcomes[2].status, engine::outcome_status::delivered);
+    h.server(id, "250 ok\r\n250 ok\r\n");  // the second's MAIL, RCPT: the third renders into the first's slot
+    EXPECT_EQ(*first, first_bytes) << "the body in flight was rewritten";
+    h.hold_sends = false;
+    h.complete_held_sends();
+    const std::string wire = h.sent(id);
+    EXPECT_NE(wire.find("To: user2@example.test"), std::string::npos);
+    EXPECT_NE(wire.find("To: user3@example.test"), std::string::npos);
+    EXPECT_NE(wire.find("To: user4@example.test"), std::string::npos) << wire;
 }
 
 TEST(Core, RequiredTlsNeverSendsMailToAServerWithoutStarttls) {

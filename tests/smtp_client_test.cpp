@@ -836,6 +836,31 @@ TEST(SmtpClientChunking, TakingOutputAsOneStringCopiesThePiecesInPlace) {
     EXPECT_FALSE(s.c.has_output());
 }
 
+TEST(SmtpClientChunking, PiecesPileUpOnlyWhenRepliesComeBeforeTheOutputLeavesAndFlattenInOrder) {
+    // A server that answers before it could have read: five transactions
+    // end while their output was never taken, and their bodies pile up.
+    session s;
+    s.open(chunking_caps);
+    std::string want;
+    for (int i = 0; i < 5; ++i) {
+        const std::string body = "m" + std::to_string(i) + "\r\n";
+        s.c.start_transaction(env({"a@x.org"}), std::make_shared<const std::string>(body), 0);
+        want += "MAIL FROM:<bounce@sender.example> SIZE=4\r\nRCPT TO:<a@x.org>\r\nBDAT 4 LAST\r\n" + body;
+        s.server("250 ok\r\n250 ok\r\n250 ok\r\n");
+        ASSERT_EQ(s.take_event().kind, event_kind::transaction_done);
+    }
+    std::string bytes;
+    std::vector<body_piece> pieces;
+    s.c.take_output(bytes, pieces);
+    ASSERT_EQ(pieces.size(), 5u);
+    for (std::size_t k = 1; k < pieces.size(); ++k) {
+        EXPECT_LT(pieces[k - 1].at, pieces[k].at);
+    }
+    flatten(bytes, pieces);
+    EXPECT_TRUE(pieces.empty());
+    EXPECT_EQ(bytes, want);
+}
+
 TEST(SmtpClientChunking, ASessionThatEndsDropsItsPieces) {
     session s;
     s.open(chunking_caps);

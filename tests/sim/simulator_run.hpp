@@ -402,27 +402,29 @@ inline void simulator::connect(const engine::command& c) {
 
 inline void simulator::send(engine::command& c) {
     const engine::conn_id id = c.conn;
-    // The wire: the bytes with each body piece before its `at`. The pieces
-    // stay held until send_done, as a kernel send holds its buffers.
-    std::string data;
-    std::size_t from = 0;
+    std::size_t size = c.data.size();
     for (const smtp::body_piece& p : c.pieces) {
-        if (p.at < from || p.at > c.data.size()) {
-            violation(fmt::format("a body piece at {} of {} bytes (the last at {})", p.at, c.data.size(), from));
-            return;
-        }
-        data.append(c.data, from, p.at - from);
-        data += *p.body;
-        from = p.at;
+        size += p.body->size();
     }
-    data.append(c.data, from);
-    const int n = static_cast<int>(data.size());
-    at(_core->now() + milliseconds(1), [this, id, n, held = std::move(c.pieces)]() {
-        (void)held;  // let go of with this event
+    const int n = static_cast<int>(size);
+    at(_core->now() + milliseconds(1), [this, id, n]() {
         std::string buffer;
         _core->send_done(id, n, buffer);
     });
-    at(_core->now() + latency(), [this, id, data = std::move(data)]() {
+    // The bodies are read when the bytes arrive, later than a kernel would
+    // read them: a body the core rewrote after handing it over arrives as
+    // another recipient's message, which the server side reports.
+    at(_core->now() + latency(), [this, id, data = std::move(c.data), pieces = std::move(c.pieces)]() mutable {
+        std::size_t from = 0;
+        for (const smtp::body_piece& p : pieces) {
+            if (p.at < from || p.at > data.size()) {
+                violation(
+                    fmt::format("a body piece at {} of {} bytes (the one before at {})", p.at, data.size(), from));
+                return;
+            }
+            from = p.at;
+        }
+        smtp::flatten(data, pieces);
         auto it = _conns.find(id);
         if (it == _conns.end() || !it->second.open) {
             return;  // the server side is gone

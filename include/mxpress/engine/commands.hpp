@@ -55,6 +55,12 @@ struct command {
     std::vector<smtp::body_piece> pieces;  // send: bodies between data's bytes, ascending `at`
 };
 
+// A send carries at most this many body pieces; more (only a server that
+// answers before it reads lets a client's output pile up) go copied into
+// the bytes. Normally a send has one or two: a client has at most two
+// transactions in flight.
+inline constexpr std::size_t send_pieces_max = 4;
+
 // Where final outcomes go.
 class outcome_sink {
 public:

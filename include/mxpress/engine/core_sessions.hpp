@@ -380,6 +380,9 @@ inline void delivery_core::pump(connection& c) {
             return;
         }
         c.client.take_output(out, cmd.pieces);  // a swap, not a copy; bodies as pieces
+        if (cmd.pieces.size() > send_pieces_max) {
+            smtp::flatten(out, cmd.pieces);
+        }
     }
     c.send_in_flight = true;
     cmd.kind = command_kind::send;

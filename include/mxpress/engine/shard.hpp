@@ -474,9 +474,9 @@ private:
         submit_send(io);
     }
 
-    // A client has at most two transactions in flight, so a send holds at
-    // most two bodies: five iovecs. Far below the kernel's UIO_MAXIOV (1024).
-    static constexpr std::size_t send_iov_max = 16;
+    // Bytes before, between and after at most send_pieces_max bodies; far
+    // below the kernel's UIO_MAXIOV (1024).
+    static constexpr std::size_t send_iov_max = 2 * send_pieces_max + 1;
 
     // One send, or with body pieces one sendmsg of the bytes and bodies in
     // order (no copy of a body into the buffer), from send_offset on (shard_io.hpp).

@@ -164,6 +164,30 @@ struct body_piece {
     std::shared_ptr<const std::string> body;
 };
 
+// Puts each piece's body into `bytes` at its place and empties `pieces`:
+// what the wire gets from bytes and pieces, as one string.
+inline void flatten(std::string& bytes, std::vector<body_piece>& pieces) {
+    if (pieces.empty()) {
+        return;
+    }
+    std::string flat;
+    std::size_t size = bytes.size();
+    for (const body_piece& p : pieces) {
+        size += p.body->size();
+    }
+    flat.reserve(size);
+    std::size_t from = 0;
+    for (const body_piece& p : pieces) {
+        assert(p.at >= from && p.at <= bytes.size());
+        flat.append(bytes, from, p.at - from);
+        flat += *p.body;
+        from = p.at;
+    }
+    flat.append(bytes, from);
+    pieces.clear();
+    bytes.swap(flat);
+}
+
 struct envelope {
     std::string mail_from;             // reverse-path without brackets; empty = null sender
     std::vector<std::string> rcpt_to;  // forward-paths without brackets
@@ -295,27 +319,9 @@ public:
     // Body pieces are copied in at their places (TLS takes them this way:
     // they become records).
     void take_output(std::string& dst) {
-        if (!_pieces.empty()) {
-            std::string flat;
-            std::size_t size = _out.size() - _out_begin;
-            for (const body_piece& p : _pieces) {
-                size += p.body->size();
-            }
-            flat.reserve(size);
-            std::size_t from = _out_begin;
-            for (const body_piece& p : _pieces) {
-                flat.append(_out, from, p.at - from);
-                flat += *p.body;
-                from = p.at;
-            }
-            flat.append(_out, from);
-            _pieces.clear();
-            _out.clear();
-            _out_begin = 0;
-            dst.swap(flat);
-            return;
-        }
-        take_bytes(dst);
+        std::vector<body_piece> pieces;
+        take_output(dst, pieces);
+        flatten(dst, pieces);
     }
 
     // The same without copying bodies: the bytes go to `dst`, and each body
