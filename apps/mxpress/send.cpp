@@ -326,6 +326,13 @@ int run_send(const send_options& o) {
     if (scheduler) {
         summary += schedule_summary(t, o);
     }
+    if (t.shard_rows.size() > 1) {
+        summary += "shards: ";
+        for (std::size_t k = 0; k < t.shard_rows.size(); ++k) {
+            summary += fmt::format("{}{}", k == 0 ? "" : " / ", t.shard_rows[k]);
+        }
+        summary += " rows (each domain on one, placed on the least loaded)\n";
+    }
     if (o.loaded_plan) {
         summary += fmt::format("plan: shard {} of {}; {} rows of other shards passed over\n", o.shard_index,
                                o.loaded_plan->shard_count, t.elsewhere);
@@ -408,6 +415,11 @@ int run_send(const send_options& o) {
             j += "}";
         }
         j += fmt::format("],\"rule_held\":{},\"rule_left\":{}", t.rule_held, t.rule_left);
+        j += ",\"shard_rows\":[";
+        for (std::size_t k = 0; k < t.shard_rows.size(); ++k) {
+            j += fmt::format("{}{}", k == 0 ? "" : ",", t.shard_rows[k]);
+        }
+        j += "]";
         j += fmt::format(",\"stopped_by\":{},\"left_deferred\":{},\"stopped_in_doubt\":{},", t.stop_signal,
                          t.left_deferred, t.stopped_in_doubt);
         j += fmt::format("\"later\":{},\"next_due\":\"{}\",\"late\":{},\"unscheduled\":{},", t.later,

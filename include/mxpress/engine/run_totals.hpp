@@ -16,7 +16,8 @@ namespace mxpress::engine {
 
 struct run_totals {
     std::uint64_t rows = 0;
-    std::uint64_t skipped = 0;  // already final in the journal (--resume)
+    std::vector<std::uint64_t> shard_rows;  // rows routed to each shard (shard_router.hpp), by index
+    std::uint64_t skipped = 0;              // already final in the journal (--resume)
     std::uint64_t invalid = 0;
     std::uint64_t suppressed = 0;  // on a --suppress list: journaled, never sent
     std::uint64_t delivered = 0;

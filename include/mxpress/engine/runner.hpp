@@ -421,6 +421,9 @@ inline run_totals run_delivery(mail::recipients_reader& reader, const mail::mess
         reader_error = std::current_exception();
     }
     shards.close_input();
+    for (unsigned k = 0; k < n; ++k) {
+        t.shard_rows.push_back(router.rows_of(k));
+    }
     shards.join();
     end_progress();
     stop_watching.s = nullptr;
