@@ -360,7 +360,7 @@ inline void delivery_core::pump(connection& c) {
     }
     std::string& out = c.spare;
     out.clear();
-    command cmd;
+    std::vector<smtp::body_piece> pieces;
     if (c.tls) {
         // Everything the client wrote since the last send becomes records
         // behind whatever the handshake queued (held until it completes).
@@ -379,15 +379,17 @@ inline void delivery_core::pump(connection& c) {
         if (!c.client.has_output()) {
             return;
         }
-        c.client.take_output(out, cmd.pieces);  // a swap, not a copy; bodies as pieces
-        if (cmd.pieces.size() > send_pieces_max) {
-            smtp::flatten(out, cmd.pieces);
+        c.client.take_output(out, pieces);  // a swap, not a copy; bodies as pieces
+        if (pieces.size() > send_pieces_max) {
+            smtp::flatten(out, pieces);
         }
     }
     c.send_in_flight = true;
+    command cmd;
     cmd.kind = command_kind::send;
     cmd.conn = c.id;
     cmd.data = std::move(out);
+    cmd.pieces = std::move(pieces);
     _commands.push_back(std::move(cmd));
 }
 
