@@ -164,10 +164,7 @@ public:
         std::vector<engine::command> sends;
         sends.swap(held);
         for (engine::command& c : sends) {
-            smtp::flatten(c.data, c.pieces);
-            wire[c.conn] += c.data;
-            std::string back;
-            core->send_done(c.conn, static_cast<int>(c.data.size()), back);
+            complete_send(c);
         }
         settle();
     }
@@ -205,6 +202,14 @@ public:
     std::uint64_t next_line = 2;
 
 private:
+    // A send the kernel finished: its bytes (bodies in place) are on the wire.
+    void complete_send(engine::command& c) {
+        smtp::flatten(c.data, c.pieces);
+        wire[c.conn] += c.data;
+        std::string back;
+        core->send_done(c.conn, static_cast<int>(c.data.size()), back);
+    }
+
     void settle() {
         core->schedule();
         for (;;) {
@@ -231,10 +236,7 @@ private:
                             held.push_back(std::move(c));
                             break;
                         }
-                        smtp::flatten(c.data, c.pieces);
-                        wire[c.conn] += c.data;
-                        std::string back;
-                        core->send_done(c.conn, static_cast<int>(c.data.size()), back);
+                        complete_send(c);
                         break;
                     }
                     case command_kind::close: closed[c.conn] = true; break;
