@@ -201,6 +201,61 @@ class Peers:
                 break  # running but silent: starting another would not help
         raise RuntimeError("dnsmasq did not answer")
 
+    def unbound(self, records, query_log=None):
+        """Serves `records` ([(name, type, data)], e.g. ("d1.test", "MX",
+        "10 mx0.test.")) from unbound's local data on 127.0.0.1, answering
+        nothing else (a `static` local zone for test.); returns 'ip:port'.
+        query_log: a file where unbound writes one line per query it read,
+        see unbound_queries().
+
+        The benchmarks' resolver for many domains: dnsmasq scans its
+        mx-host list per query (about 220 µs a query with 21,000 of them),
+        where unbound keeps local data in a tree, as a caching resolver
+        keeps its cache. It is the Debian package's binary, unpacked by
+        scripts/setup and not installed (see UNBOUND_BINARY), run in the
+        foreground with a private config: no daemon, no root hints, no
+        remote control, no chroot."""
+        binary = unbound_binary()
+        if binary is None:
+            raise RuntimeError(f"no unbound at {UNBOUND_BINARY} or on PATH (scripts/setup unpacks it)")
+        for _ in range(3):  # a port picked free may be taken first, as for dnsmasq
+            port = free_port(kind=socket.SOCK_DGRAM)
+            conf = self.path(f"unbound-{port}.conf")
+            with open(conf, "w") as f:
+                f.write(f"""server:
+  interface: 127.0.0.1@{port}
+  do-daemonize: no
+  chroot: ""
+  username: ""
+  directory: "{self.dir}"
+  pidfile: ""
+  use-syslog: no
+  logfile: "{query_log or ''}"
+  log-queries: {'yes' if query_log else 'no'}
+  verbosity: 0
+  num-threads: 1
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "iterator"
+  local-zone: "test." static
+""")
+                for name, kind, data in records:
+                    f.write(f'  local-data: "{name}. 300 IN {kind} {data}"\n')
+                f.write("remote-control:\n  control-enable: no\n")
+            p = subprocess.Popen([binary, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.procs.append(p)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and p.poll() is None:
+                out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
+                                      "probe.invalid.test", "A"], capture_output=True, text=True)
+                if out.returncode == 0 and "connection refused" not in out.stdout:
+                    self.unbound_proc = p
+                    return f"127.0.0.1:{port}"
+                time.sleep(0.1)
+            if p.poll() is None:
+                break
+        raise RuntimeError("unbound did not answer")
+
     def smtp_sink(self, host, port, flags=(), dump=True):
         """Starts smtp-sink on host:port; returns its dump directory (or None)."""
         args = ["smtp-sink"]
@@ -229,6 +284,19 @@ def dnsmasq_queries(query_log):
                 if w.startswith("query[") and w.endswith("]"):
                     out.append((w[len("query["):-1], words[k + 1]))
                     break
+    return out
+
+
+def unbound_queries(query_log):
+    """The queries in an unbound query log: [(type, name)] in the order read
+    ("[1795880260] unbound[11442:0] info: 127.0.0.1 d1.test. MX IN"), the
+    name without its final dot."""
+    out = []
+    with open(query_log, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if len(words) == 7 and words[2] == "info:" and words[6] == "IN":
+                out.append((words[5], words[4].rstrip(".")))
     return out
 
 
@@ -522,6 +590,20 @@ biff = no
 # installed, since it conflicts with Postfix. MXPRESS_EXIM_CACHE moves it.
 EXIM_CACHE = os.environ.get("MXPRESS_EXIM_CACHE", "/var/cache/mxpress/exim")
 EXIM_BINARY = os.path.join(EXIM_CACHE, "root/usr/sbin/exim4")
+
+
+# Where scripts/setup unpacks unbound (the benchmarks' resolver for many
+# domains): not installed, since the package starts a system resolver.
+# MXPRESS_UNBOUND_CACHE moves it.
+UNBOUND_CACHE = os.environ.get("MXPRESS_UNBOUND_CACHE", "/var/cache/mxpress/unbound")
+UNBOUND_BINARY = os.path.join(UNBOUND_CACHE, "root/usr/sbin/unbound")
+
+
+def unbound_binary():
+    """The unpacked unbound, else one installed on PATH, else None."""
+    if os.access(UNBOUND_BINARY, os.X_OK):
+        return UNBOUND_BINARY
+    return shutil.which("unbound")
 
 
 def exim_missing():
