@@ -953,12 +953,7 @@ private:
 
     void multishot_refused() {
         _multishot = false;
-        static std::once_flag said;
-        std::call_once(said, [] {
-            std::fprintf(stderr,
-                         "mxsink: the kernel refused a multishot recv (EINVAL) though the startup probe passed; "
-                         "receiving with a plain recv per read from now on\n");
-        });
+        mxpress::io::say_multishot_refused("mxsink: ");
     }
 
     // The worker's provided-buffer ring of `count` buffers, or none: with

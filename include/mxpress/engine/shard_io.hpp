@@ -185,12 +185,7 @@ inline void shard::on_tick(io::completion* c, int /*res*/, unsigned /*flags*/) {
 }
 inline void shard::multishot_refused() {
     _multishot = false;
-    static std::once_flag said;
-    std::call_once(said, [] {
-        std::fprintf(stderr,
-                     "\nmxpress: the kernel refused a multishot recv (EINVAL) though the startup probe "
-                     "passed; receiving with a plain recv per read from now on\n");
-    });
+    io::say_multishot_refused("\nmxpress: ");  // a new line: the progress line may be on this one
 }
 
 }  // namespace mxpress::engine

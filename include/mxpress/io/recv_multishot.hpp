@@ -19,8 +19,10 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <system_error>
 
@@ -125,6 +127,19 @@ inline recv_multishot_answer probe_recv_multishot() {
 inline const recv_multishot_answer& recv_multishot_support() {
     static const recv_multishot_answer a = detail::probe_recv_multishot();
     return a;
+}
+
+// Said once per process, on stderr, when the kernel refuses a multishot
+// recv though the probe passed (the caller then receives with a plain recv
+// per read). `lead` starts the line: the program's name, "mxsink: ".
+inline void say_multishot_refused(const char* lead) {
+    static std::once_flag said;
+    std::call_once(said, [lead] {
+        std::fprintf(stderr,
+                     "%sthe kernel refused a multishot recv (EINVAL) though the startup probe passed; "
+                     "receiving with a plain recv per read from now on\n",
+                     lead);
+    });
 }
 
 }  // namespace mxpress::io
