@@ -14,6 +14,7 @@
 //   sees an SSL_SESSION.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <deque>
 #include <memory>
@@ -95,17 +96,31 @@ public:
 
     std::unique_ptr<secure_channel> open(const tls_peer& peer) override {
         auto ch = std::make_unique<openssl_channel>(_ctx.get(), peer);
-        // OpenSSL makes a TLS 1.3 session single-use once a resumption with
-        // it completes, so new connections take the newest one still
-        // resumable; connections started together may share it.
+        // The newest session not offered yet; when every kept one has been
+        // offered, the newest again. Each connection gets a copy: OpenSSL
+        // marks a TLS 1.3 session spent once a resumption with it
+        // completes, and a pool that opens several connections at once
+        // would otherwise spend every ticket it had before the resumed
+        // sessions' new tickets arrive, and fall back to full handshakes
+        // (seen against Exim: 1 in about 20 runs of 12 connections or
+        // more). RFC 8446 C.4 asks clients not to reuse a ticket, against
+        // tracking across connections; between one sender and one MX host
+        // it links nothing the addresses do not, so a ticket is reused only
+        // when no fresh one is left, and a server that refuses it costs a
+        // full handshake, as before.
         if (auto it = _sessions.find(peer.session_key); it != _sessions.end()) {
             auto& v = it->second;
-            while (!v.empty() && SSL_SESSION_is_resumable(v.back().get()) != 1) {
-                v.pop_back();
+            // A kept session is the one its connection holds: a fatal error
+            // there makes OpenSSL mark it spent too.
+            std::erase_if(v, [](const kept_session& k) { return SSL_SESSION_is_resumable(k.session.get()) != 1; });
+            if (v.empty()) {
+                return ch;
             }
-            if (!v.empty()) {
-                ch->stream().set_session(v.back().get());
-            }
+            auto pick = std::find_if(v.rbegin(), v.rend(), [](const kept_session& k) { return !k.offered; });
+            kept_session& k = pick != v.rend() ? *pick : v.back();
+            k.offered = true;
+            ssl_session_ptr copy(SSL_SESSION_dup(k.session.get()));
+            ch->stream().set_session(copy.get());  // SSL_set_session holds its own reference
         }
         return ch;
     }
@@ -117,7 +132,7 @@ public:
                 continue;
             }
             auto& v = _sessions[session_key];
-            v.push_back(std::move(s));
+            v.push_back(kept_session{std::move(s), false});
             if (v.size() > _sessions_max) {
                 v.pop_front();
             }
@@ -125,9 +140,14 @@ public:
     }
 
 private:
+    struct kept_session {
+        ssl_session_ptr session;
+        bool offered = false;  // a connection was given a copy
+    };
+
     tls_context _ctx;
     std::size_t _sessions_max;
-    std::unordered_map<std::string, std::deque<ssl_session_ptr>> _sessions;  // newest last
+    std::unordered_map<std::string, std::deque<kept_session>> _sessions;  // newest last
 };
 
 }  // namespace mxpress::net
