@@ -473,9 +473,13 @@ public:
           _hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _copy(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
           _body_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
-          _prefix_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free) {
+          _prefix_hash(EVP_MD_CTX_new(), &EVP_MD_CTX_free),
+          _sha256(EVP_MD_fetch(nullptr, "SHA256", nullptr), &EVP_MD_free) {
         if (!_hash || !_copy || !_body_hash || !_prefix_hash) {
             throw std::bad_alloc();
+        }
+        if (!_sha256) {
+            throw std::runtime_error("cannot fetch SHA-256 from OpenSSL: " + openssl_errors());
         }
         _signing.reserve(_keys->keys.size());  // never moved: no stray copies of a secret
         for (const loaded_key& k : _keys->keys) {
@@ -583,7 +587,7 @@ public:
                 _prefix_text.assign(body_prefix);
                 _canon.clear();
                 canonicalize_body(_canon, _prefix_text, ks.body_canon);
-                _prefix_ready = EVP_DigestInit_ex(_prefix_hash.get(), EVP_sha256(), nullptr) == 1 &&
+                _prefix_ready = EVP_DigestInit_ex(_prefix_hash.get(), _sha256.get(), nullptr) == 1 &&
                                 EVP_DigestUpdate(_prefix_hash.get(), _canon.data(), _canon.size()) == 1;
             }
             if (_prefix_ready && EVP_MD_CTX_copy_ex(_body_hash.get(), _prefix_hash.get()) == 1) {
@@ -591,7 +595,7 @@ public:
                 ++_prefix_hits;
             }
         }
-        if (hashed_raw == 0 && EVP_DigestInit_ex(_body_hash.get(), EVP_sha256(), nullptr) != 1) {
+        if (hashed_raw == 0 && EVP_DigestInit_ex(_body_hash.get(), _sha256.get(), nullptr) != 1) {
             return "DKIM: SHA-256 failed: " + openssl_errors();
         }
         _canon.clear();
@@ -624,7 +628,7 @@ public:
                 _h_names.push_back(name);  // names no instance: an empty string is hashed
             }
         }
-        if (EVP_DigestInit_ex(_hash.get(), EVP_sha256(), nullptr) != 1 ||
+        if (EVP_DigestInit_ex(_hash.get(), _sha256.get(), nullptr) != 1 ||
             EVP_DigestUpdate(_hash.get(), _canon.data(), _canon.size()) != 1) {
             return "DKIM: SHA-256 failed: " + openssl_errors();
         }
@@ -761,6 +765,10 @@ private:
     md_ctx_ptr _copy;         // that state plus one DKIM-Signature header
     md_ctx_ptr _body_hash;    // SHA-256 over the canonical body
     md_ctx_ptr _prefix_hash;  // SHA-256 state after the canonical body prefix
+    // Fetched once: EVP_sha256() is a legacy handle that OpenSSL 3 looks up
+    // in its provider store (under locks) on every EVP_DigestInit_ex; with
+    // the fetched one, a context that had it already is re-initialized.
+    std::unique_ptr<EVP_MD, decltype(&EVP_MD_free)> _sha256;
     std::string _prefix_text;
     bool _prefix_ready = false;
     std::uint64_t _prefix_hits = 0;
