@@ -215,6 +215,14 @@ class DnsBurst(unittest.TestCase):
         stop_and_read_stats(peers, stats)
         return p, s, codes, read_record(record_of(stats))
 
+    def assert_each_question_once(self, queries, domains, threads):
+        """queries: Counter of (type, name) read by the resolver. A domain
+        lives on one shard: its MX question is asked once. Each shard asks
+        for each MX host's addresses once (its own cache)."""
+        again = {q: n for q, n in queries.items() if n > (1 if q[0] == "MX" else threads)}
+        self.assertEqual(again, {}, f"{len(again)} questions asked again")
+        self.assertEqual(sum(1 for q in queries if q[0] == "MX"), len(domains))
+
     def test_a_burst_never_holds_more_queries_at_the_resolver_than_it_takes(self):
         # The resolver holds 150 queries (each answered after 20 ms) and
         # drops the rest: mxpress must never send it more than 128 at once,
@@ -298,11 +306,7 @@ class DnsBurst(unittest.TestCase):
         # A dropped datagram never reaches dnsmasq (nor its log): the kernel
         # counts it against the socket.
         self.assertEqual(drops, 0, f"dnsmasq's socket dropped {drops} queries (its receive buffer was full)")
-        # A domain lives on one shard: its MX question is asked once. Each
-        # shard asks for each MX host's addresses once (its own cache).
-        again = {q: n for q, n in queries.items() if n > (1 if q[0] == "MX" else threads)}
-        self.assertEqual(again, {}, f"{len(again)} questions asked again")
-        self.assertEqual(sum(1 for q in queries if q[0] == "MX"), len(domains))
+        self.assert_each_question_once(queries, domains, threads)
         self.assertEqual(s["dns_retries"], 0)
         self.assertLessEqual(s["dns_in_flight_peak"], QUERIES_IN_FLIGHT_MAX)
 
@@ -330,9 +334,7 @@ class DnsBurst(unittest.TestCase):
             time.sleep(0.2)  # unbound writes its log as it goes
             queries = collections.Counter(q for q in unbound_queries(qlog) if q[1].endswith(".burst.test"))
         self.assertEqual(drops, 0, f"unbound's socket dropped {drops} queries")
-        again = {q: n for q, n in queries.items() if n > (1 if q[0] == "MX" else threads)}
-        self.assertEqual(again, {}, f"{len(again)} questions asked again")
-        self.assertEqual(sum(1 for q in queries if q[0] == "MX"), len(domains))
+        self.assert_each_question_once(queries, domains, threads)
         shard = shard_placement(domains, threads)
         expected = len(domains) + 2 * len({(shard[d], k % 4) for k, d in enumerate(domains)})
         self.assertEqual(sum(queries.values()), expected, "one MX query per domain, A and AAAA per MX host and shard")

@@ -189,14 +189,9 @@ class Peers:
                 args.append("--user=nobody")
             p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append(p)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and p.poll() is None:
-                out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
-                                      "probe.invalid.test", "A"], capture_output=True, text=True)
-                if out.returncode == 0 and "connection refused" not in out.stdout:
-                    self.dnsmasq_proc = p
-                    return f"127.0.0.1:{port}"
-                time.sleep(0.1)
+            if answers(p, port):
+                self.dnsmasq_proc = p
+                return f"127.0.0.1:{port}"
             if p.poll() is None:
                 break  # running but silent: starting another would not help
         raise RuntimeError("dnsmasq did not answer")
@@ -244,14 +239,9 @@ class Peers:
                 f.write("remote-control:\n  control-enable: no\n")
             p = subprocess.Popen([binary, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self.procs.append(p)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and p.poll() is None:
-                out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
-                                      "probe.invalid.test", "A"], capture_output=True, text=True)
-                if out.returncode == 0 and "connection refused" not in out.stdout:
-                    self.unbound_proc = p
-                    return f"127.0.0.1:{port}"
-                time.sleep(0.1)
+            if answers(p, port):
+                self.unbound_proc = p
+                return f"127.0.0.1:{port}"
             if p.poll() is None:
                 break
         raise RuntimeError("unbound did not answer")
@@ -272,6 +262,20 @@ class Peers:
         self.procs.append(p)
         wait_tcp(host.strip("[]"), port)
         return dump_dir
+
+
+def answers(p, port):
+    """Whether the resolver `p` just started answers on 127.0.0.1:port
+    within 30 s (a loaded machine, a long configuration); False as soon as
+    it exits (its port was taken before it could bind)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and p.poll() is None:
+        out = subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(port), "@127.0.0.1",
+                              "probe.invalid.test", "A"], capture_output=True, text=True)
+        if out.returncode == 0 and "connection refused" not in out.stdout:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def dnsmasq_queries(query_log):
