@@ -159,53 +159,96 @@ TEST(TlsChannel, RefusedWriteFailsTheChannel) {
     EXPECT_TRUE(ERR_peek_error() == 0);
 }
 
+// A pool's connections as openssl_channel_factory opens them, each with a
+// server of its own on one server context (so tickets resume).
+struct pooled {
+    std::unique_ptr<mxpress::net::secure_channel> client;
+    end server;
+    std::string plain;
+    pooled(mxpress::net::secure_channel_factory& f, const mxpress::net::tls_peer& p, SSL_CTX* server_ctx)
+        : client(f.open(p)), server(server_ctx, tls_stream::role::server) {}
+
+    // The handshake and the server's tickets, both ways.
+    void run() {
+        client->start();
+        server.note(server.channel.start());
+        std::string buf;
+        for (int i = 0; i < 10 && (client->has_output() || server.channel.has_output()); ++i) {
+            client->take_output(buf);
+            server.note(server.channel.receive(buf, server.plain));
+            server.channel.take_output(buf);
+            client->receive(buf, plain);
+        }
+        ASSERT_EQ(server.established, 1);
+    }
+};
+
+struct pool_pair {
+    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
+    mxpress::net::openssl_channel_factory factory{file("ca.crt"), 4};
+    const mxpress::net::tls_peer peer{"mx.test:25", "mx.test", true};
+
+    std::unique_ptr<pooled> open() { return std::make_unique<pooled>(factory, peer, sctx.get()); }
+    void keep(pooled& c) { factory.keep_sessions(peer.session_key, *c.client); }
+    std::size_t usable() const { return factory.usable_sessions(peer.session_key); }
+};
+
 // A pool that opens its connections at once resumes every one of them from
 // the first connection's tickets, even after each ticket has been used
 // once and before the resumed connections' own tickets are filed (their
 // keep_sessions() comes later). Spending each ticket once, as OpenSSL
-// does, left the fourth connection here, and 1 in about 20 Exim runs, a
-// full handshake.
+// does, left the third and fifth connections here, and 1 in about 20 Exim
+// runs, a full handshake.
 TEST(TlsChannel, APoolResumesEveryConnectionWhileNewTicketsAreOnTheirWay) {
-    tls_context sctx = tls_context::server(file("mx.crt"), file("mx.key"));
-    mxpress::net::openssl_channel_factory factory(file("ca.crt"), 4);
-    const mxpress::net::tls_peer peer{"mx.test:25", "mx.test", true};
-    struct conn {
-        std::unique_ptr<mxpress::net::secure_channel> client;
-        end server;
-        std::string plain;
-        conn(mxpress::net::secure_channel_factory& f, const mxpress::net::tls_peer& p, SSL_CTX* server_ctx)
-            : client(f.open(p)), server(server_ctx, tls_stream::role::server) {}
-    };
-    auto open = [&] { return std::make_unique<conn>(factory, peer, sctx.get()); };
-    auto run = [](conn& c) {  // the handshake and the server's tickets, both ways
-        c.client->start();
-        c.server.note(c.server.channel.start());
-        std::string buf;
-        for (int i = 0; i < 10 && (c.client->has_output() || c.server.channel.has_output()); ++i) {
-            c.client->take_output(buf);
-            c.server.note(c.server.channel.receive(buf, c.server.plain));
-            c.server.channel.take_output(buf);
-            c.client->receive(buf, c.plain);
-        }
-        ASSERT_EQ(c.server.established, 1);
-    };
-    auto first = open();
-    run(*first);
+    pool_pair pool;
+    auto first = pool.open();
+    first->run();
     ASSERT_FALSE(first->client->resumed());
-    factory.keep_sessions(peer.session_key, *first->client);  // the server's tickets (OpenSSL sends two)
+    pool.keep(*first);  // the server's tickets (OpenSSL sends two)
 
-    auto second = open();
-    auto third = open();  // opened together, before either resumption completes
-    run(*second);
-    run(*third);
-    auto fourth = open();
-    run(*fourth);
-    auto fifth = open();  // every kept ticket has been used once by now
-    run(*fifth);
+    auto second = pool.open();
+    auto third = pool.open();  // opened together, before either resumption completes
+    second->run();
+    third->run();
+    auto fourth = pool.open();
+    fourth->run();
+    auto fifth = pool.open();  // every kept ticket has been used once by now
+    fifth->run();
     EXPECT_TRUE(second->client->resumed());
     EXPECT_TRUE(third->client->resumed());
     EXPECT_TRUE(fourth->client->resumed());
     EXPECT_TRUE(fifth->client->resumed()) << "a spent ticket is reused rather than a full handshake made";
+}
+
+// A ticket whose resumption ended in a failure, or whose connection was
+// dropped mid-handshake, is not offered again: a server that breaks on it
+// would otherwise break every new connection until the ticket expires.
+TEST(TlsChannel, ATicketWhoseHandshakeFailedIsNotOfferedAgain) {
+    pool_pair pool;
+    auto first = pool.open();
+    first->run();
+    pool.keep(*first);
+    ASSERT_EQ(pool.usable(), 2u);
+
+    auto broken = pool.open();  // offered the newest ticket
+    broken->client->start();
+    std::string plain;
+    EXPECT_EQ(broken->client->receive("garbage, not TLS", plain).now, state::failed);
+    EXPECT_EQ(pool.usable(), 1u) << "the ticket it offered is dropped";
+
+    auto dropped = pool.open();  // offered the other one
+    dropped->client->start();
+    dropped.reset();  // the connection went away mid-handshake
+    EXPECT_EQ(pool.usable(), 0u);
+
+    auto next = pool.open();
+    next->run();
+    EXPECT_FALSE(next->client->resumed()) << "nothing left to offer: a full handshake";
+    pool.keep(*next);
+    EXPECT_EQ(pool.usable(), 2u);
+    auto after = pool.open();
+    after->run();
+    EXPECT_TRUE(after->client->resumed());
 }
 
 }  // namespace

@@ -318,7 +318,7 @@ class DnsBurst(unittest.TestCase):
         # and every recipient get its mail.
         unbound_binary = peers_module.unbound_binary()
         if unbound_binary is None:
-            self.skipTest(f"no unbound at {peers_module.UNBOUND_BINARY} (scripts/setup unpacks it)")
+            self.skipTest(f"no unbound at {peers_module.UNBOUND_BINARY} or on PATH (scripts/setup unpacks it)")
         domains = [f"d{k:04d}.burst.test" for k in range(BURST_DOMAINS)]
         threads = 4
         with Peers() as peers:

@@ -145,6 +145,7 @@ class Peers:
         self.stops = []
         self._certs = None
         self.dnsmasq_proc = None  # the dnsmasq that answered (earlier tries may have exited)
+        self.unbound_proc = None  # the unbound that answered, likewise
 
     def __enter__(self):
         return self
@@ -237,14 +238,18 @@ class Peers:
                 for name, kind, data in records:
                     f.write(f'  local-data: "{name}. 300 IN {kind} {data}"\n')
                 f.write("remote-control:\n  control-enable: no\n")
-            p = subprocess.Popen([binary, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            err = self.path(f"unbound-{port}.err")
+            with open(err, "w") as err_file:
+                p = subprocess.Popen([binary, "-d", "-c", conf], stdout=subprocess.DEVNULL, stderr=err_file)
             self.procs.append(p)
             if answers(p, port):
                 self.unbound_proc = p
                 return f"127.0.0.1:{port}"
             if p.poll() is None:
                 break
-        raise RuntimeError("unbound did not answer")
+        with open(err, encoding="utf-8", errors="replace") as f:
+            said = f.read()[-2000:]
+        raise RuntimeError(f"unbound did not answer; it said: {said or '(nothing)'}")
 
     def smtp_sink(self, host, port, flags=(), dump=True):
         """Starts smtp-sink on host:port; returns its dump directory (or None)."""

@@ -174,7 +174,6 @@ inline void append_journal_header(std::string& out, const journal_header& h) {
     out += "}\n";
 }
 
-// Formats one journal line (with its '\n') onto `out`.
 // Appends an integer's decimal digits: fmt::format_to parses its format
 // string per call, which was a third of a journal line's cost.
 template <class Int>
@@ -185,6 +184,7 @@ inline void append_decimal(std::string& out, Int v) {
     out.append(digits, end);
 }
 
+// Formats one journal line (with its '\n') onto `out`.
 inline void append_journal_line(std::string& out, const journal_entry& e) {
     out += "{\"line\":";
     append_decimal(out, e.line);

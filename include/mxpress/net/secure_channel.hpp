@@ -9,9 +9,11 @@
 //   the handshake runs), take_output() gives the ciphertext; failures are
 //   sticky and say why.
 // - Session resumption lives behind the factory: a channel opened for a
-//   session key resumes the newest resumable session kept under that key,
-//   and keep_sessions() files what the server handed out. The core never
-//   sees an SSL_SESSION.
+//   session key offers a copy of a session kept under that key (the newest
+//   no channel was offered yet, else the newest), keep_sessions() files
+//   what the server handed out, and a session whose offer ended the
+//   handshake in a failure, a close or an abandoned channel is not offered
+//   again. The core never sees an SSL_SESSION.
 #pragma once
 
 #include <algorithm>
@@ -61,6 +63,13 @@ public:
 
 // ---- OpenSSL ---------------------------------------------------------------
 
+// A session the factory keeps for a key, and what became of its offers.
+struct kept_session {
+    ssl_session_ptr session;
+    bool offered = false;  // a channel was given a copy
+    bool failed = false;   // a handshake that offered it did not complete: not offered again
+};
+
 class openssl_channel final : public secure_channel {
 public:
     openssl_channel(SSL_CTX* ctx, const tls_peer& peer) : _ch(ctx, tls_stream::role::client) {
@@ -69,9 +78,24 @@ public:
             _ch.stream().verify_peer(peer.server_name);
         }
     }
-    progress start() override { return _ch.start(); }
+    ~openssl_channel() override {
+        if (_offered != nullptr && _ch.handshaking()) {
+            _offered->failed = true;  // abandoned mid-handshake (a timeout, a drop)
+        }
+    }
+    openssl_channel(const openssl_channel&) = delete;
+    openssl_channel& operator=(const openssl_channel&) = delete;
+
+    // Before start(): the handshake offers `copy` (a copy of `source`'s
+    // session, so OpenSSL spends the copy) and reports back to `source`.
+    void offer(std::shared_ptr<kept_session> source, SSL_SESSION* copy) {
+        _ch.stream().set_session(copy);
+        _offered = std::move(source);
+    }
+
+    progress start() override { return watch(_ch.start()); }
     progress receive(std::string_view ciphertext, std::string& plain) override {
-        return _ch.receive(ciphertext, plain);
+        return watch(_ch.receive(ciphertext, plain));
     }
     bool send(std::string_view plain) override { return _ch.send(plain); }
     bool has_output() const noexcept override { return _ch.has_output(); }
@@ -83,7 +107,20 @@ public:
     tls_stream& stream() noexcept { return _ch.stream(); }
 
 private:
+    // A handshake that offered a kept session and failed or was closed
+    // marks it: a server that breaks on a ticket is not offered it again.
+    progress watch(progress p) {
+        if (_offered != nullptr && p.now != state::handshaking) {
+            if (p.now != state::open) {
+                _offered->failed = true;
+            }
+            _offered.reset();
+        }
+        return p;
+    }
+
     tls_channel _ch;
+    std::shared_ptr<kept_session> _offered;  // until the handshake ends
 };
 
 // One per shard: the SSL_CTX and the sessions kept per key stay on the
@@ -112,15 +149,18 @@ public:
             auto& v = it->second;
             // A kept session is the one its connection holds: a fatal error
             // there makes OpenSSL mark it spent too.
-            std::erase_if(v, [](const kept_session& k) { return SSL_SESSION_is_resumable(k.session.get()) != 1; });
+            std::erase_if(v, [](const std::shared_ptr<kept_session>& k) {
+                return k->failed || SSL_SESSION_is_resumable(k->session.get()) != 1;
+            });
             if (v.empty()) {
                 return ch;
             }
-            auto pick = std::find_if(v.rbegin(), v.rend(), [](const kept_session& k) { return !k.offered; });
-            kept_session& k = pick != v.rend() ? *pick : v.back();
-            k.offered = true;
-            ssl_session_ptr copy(SSL_SESSION_dup(k.session.get()));
-            ch->stream().set_session(copy.get());  // SSL_set_session holds its own reference
+            auto pick = std::find_if(v.rbegin(), v.rend(), [](const auto& k) { return !k->offered; });
+            const std::shared_ptr<kept_session>& k = pick != v.rend() ? *pick : v.back();
+            if (ssl_session_ptr copy(SSL_SESSION_dup(k->session.get())); copy != nullptr) {
+                k->offered = true;
+                ch->offer(k, copy.get());  // SSL_set_session holds its own reference
+            }
         }
         return ch;
     }
@@ -132,22 +172,29 @@ public:
                 continue;
             }
             auto& v = _sessions[session_key];
-            v.push_back(kept_session{std::move(s), false});
+            v.push_back(std::make_shared<kept_session>(kept_session{std::move(s), false, false}));
             if (v.size() > _sessions_max) {
                 v.pop_front();
             }
         }
     }
 
-private:
-    struct kept_session {
-        ssl_session_ptr session;
-        bool offered = false;  // a connection was given a copy
-    };
+    // Sessions kept under `session_key` that may still be offered (tests).
+    std::size_t usable_sessions(const std::string& session_key) const {
+        const auto it = _sessions.find(session_key);
+        if (it == _sessions.end()) {
+            return 0;
+        }
+        return static_cast<std::size_t>(std::count_if(it->second.begin(), it->second.end(), [](const auto& k) {
+            return !k->failed && SSL_SESSION_is_resumable(k->session.get()) == 1;
+        }));
+    }
 
+private:
     tls_context _ctx;
     std::size_t _sessions_max;
-    std::unordered_map<std::string, std::deque<kept_session>> _sessions;  // newest last
+    // Newest last; shared with the channel offering one until its handshake ends.
+    std::unordered_map<std::string, std::deque<std::shared_ptr<kept_session>>> _sessions;
 };
 
 }  // namespace mxpress::net
